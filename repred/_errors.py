@@ -1,0 +1,70 @@
+"""The exception hierarchy.
+
+Every error repred raises on purpose derives from :class:`ReplicaError`.
+Whose fault it was decides the class: :class:`LocalProtocolError` means the
+caller misused the API, :class:`RemoteProtocolError` means the peer sent
+something it must not. Construction-time misuse stays a plain ``TypeError``
+or ``ValueError``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "FutureStampError",
+    "IncompatiblePeerError",
+    "LocalProtocolError",
+    "PeerClosed",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "ReplicaError",
+    "SyncTimeout",
+]
+
+
+class ReplicaError(Exception):
+    """Base class of every error repred raises on purpose."""
+
+
+class ProtocolError(ReplicaError):
+    """Something broke the replication protocol.
+
+    Not raised directly: see its two subclasses.
+    """
+
+
+class LocalProtocolError(ProtocolError):
+    """This side used the API in a way the protocol does not allow."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something the protocol does not allow.
+
+    The connection it came on is closed; the replica's state, clock and
+    history are exactly as they were before the offending message.
+
+    Attributes:
+        reason: a short, stable, machine-readable reason
+            (``"malformed-json"``, ``"line-too-long"``, ...).
+        line: the offending line (possibly truncated), when there is one.
+    """
+
+    def __init__(self, message: str, *, reason: str, line: bytes | None = None):
+        super().__init__(message)
+        self.reason = reason
+        self.line = line
+
+
+class FutureStampError(RemoteProtocolError):
+    """The peer sent a stamp further in the future than the replica allows."""
+
+
+class IncompatiblePeerError(RemoteProtocolError):
+    """The peer replicates another type of replica, or an unknown protocol."""
+
+
+class PeerClosed(ReplicaError):
+    """The peer went away before the sync was complete."""
+
+
+class SyncTimeout(ReplicaError):
+    """The peer stopped reading (or answering) for longer than allowed."""

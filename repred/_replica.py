@@ -1,0 +1,328 @@
+"""The replica: a reducer, its state, a hybrid logical clock and a history.
+
+Nothing here blocks or does I/O. The trio edge (``_trio.py``) and the
+protocol session (``_session.py``) drive a replica through three entry
+points: :meth:`Replica.update` for local writes, :meth:`Replica.apply` for
+entries that arrived from a peer, and the listener hooks through which
+sessions learn that there is something new to send.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import types
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from typing import Any
+
+import orjson
+
+from ._errors import FutureStampError
+from ._history import Entry, History
+
+__all__ = ["DEFAULT_MAX_DRIFT_MS", "Listener", "Replica", "Stamp", "repred"]
+
+log = logging.getLogger("repred")
+
+#: How far ahead of local wall time a remote stamp may be: five minutes.
+#: Further ahead, the stamp is refused with :class:`FutureStampError`, so one
+#: peer with a wild clock (or a hostile one sending ``1e300``) can never freeze
+#: this replica's own writes, as it can in JS scuttlebutt.
+DEFAULT_MAX_DRIFT_MS = 5 * 60 * 1000
+
+#: A stamp: ``(ts, source)``. Tuples compare ``ts`` first and break ties by
+#: source id, which is the order last-write-wins types use.
+Stamp = tuple[float, str]
+
+#: ``listener(effect, ts, source, origin)``: called after every entry the
+#: replica applies, local (``origin is None``) or remote (``origin`` is what
+#: the caller of :meth:`Replica.apply` passed, usually a session).
+Listener = Callable[[Any, float, str, object], None]
+
+
+def _is_empty(change: Any) -> bool:
+    """``None`` or an empty container: the update changed nothing."""
+    return change is None or (type(change) in _EMPTY_TYPES and not change)
+
+
+_EMPTY_TYPES = frozenset({list, dict, tuple, set, frozenset, str})
+
+
+def _wall_ms() -> float:
+    return time.time_ns() // 1_000_000
+
+
+def _new_id() -> str:
+    import secrets
+
+    return secrets.token_urlsafe(12)
+
+
+class Replica:
+    """A replicated reducer. Build one with :func:`repred`.
+
+    Attributes:
+        state: the reducer's state. Read it freely; change it only through
+            :meth:`update`.
+        id: this replica's source id, the third element of its stamps.
+        type_name: what kind of replica this is; peers of another type are
+            refused at the handshake.
+    """
+
+    __slots__ = (
+        "_clock",
+        "_clock_view",
+        "_history",
+        "_last",
+        "_listeners",
+        "_map",
+        "_reducer",
+        "_stamped",
+        "_wall",
+        "id",
+        "max_drift_ms",
+        "state",
+        "type_name",
+    )
+
+    def __init__(
+        self,
+        reducer: Callable[..., Any],
+        initial: Any,
+        *,
+        map: Callable[..., Any] | None = None,
+        id: str | None = None,
+        stamped: bool = False,
+        key: Callable[[Any], Hashable] | None = None,
+        type_name: str | None = None,
+        max_drift_ms: float = DEFAULT_MAX_DRIFT_MS,
+        wall: Callable[[], float] = _wall_ms,
+    ) -> None:
+        if not callable(reducer):
+            raise TypeError(f"reducer must be callable, not {reducer!r}")
+        if map is not None and not callable(map):
+            raise TypeError(f"map must be callable, not {map!r}")
+        if id is None:
+            id = _new_id()
+        elif not isinstance(id, str) or not id or len(id) > MAX_SOURCE_LENGTH:
+            raise ValueError(f"id must be a non-empty string, not {id!r}")
+        if not max_drift_ms > 0:
+            raise ValueError("max_drift_ms must be positive")
+        self._reducer = reducer
+        self._map = map
+        self._stamped = stamped
+        self.state = initial
+        self.id = id
+        self.type_name: str = type_name or str(getattr(reducer, "__name__", "repred"))
+        self.max_drift_ms = max_drift_ms
+        self._wall = wall
+        self._clock: dict[str, float] = {}
+        self._clock_view = types.MappingProxyType(self._clock)
+        self._history = History(key)
+        self._last: float = 0
+        self._listeners: list[Listener] = []
+
+    def __repr__(self) -> str:
+        return (
+            f"<Replica {self.type_name} id={self.id!r} sources={len(self._clock)}"
+            f" entries={len(self._history)}>"
+        )
+
+    # -- reading ---------------------------------------------------------
+
+    @property
+    def clock(self) -> Mapping[str, float]:
+        """``{source: newest ts applied from it}``: a read-only live view."""
+        return self._clock_view
+
+    def history(self, since: Mapping[str, float] | None = None) -> Iterator[Entry]:
+        """Every entry a peer with clock ``since`` lacks, in per-source order.
+
+        Costs time proportional to what is missing, not to the history's size.
+        """
+        return self._history.entries(since)
+
+    # -- local writes ----------------------------------------------------
+
+    def update(self, *args: Any) -> Any:
+        """Apply a local update; return the change, or ``None`` if nothing changed.
+
+        With ``map``, the arguments go through it first and ``None`` from it
+        drops the update. The change is stamped, recorded and replicated.
+
+        Raises:
+            TypeError: the change the reducer returned is not JSON.
+        """
+        if self._map is not None:
+            upd = self._map(*args)
+            if upd is None:
+                return None
+        elif len(args) == 1:
+            upd = args[0]
+        else:
+            raise TypeError(
+                f"update() takes one update (or a map), got {len(args)} arguments"
+            )
+        now = self._wall()
+        last = self._last
+        ts = now if now > last else _after(last)
+        if self._stamped:
+            change = self._reducer(self.state, upd, (ts, self.id))
+        else:
+            change = self._reducer(self.state, upd)
+        if _is_empty(change):
+            return None
+        try:
+            orjson.dumps(change)
+        except TypeError as exc:
+            raise TypeError(
+                f"the reducer's change must be JSON to replicate: {exc}"
+            ) from None
+        self._last = ts
+        self._clock[self.id] = ts
+        self._history.record(change, ts, self.id)
+        if self._listeners:
+            self._notify(change, ts, self.id, None)
+        return change
+
+    # -- remote entries --------------------------------------------------
+
+    def check_stamp(self, ts: float) -> None:
+        """Refuse a remote stamp too far in the future.
+
+        Raises:
+            FutureStampError: ``ts`` is more than ``max_drift_ms`` ahead.
+        """
+        if ts > self._wall() + self.max_drift_ms:
+            raise FutureStampError(
+                f"stamp {ts!r} is more than {self.max_drift_ms} ms in the future",
+                reason="future-stamp",
+            )
+
+    def apply(self, change: Any, ts: float, source: str, origin: object = None) -> bool:
+        """Apply an entry from a peer; ``False`` if it was already known.
+
+        The entry is recorded exactly as given, whatever its local effect,
+        unless the type declares it dominated. ``origin`` is passed on to
+        listeners (a session uses it to avoid echoing an entry back).
+
+        Raises:
+            FutureStampError: the stamp is too far in the future.
+            Exception: whatever the reducer raised; the replica's clock and
+                history are then untouched.
+        """
+        known = self._clock.get(source)
+        if known is not None and ts <= known:
+            return False
+        self.check_stamp(ts)
+        if self._stamped:
+            effect = self._reducer(self.state, change, (ts, source))
+        else:
+            effect = self._reducer(self.state, change)
+        self._clock[source] = ts
+        if ts > self._last:
+            self._last = ts
+        self._history.record(change, ts, source)
+        if self._listeners:
+            self._notify(effect, ts, source, origin)
+        return True
+
+    # -- listeners -------------------------------------------------------
+
+    def add_listener(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(effect, ts, source, origin)`` after every entry.
+
+        Returns a function that removes the listener. A listener that raises
+        is logged and otherwise ignored: it cannot undo an applied entry.
+        """
+        self._listeners.append(listener)
+
+        def remove() -> None:
+            try:
+                self._listeners.remove(listener)
+            except ValueError:
+                pass
+
+        return remove
+
+    def _notify(self, effect: Any, ts: float, source: str, origin: object) -> None:
+        for listener in tuple(self._listeners):
+            try:
+                listener(effect, ts, source, origin)
+            except Exception:
+                log.exception("repred listener %r raised", listener)
+
+    # -- used by sessions ------------------------------------------------
+
+    def _after(self, source: str, ts: float, limit: int) -> list[tuple[float, Any]]:
+        return self._history.after(source, ts, limit)
+
+    def _count_after(self, source: str, ts: float) -> int:
+        return self._history.count_after(source, ts)
+
+    def replicate(self, stream: Any, *, live: bool = True, **options: Any) -> Any:
+        """Replicate over one ``trio.abc.Stream``; see :func:`repred.replicate`."""
+        from ._trio import replicate
+
+        return replicate(self, stream, live=live, **options)
+
+
+#: Longest source id accepted, locally or from a peer.
+MAX_SOURCE_LENGTH = 256
+
+
+def _after(ts: float) -> float:
+    """The next stamp above ``ts``: a thousandth of a millisecond later."""
+    nxt = ts + 0.001
+    if nxt <= ts:
+        nxt = math.nextafter(ts, math.inf)
+    return nxt
+
+
+def repred(
+    reducer: Callable[..., Any],
+    initial: Any,
+    *,
+    map: Callable[..., Any] | None = None,
+    id: str | None = None,
+    stamped: bool = False,
+    key: Callable[[Any], Hashable] | None = None,
+    type_name: str | None = None,
+    max_drift_ms: float = DEFAULT_MAX_DRIFT_MS,
+    wall: Callable[[], float] = _wall_ms,
+) -> Replica:
+    """Make a replicated reducer.
+
+    Args:
+        reducer: ``reducer(state, update) -> change``. It merges ``update``
+            into ``state`` (mutating it) and returns the part that changed
+            it; an empty or ``None`` change means the update was already
+            known. It must be commutative and idempotent in effect. With
+            ``stamped=True`` it is called as ``reducer(state, update, stamp)``
+            where ``stamp`` is ``(ts, source)``: the one way a type sees
+            stamps (last-write-wins types need them).
+        initial: the initial state.
+        map: turns what is passed to :meth:`Replica.update` into an update;
+            ``None`` from it drops the update.
+        id: this replica's source id; a random one by default.
+        stamped: pass the entry's stamp to the reducer.
+        key: the type's dominance rule: entries whose changes have the same
+            key supersede one another and the history keeps only the newest
+            (so memory follows live keys, not the number of writes).
+        type_name: the name peers must share to replicate with this one;
+            the reducer's name by default.
+        max_drift_ms: how far in the future a remote stamp may be.
+        wall: the wall clock in milliseconds (tests pass a fake one).
+    """
+    return Replica(
+        reducer,
+        initial,
+        map=map,
+        id=id,
+        stamped=stamped,
+        key=key,
+        type_name=type_name,
+        max_drift_ms=max_drift_ms,
+        wall=wall,
+    )

@@ -1,0 +1,379 @@
+"""The protocol for one link, as a state machine: bytes in, bytes out.
+
+Theory of operation
+-------------------
+
+A :class:`SyncSession` joins one :class:`~repred.Replica` to one peer. It
+never does I/O: the caller feeds it what arrived (:meth:`receive_data`) and
+sends what it produces (:meth:`data_to_send`). The trio edge is one such
+caller; tests are another.
+
+Both sides run the same sequence; neither is client or server (PROTOCOL.md,
+section 3). Each side has an outgoing and an incoming state::
+
+    outgoing:  HELLO --peer digest--> HISTORY --all sent--> LIVE
+    incoming:  HELLO --digest--> HISTORY --"SYNC"--> LIVE --EOF--> CLOSED
+
+    any error in either: ERROR (terminal; the session is detached)
+
+* ``HELLO``: our digest ``{"id", "clock"}`` is queued at once. Nothing else
+  can go out before the peer's digest says what it has.
+* ``HISTORY``: we send every entry newer than the peer's clock, source by
+  source, each source in stamp order (so the peer's clock stays an exact
+  summary however the link is cut), sources with the most outstanding
+  entries first, in bounded batches. Then ``"SYNC"``.
+* ``LIVE``: new entries go out as the replica applies them.
+
+What to send is never queued. The session keeps only ``sent``, the newest
+stamp per source the peer is known to have (from its digest, from what we
+sent, and from what it sent us), and the set of sources that may have more.
+Each call to :meth:`data_to_send` reads the next batch straight from the
+replica's history. So a slow peer costs nothing while it is slow (natural
+backpressure), and an entry that came from the peer is never echoed back to
+it.
+
+Everything the peer sends is checked before it touches the replica; the
+first bad message raises :class:`RemoteProtocolError`, after every good
+message before it has been applied, and leaves the replica exactly as it
+was before that message.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from ._errors import (
+    IncompatiblePeerError,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+from ._wire import (
+    DEFAULT_MAX_LINE_BYTES,
+    SYNC,
+    SYNC_LINE,
+    Digest,
+    LineDecoder,
+    encode_digest,
+    encode_entry,
+    parse_line,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ._replica import Replica
+
+__all__ = [
+    "DEFAULT_BATCH_BYTES",
+    "DEFAULT_BATCH_ENTRIES",
+    "Digest",
+    "PeerEOF",
+    "SessionState",
+    "SessionStatistics",
+    "SyncReceived",
+    "SyncSession",
+]
+
+#: At most this many entries of one source are read from history at a time.
+DEFAULT_BATCH_ENTRIES = 512
+#: :meth:`SyncSession.data_to_send` stops adding entries past this many bytes.
+DEFAULT_BATCH_BYTES = 64 * 1024
+
+
+class SessionState(enum.Enum):
+    #: Our digest is queued; the peer's has not arrived.
+    HELLO = "hello"
+    #: Outgoing: sending history. Incoming: receiving history.
+    HISTORY = "history"
+    #: ``"SYNC"`` has gone out (outgoing) or come in (incoming).
+    LIVE = "live"
+    #: Incoming only: the peer's stream ended.
+    CLOSED = "closed"
+    #: The session failed; it is detached from the replica.
+    ERROR = "error"
+
+
+@attrs.frozen
+class SyncReceived:
+    """The peer sent ``"SYNC"``: everything it had at connect is applied."""
+
+
+@attrs.frozen
+class PeerEOF:
+    """The peer's stream ended."""
+
+
+@attrs.frozen(kw_only=True)
+class SessionStatistics:
+    """Counters of one session.
+
+    Attributes:
+        updates_in: entries received that were new to the replica.
+        updates_out: entries sent.
+        bytes_in: bytes received.
+        bytes_out: bytes handed out by :meth:`SyncSession.data_to_send`.
+    """
+
+    updates_in: int
+    updates_out: int
+    bytes_in: int
+    bytes_out: int
+
+
+def _bad(message: str, reason: str, line: bytes) -> RemoteProtocolError:
+    return RemoteProtocolError(message, reason=reason, line=line[:200])
+
+
+class SyncSession:
+    """One link's side of the protocol, over one replica.
+
+    Args:
+        replica: the replica to replicate.
+        max_line_bytes: longest line accepted from the peer.
+        batch_entries: entries read from one source's history at a time.
+        batch_bytes: :meth:`data_to_send` stops adding entries past this.
+
+    Attributes:
+        wakeup: called (with no arguments) whenever the session gains
+            something to send; the I/O layer uses it to wake its writer.
+        peer: the peer's :class:`Digest`, once received.
+    """
+
+    def __init__(
+        self,
+        replica: Replica,
+        *,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        batch_entries: int = DEFAULT_BATCH_ENTRIES,
+        batch_bytes: int = DEFAULT_BATCH_BYTES,
+    ) -> None:
+        if max_line_bytes < 64 or batch_entries < 1 or batch_bytes < 1:
+            raise ValueError("limits must be positive (max_line_bytes >= 64)")
+        self.replica = replica
+        self.wakeup: Callable[[], None] | None = None
+        self.peer: Digest | None = None
+        self.our_state = SessionState.HELLO
+        self.their_state = SessionState.HELLO
+        self._decoder = LineDecoder(max_line_bytes)
+        self._batch_entries = batch_entries
+        self._batch_bytes = batch_bytes
+        self._out: list[bytes] = [
+            encode_digest(replica.id, replica.clock, replica.type_name)
+        ]
+        self._sent: dict[str, float] = {}
+        self._pending: dict[str, None] = {}
+        self._updates_in = 0
+        self._updates_out = 0
+        self._bytes_in = 0
+        self._bytes_out = 0
+        self._detach: Callable[[], None] | None = replica.add_listener(self._on_applied)
+
+    def __repr__(self) -> str:
+        peer = self.peer.id if self.peer else None
+        return (
+            f"<SyncSession {self.replica.id!r}<->{peer!r}"
+            f" out={self.our_state.value} in={self.their_state.value}>"
+        )
+
+    # -- state -------------------------------------------------------------
+
+    @property
+    def sync_sent(self) -> bool:
+        """``"SYNC"`` has been handed out by :meth:`data_to_send`."""
+        return self.our_state is SessionState.LIVE
+
+    @property
+    def sync_received(self) -> bool:
+        """The peer's ``"SYNC"`` arrived (it may have closed since)."""
+        return self._got_sync
+
+    @property
+    def synced(self) -> bool:
+        """Both sides have exchanged everything they had at connect."""
+        return self.sync_sent and self._got_sync
+
+    @property
+    def has_data_to_send(self) -> bool:
+        return bool(self._out) or (
+            self.our_state is SessionState.HISTORY
+            or (self.our_state is SessionState.LIVE and bool(self._pending))
+        )
+
+    def statistics(self) -> SessionStatistics:
+        return SessionStatistics(
+            updates_in=self._updates_in,
+            updates_out=self._updates_out,
+            bytes_in=self._bytes_in,
+            bytes_out=self._bytes_out,
+        )
+
+    _got_sync = False
+
+    # -- incoming ------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray | None) -> list[object]:
+        """Feed bytes from the peer (``b""`` or ``None``: the stream ended).
+
+        Every complete line is processed at once: entries are applied to the
+        replica. Returns the events seen: a :class:`Digest`,
+        :class:`SyncReceived`, :class:`PeerEOF`.
+
+        Raises:
+            RemoteProtocolError: the peer broke the protocol. Every message
+                before the bad one was applied; the bad one changed nothing.
+                The session is then detached and unusable.
+            LocalProtocolError: data fed after an error or after the end.
+        """
+        if self.their_state in (SessionState.ERROR, SessionState.CLOSED):
+            raise LocalProtocolError(
+                f"receive_data() after the session ended ({self.their_state.value})"
+            )
+        events: list[object] = []
+        try:
+            if data:
+                if type(data) is not bytes:
+                    data = bytes(data)
+                self._bytes_in += len(data)
+                decoder = self._decoder
+                for line in decoder.feed(data):
+                    self._handle(line, events)
+                if decoder.error is not None:
+                    raise decoder.error
+            else:
+                rest = self._decoder.eof()
+                if rest is not None:
+                    self._handle(rest, events)
+                self.their_state = SessionState.CLOSED
+                events.append(PeerEOF())
+        except RemoteProtocolError:
+            self._fail()
+            raise
+        return events
+
+    def _handle(self, line: bytes, events: list[object]) -> None:
+        msg = parse_line(line)
+        if type(msg) is tuple:
+            if self.their_state is SessionState.HELLO:
+                raise _bad("entry before the digest", "no-digest", line)
+            change, ts, source = msg
+            sent = self._sent
+            if sent.get(source, -1) < ts:
+                sent[source] = ts
+            try:
+                applied = self.replica.apply(change, ts, source, self)
+            except RemoteProtocolError as exc:
+                exc.line = line[:200]
+                raise
+            except Exception as exc:
+                raise RemoteProtocolError(
+                    f"the reducer refused an entry from the peer: {exc!r}",
+                    reason="reducer-error",
+                    line=line[:200],
+                ) from exc
+            if applied:
+                self._updates_in += 1
+        elif msg is SYNC:
+            if self.their_state is not SessionState.HISTORY:
+                raise _bad(
+                    f"SYNC in state {self.their_state.value}", "unexpected-sync", line
+                )
+            self.their_state = SessionState.LIVE
+            self._got_sync = True
+            events.append(SyncReceived())
+        else:
+            self._on_digest(msg, line)
+            events.append(msg)
+
+    def _on_digest(self, digest: Digest, line: bytes) -> None:
+        if self.their_state is not SessionState.HELLO:
+            raise _bad("a second digest", "duplicate-digest", line)
+        theirs = digest.type_name
+        if theirs is not None and theirs != self.replica.type_name:
+            raise IncompatiblePeerError(
+                f"peer replicates {theirs!r}, this replica is"
+                f" {self.replica.type_name!r}",
+                reason="incompatible-type",
+                line=line[:200],
+            )
+        self.peer = digest
+        self.their_state = SessionState.HISTORY
+        sent = self._sent = dict(digest.clock)
+        replica = self.replica
+        outstanding = [
+            (replica._count_after(source, sent.get(source, -1)), source)
+            for source, ts in replica.clock.items()
+            if ts > sent.get(source, -1)
+        ]
+        outstanding.sort(key=lambda pair: pair[0], reverse=True)
+        self._pending = dict.fromkeys(source for _, source in outstanding)
+        self.our_state = SessionState.HISTORY
+        if self.wakeup is not None:
+            self.wakeup()
+
+    # -- outgoing ------------------------------------------------------
+
+    def data_to_send(self) -> bytes:
+        """The next bytes to send to the peer (``b""`` when there is nothing).
+
+        At most about ``batch_bytes`` of entries per call: call again after
+        sending, until it returns ``b""``.
+        """
+        out = self._out
+        self._out = []
+        state = self.our_state
+        if state is SessionState.HISTORY or state is SessionState.LIVE:
+            if self._pending:
+                self._fill(out)
+            if state is SessionState.HISTORY and not self._pending:
+                out.append(SYNC_LINE)
+                self.our_state = SessionState.LIVE
+        data = b"".join(out)
+        self._bytes_out += len(data)
+        return data
+
+    def _fill(self, out: list[bytes]) -> None:
+        pending = self._pending
+        sent = self._sent
+        after = self.replica._after
+        limit = self._batch_entries
+        budget = self._batch_bytes
+        size = 0
+        while pending and size < budget:
+            source = next(iter(pending))
+            batch = after(source, sent.get(source, -1), limit)
+            for ts, change in batch:
+                line = encode_entry(change, ts, source)
+                out.append(line)
+                size += len(line)
+            if batch:
+                sent[source] = batch[-1][0]
+                self._updates_out += len(batch)
+            if len(batch) < limit:
+                del pending[source]
+
+    def _on_applied(self, effect: Any, ts: float, source: str, origin: object) -> None:
+        if origin is self or self.our_state is SessionState.HELLO:
+            return
+        if self._sent.get(source, -1) >= ts:
+            return
+        self._pending[source] = None
+        if self.wakeup is not None:
+            self.wakeup()
+
+    # -- ending --------------------------------------------------------
+
+    def close(self) -> None:
+        """Detach from the replica. Idempotent."""
+        if self._detach is not None:
+            self._detach()
+            self._detach = None
+
+    def _fail(self) -> None:
+        self.their_state = SessionState.ERROR
+        self.our_state = SessionState.ERROR
+        self._out = []
+        self._pending = {}
+        self.close()

@@ -1,0 +1,473 @@
+"""The trio edge: drive a :class:`SyncSession` over any ``trio.abc.Stream``.
+
+This is the only module of the library that imports trio. A connection is a
+stream, a session and two tasks: a reader that feeds the session what
+arrives, and a writer that sends what the session produces, woken whenever
+the replica applies something new. Both tasks catch their own errors and
+record the first one, so callers see a single exception, never a group.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from typing import TYPE_CHECKING, Any, final
+
+import attrs
+import trio
+
+from ._errors import (
+    PeerClosed,
+    ReplicaError,
+    SyncTimeout,
+)
+from ._session import SyncReceived, SyncSession
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ._replica import Replica
+
+__all__ = [
+    "DEFAULT_CLOSE_TIMEOUT",
+    "DEFAULT_HANDSHAKE_TIMEOUT",
+    "DEFAULT_SEND_TIMEOUT",
+    "Change",
+    "Connection",
+    "ConnectionStatistics",
+    "Subscription",
+    "SubscriptionOverflow",
+    "connect_tcp",
+    "replicate",
+    "serve_tcp",
+    "subscribe",
+]
+
+log = logging.getLogger("repred")
+
+#: Seconds a send may make no progress before the peer counts as stuck.
+DEFAULT_SEND_TIMEOUT = 30.0
+#: Seconds a new peer has to send its digest.
+DEFAULT_HANDSHAKE_TIMEOUT = 30.0
+#: Seconds to wait for the peer to finish after a ``live=False`` sync.
+DEFAULT_CLOSE_TIMEOUT = 5.0
+
+_RECEIVE_SIZE = 64 * 1024
+_TRANSPORT_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+@attrs.frozen(kw_only=True)
+class ConnectionStatistics:
+    """A snapshot of one connection.
+
+    Attributes:
+        peer_id: the peer's replica id, once its digest arrived.
+        synced: both sides have exchanged everything they had at connect.
+        updates_in: entries received that were new here.
+        updates_out: entries sent.
+        bytes_in: bytes received.
+        bytes_out: bytes sent.
+    """
+
+    peer_id: str | None
+    synced: bool
+    updates_in: int
+    updates_out: int
+    bytes_in: int
+    bytes_out: int
+
+
+@final
+class Connection:
+    """A running replication over one stream (see :func:`replicate`).
+
+    Reported through ``task_status`` by :func:`replicate` and
+    :func:`connect_tcp`, and passed to ``on_connection`` by
+    :func:`serve_tcp`.
+    """
+
+    def __init__(self, session: SyncSession, stream: trio.abc.Stream) -> None:
+        self.session = session
+        self.stream = stream
+        self._synced = trio.Event()
+        self._wake = trio.Event()
+        self._scope = trio.CancelScope()
+        self._error: BaseException | None = None
+        self._sync_flushed = False
+        session.wakeup = self._wakeup
+
+    def __repr__(self) -> str:
+        return f"<repred.Connection peer={self.peer_id!r} synced={self.synced}>"
+
+    @property
+    def peer_id(self) -> str | None:
+        peer = self.session.peer
+        return None if peer is None else peer.id
+
+    @property
+    def synced(self) -> bool:
+        return self._synced.is_set()
+
+    async def wait_synced(self) -> None:
+        """Wait until both sides have exchanged everything they had.
+
+        After it returns, this replica holds everything the peer had when
+        the connection opened, and the peer has been sent everything this
+        replica had.
+        """
+        await self._synced.wait()
+
+    def statistics(self) -> ConnectionStatistics:
+        s = self.session.statistics()
+        return ConnectionStatistics(
+            peer_id=self.peer_id,
+            synced=self.synced,
+            updates_in=s.updates_in,
+            updates_out=s.updates_out,
+            bytes_in=s.bytes_in,
+            bytes_out=s.bytes_out,
+        )
+
+    def close(self) -> None:
+        """End this connection (its :func:`replicate` call returns)."""
+        self._scope.cancel()
+
+    # -- internals -----------------------------------------------------
+
+    def _wakeup(self) -> None:
+        self._wake.set()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
+        self._scope.cancel()
+
+    def _check_synced(self) -> None:
+        if self._sync_flushed and self.session.sync_received:
+            self._synced.set()
+
+    async def _reader(self, handshake_timeout: float) -> None:
+        session = self.session
+        try:
+            with trio.move_on_after(handshake_timeout) as handshake:
+                while session.peer is None:
+                    if not await self._receive_once():
+                        return
+            if handshake.cancelled_caught:
+                raise SyncTimeout(f"no digest within {handshake_timeout} s")
+            while await self._receive_once():
+                pass
+        except ReplicaError as exc:
+            self._fail(exc)
+
+    async def _receive_once(self) -> bool:
+        """Receive and process one chunk; ``False`` once the peer has ended."""
+        session = self.session
+        try:
+            data = await self.stream.receive_some(_RECEIVE_SIZE)
+        except _TRANSPORT_ERRORS as exc:
+            if session.synced:
+                self._scope.cancel()
+                return False
+            raise PeerClosed(f"connection lost: {exc!r}") from None
+        for event in session.receive_data(data):
+            if type(event) is SyncReceived:
+                self._check_synced()
+                self._wakeup()
+        if not data:
+            if not session.sync_received:
+                raise PeerClosed("the peer closed the connection before its SYNC")
+            self._scope.cancel()
+            return False
+        return True
+
+    async def _writer(
+        self, live: bool, send_timeout: float, close_timeout: float
+    ) -> None:
+        session = self.session
+        stream = self.stream
+        try:
+            while True:
+                self._wake = trio.Event()
+                data = session.data_to_send()
+                if data:
+                    with trio.move_on_after(send_timeout) as scope:
+                        try:
+                            await stream.send_all(data)
+                        except _TRANSPORT_ERRORS as exc:
+                            raise PeerClosed(f"connection lost: {exc!r}") from None
+                    if scope.cancelled_caught:
+                        raise SyncTimeout(f"the peer read nothing for {send_timeout} s")
+                    if not self._sync_flushed and session.sync_sent:
+                        self._sync_flushed = True
+                        self._check_synced()
+                    continue
+                if not live and self._synced.is_set():
+                    break
+                await self._wake.wait()
+            # live=False: everything is exchanged. Say so, and give the peer
+            # a moment to finish its side before the connection is dropped.
+            if isinstance(stream, trio.abc.HalfCloseableStream):
+                try:
+                    await stream.send_eof()
+                except _TRANSPORT_ERRORS:
+                    pass
+                await trio.sleep(close_timeout)
+            self._scope.cancel()
+        except ReplicaError as exc:
+            self._fail(exc)
+
+
+async def _run(
+    replica: Replica,
+    stream: trio.abc.Stream,
+    *,
+    live: bool,
+    on_start: Callable[[Connection], None],
+    send_timeout: float,
+    handshake_timeout: float,
+    close_timeout: float,
+    **session_options: Any,
+) -> ConnectionStatistics:
+    session = SyncSession(replica, **session_options)
+    conn = Connection(session, stream)
+    try:
+        with conn._scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(conn._reader, handshake_timeout)
+                nursery.start_soon(conn._writer, live, send_timeout, close_timeout)
+                on_start(conn)
+    finally:
+        session.close()
+        await trio.aclose_forcefully(stream)
+    if conn._error is not None:
+        raise conn._error
+    return conn.statistics()
+
+
+async def replicate(
+    replica: Replica,
+    stream: trio.abc.Stream,
+    *,
+    live: bool = True,
+    send_timeout: float = DEFAULT_SEND_TIMEOUT,
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+    task_status: trio.TaskStatus[Connection] = trio.TASK_STATUS_IGNORED,
+    **session_options: Any,
+) -> ConnectionStatistics:
+    """Replicate ``replica`` with one peer over ``stream``.
+
+    Both sides exchange digests, send each other what the other lacks, and
+    (with ``live=True``) go on streaming new entries until the stream ends.
+    With ``live=False`` it returns once both sides have exchanged everything
+    they had. Under ``nursery.start`` it reports the :class:`Connection`.
+    The stream is closed on return.
+
+    Args:
+        replica: the replica to replicate.
+        stream: any ``trio.abc.Stream`` to the peer.
+        live: keep streaming after the sync.
+        send_timeout: seconds a send may make no progress before the peer
+            counts as stuck (:class:`SyncTimeout`).
+        handshake_timeout: seconds the peer has to send its digest.
+        close_timeout: with ``live=False``, seconds to wait for the peer to
+            end its side after the sync.
+        **session_options: passed to :class:`SyncSession`
+            (``max_line_bytes``, ``batch_entries``, ``batch_bytes``).
+
+    Returns:
+        The connection's final statistics.
+
+    Raises:
+        RemoteProtocolError: the peer broke the protocol (a subclass says
+            how). Everything it sent before was applied; the offending
+            message changed nothing.
+        PeerClosed: the stream ended or broke before the peer's ``"SYNC"``.
+        SyncTimeout: the peer stopped reading, or sent no digest in time.
+    """
+    return await _run(
+        replica,
+        stream,
+        live=live,
+        on_start=task_status.started,
+        send_timeout=send_timeout,
+        handshake_timeout=handshake_timeout,
+        close_timeout=close_timeout,
+        **session_options,
+    )
+
+
+async def connect_tcp(
+    replica: Replica,
+    host: str,
+    port: int,
+    *,
+    live: bool = True,
+    task_status: trio.TaskStatus[Connection] = trio.TASK_STATUS_IGNORED,
+    **options: Any,
+) -> ConnectionStatistics:
+    """Connect to a peer over TCP and :func:`replicate` with it.
+
+    Raises:
+        OSError: the connection could not be made.
+        ReplicaError: as :func:`replicate`.
+    """
+    stream = await trio.open_tcp_stream(host, port)
+    return await replicate(
+        replica, stream, live=live, task_status=task_status, **options
+    )
+
+
+async def serve_tcp(
+    replica: Replica,
+    port: int,
+    *,
+    host: str | None = "127.0.0.1",
+    live: bool = True,
+    handler_nursery: trio.Nursery | None = None,
+    on_connection: Callable[[Connection], None] | None = None,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    **options: Any,
+) -> None:
+    """Accept peers on a TCP port and replicate with each; runs until cancelled.
+
+    Used as ``listeners = await nursery.start(repred.serve_tcp, replica, 0)``,
+    it reports its listeners the way ``trio.serve_tcp`` does (port 0 picks a
+    free port). One replica serves any number of connections at once.
+
+    Error handling: whatever one peer does ends only that peer's connection;
+    the error is logged on the ``"repred"`` logger and serving goes on.
+
+    Args:
+        replica: the replica to serve.
+        port: the port to listen on (0: any free port).
+        host: the address to listen on.
+        live: passed to :func:`replicate` for each connection.
+        handler_nursery: where connection tasks run (as ``trio.serve_tcp``).
+        on_connection: called with each new :class:`Connection`.
+        **options: passed to :func:`replicate`.
+    """
+    send_timeout = options.pop("send_timeout", DEFAULT_SEND_TIMEOUT)
+    handshake_timeout = options.pop("handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT)
+    close_timeout = options.pop("close_timeout", DEFAULT_CLOSE_TIMEOUT)
+    on_start = on_connection if on_connection is not None else _ignore
+
+    async def handler(stream: trio.SocketStream) -> None:
+        try:
+            await _run(
+                replica,
+                stream,
+                live=live,
+                on_start=on_start,
+                send_timeout=send_timeout,
+                handshake_timeout=handshake_timeout,
+                close_timeout=close_timeout,
+                **options,
+            )
+        except ReplicaError as exc:
+            log.warning("repred: connection closed: %s", _describe(exc))
+        except Exception:
+            # Nothing one peer does may take the server down.
+            log.exception("repred: connection failed")
+
+    await trio.serve_tcp(
+        handler,
+        port,
+        host=host,
+        handler_nursery=handler_nursery,
+        task_status=task_status,
+    )
+
+
+def _ignore(conn: Connection) -> None:
+    pass
+
+
+def _describe(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None)
+    name = type(exc).__name__
+    return f"{name}({reason}): {exc}" if reason else f"{name}: {exc}"
+
+
+# -- subscriptions ---------------------------------------------------------
+
+
+@attrs.frozen
+class Change:
+    """A change a replica applied: its effect here, and its stamp."""
+
+    change: Any
+    ts: float
+    source: str
+
+
+class SubscriptionOverflow(ReplicaError):
+    """A subscriber fell further behind than its buffer allows."""
+
+
+#: Changes a subscriber may fall behind before :class:`SubscriptionOverflow`.
+DEFAULT_SUBSCRIPTION_BUFFER = 100_000
+
+
+@final
+class Subscription:
+    """The changes a replica applies, as an async iterator.
+
+    Use as ``with repred.subscribe(replica) as changes: async for c in
+    changes: ...``. Only changes with a local effect are delivered; a
+    subscriber that falls more than ``max_buffer`` changes behind gets
+    :class:`SubscriptionOverflow` rather than unbounded memory growth.
+    """
+
+    def __init__(self, replica: Replica, max_buffer: int) -> None:
+        self._replica = replica
+        self._max = max_buffer
+        self._buffer: collections.deque[Change] = collections.deque()
+        self._event = trio.Event()
+        self._overflow = False
+        self._remove: Callable[[], None] | None = None
+
+    def __enter__(self) -> Subscription:
+        self._remove = self._replica.add_listener(self._listener)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._remove is not None:
+            self._remove()
+            self._remove = None
+
+    def _listener(self, effect: Any, ts: float, source: str, origin: object) -> None:
+        if effect is None or effect == [] or effect == {}:
+            return
+        if len(self._buffer) >= self._max:
+            self._overflow = True
+        else:
+            self._buffer.append(Change(effect, ts, source))
+        self._event.set()
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Change:
+        while not self._buffer:
+            if self._overflow:
+                raise SubscriptionOverflow(f"more than {self._max} changes behind")
+            if self._remove is None:
+                raise StopAsyncIteration
+            self._event = trio.Event()
+            await self._event.wait()
+        return self._buffer.popleft()
+
+    async def receive(self) -> Change:
+        """The next change (waits for one)."""
+        return await self.__anext__()
+
+
+def subscribe(
+    replica: Replica, *, max_buffer: int = DEFAULT_SUBSCRIPTION_BUFFER
+) -> Subscription:
+    """Subscribe to the changes ``replica`` applies, local and remote."""
+    if max_buffer < 1:
+        raise ValueError("max_buffer must be positive")
+    return Subscription(replica, max_buffer)

@@ -1,0 +1,199 @@
+"""Bytes to messages and back: newline-delimited JSON, as JS scuttlebutt.
+
+Three kinds of message travel, told apart by their JSON type (PROTOCOL.md):
+
+* an object is a :class:`Digest` ``{"id": ..., "clock": {source: ts}}``,
+  with repred's extensions in extra keys (JS peers ignore them);
+* an array is an entry ``[change, ts, source]``;
+* the string ``"SYNC"`` ends the history.
+
+Everything a peer sends is checked here, before it can reach a replica;
+whatever fails becomes a :class:`RemoteProtocolError` saying why.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import attrs
+import orjson
+
+from ._errors import IncompatiblePeerError, RemoteProtocolError
+from ._replica import MAX_SOURCE_LENGTH
+
+__all__ = [
+    "DEFAULT_MAX_LINE_BYTES",
+    "PROTOCOL_VERSION",
+    "SYNC",
+    "SYNC_LINE",
+    "Digest",
+    "LineDecoder",
+    "encode_digest",
+    "encode_entry",
+    "parse_line",
+]
+
+#: Longest line accepted from a peer: 1 MiB. JS scuttlebutt has no limit, so
+#: a peer that never sends a newline grows its buffer without bound.
+DEFAULT_MAX_LINE_BYTES = 1 << 20
+
+#: repred's protocol version, sent in the digest's ``"repred"`` key.
+PROTOCOL_VERSION = 1
+
+SYNC = "SYNC"
+SYNC_LINE = b'"SYNC"\n'
+
+_OPT = orjson.OPT_APPEND_NEWLINE
+_dumps = orjson.dumps
+_loads = orjson.loads
+_JSONDecodeError = orjson.JSONDecodeError
+
+
+@attrs.frozen(kw_only=True)
+class Digest:
+    """A peer's opening message: who it is and what it has."""
+
+    id: str | None
+    clock: dict[str, float] = attrs.field(hash=False)
+    version: int | None = None
+    type_name: str | None = None
+
+
+def _snippet(line: bytes | bytearray) -> bytes:
+    return bytes(line[:200])
+
+
+class LineDecoder:
+    """Splits a byte stream into lines, refusing any longer than a limit.
+
+    A line over the limit is reported through :attr:`error` after the good
+    lines before it have been returned, so those are still processed.
+    """
+
+    __slots__ = ("_buf", "_max", "error")
+
+    def __init__(self, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
+        self._buf = b""
+        self._max = max_line_bytes
+        self.error: RemoteProtocolError | None = None
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add bytes; return the lines they completed (without the LF)."""
+        if self.error is not None:
+            return []
+        limit = self._max
+        if b"\n" not in data:
+            if len(self._buf) + len(data) > limit:
+                self._too_long(self._buf[:256] + data[:256])
+                return []
+            self._buf += data
+            return []
+        lines = (self._buf + data).split(b"\n") if self._buf else data.split(b"\n")
+        self._buf = lines.pop()
+        for i, line in enumerate(lines):
+            if len(line) > limit:
+                self._too_long(line)
+                return lines[:i]
+        if len(self._buf) > limit:
+            self._too_long(self._buf)
+        return lines
+
+    def eof(self) -> bytes | None:
+        """The stream ended: the unfinished last line, if any (as JS reads it)."""
+        rest, self._buf = self._buf, b""
+        return rest if rest.strip() else None
+
+    def _too_long(self, line: bytes) -> None:
+        self._buf = b""
+        self.error = RemoteProtocolError(
+            f"line longer than {self._max} bytes",
+            reason="line-too-long",
+            line=_snippet(line),
+        )
+
+
+def _bad(message: str, reason: str, line: bytes) -> RemoteProtocolError:
+    return RemoteProtocolError(message, reason=reason, line=_snippet(line))
+
+
+def _stamp(value: Any, line: bytes) -> float:
+    kind = type(value)
+    if kind is int:
+        if value < 0:
+            raise _bad("negative stamp", "bad-stamp", line)
+        return value  # type: ignore[no-any-return]
+    if kind is float:
+        if not math.isfinite(value) or value < 0:
+            raise _bad("stamp out of range", "bad-stamp", line)
+        return int(value) if value.is_integer() else value
+    raise _bad(f"stamp must be a number, not {kind.__name__}", "bad-stamp", line)
+
+
+def _source(value: Any, line: bytes) -> str:
+    if type(value) is not str or not value or len(value) > MAX_SOURCE_LENGTH:
+        raise _bad("source must be a short non-empty string", "bad-source", line)
+    if value == "__proto__":
+        raise _bad("source '__proto__' is refused", "bad-source", line)
+    return value
+
+
+def parse_line(line: bytes) -> Any:
+    """One line to a message: an entry tuple, a :class:`Digest`, or ``SYNC``.
+
+    Raises:
+        RemoteProtocolError: the line is not a valid message.
+    """
+    try:
+        msg = _loads(line)
+    except _JSONDecodeError as exc:
+        raise _bad(f"malformed JSON: {exc}", "malformed-json", line) from None
+    kind = type(msg)
+    if kind is list:
+        if not 3 <= len(msg) <= 4:
+            raise _bad("an entry is [change, ts, source]", "bad-entry", line)
+        return (msg[0], _stamp(msg[1], line), _source(msg[2], line))
+    if kind is dict:
+        return _digest(msg, line)
+    if msg == SYNC:
+        return SYNC
+    raise _bad("unexpected message", "unexpected-message", line)
+
+
+def _digest(msg: dict[str, Any], line: bytes) -> Digest:
+    clock = msg.get("clock")
+    if type(clock) is not dict:
+        raise _bad("a digest needs a clock object", "bad-digest", line)
+    peer_id = msg.get("id")
+    if peer_id is not None and type(peer_id) is not str:
+        raise _bad("digest id must be a string", "bad-digest", line)
+    clean = {_source(s, line): _stamp(ts, line) for s, ts in clock.items()}
+    version = msg.get("repred")
+    if version is not None and (type(version) is not int or version < 1):
+        raise _bad("bad protocol version", "bad-digest", line)
+    if version is not None and version != PROTOCOL_VERSION:
+        raise IncompatiblePeerError(
+            f"peer speaks repred protocol {version}, this side {PROTOCOL_VERSION}",
+            reason="incompatible-version",
+            line=_snippet(line),
+        )
+    type_name = msg.get("type")
+    if type_name is not None and type(type_name) is not str:
+        raise _bad("digest type must be a string", "bad-digest", line)
+    return Digest(id=peer_id, clock=clean, version=version, type_name=type_name)
+
+
+def encode_digest(replica_id: str, clock: Any, type_name: str) -> bytes:
+    return _dumps(
+        {
+            "id": replica_id,
+            "clock": dict(clock),
+            "repred": PROTOCOL_VERSION,
+            "type": type_name,
+        },
+        option=_OPT,
+    )
+
+
+def encode_entry(change: Any, ts: float, source: str) -> bytes:
+    return _dumps([change, ts, source], option=_OPT)

@@ -1,0 +1,118 @@
+import pytest
+
+from repred import IncompatiblePeerError, RemoteProtocolError
+from repred._wire import (
+    SYNC,
+    Digest,
+    LineDecoder,
+    encode_digest,
+    encode_entry,
+    parse_line,
+)
+
+
+def test_entry_round_trip_matches_js_bytes():
+    line = encode_entry(["name", "héllo ✓"], 1795692308381, "A")
+    assert line == '[["name","héllo ✓"],1795692308381,"A"]\n'.encode()
+    assert parse_line(line[:-1]) == (["name", "héllo ✓"], 1795692308381, "A")
+
+
+def test_fractional_and_integral_float_stamps():
+    assert parse_line(b'[1,1795692308381.001,"A"]')[1] == 1795692308381.001
+    ts = parse_line(b'[1,1795692308381.0,"A"]')[1]
+    assert ts == 1795692308381 and type(ts) is int
+    assert b"1795692308381.002" in encode_entry(1, 1795692308381.002, "A")
+
+
+def test_digest_round_trip():
+    line = encode_digest("A", {"A": 5, "B": 6.5}, "model")
+    digest = parse_line(line)
+    assert digest == Digest(id="A", clock={"A": 5, "B": 6.5}, version=1, type_name="model")
+
+
+def test_js_digest_without_extensions():
+    digest = parse_line(b'{"id":"B","clock":{}}')
+    assert digest.id == "B" and digest.clock == {} and digest.type_name is None
+
+
+def test_sync_and_crlf():
+    assert parse_line(b'"SYNC"') is SYNC
+    assert parse_line(b'"SYNC"\r') is SYNC
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (b"", "malformed-json"),
+        (b"\r", "malformed-json"),
+        (b"not json", "malformed-json"),
+        (b"GET / HTTP/1.1", "malformed-json"),
+        (b"\xff\xfe[1,2,3]", "malformed-json"),
+        (b"NaN", "malformed-json"),
+        (b'[1,NaN,"A"]', "malformed-json"),
+        (b'[1,Infinity,"A"]', "malformed-json"),
+        (b'[1,1e400,"A"]', "malformed-json"),
+        (b"[" * 5000 + b"]" * 5000, "malformed-json"),
+        (b"42", "unexpected-message"),
+        (b'"hi"', "unexpected-message"),
+        (b"null", "unexpected-message"),
+        (b"true", "unexpected-message"),
+        (b"[]", "bad-entry"),
+        (b'[1,2,"A",4,5]', "bad-entry"),
+        (b'[1,"5","A"]', "bad-stamp"),
+        (b'[1,true,"A"]', "bad-stamp"),
+        (b'[1,-1,"A"]', "bad-stamp"),
+        (b'[1,null,"A"]', "bad-stamp"),
+        (b"[1,1,2]", "bad-source"),
+        (b'[1,1,""]', "bad-source"),
+        (b'[1,1,"__proto__"]', "bad-source"),
+        (b'[1,1,"' + b"x" * 300 + b'"]', "bad-source"),
+        (b"{}", "bad-digest"),
+        (b'{"clock":null}', "bad-digest"),
+        (b'{"clock":[]}', "bad-digest"),
+        (b'{"id":5,"clock":{}}', "bad-digest"),
+        (b'{"clock":{"A":"5"}}', "bad-stamp"),
+        (b'{"clock":{"A":5},"repred":"1"}', "bad-digest"),
+        (b'{"clock":{},"type":5}', "bad-digest"),
+    ],
+)
+def test_bad_lines_are_typed_errors(line, reason):
+    with pytest.raises(RemoteProtocolError) as info:
+        parse_line(line)
+    assert info.value.reason == reason
+    assert info.value.line is not None and len(info.value.line) <= 200
+
+
+def test_future_protocol_version_is_refused():
+    with pytest.raises(IncompatiblePeerError):
+        parse_line(b'{"clock":{},"repred":2}')
+
+
+def test_decoder_splits_and_keeps_partial_line():
+    d = LineDecoder(100)
+    assert d.feed(b'"SY') == []
+    assert d.feed(b'NC"\n[1,') == [b'"SYNC"']
+    assert d.feed(b'2,"A"]\n\n') == [b'[1,2,"A"]', b""]
+    assert d.eof() is None
+
+
+def test_decoder_parses_trailing_line_at_eof():
+    d = LineDecoder(100)
+    assert d.feed(b'"SYNC"') == []
+    assert d.eof() == b'"SYNC"'
+
+
+def test_decoder_refuses_long_lines_after_returning_good_ones():
+    d = LineDecoder(10)
+    assert d.feed(b"12345\n" + b"x" * 11 + b"\n") == [b"12345"]
+    assert d.error is not None and d.error.reason == "line-too-long"
+
+
+def test_decoder_refuses_endless_line_without_buffering_it():
+    d = LineDecoder(1000)
+    for _ in range(3):
+        d.feed(b"x" * 400)
+        if d.error:
+            break
+    assert d.error is not None and d.error.reason == "line-too-long"
+    assert d.feed(b"x" * 400) == []
