@@ -66,7 +66,8 @@ def sync(a: Replica, b: Replica) -> None:
     """Sync two replicas completely over a fresh pair of sessions."""
     pair = SessionPair(a, b)
     pair.pump()
-    assert pair.a.synced and pair.b.synced
+    assert pair.a.synced
+    assert pair.b.synced
     pair.close()
 
 
@@ -81,3 +82,64 @@ def feed_modes(data: bytes) -> dict[str, list[bytes]]:
         "bytewise": [data[i : i + 1] for i in range(len(data))],
         "lines": lines(data),
     }
+
+
+class LinePump:
+    """Moves one line at a time between two sessions, in a chosen order.
+
+    ``pick(step)`` returns True to move a line from ``a`` to ``b`` (when both
+    have one waiting). Used to cut a sync after any line, in either direction.
+    """
+
+    def __init__(self, a: Replica, b: Replica, **options: Any) -> None:
+        self.pair = SessionPair(a, b, **options)
+        self._ab: list[bytes] = []
+        self._ba: list[bytes] = []
+        self.moved = 0
+
+    def _refill(self) -> None:
+        if not self._ab:
+            self._ab = lines(self.pair.a.data_to_send())
+        if not self._ba:
+            self._ba = lines(self.pair.b.data_to_send())
+
+    def run(self, limit: int | None, pick: Any = lambda step: step % 2 == 0) -> bool:
+        """Move up to ``limit`` lines; True when the sync finished first."""
+        while limit is None or self.moved < limit:
+            self._refill()
+            if not self._ab and not self._ba:
+                return True
+            to_b = bool(self._ab) and (not self._ba or pick(self.moved))
+            if to_b:
+                self.pair.b.receive_data(self._ab.pop(0))
+            else:
+                self.pair.a.receive_data(self._ba.pop(0))
+            self.moved += 1
+        return False
+
+    def cut(self) -> None:
+        self.pair.close()
+
+
+def assert_complete(*replicas: Replica) -> None:
+    """Per-source completeness: each clock entry covers every entry held anywhere."""
+    everything: dict[str, set[float]] = {}
+    for r in replicas:
+        for e in r.history():
+            everything.setdefault(e.source, set()).add(e.ts)
+    for r in replicas:
+        held: dict[str, set[float]] = {}
+        for e in r.history():
+            held.setdefault(e.source, set()).add(e.ts)
+        for source, ts in r.clock.items():
+            need = {t for t in everything.get(source, ()) if t <= ts}
+            assert need <= held.get(source, set()), (r.id, source, need - held[source])
+
+
+async def wait_until(replica: Replica, predicate: Any) -> None:
+    """Wait, without polling, until ``predicate()`` holds for ``replica``."""
+    import repred as _repred
+
+    with _repred.subscribe(replica) as changes:
+        while not predicate():
+            await changes.receive()

@@ -20,19 +20,24 @@ def test_entry_round_trip_matches_js_bytes():
 def test_fractional_and_integral_float_stamps():
     assert parse_line(b'[1,1795692308381.001,"A"]')[1] == 1795692308381.001
     ts = parse_line(b'[1,1795692308381.0,"A"]')[1]
-    assert ts == 1795692308381 and type(ts) is int
+    assert ts == 1795692308381
+    assert type(ts) is int
     assert b"1795692308381.002" in encode_entry(1, 1795692308381.002, "A")
 
 
 def test_digest_round_trip():
     line = encode_digest("A", {"A": 5, "B": 6.5}, "model")
     digest = parse_line(line)
-    assert digest == Digest(id="A", clock={"A": 5, "B": 6.5}, version=1, type_name="model")
+    assert digest == Digest(
+        id="A", clock={"A": 5, "B": 6.5}, version=1, type_name="model"
+    )
 
 
 def test_js_digest_without_extensions():
     digest = parse_line(b'{"id":"B","clock":{}}')
-    assert digest.id == "B" and digest.clock == {} and digest.type_name is None
+    assert digest.id == "B"
+    assert digest.clock == {}
+    assert digest.type_name is None
 
 
 def test_sync_and_crlf():
@@ -80,7 +85,8 @@ def test_bad_lines_are_typed_errors(line, reason):
     with pytest.raises(RemoteProtocolError) as info:
         parse_line(line)
     assert info.value.reason == reason
-    assert info.value.line is not None and len(info.value.line) <= 200
+    assert info.value.line is not None
+    assert len(info.value.line) <= 200
 
 
 def test_future_protocol_version_is_refused():
@@ -105,7 +111,8 @@ def test_decoder_parses_trailing_line_at_eof():
 def test_decoder_refuses_long_lines_after_returning_good_ones():
     d = LineDecoder(10)
     assert d.feed(b"12345\n" + b"x" * 11 + b"\n") == [b"12345"]
-    assert d.error is not None and d.error.reason == "line-too-long"
+    assert d.error is not None
+    assert d.error.reason == "line-too-long"
 
 
 def test_decoder_refuses_endless_line_without_buffering_it():
@@ -114,5 +121,6 @@ def test_decoder_refuses_endless_line_without_buffering_it():
         d.feed(b"x" * 400)
         if d.error:
             break
-    assert d.error is not None and d.error.reason == "line-too-long"
+    assert d.error is not None
+    assert d.error.reason == "line-too-long"
     assert d.feed(b"x" * 400) == []

@@ -1,0 +1,166 @@
+import itertools
+
+import pytest
+
+import repred
+from repred import FutureStampError
+
+from .helpers import FakeWall, gset, union
+
+
+def test_update_returns_change_or_none():
+    names = gset("A")
+    assert names.update(["jim", "bob"]) == ["jim", "bob"]
+    assert names.update(["jim"]) is None
+    assert names.state == {"jim", "bob"}
+    assert len(list(names.history())) == 1
+
+
+def test_noop_update_records_and_stamps_nothing():
+    wall = FakeWall()
+    names = gset("A", wall=wall)
+    names.update(["x"])
+    clock = dict(names.clock)
+    names.update(["x"])
+    assert dict(names.clock) == clock
+
+
+def test_map_turns_arguments_into_updates():
+    names = repred.repred(union, set(), map=lambda *xs: list(xs) or None)
+    assert names.update("a", "b") == ["a", "b"]
+    assert names.update() is None
+
+
+def test_update_needs_exactly_one_argument_without_map():
+    with pytest.raises(TypeError):
+        gset("A").update(["a"], ["b"])
+
+
+def test_non_json_change_is_refused():
+    r = repred.repred(lambda s, u: {1, 2}, None)
+    with pytest.raises(TypeError, match="JSON"):
+        r.update("x")
+    assert r.clock == {}
+
+
+def test_stamps_strictly_increase_even_with_a_frozen_clock():
+    wall = FakeWall()
+    r = gset("A", wall=wall)
+    stamps = []
+    for i in range(2000):
+        r.update([i])
+        stamps.append(r.clock["A"])
+    assert all(a < b for a, b in itertools.pairwise(stamps))
+    assert stamps[0] == wall.now
+
+
+def test_stamps_never_go_below_a_seen_stamp_when_the_wall_steps_back():
+    wall = FakeWall()
+    r = gset("A", wall=wall)
+    r.apply(["far"], wall.now + 60_000, "B")
+    wall.now -= 5_000
+    r.update(["mine"])
+    assert r.clock["A"] > 60_000 + wall.now
+
+
+def test_a_future_stamp_is_refused_and_changes_nothing():
+    wall = FakeWall()
+    r = gset("A", wall=wall)
+    r.update(["x"])
+    before = (set(r.state), dict(r.clock), list(r.history()))
+    with pytest.raises(FutureStampError):
+        r.apply(["evil"], 1e300, "A")
+    assert (set(r.state), dict(r.clock), list(r.history())) == before
+    assert r.update(["y"]) == ["y"]  # local writes still work
+
+
+def test_future_bound_is_configurable():
+    wall = FakeWall()
+    r = gset("A", wall=wall, max_drift_ms=10)
+    assert r.apply(["ok"], wall.now + 10, "B")
+    with pytest.raises(FutureStampError):
+        r.apply(["no"], wall.now + 11, "C")
+
+
+def test_apply_drops_what_is_already_known():
+    r = gset("A")
+    assert r.apply(["x"], 10, "B")
+    assert not r.apply(["y"], 10, "B")
+    assert not r.apply(["y"], 5, "B")
+    assert r.state == {"x"}
+
+
+def test_relay_records_entry_as_origin_wrote_it_even_with_no_effect():
+    r = gset("A")
+    r.apply(["x"], 10, "B")
+    r.apply(["x", "y"], 11, "C")  # local effect only ["y"]
+    assert [e.change for e in r.history() if e.source == "C"] == [["x", "y"]]
+
+
+def test_reducer_error_leaves_clock_and_history_untouched():
+    def picky(state, update):
+        if update == "bad":
+            raise ValueError("no")
+        state.append(update)
+        return update
+
+    r = repred.repred(picky, [])
+    r.apply("good", 1, "B")
+    with pytest.raises(ValueError, match="no"):
+        r.apply("bad", 2, "B")
+    assert r.clock == {"B": 1}
+    assert [e.change for e in r.history()] == ["good"]
+
+
+def test_history_since_returns_only_what_is_missing_in_source_order():
+    r = gset("A")
+    r.apply(["a1"], 1, "A")
+    r.apply(["b1"], 1, "B")
+    r.apply(["a2"], 2, "A")
+    r.apply(["b2"], 3, "B")
+    assert [e.change for e in r.history({"A": 1})] == [["a2"], ["b1"], ["b2"]]
+    assert list(r.history(r.clock)) == []
+
+
+def test_history_since_is_cheap_on_a_large_history():
+    r = gset("A")
+    for i in range(50_000):
+        r.apply([i], i + 1, "B")
+    log = r._history.logs["B"]
+    assert log.after(49_999, 10) == [(50_000, [49_999])]
+    assert log.count_after(50_000) == 0
+
+
+def test_listener_sees_every_entry_and_a_raising_listener_is_contained(caplog):
+    r = gset("A")
+    seen = []
+    remove = r.add_listener(lambda *args: seen.append(args))
+    r.add_listener(lambda *args: 1 / 0)
+    r.update(["x"])
+    r.apply(["y"], 5, "B", origin="conn")
+    assert [(s[0], s[2], s[3]) for s in seen] == [
+        (["x"], "A", None),
+        (["y"], "B", "conn"),
+    ]
+    remove()
+    remove()
+    r.update(["z"])
+    assert len(seen) == 2
+    assert "listener" in caplog.text
+
+
+def test_clock_is_a_read_only_view():
+    r = gset("A")
+    with pytest.raises(TypeError):
+        r.clock["A"] = 5  # type: ignore[index]
+
+
+@pytest.mark.parametrize("bad", ["", 5, "x" * 300])
+def test_bad_ids_are_refused(bad):
+    with pytest.raises(ValueError):
+        gset(bad)
+
+
+def test_type_name_defaults_to_the_reducer_name():
+    assert gset("A").type_name == "union"
+    assert gset("A", type_name="names").type_name == "names"
