@@ -1,0 +1,127 @@
+"""An unmodified JS scuttlebutt Model peer replicates with repred's model().
+
+The npm package is installed by ``.ci/run`` into ``tests/js``; the tests skip
+only where node itself is absent.
+"""
+
+import json
+import shutil
+import subprocess
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+
+import repred
+from repred.types import model
+
+from .helpers import wait_until
+
+JS = Path(__file__).parent / "js"
+NODE = shutil.which("node")
+
+pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _npm_package():
+    if not (JS / "node_modules" / "scuttlebutt").is_dir():
+        npm = shutil.which("npm")
+        assert npm, "node is here but npm is not: cannot install scuttlebutt"
+        subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund", "--silent"], cwd=JS, check=True
+        )
+
+
+class JSPeer:
+    def __init__(self, process: trio.Process):
+        self.process = process
+        self._buf = b""
+        assert process.stdin is not None
+        assert process.stdout is not None
+        self._stdin = process.stdin
+        self._stdout = process.stdout
+
+    async def send(self, **cmd):
+        await self._stdin.send_all(json.dumps(cmd).encode() + b"\n")
+
+    async def event(self, kind: str) -> dict:
+        while True:
+            while b"\n" not in self._buf:
+                data = await self._stdout.receive_some(65536)
+                assert data, "the JS peer exited"
+                self._buf += data
+            line, self._buf = self._buf.split(b"\n", 1)
+            msg = json.loads(line)
+            if msg["event"] == kind:
+                return msg
+            assert msg["event"] != "error", msg
+
+    async def dump(self) -> dict:
+        await self.send(dump=True)
+        return (await self.event("dump"))["state"]
+
+
+async def _start_peer(nursery, *args):
+    process = await nursery.start(
+        partial(
+            trio.run_process,
+            [NODE, str(JS / "peer.js"), *args],
+            check=False,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+    )
+    return JSPeer(process)
+
+
+async def test_repred_connects_to_a_js_listener_both_ways_and_live():
+    ours = model(id="py")
+    ours.set("from_py", {"a": [1, 2]})
+    ours.set("shared", "py-early")
+    ours.set("uni", "héllo ✓")
+    async with trio.open_nursery() as nursery:
+        js = await _start_peer(nursery, "js", "listen")
+        port = (await js.event("listening"))["port"]
+        await js.send(set=["from_js", 1])
+        await js.send(set=["gone", True])
+        await js.send(set=["gone", None])
+        await js.event("update")
+        with trio.fail_after(20):
+            conn = await nursery.start(repred.connect_tcp, ours, "127.0.0.1", port)
+            await conn.wait_synced()
+            await js.event("synced")
+            assert ours.get("from_js") == 1
+            assert "gone" not in ours
+            assert await js.dump() == ours.to_dict()
+            # Live, both directions.
+            await js.send(set=["live_js", "x"])
+            await wait_until(ours, lambda: ours.get("live_js") == "x")
+            ours.set("live_py", [1, None])
+            while (await js.event("update"))["key"] != "live_py":
+                pass
+            assert await js.dump() == ours.to_dict()
+        await js.process.stdin.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_js_peer_connects_to_repred_server():
+    ours = model(id="srv")
+    for i in range(200):
+        ours.set(f"k{i % 50}", i)
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(repred.serve_tcp, ours, 0)
+        port = listeners[0].socket.getsockname()[1]
+        js = await _start_peer(nursery, "jsclient", "connect", str(port))
+        with trio.fail_after(20):
+            await js.event("synced")
+            assert await js.dump() == ours.to_dict()
+            await js.send(set=["k1", "js-wins"])
+            await wait_until(ours, lambda: ours.get("k1") == "js-wins")
+            ours.set("k2", "py-wins")
+            while (await js.event("update"))["key"] != "k2":
+                pass
+            assert await js.dump() == ours.to_dict()
+        await js.process.stdin.aclose()
+        nursery.cancel_scope.cancel()
