@@ -13,7 +13,7 @@ import logging
 import math
 import time
 import types
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -74,6 +74,7 @@ class Replica:
         "_clock",
         "_clock_view",
         "_history",
+        "_key",
         "_last",
         "_listeners",
         "_map",
@@ -119,7 +120,8 @@ class Replica:
         self._wall = wall
         self._clock: dict[str, float] = {}
         self._clock_view = types.MappingProxyType(self._clock)
-        self._history = History(key)
+        self._key = key
+        self._history = History(superseding=key is not None)
         self._last: float = 0
         self._listeners: list[Listener] = []
 
@@ -181,7 +183,11 @@ class Replica:
             ) from None
         self._last = ts
         self._clock[self.id] = ts
-        self._history.record(change, ts, self.id)
+        if self._key is None:
+            self._history.record(change, ts, self.id)
+        else:
+            k = self._key(change)
+            self._history.record(change, ts, self.id, k, self._history.newest(k))
         if self._listeners:
             self._notify(change, ts, self.id, None)
         return change
@@ -212,21 +218,61 @@ class Replica:
             Exception: whatever the reducer raised; the replica's clock and
                 history are then untouched.
         """
-        known = self._clock.get(source)
-        if known is not None and ts <= known:
-            return False
-        self.check_stamp(ts)
-        if self._stamped:
-            effect = self._reducer(self.state, change, (ts, source))
-        else:
-            effect = self._reducer(self.state, change)
-        self._clock[source] = ts
-        if ts > self._last:
-            self._last = ts
-        self._history.record(change, ts, source)
-        if self._listeners:
-            self._notify(effect, ts, source, origin)
-        return True
+        return self.apply_many(((change, ts, source),), origin) == 1
+
+    def apply_many(
+        self, entries: Iterable[tuple[Any, float, str]], origin: object = None
+    ) -> int:
+        """Apply entries from a peer in order; return how many were new.
+
+        The same as :meth:`apply` for each entry, for a fraction of the cost.
+        If one raises, every entry before it stays applied and it, and every
+        entry after it, changes nothing.
+        """
+        clock = self._clock
+        state = self.state
+        reducer = self._reducer
+        stamped = self._stamped
+        record = self._history.record
+        key = self._key
+        newest = self._history.newest
+        listeners = self._listeners
+        limit = self._wall() + self.max_drift_ms
+        last = self._last
+        applied = 0
+        try:
+            for change, ts, source in entries:
+                known = clock.get(source)
+                if known is not None and ts <= known:
+                    continue
+                if ts > limit:
+                    self.check_stamp(ts)  # raises FutureStampError
+                if key is None:
+                    k = old = None
+                else:
+                    k = key(change)
+                    old = newest(k)
+                    if old is not None and old >= (ts, source):
+                        # Dominated by what is kept: known, with no effect.
+                        clock[source] = ts
+                        if ts > last:
+                            last = ts
+                        applied += 1
+                        continue
+                if stamped:
+                    effect = reducer(state, change, (ts, source))
+                else:
+                    effect = reducer(state, change)
+                clock[source] = ts
+                if ts > last:
+                    last = ts
+                record(change, ts, source, k, old)
+                applied += 1
+                if listeners:
+                    self._notify(effect, ts, source, origin)
+        finally:
+            self._last = last
+        return applied
 
     # -- listeners -------------------------------------------------------
 
@@ -301,15 +347,19 @@ def repred(
             known. It must be commutative and idempotent in effect. With
             ``stamped=True`` it is called as ``reducer(state, update, stamp)``
             where ``stamp`` is ``(ts, source)``: the one way a type sees
-            stamps (last-write-wins types need them).
+            stamps, for types that need more than ``key`` gives.
         initial: the initial state.
         map: turns what is passed to :meth:`Replica.update` into an update;
             ``None`` from it drops the update.
         id: this replica's source id; a random one by default.
         stamped: pass the entry's stamp to the reducer.
-        key: the type's dominance rule: entries whose changes have the same
-            key supersede one another and the history keeps only the newest
-            (so memory follows live keys, not the number of writes).
+        key: makes the type last-write-wins per key. ``key(change)`` names
+            what a change writes (it may raise ``ValueError`` to refuse a
+            malformed change). Of the entries with the same key, the one with
+            the greatest stamp ``(ts, source)`` wins: an older one reaching
+            the replica later is dominated, so the reducer never sees it and
+            the history never keeps it. The history holds only the newest
+            entry per key, so memory follows live keys, not writes.
         type_name: the name peers must share to replicate with this one;
             the reducer's name by default.
         max_drift_ms: how far in the future a remote stamp may be.

@@ -41,15 +41,18 @@ was before that message.
 from __future__ import annotations
 
 import enum
+import math
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import orjson
 
 from ._errors import (
     IncompatiblePeerError,
     LocalProtocolError,
     RemoteProtocolError,
 )
+from ._replica import MAX_SOURCE_LENGTH
 from ._wire import (
     DEFAULT_MAX_LINE_BYTES,
     SYNC,
@@ -58,8 +61,22 @@ from ._wire import (
     LineDecoder,
     encode_digest,
     encode_entry,
-    parse_line,
+    loads_line,
+    parse_entry,
+    parse_message,
 )
+
+_INF = math.inf
+_loads = orjson.loads
+_JSONDecodeError = orjson.JSONDecodeError
+
+
+def _entry_line(change: Any, ts: float, source: str) -> bytes:
+    try:
+        return encode_entry(change, ts, source)[:200]
+    except TypeError:  # pragma: no cover  (decoded JSON always encodes)
+        return b""
+
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -238,14 +255,15 @@ class SyncSession:
                     data = bytes(data)
                 self._bytes_in += len(data)
                 decoder = self._decoder
-                for line in decoder.feed(data):
-                    self._handle(line, events)
+                lines = decoder.feed(data)
+                if lines:
+                    self._handle(lines, events)
                 if decoder.error is not None:
                     raise decoder.error
             else:
                 rest = self._decoder.eof()
                 if rest is not None:
-                    self._handle(rest, events)
+                    self._handle([rest], events)
                 self.their_state = SessionState.CLOSED
                 events.append(PeerEOF())
         except RemoteProtocolError:
@@ -253,28 +271,80 @@ class SyncSession:
             raise
         return events
 
-    def _handle(self, line: bytes, events: list[object]) -> None:
-        msg = parse_line(line)
-        if type(msg) is tuple:
-            if self.their_state is SessionState.HELLO:
-                raise _bad("entry before the digest", "no-digest", line)
-            change, ts, source = msg
-            sent = self._sent
-            if sent.get(source, -1) < ts:
-                sent[source] = ts
+    def _handle(self, lines: list[bytes], events: list[object]) -> None:
+        # The hot path of every sync: entries are checked inline and applied
+        # in batches. Anything that is not a well-formed entry (or comes
+        # before the digest) goes through _handle_message, which raises the
+        # precise error, after the entries before it have been applied.
+        batch: list[tuple[Any, float, str]] = []
+        sent = self._sent
+        live = self.their_state is not SessionState.HELLO
+        for line in lines:
             try:
-                applied = self.replica.apply(change, ts, source, self)
-            except RemoteProtocolError as exc:
-                exc.line = line[:200]
-                raise
-            except Exception as exc:
-                raise RemoteProtocolError(
-                    f"the reducer refused an entry from the peer: {exc!r}",
-                    reason="reducer-error",
-                    line=line[:200],
-                ) from exc
-            if applied:
-                self._updates_in += 1
+                msg = _loads(line)
+            except _JSONDecodeError:
+                self._apply(batch, lines)
+                loads_line(line)  # raises the typed error
+                raise  # pragma: no cover
+            if type(msg) is list and live and len(msg) == 3:
+                ts = msg[1]
+                source = msg[2]
+                kind = type(ts)
+                if (
+                    (kind is int or kind is float)
+                    and 0 <= ts < _INF
+                    and type(source) is str
+                    and 0 < len(source) <= MAX_SOURCE_LENGTH
+                    and source != "__proto__"
+                ):
+                    if kind is float and ts.is_integer():
+                        ts = int(ts)
+                    entry = (msg[0], ts, source)
+                else:
+                    self._apply(batch, lines)
+                    batch = []
+                    entry = parse_entry(msg, line)
+                    ts, source = entry[1], entry[2]
+                batch.append(entry)
+                if sent.get(source, -1) < ts:
+                    sent[source] = ts
+            else:
+                self._apply(batch, lines)
+                batch = []
+                self._handle_message(msg, line, events)
+                live = self.their_state is not SessionState.HELLO
+                sent = self._sent
+        self._apply(batch, lines)
+
+    def _apply(self, batch: list[tuple[Any, float, str]], lines: list[bytes]) -> None:
+        if not batch:
+            return
+        replica = self.replica
+        try:
+            self._updates_in += replica.apply_many(batch, self)
+        except Exception:
+            # Find the entry that failed, for the error: those before it are
+            # applied and known, so going through them again changes nothing.
+            for change, ts, source in batch:
+                try:
+                    replica.apply(change, ts, source, self)
+                except RemoteProtocolError as exc:
+                    exc.line = _entry_line(change, ts, source)
+                    raise
+                except Exception as exc:
+                    raise RemoteProtocolError(
+                        f"the reducer refused an entry from the peer: {exc!r}",
+                        reason="reducer-error",
+                        line=_entry_line(change, ts, source),
+                    ) from exc
+            raise  # pragma: no cover  (the reducer failed only in the batch)
+
+    def _handle_message(self, raw: Any, line: bytes, events: list[object]) -> None:
+        if type(raw) is list and self.their_state is SessionState.HELLO:
+            raise _bad("entry before the digest", "no-digest", line)
+        msg = parse_message(raw, line)
+        if type(msg) is tuple:
+            self._apply([msg], [line])
         elif msg is SYNC:
             if self.their_state is not SessionState.HISTORY:
                 raise _bad(

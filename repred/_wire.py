@@ -31,7 +31,10 @@ __all__ = [
     "LineDecoder",
     "encode_digest",
     "encode_entry",
+    "loads_line",
+    "parse_entry",
     "parse_line",
+    "parse_message",
 ]
 
 #: Longest line accepted from a peer: 1 MiB. JS scuttlebutt has no limit, so
@@ -144,20 +147,38 @@ def parse_line(line: bytes) -> Any:
     Raises:
         RemoteProtocolError: the line is not a valid message.
     """
+    return parse_message(loads_line(line), line)
+
+
+def loads_line(line: bytes) -> Any:
+    """The JSON value of one line.
+
+    Raises:
+        RemoteProtocolError: the line is not JSON (or too deeply nested).
+    """
     try:
-        msg = _loads(line)
+        return _loads(line)
     except _JSONDecodeError as exc:
         raise _bad(f"malformed JSON: {exc}", "malformed-json", line) from None
+
+
+def parse_message(msg: Any, line: bytes) -> Any:
+    """A decoded JSON value to a message (see :func:`parse_line`)."""
     kind = type(msg)
     if kind is list:
-        if not 3 <= len(msg) <= 4:
-            raise _bad("an entry is [change, ts, source]", "bad-entry", line)
-        return (msg[0], _stamp(msg[1], line), _source(msg[2], line))
+        return parse_entry(msg, line)
     if kind is dict:
         return _digest(msg, line)
     if msg == SYNC:
         return SYNC
     raise _bad("unexpected message", "unexpected-message", line)
+
+
+def parse_entry(msg: list[Any], line: bytes) -> tuple[Any, float, str]:
+    """A decoded entry ``[change, ts, source]``, checked and normalised."""
+    if not 3 <= len(msg) <= 4:
+        raise _bad("an entry is [change, ts, source]", "bad-entry", line)
+    return (msg[0], _stamp(msg[1], line), _source(msg[2], line))
 
 
 def _digest(msg: dict[str, Any], line: bytes) -> Digest:

@@ -4,30 +4,28 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._replica import DEFAULT_MAX_DRIFT_MS, Replica, Stamp, _wall_ms
+from .._replica import DEFAULT_MAX_DRIFT_MS, Replica, _wall_ms
 
 __all__ = ["Model", "model"]
 
 
-def lww_map(state: dict[str, tuple[Any, Stamp]], change: Any, stamp: Stamp) -> Any:
-    """Set ``key`` to ``value`` unless the key holds a write with a later stamp.
-
-    Converges because the winner of each key is the write with the greatest
-    stamp ``(ts, source)``, a total order every replica agrees on; applying a
-    write again or in another order picks the same winner. The change is
-    ``[key, value]``, as JS scuttlebutt/model sends it; ``None`` deletes.
-    """
+def model_key(change: Any) -> str:
+    """A model change is ``[key, value]`` with a string key, as JS sends it."""
     if type(change) is not list or len(change) != 2 or type(change[0]) is not str:
         raise ValueError(f"a model change is [key, value], not {change!r}")
-    old = state.get(change[0])
-    if old is not None and old[1] >= stamp:
-        return None
-    state[change[0]] = (change[1], stamp)
+    key: str = change[0]
+    return key
+
+
+def lww_set(state: dict[str, Any], change: list[Any]) -> list[Any]:
+    """Write ``value`` at ``key``; ``None`` deletes (the key stays, as in JS).
+
+    Converges because the primitive (``key=model_key``) hands the reducer
+    only the write with the greatest stamp ``(ts, source)`` per key, a total
+    order every replica agrees on, and a dominated write never reaches it.
+    """
+    state[change[0]] = change[1]
     return change
-
-
-def _key(change: list[Any]) -> str:
-    return change[0]  # type: ignore[no-any-return]
 
 
 class Model(Replica):
@@ -49,21 +47,18 @@ class Model(Replica):
         return self.set(key, None)
 
     def get(self, key: str, default: Any = None) -> Any:
-        entry = self.state.get(key)
-        if entry is None or entry[0] is None:
-            return default
-        return entry[0]
+        value = self.state.get(key)
+        return default if value is None else value
 
     def __contains__(self, key: object) -> bool:
-        entry = self.state.get(key)
-        return entry is not None and entry[0] is not None
+        return self.state.get(key) is not None
 
     def keys(self) -> list[str]:
-        return [k for k, (v, _) in self.state.items() if v is not None]
+        return [k for k, v in self.state.items() if v is not None]
 
     def to_dict(self) -> dict[str, Any]:
         """The live keys and values (deleted keys left out, as JS ``toJSON``)."""
-        return {k: v for k, (v, _) in self.state.items() if v is not None}
+        return {k: v for k, v in self.state.items() if v is not None}
 
 
 def model(
@@ -74,11 +69,10 @@ def model(
 ) -> Model:
     """A new, empty last-write-wins map replica (type name ``"model"``)."""
     return Model(
-        lww_map,
+        lww_set,
         {},
         id=id,
-        stamped=True,
-        key=_key,
+        key=model_key,
         type_name="model",
         max_drift_ms=max_drift_ms,
         wall=wall,
