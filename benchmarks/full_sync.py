@@ -13,10 +13,11 @@ import sys
 import time
 
 import trio
-from _common import report
 
 import repred
 from repred.types import model
+
+from _common import report
 
 
 async def serve(n: int) -> None:

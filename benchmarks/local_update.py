@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import time
 
-from _common import arg, report
-
 import repred
 from repred.types import model
+
+from _common import arg, report
 
 
 def union(state, update):

@@ -8,9 +8,9 @@ from __future__ import annotations
 import resource
 import tracemalloc
 
-from _common import arg, report
-
 from repred.types import model
+
+from _common import arg, report
 
 
 def main() -> None:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import time
 
-from _common import arg, report
-
 import repred
 from repred import SyncSession
+
+from _common import arg, report
 
 
 def union(state, update):

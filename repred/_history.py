@@ -149,7 +149,11 @@ class History:
                 self.logs[old[1]].discard(old[0])
             self._index[key] = (ts, source)
         log._stamps.append(ts)
-        log._changes.append(change)
+        # An entry is immutable once recorded. A list is kept as a tuple (the
+        # same JSON array on the wire): the caller's list can no longer alter
+        # history, and the collector stops tracking tuples of plain values,
+        # which keeps full collections cheap with millions of entries.
+        log._changes.append(tuple(change) if type(change) is list else change)
         log._live += 1
 
     def after(self, source: str, ts: float, limit: int) -> list[tuple[float, Any]]:

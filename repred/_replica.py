@@ -236,7 +236,11 @@ class Replica:
         record = self._history.record
         key = self._key
         newest = self._history.newest
-        listeners = self._listeners
+        # The origin's own listener never needs its entries back.
+        listeners = [
+            f for f in self._listeners if getattr(f, "__self__", None) is not origin
+        ]
+        notify = self._notify
         limit = self._wall() + self.max_drift_ms
         last = self._last
         applied = 0
@@ -269,7 +273,7 @@ class Replica:
                 record(change, ts, source, k, old)
                 applied += 1
                 if listeners:
-                    self._notify(effect, ts, source, origin)
+                    notify(effect, ts, source, origin, listeners)
         finally:
             self._last = last
         return applied
@@ -292,8 +296,15 @@ class Replica:
 
         return remove
 
-    def _notify(self, effect: Any, ts: float, source: str, origin: object) -> None:
-        for listener in tuple(self._listeners):
+    def _notify(
+        self,
+        effect: Any,
+        ts: float,
+        source: str,
+        origin: object,
+        listeners: list[Listener] | None = None,
+    ) -> None:
+        for listener in tuple(self._listeners) if listeners is None else listeners:
             try:
                 listener(effect, ts, source, origin)
             except Exception:

@@ -142,7 +142,7 @@ def test_concurrent_updates_commute_and_duplicates_do_nothing(updates, rnd):
     origin = [repred.repred(union, set(), id=f"s{i}", wall=wall) for i in range(3)]
     for i, x in updates:
         if origin[i].update([x]):
-            entries.append(next(e for e in origin[i].history() if e.change == [x]))
+            entries.append(next(e for e in origin[i].history() if e.change == (x,)))
     # Deliver to two fresh replicas: per-source order kept, sources interleaved
     # differently, every entry delivered twice.
     one = repred.repred(union, set(), id="one")

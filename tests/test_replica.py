@@ -94,7 +94,7 @@ def test_relay_records_entry_as_origin_wrote_it_even_with_no_effect():
     r = gset("A")
     r.apply(["x"], 10, "B")
     r.apply(["x", "y"], 11, "C")  # local effect only ["y"]
-    assert [e.change for e in r.history() if e.source == "C"] == [["x", "y"]]
+    assert [e.change for e in r.history() if e.source == "C"] == [("x", "y")]
 
 
 def test_reducer_error_leaves_clock_and_history_untouched():
@@ -118,8 +118,15 @@ def test_history_since_returns_only_what_is_missing_in_source_order():
     r.apply(["b1"], 1, "B")
     r.apply(["a2"], 2, "A")
     r.apply(["b2"], 3, "B")
-    assert [e.change for e in r.history({"A": 1})] == [["a2"], ["b1"], ["b2"]]
+    assert [e.change for e in r.history({"A": 1})] == [("a2",), ("b1",), ("b2",)]
     assert list(r.history(r.clock)) == []
+
+
+def test_recorded_entries_cannot_be_changed_through_the_caller_list():
+    r = gset("A")
+    change = r.update(["x"])
+    change.append("sneaky")
+    assert [e.change for e in r.history()] == [("x",)]
 
 
 def test_history_since_is_cheap_on_a_large_history():
@@ -127,7 +134,7 @@ def test_history_since_is_cheap_on_a_large_history():
     for i in range(50_000):
         r.apply([i], i + 1, "B")
     log = r._history.logs["B"]
-    assert log.after(49_999, 10) == [(50_000, [49_999])]
+    assert log.after(49_999, 10) == [(50_000, (49_999,))]
     assert log.count_after(50_000) == 0
 
 

@@ -11,7 +11,10 @@ __all__ = ["Model", "model"]
 
 def model_key(change: Any) -> str:
     """A model change is ``[key, value]`` with a string key, as JS sends it."""
-    if type(change) is not list or len(change) != 2 or type(change[0]) is not str:
+    kind = type(change)
+    if (kind is not list and kind is not tuple) or len(change) != 2:
+        raise ValueError(f"a model change is [key, value], not {change!r}")
+    if type(change[0]) is not str:
         raise ValueError(f"a model change is [key, value], not {change!r}")
     key: str = change[0]
     return key
