@@ -77,6 +77,28 @@ class ConnectionStatistics:
     bytes_out: int
 
 
+class _Plain:
+    """One replica's session, speaking the scuttlebutt lines as they are."""
+
+    def __init__(self, session: SyncSession) -> None:
+        self.session = session
+        self.sessions = [session]
+        self.feed = session.receive_data
+        self.data_to_send = session.data_to_send
+
+    @property
+    def peer_id(self) -> str | None:
+        peer = self.session.peer
+        return None if peer is None else peer.id
+
+    @property
+    def handshake_done(self) -> bool:
+        return self.session.peer is not None
+
+    def set_wakeup(self, wakeup: Callable[[], None]) -> None:
+        self.session.wakeup = wakeup
+
+
 @final
 class Connection:
     """A running replication over one stream (see :func:`replicate`).
@@ -86,23 +108,28 @@ class Connection:
     :func:`serve_tcp`.
     """
 
-    def __init__(self, session: SyncSession, stream: trio.abc.Stream) -> None:
-        self.session = session
+    def __init__(self, channel: Any, stream: trio.abc.Stream) -> None:
+        self._channel = channel
         self.stream = stream
         self._synced = trio.Event()
         self._wake = trio.Event()
         self._scope = trio.CancelScope()
         self._error: BaseException | None = None
         self._sync_flushed = False
-        session.wakeup = self._wakeup
+        channel.set_wakeup(self._wakeup)
 
     def __repr__(self) -> str:
         return f"<repred.Connection peer={self.peer_id!r} synced={self.synced}>"
 
     @property
+    def sessions(self) -> list[SyncSession]:
+        """The protocol sessions on this connection (one per replica)."""
+        return list(self._channel.sessions)
+
+    @property
     def peer_id(self) -> str | None:
-        peer = self.session.peer
-        return None if peer is None else peer.id
+        """The peer's replica id (or node address, for a peer link)."""
+        return self._channel.peer_id  # type: ignore[no-any-return]
 
     @property
     def synced(self) -> bool:
@@ -118,14 +145,14 @@ class Connection:
         await self._synced.wait()
 
     def statistics(self) -> ConnectionStatistics:
-        s = self.session.statistics()
+        stats = [s.statistics() for s in self._channel.sessions]
         return ConnectionStatistics(
             peer_id=self.peer_id,
             synced=self.synced,
-            updates_in=s.updates_in,
-            updates_out=s.updates_out,
-            bytes_in=s.bytes_in,
-            bytes_out=s.bytes_out,
+            updates_in=sum(s.updates_in for s in stats),
+            updates_out=sum(s.updates_out for s in stats),
+            bytes_in=sum(s.bytes_in for s in stats),
+            bytes_out=sum(s.bytes_out for s in stats),
         )
 
     def close(self) -> None:
@@ -142,15 +169,22 @@ class Connection:
             self._error = exc
         self._scope.cancel()
 
+    def _sync_received(self) -> bool:
+        channel = self._channel
+        done: bool = channel.handshake_done and all(
+            s.sync_received for s in channel.sessions
+        )
+        return done
+
     def _check_synced(self) -> None:
-        if self._sync_flushed and self.session.sync_received:
+        if self._sync_flushed and self._sync_received():
             self._synced.set()
 
     async def _reader(self, handshake_timeout: float) -> None:
-        session = self.session
+        channel = self._channel
         try:
             with trio.move_on_after(handshake_timeout) as handshake:
-                while session.peer is None:
+                while not channel.handshake_done:
                     if not await self._receive_once():
                         return
             if handshake.cancelled_caught:
@@ -162,20 +196,19 @@ class Connection:
 
     async def _receive_once(self) -> bool:
         """Receive and process one chunk; ``False`` once the peer has ended."""
-        session = self.session
         try:
             data = await self.stream.receive_some(_RECEIVE_SIZE)
         except _TRANSPORT_ERRORS as exc:
-            if session.synced:
+            if self._synced.is_set():
                 self._scope.cancel()
                 return False
             raise PeerClosed(f"connection lost: {exc!r}") from None
-        for event in session.receive_data(data):
+        for event in self._channel.feed(data):
             if type(event) is SyncReceived:
                 self._check_synced()
                 self._wakeup()
         if not data:
-            if not session.sync_received:
+            if not self._sync_received():
                 raise PeerClosed("the peer closed the connection before its SYNC")
             self._scope.cancel()
             return False
@@ -184,12 +217,12 @@ class Connection:
     async def _writer(
         self, live: bool, send_timeout: float, close_timeout: float
     ) -> None:
-        session = self.session
+        channel = self._channel
         stream = self.stream
         try:
             while True:
                 self._wake = trio.Event()
-                data = session.data_to_send()
+                data = channel.data_to_send()
                 if data:
                     with trio.move_on_after(send_timeout) as scope:
                         try:
@@ -198,7 +231,11 @@ class Connection:
                             raise PeerClosed(f"connection lost: {exc!r}") from None
                     if scope.cancelled_caught:
                         raise SyncTimeout(f"the peer read nothing for {send_timeout} s")
-                    if not self._sync_flushed and session.sync_sent:
+                    if (
+                        not self._sync_flushed
+                        and channel.handshake_done
+                        and all(s.sync_sent for s in channel.sessions)
+                    ):
                         self._sync_flushed = True
                         self._check_synced()
                     continue
@@ -229,8 +266,29 @@ async def _run(
     close_timeout: float,
     **session_options: Any,
 ) -> ConnectionStatistics:
-    session = SyncSession(replica, **session_options)
-    conn = Connection(session, stream)
+    return await run_channel(
+        _Plain(SyncSession(replica, **session_options)),
+        stream,
+        live=live,
+        on_start=on_start,
+        send_timeout=send_timeout,
+        handshake_timeout=handshake_timeout,
+        close_timeout=close_timeout,
+    )
+
+
+async def run_channel(
+    channel: Any,
+    stream: trio.abc.Stream,
+    *,
+    live: bool,
+    on_start: Callable[[Connection], None],
+    send_timeout: float,
+    handshake_timeout: float,
+    close_timeout: float,
+) -> ConnectionStatistics:
+    """Run a connection over ``stream`` with the given framing channel."""
+    conn = Connection(channel, stream)
     try:
         with conn._scope:
             async with trio.open_nursery() as nursery:
@@ -238,7 +296,8 @@ async def _run(
                 nursery.start_soon(conn._writer, live, send_timeout, close_timeout)
                 on_start(conn)
     finally:
-        session.close()
+        for session in channel.sessions:
+            session.close()
         await trio.aclose_forcefully(stream)
     if conn._error is not None:
         raise conn._error
