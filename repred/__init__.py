@@ -22,6 +22,9 @@ from ._errors import RemoteProtocolError as RemoteProtocolError
 from ._errors import ReplicaError as ReplicaError
 from ._errors import SyncTimeout as SyncTimeout
 from ._history import Entry as Entry
+from ._peer import Peer as Peer
+from ._peer import PeerStatistics as PeerStatistics
+from ._peer import open_peer as open_peer
 from ._replica import DEFAULT_MAX_DRIFT_MS as DEFAULT_MAX_DRIFT_MS
 from ._replica import Replica as Replica
 from ._replica import repred as repred
@@ -51,7 +54,9 @@ __all__ = [
     "FutureStampError",
     "IncompatiblePeerError",
     "LocalProtocolError",
+    "Peer",
     "PeerClosed",
+    "PeerStatistics",
     "ProtocolError",
     "RemoteProtocolError",
     "Replica",
@@ -63,6 +68,7 @@ __all__ = [
     "SyncSession",
     "SyncTimeout",
     "connect_tcp",
+    "open_peer",
     "replicate",
     "repred",
     "serve_tcp",
