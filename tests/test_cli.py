@@ -1,0 +1,146 @@
+"""``python -m repred.peer`` as separate processes on loopback."""
+
+import json
+import socket
+import subprocess
+import sys
+from functools import partial
+
+import trio
+
+ARGS = [
+    "--json",
+    "--heartbeat",
+    "0.1",
+    "--down-after",
+    "1.0",
+    "--gossip",
+    "0.4",
+    "--seed-interval",
+    "0.3",
+]
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+class Node:
+    def __init__(self, process):
+        self.process = process
+        self.buf = b""
+        self.events = []
+
+    async def send(self, line):
+        await self.process.stdin.send_all(line.encode() + b"\n")
+
+    async def until(self, predicate):
+        """Read events until one satisfies ``predicate``; return it."""
+        for event in self.events:
+            if predicate(event):
+                return event
+        while True:
+            while b"\n" not in self.buf:
+                data = await self.process.stdout.receive_some(65536)
+                assert data, "the peer exited"
+                self.buf += data
+            line, self.buf = self.buf.split(b"\n", 1)
+            event = json.loads(line)
+            self.events.append(event)
+            if predicate(event):
+                return event
+
+
+async def _start(nursery, port, *extra):
+    cmd = [sys.executable, "-m", "repred.peer", str(port), *extra, *ARGS]
+    process = await nursery.start(
+        partial(
+            trio.run_process,
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            check=False,
+        )
+    )
+    node = Node(process)
+    await node.until(lambda e: e["event"] == "listening")
+    return node
+
+
+def _has(key, value):
+    return lambda e: e["event"] == "update" and e["key"] == key and e["value"] == value
+
+
+async def test_chain_of_five_converges_reports_down_and_catches_up():
+    ports = _free_ports(5)
+    addr = [f"127.0.0.1:{p}" for p in ports]
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nodes = [await _start(nursery, ports[0])]
+            for i in range(1, 5):
+                nodes.append(await _start(nursery, ports[i], str(ports[i - 1])))
+            # Every node learns every member, each knowing only the previous.
+            for node in nodes:
+                for other in addr:
+                    if other != addr[nodes.index(node)]:
+                        await node.until(
+                            lambda e, o=other: e["event"] == "up" and e["peer"] == o
+                        )
+            # Data set at either end reaches every node.
+            await nodes[0].send('set left {"n": 1}')
+            await nodes[4].send("set right two")
+            for node in nodes:
+                await node.until(_has("left", {"n": 1}))
+                await node.until(_has("right", "two"))
+
+            # Killing one is reported down by the others.
+            nodes[2].process.kill()
+            await nodes[2].process.wait()
+            for i in (0, 1, 3, 4):
+                await nodes[i].until(
+                    lambda e: e["event"] == "down" and e["peer"] == addr[2]
+                )
+            await nodes[0].send("set while-down yes")
+            for i in (1, 3, 4):
+                await nodes[i].until(_has("while-down", "yes"))
+
+            # Restarted on the same port, it catches up with what it missed.
+            nodes[2] = await _start(nursery, ports[2], str(ports[1]))
+            for key, value in (("left", {"n": 1}), ("right", "two")):
+                await nodes[2].until(_has(key, value))
+            await nodes[2].until(_has("while-down", "yes"))
+
+            # End of input stops each peer cleanly.
+            for node in nodes:
+                await node.process.stdin.aclose()
+            for node in nodes:
+                assert await node.process.wait() == 0
+
+
+def test_end_of_input_exits_cleanly_and_bad_arguments_fail():
+    done = subprocess.run(
+        [sys.executable, "-m", "repred.peer", "0"],
+        input=b"set a 1\nget a\npeers\nbogus\n",
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.decode()
+    assert "a = 1" in out
+    assert "unknown command" in out
+    assert b"Traceback" not in done.stderr
+    bad = subprocess.run(
+        [sys.executable, "-m", "repred.peer", "0", "--seed", "nonsense"],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert b"HOST:PORT" in bad.stderr

@@ -1,0 +1,161 @@
+"""The peer network API over real loopback TCP, in one process."""
+
+import logging
+import random
+from contextlib import AsyncExitStack
+
+import pytest
+import trio
+import trio.testing
+
+import repred
+from repred._peer import _Mux, parse_address
+from repred.types import model
+
+from .helpers import gset, wait_until
+
+FAST = {
+    "heartbeat_interval": 0.05,
+    "down_after": 0.5,
+    "gossip_interval": 0.2,
+    "seed_interval": 0.2,
+    "max_backoff": 0.5,
+    "connect_timeout": 2.0,
+}
+
+
+async def _wait_members(peer, n):
+    while len(peer.members()) < n:
+        await wait_until(peer.membership, lambda: len(peer.members()) >= n)
+
+
+async def test_a_chain_of_peers_shares_members_and_data():
+    data = [model(id=f"d{i}") for i in range(4)]
+    async with AsyncExitStack() as stack:
+        peers = []
+        for i, d in enumerate(data):
+            seeds = [peers[-1].address] if peers else []
+            peers.append(
+                await stack.enter_async_context(
+                    repred.open_peer(
+                        replicas={"data": d}, seeds=seeds, rng=random.Random(i), **FAST
+                    )
+                )
+            )
+        data[0].set("first", 1)
+        data[-1].set("last", 2)
+        with trio.fail_after(20):
+            for d in data:
+                await wait_until(d, lambda d=d: d.to_dict() == {"first": 1, "last": 2})
+            for p in peers:
+                await _wait_members(p, 4)
+        stats = peers[0].statistics()
+        assert stats.address == peers[0].address
+        assert set(stats.members) == {p.address for p in peers}
+
+
+async def test_names_the_other_side_lacks_are_skipped():
+    a_data, a_extra, b_data = gset("A"), gset("AX"), gset("B")
+    a_data.update(["a"])
+    a_extra.update(["only-a"])
+    b_data.update(["b"])
+    async with (
+        repred.open_peer(replicas={"data": a_data, "extra": a_extra}, **FAST) as pa,
+        repred.open_peer(replicas={"data": b_data}, seeds=[pa.address], **FAST),
+    ):
+        with trio.fail_after(20):
+            await wait_until(b_data, lambda: b_data.state == {"a", "b"})
+            await wait_until(a_data, lambda: a_data.state == {"a", "b"})
+    assert a_extra.state == {"only-a"}
+
+
+async def test_mux_skips_unknown_names_and_refuses_non_peers():
+    mux = _Mux({"data": gset("A")}, "127.0.0.1:1")
+    mux.feed(b'{"repred-peer":1,"node":"x:1","replicas":{"data":"union"}}\n')
+    assert mux.peer_id == "x:1"
+    assert len(mux.sessions) == 1
+    mux.feed(b'other\t{"id":"Z","clock":{}}\n')  # no such name here: skipped
+    with pytest.raises(repred.RemoteProtocolError) as info:
+        mux.feed(b"no tab here\n")
+    assert info.value.reason == "not-a-peer"
+    with pytest.raises(repred.RemoteProtocolError):
+        _Mux({}, "n:1").feed(b'{"id":"A","clock":{}}\n')
+
+
+async def test_dead_seeds_and_wrong_protocols_are_retried_quietly(
+    caplog, autojump_clock
+):
+    caplog.set_level(logging.DEBUG, logger="repred.peer")
+
+    async def not_a_peer(stream):
+        await stream.send_all(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(trio.serve_tcp, not_a_peer, 0)
+        bogus = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+        with trio.socket.socket() as sock:
+            await sock.bind(("127.0.0.1", 0))
+            dead = f"127.0.0.1:{sock.getsockname()[1]}"
+        async with repred.open_peer(seeds=[dead, bogus], **FAST) as peer:
+            # Thirty seconds of virtual time: many retries, each after a
+            # jittered backoff capped at max_backoff.
+            await trio.sleep(30)
+            failures = peer.statistics().dial_failures
+            assert 8 <= failures <= 2 * 30 / (FAST["max_backoff"] * 0.5) + 4
+        nursery.cancel_scope.cancel()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    # Each bad address is reported once, then retried with backoff.
+    assert sorted({r.getMessage().split()[3] for r in warnings}) == sorted(
+        [dead + ":", bogus + ":"]
+    )
+    assert len(warnings) == 2
+
+
+async def test_hundreds_of_reconnects_leave_tasks_and_links_flat():
+    a, b = gset("A"), gset("B")
+    steady = {**FAST, "gossip_interval": 1000.0}  # gossip links stay put
+    async with (
+        repred.open_peer(replicas={"data": a}, **steady) as pa,
+        repred.open_peer(replicas={"data": b}, **steady) as pb,
+    ):
+        baseline = None
+        for i in range(300):
+            a.update([i])
+            ok = await pb._dial(pa.address, live=False, duration=0)
+            assert ok
+            if i == 100:
+                baseline = len(_all_tasks())
+        await trio.testing.wait_all_tasks_blocked(0.01)
+        # A leak would add a task or more per reconnect (300 of them); the slack
+        # is for the two long-lived gossip links, which come up at any time.
+        assert len(_all_tasks()) <= (baseline or 0) + 12
+        assert len(a._listeners) <= 4
+        assert len(b._listeners) <= 4
+        assert b.state == set(range(300))
+
+
+def _all_tasks():
+    root = trio.lowlevel.current_root_task()
+    found, todo = [], [root]
+    while todo:
+        task = todo.pop()
+        found.append(task)
+        for nursery in task.child_nurseries:
+            todo.extend(nursery.child_tasks)
+    return found
+
+
+def test_addresses_are_checked():
+    assert parse_address("h:1") == ("h", 1)
+    for bad in ("h", ":1", "h:x", "h:0", "h:70000"):
+        with pytest.raises(ValueError):
+            parse_address(bad)
+
+
+async def test_reserved_and_bad_names_are_refused():
+    with pytest.raises(ValueError):
+        async with repred.open_peer(replicas={"_members": gset("A")}):
+            pass  # pragma: no cover
+    with pytest.raises(ValueError):
+        async with repred.open_peer(replicas={"a\tb": gset("A")}):
+            pass  # pragma: no cover
