@@ -1,0 +1,60 @@
+"""Whatever bytes a peer sends, the only error is RemoteProtocolError."""
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from repred import RemoteProtocolError, SyncSession
+from repred._session import SessionState
+from repred.types import model
+
+from .helpers import gset
+
+FRAGMENTS = [
+    b'{"id":"B","clock":{}}\n',
+    b'{"id":"B","clock":{"A":5}}\n',
+    b'{"id":"B","clock":{},"type":"model"}\n',
+    b'[["x"],1,"B"]\n',
+    b'[["k",1],2,"B"]\n',
+    b'[["y"],2.5,"C"]\n',
+    b'[null,3,"B"]\n',
+    b'[["z"],1e300,"B"]\n',
+    b'"SYNC"\n',
+    b"\n",
+    b"\r\n",
+    b"[",
+    b"]",
+    b"{",
+    b'"',
+    b"\xff",
+    b"NaN",
+    b"[[[[[[[[",
+]
+
+messages = st.lists(
+    st.one_of(st.sampled_from(FRAGMENTS), st.binary(max_size=20)), max_size=30
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(messages, st.integers(1, 7), st.booleans())
+def test_any_input_is_accepted_or_a_remote_protocol_error(parts, chunk, use_model):
+    replica = model(id="A") if use_model else gset("A")
+    session = SyncSession(replica, max_line_bytes=64)
+    session.data_to_send()
+    data = b"".join(parts)
+    try:
+        for i in range(0, len(data), chunk):
+            session.receive_data(data[i : i + chunk])
+            session.data_to_send()
+        session.receive_data(b"")
+    except RemoteProtocolError as exc:
+        assert exc.reason
+        assert session.their_state is SessionState.ERROR
+        assert replica._listeners == []
+    # Whatever happened, the replica still works and its history is sound.
+    if use_model:
+        replica.set("after", True)
+    else:
+        replica.update(["after"])
+    for entry in replica.history():
+        assert entry.ts <= replica.clock[entry.source]
