@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import logging
 import random
-import time
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, final
 
@@ -27,6 +26,7 @@ import orjson
 import trio
 
 from ._errors import RemoteProtocolError, ReplicaError
+from ._replica import _wall_ms
 from ._session import SessionState, SyncSession
 from ._trio import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -38,9 +38,16 @@ from ._wire import DEFAULT_MAX_LINE_BYTES, LineDecoder, loads_line
 from .types import Model, model
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
-__all__ = ["MEMBERS", "Peer", "PeerStatistics", "open_peer", "parse_address"]
+__all__ = [
+    "MEMBERS",
+    "Peer",
+    "PeerStatistics",
+    "TcpTransport",
+    "open_peer",
+    "parse_address",
+]
 
 log = logging.getLogger("repred.peer")
 
@@ -167,6 +174,28 @@ class _Mux:
         return b"".join(out)
 
 
+class TcpTransport:
+    """How peers reach each other by default: TCP."""
+
+    async def listen(
+        self,
+        host: str,
+        port: int,
+        handler: Callable[[trio.abc.Stream], Awaitable[None]],
+        nursery: trio.Nursery,
+    ) -> str:
+        """Serve ``handler`` on ``host:port``; return the address bound."""
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, handler, port, host=host)
+        )
+        return f"{host}:{listeners[0].socket.getsockname()[1]}"
+
+    async def connect(self, address: str, *, source: str) -> trio.abc.Stream:
+        """A stream to ``address``; ``source`` is the dialling peer's address."""
+        host, port = parse_address(address)
+        return await trio.open_tcp_stream(host, port)
+
+
 @attrs.frozen(kw_only=True)
 class PeerStatistics:
     """A snapshot of a peer.
@@ -207,6 +236,8 @@ class Peer:
         connect_timeout: float,
         on_event: Callable[[dict[str, Any]], None] | None,
         rng: random.Random,
+        transport: Any,
+        wall: Callable[[], float],
         session_options: dict[str, Any],
     ) -> None:
         if MEMBERS in replicas:
@@ -219,7 +250,9 @@ class Peer:
         self.host = host
         self.port = port
         self.address = ""
-        self.membership: Model = model()
+        self._transport = transport
+        self._wall = wall
+        self.membership: Model = model(wall=wall)
         self.replicas = {**replicas, MEMBERS: self.membership}
         self.seeds = list(seeds)
         self.heartbeat_interval = heartbeat_interval
@@ -247,7 +280,7 @@ class Peer:
     def members(self, within: float | None = None) -> list[str]:
         """Nodes whose heartbeat is at most ``within`` s old (default: down_after)."""
         horizon = (self.down_after if within is None else within) * 1000
-        now = time.time() * 1000
+        now = self._wall()
         return sorted(
             node
             for node, beat in self.membership.to_dict().items()
@@ -271,13 +304,10 @@ class Peer:
     # -- running -------------------------------------------------------
 
     async def _start(self, nursery: trio.Nursery) -> None:
-        listeners = await nursery.start(
-            functools.partial(
-                trio.serve_tcp, self._handle_inbound, self.port, host=self.host
-            )
+        self.address = await self._transport.listen(
+            self.host, self.port, self._handle_inbound, nursery
         )
-        self.port = listeners[0].socket.getsockname()[1]
-        self.address = f"{self.host}:{self.port}"
+        self.port = parse_address(self.address)[1]
         self._beat()
         nursery.start_soon(self._heartbeats)
         nursery.start_soon(self._gossip)
@@ -291,7 +321,7 @@ class Peer:
                 log.exception("peer event handler raised")
 
     def _beat(self) -> None:
-        self.membership.set(self.address, time.time_ns() // 1_000_000)
+        self.membership.set(self.address, self._wall())
         alive = set(self.members()) - {self.address}
         for node in sorted(alive - self._alive):
             self._emit({"event": "up", "peer": node})
@@ -328,7 +358,7 @@ class Peer:
             for conn in conn_ref:
                 self._links.pop(conn, None)
 
-    async def _handle_inbound(self, stream: trio.SocketStream) -> None:
+    async def _handle_inbound(self, stream: trio.abc.Stream) -> None:
         self._accepted += 1
         try:
             await self._run_link(stream, live=True, label="inbound")
@@ -341,9 +371,8 @@ class Peer:
         """Link to ``node``; ``live`` for ``duration`` s, else one sync."""
         self._dials += 1
         try:
-            host, port = parse_address(node)
             with trio.fail_after(self.connect_timeout):
-                stream = await trio.open_tcp_stream(host, port)
+                stream = await self._transport.connect(node, source=self.address)
             with trio.move_on_after(duration if live else self.connect_timeout * 4):
                 await self._run_link(stream, live=live, label=node)
         except (OSError, ValueError, trio.TooSlowError, ReplicaError) as exc:
@@ -413,6 +442,8 @@ async def open_peer(
     connect_timeout: float = 5.0,
     on_event: Callable[[dict[str, Any]], None] | None = None,
     rng: random.Random | None = None,
+    transport: Any = None,
+    wall: Callable[[], float] | None = None,
     **session_options: Any,
 ) -> AsyncIterator[Peer]:
     """Run a gossip peer inside the caller's trio program.
@@ -437,6 +468,9 @@ async def open_peer(
         connect_timeout: seconds a dial may take.
         on_event: called with ``{"event": "up"|"down", "peer": "host:port"}``.
         rng: the source of randomness (tests pass a seeded one).
+        transport: how peers reach each other: TCP by default;
+            :class:`repred.testing.MemoryNetwork` for simulations.
+        wall: the wall clock in ms for heartbeats (simulations pass trio's).
         **session_options: passed to each :class:`SyncSession`.
     """
     peer = Peer(
@@ -452,6 +486,8 @@ async def open_peer(
         connect_timeout=connect_timeout,
         on_event=on_event,
         rng=rng or random.Random(),
+        transport=transport or TcpTransport(),
+        wall=wall or _wall_ms,
         session_options=session_options,
     )
     async with trio.open_nursery() as nursery:
