@@ -156,6 +156,18 @@ class History:
         log._changes.append(tuple(change) if type(change) is list else change)
         log._live += 1
 
+    def forget(self, old: Callable[[float, str], bool]) -> None:
+        """Drop the entries for which ``old(ts, source)`` holds.
+
+        Only for types that bound their history by declaration (an event
+        log kept for a time): a peer whose clock predates what was dropped
+        receives what remains.
+        """
+        for source, log in self.logs.items():
+            for ts, _ in list(log.items()):
+                if old(ts, source):
+                    log.discard(ts)
+
     def after(self, source: str, ts: float, limit: int) -> list[tuple[float, Any]]:
         log = self.logs.get(source)
         return [] if log is None else log.after(ts, limit)

@@ -1,0 +1,116 @@
+"""``seq()``: an ordered list where concurrent inserts land in one order."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from .._replica import Replica
+from ._base import build
+from ._position import between, valid
+
+__all__ = ["Seq", "seq"]
+
+
+def _item_key(change: Any) -> str:
+    if not isinstance(change, list | tuple) or len(change) != 3:
+        raise ValueError(f"a seq change is [id, position, value], not {change!r}")
+    if type(change[0]) is not str or not (change[1] is None or valid(change[1])):
+        raise ValueError(f"bad seq id or position in {change!r}")
+    return change[0]
+
+
+def place(state: dict[str, tuple[str, Any]], change: list[Any]) -> list[Any]:
+    """Put item ``id`` at ``position`` (``None``: remove it).
+
+    Converges because each item's place is a last-write-wins register (the
+    primitive keeps the write with the greatest stamp per id) and the list
+    is the live items sorted by (position, id): the same set of winning
+    writes gives the same list everywhere. Concurrent inserts at one spot
+    get different random position tails, and ids break what ties remain.
+    """
+    item, position, value = change
+    if position is None:
+        state.pop(item, None)
+    else:
+        state[item] = (position, value)
+    return change
+
+
+class Seq(Replica):
+    """An ordered list: ``push``, ``unshift``, ``insert``, ``move``, ``remove``.
+
+    Items are addressed by the id each insert returns.
+    """
+
+    __slots__ = ("_ids",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._ids = itertools.count()
+
+    def _order(self) -> list[tuple[str, str]]:
+        return sorted((pos, item) for item, (pos, _) in self.state.items())
+
+    def _position(self, before: str | None, after: str | None) -> str:
+        order = self._order()
+        ids = [item for _, item in order]
+        if before is not None and after is not None:
+            raise ValueError("give before= or after=, not both")
+        if before is not None:
+            i = ids.index(before)
+        elif after is not None:
+            i = ids.index(after) + 1
+        else:
+            i = len(ids)
+        lo = order[i - 1][0] if i > 0 else None
+        hi = order[i][0] if i < len(order) else None
+        return between(lo, hi)
+
+    def _new_id(self) -> str:
+        return f"{self.id}.{self._last}.{next(self._ids)}"
+
+    def insert(
+        self, value: Any, *, before: str | None = None, after: str | None = None
+    ) -> str:
+        """Insert ``value`` before or after an item (default: at the end)."""
+        item = self._new_id()
+        self.update([item, self._position(before, after), value])
+        return item
+
+    def push(self, value: Any) -> str:
+        return self.insert(value)
+
+    def unshift(self, value: Any) -> str:
+        order = self._order()
+        return self.insert(value, before=order[0][1]) if order else self.insert(value)
+
+    def move(
+        self, item: str, *, before: str | None = None, after: str | None = None
+    ) -> None:
+        """Move an item before or after another (default: to the end)."""
+        value = self.state[item][1]
+        if item in (before, after):
+            return
+        self.update([item, self._position(before, after), value])
+
+    def remove(self, item: str) -> None:
+        if item in self.state:
+            self.update([item, None, None])
+
+    def get(self, item: str) -> Any:
+        return self.state[item][1]
+
+    def ids(self) -> list[str]:
+        return [item for _, item in self._order()]
+
+    def to_list(self) -> list[Any]:
+        return [self.state[item][1] for _, item in self._order()]
+
+    def __len__(self) -> int:
+        return len(self.state)
+
+
+def seq(**options: Any) -> Seq:
+    """An ordered list with deterministic order for concurrent inserts."""
+    return build(Seq, place, {}, "seq", key=_item_key, **options)
