@@ -125,8 +125,8 @@ def observed_remove(
     """Adds carry unique tags; a remove kills only the tags its author saw.
 
     ``state["live"]`` maps item -> live tags, ``state["dead"]`` holds removed
-    tags. Converges because both are built from grow-only sets of tags (a
-    tag, once dead, stays dead) and membership is "has a live tag": a remove
+    (item, tag) pairs. Converges because both are built from grow-only sets
+    (a tag, once dead, stays dead) and membership is "has a live tag": a remove
     concurrent with an add cannot have seen the add's new tag, so the add
     wins.
     """
@@ -134,13 +134,17 @@ def observed_remove(
     live, dead = state["live"], state["dead"]
     added, removed = [], []
     for item, tag in adds:
-        if tag not in dead and tag not in live.get(item, ()):
+        if (item, tag) not in dead and tag not in live.get(item, ()):
             live.setdefault(item, set()).add(tag)
             added.append([item, tag])
     for item, tag in removes:
-        if tag not in dead:
-            dead.add(tag)
-            live.get(item, set()).discard(tag)
+        if (item, tag) not in dead:
+            dead.add((item, tag))
+            tags = live.get(item)
+            if tags is not None:
+                tags.discard(tag)
+                if not tags:
+                    del live[item]
             removed.append([item, tag])
     return {k: v for k, v in (("add", added), ("remove", removed)) if v}
 

@@ -1,0 +1,275 @@
+"""The built-in types: behaviour, replication, and check_reducer on each."""
+
+import itertools
+
+import pytest
+from hypothesis import strategies as st
+
+import repred
+from repred import types
+from repred.testing import ReducerCheckFailed, check_reducer
+from repred.types import _doc, _events, _lww, _model, _seq, _sets
+from repred.types._position import DIGITS
+
+from .helpers import FakeWall, sync
+
+items = st.one_of(st.integers(0, 5), st.sampled_from(["a", "b", "c"]))
+tags = st.sampled_from(["t1", "t2", "t3"])
+names = st.sampled_from(["x", "y"])
+positions = st.text(alphabet=DIGITS[1:], min_size=1, max_size=2)
+
+
+def _converge(factory, ops, n=3):
+    """Run ops(i, replica) on n replicas, sync them all, return them."""
+    wall = FakeWall()
+    rs = [factory(id=f"r{i}", wall=wall) for i in range(n)]
+    for i, r in enumerate(rs):
+        ops(i, r)
+        wall.now += 1
+    chain = list(itertools.pairwise(rs))
+    for a, b in chain + chain[::-1]:
+        sync(a, b)
+    return rs
+
+
+# -- check_reducer on every built-in type ------------------------------------
+
+
+def test_check_gset():
+    check_reducer(_sets.union, set(), st.lists(items, max_size=3))
+
+
+def test_check_twophase_set():
+    update = st.fixed_dictionaries(
+        {},
+        optional={
+            "add": st.lists(items, max_size=3),
+            "remove": st.lists(items, max_size=3),
+        },
+    )
+    check_reducer(_sets.two_phase, {"add": set(), "remove": set()}, update)
+
+
+def test_check_orset():
+    pairs = st.lists(st.tuples(items, tags).map(list), max_size=3)
+    update = st.fixed_dictionaries({}, optional={"add": pairs, "remove": pairs})
+    check_reducer(_sets.observed_remove, {"live": {}, "dead": set()}, update)
+
+
+def test_check_counter():
+    update = st.tuples(names, st.integers(0, 9), st.integers(0, 9)).map(list)
+    check_reducer(_lww.totals, {}, update, key=_lww._first)
+
+
+def test_check_register():
+    check_reducer(
+        _lww.overwrite, [None], st.tuples(items).map(list), key=_lww._value_key
+    )
+
+
+def test_check_heartbeats():
+    check_reducer(
+        _lww.beat, {}, st.tuples(names).map(list), key=_lww._first, stamped=True
+    )
+
+
+def test_check_model():
+    update = st.tuples(names, st.one_of(st.none(), items)).map(list)
+    check_reducer(_model.lww_set, {}, update, key=_model.model_key)
+
+
+def test_check_events():
+    update = st.tuples(names, items).map(list)
+    check_reducer(_events.occurred, {}, update, stamped=True)
+
+
+def test_check_seq():
+    update = st.tuples(names, st.one_of(st.none(), positions), items).map(list)
+    check_reducer(_seq.place, {}, update, key=_seq._item_key)
+
+
+def test_check_doc():
+    update = st.one_of(
+        st.tuples(names, st.sampled_from(["f", "g"]), st.one_of(st.none(), items)),
+        st.tuples(names, st.just(_doc.DELETED), st.just(True)),
+    ).map(list)
+    check_reducer(_doc.write_field, {}, update, key=_doc._field_key)
+
+
+# -- check_reducer catches classic mistakes ----------------------------------
+
+
+def test_check_catches_a_list_append():
+    def append(state, update):
+        state.append(update)
+        return update
+
+    with pytest.raises(ReducerCheckFailed, match="different states"):
+        check_reducer(append, [], st.integers(0, 3))
+
+
+def test_check_catches_last_write_wins_without_a_tie_break():
+    def lww_no_tiebreak(state, change, stamp):
+        if stamp[0] > state.get("ts", -1):
+            state["ts"], state["value"] = stamp[0], change
+            return change
+        return None
+
+    with pytest.raises(ReducerCheckFailed, match="different states"):
+        check_reducer(lww_no_tiebreak, {}, st.integers(0, 3), stamped=True)
+
+
+def test_check_catches_a_dishonest_delta():
+    def dishonest(state, update):
+        state.update(update)
+        return update[:1]  # reports less than it did
+
+    with pytest.raises(ReducerCheckFailed, match="not honest"):
+        check_reducer(dishonest, set(), st.lists(st.integers(0, 3), max_size=3))
+
+
+# -- behaviour ----------------------------------------------------------------
+
+
+def test_gset():
+    a, b, c = _converge(types.gset, lambda i, r: r.add(i, "shared"))
+    assert set(a) == set(b) == set(c) == {0, 1, 2, "shared"}
+    assert 1 in a
+    assert len(a) == 4
+    with pytest.raises(TypeError):
+        a.add([1])
+
+
+def test_twophase_set_removal_is_final_and_never_resurrects():
+    def ops(i, r):
+        r.add("x", f"only{i}")
+        if i == 1:
+            r.remove("x")
+
+    rs = _converge(types.twophase_set, ops)
+    assert all(r.members() == {"only0", "only1", "only2"} for r in rs)
+    rs[0].add("x")
+    assert "x" not in rs[0]
+    late = types.twophase_set(id="late")
+    sync(rs[2], late)
+    assert late.members() == rs[2].members()
+
+
+def test_orset_concurrent_add_wins_and_removes_stay_removed():
+    a, b = types.orset(id="a"), types.orset(id="b")
+    a.add("x")
+    sync(a, b)
+    a.remove("x")  # a removes the x it saw...
+    b.add("x")  # ...while b adds it again
+    sync(a, b)
+    assert "x" in a
+    assert "x" in b
+    a.remove("x")
+    sync(a, b)
+    late = types.orset(id="late")
+    sync(b, late)
+    assert a.members() == b.members() == late.members() == set()
+
+
+def test_counter():
+    def ops(i, r):
+        r.inc(10)
+        r.dec(i)
+
+    rs = _converge(types.counter, ops)
+    assert [r.value for r in rs] == [27, 27, 27]
+    assert all(len(list(r.history())) == 3 for r in rs)
+
+
+def test_register_and_heartbeats():
+    rs = _converge(types.register, lambda i, r: r.set(f"v{i}"))
+    assert {r.value for r in rs} == {"v2"}
+    wall = FakeWall()
+    h = types.heartbeats(id="h", wall=wall)
+    h.beat("ann")
+    wall.now += 5000
+    h.beat("ben")
+    assert h.alive(1000) == ["ben"]
+    assert h.alive(10_000) == ["ann", "ben"]
+    for _ in range(100):
+        h.beat("ben")
+    assert len(list(h.history())) == 2
+
+
+def test_events_are_delivered_once_and_late_joiners_catch_up():
+    a, b = types.events(id="a"), types.events(id="b")
+    seen_a, seen_b = [], []
+    a.on("chat", seen_a.append)
+    b.on("chat", seen_b.append)
+    a.emit("chat", "hi")
+    a.emit("chat", "hi")  # same payload, a second event
+    sync(a, b)
+    sync(a, b)
+    b.emit("chat", "yo")
+    sync(a, b)
+    assert seen_a == ["hi", "hi", "yo"]
+    assert seen_b == ["hi", "hi", "yo"]
+    late, seen_late = types.events(id="late"), []
+    late.on("chat", seen_late.append)
+    sync(b, late)
+    assert sorted(seen_late) == ["hi", "hi", "yo"]
+
+
+def test_events_history_is_bounded():
+    wall = FakeWall()
+    e = types.events(id="e", max_events=10, wall=wall)
+    for i in range(100):
+        e.emit("n", i)
+    assert 10 <= len(list(e.history())) <= 13
+    aged = types.events(id="g", max_age_ms=1000, wall=wall)
+    aged.emit("n", "old")
+    wall.now += 5000
+    aged.emit("n", "new")
+    assert aged.recent() == [("n", "new")]
+
+
+def test_seq_orders_concurrent_inserts_the_same_everywhere():
+    def ops(i, r):
+        first = r.push(f"a{i}")
+        r.unshift(f"b{i}")
+        r.insert(f"c{i}", after=first)
+
+    rs = _converge(types.seq, ops)
+    assert rs[0].to_list() == rs[1].to_list() == rs[2].to_list()
+    assert len(rs[0]) == 9
+    s = rs[0]
+    ids = s.ids()
+    s.move(ids[0], after=ids[-1])
+    s.remove(ids[1])
+    sync(rs[0], rs[1])
+    assert rs[1].to_list() == s.to_list()
+    assert s.to_list()[-1] == rs[2].to_list()[0]
+
+
+def test_doc_todo_lists_move_rows_between_sets():
+    a, b = types.doc(id="a"), types.doc(id="b")
+    todo, done = a.create_seq("list", "todo"), a.create_seq("list", "done")
+    drnk = todo.push({"id": "drnk", "text": "beer"})
+    meet = todo.push({"id": "meet", "text": "reject.js"})
+    todo.before(meet, drnk)
+    assert [r["text"] for r in todo.to_list()] == ["reject.js", "beer"]
+    done.push({"id": meet})
+    sync(a, b)
+    b_todo, b_done = b.create_seq("list", "todo"), b.create_seq("list", "done")
+    assert b_todo.ids() == ["drnk"]
+    assert b_done.ids() == ["meet"]
+    b.rm("drnk")
+    b.set("drnk", {"text": "too late"})
+    sync(a, b)
+    assert a.get("drnk") is None
+    assert todo.ids() == []
+    late = types.doc(id="late")
+    sync(b, late)
+    assert late.get("drnk") is None
+    assert late.get("meet")["text"] == "reject.js"
+    assert b.create_set("list", "done").ids() == ["meet"]
+
+
+def test_types_refuse_peers_of_another_type():
+    with pytest.raises(repred.IncompatiblePeerError):
+        sync(types.gset(id="a"), types.orset(id="b"))
