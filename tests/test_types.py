@@ -273,3 +273,15 @@ def test_doc_todo_lists_move_rows_between_sets():
 def test_types_refuse_peers_of_another_type():
     with pytest.raises(repred.IncompatiblePeerError):
         sync(types.gset(id="a"), types.orset(id="b"))
+
+
+def test_readme_example_type_passes_the_check():
+    def highest(state, update):
+        if update > state[0]:
+            state[0] = update
+            return update
+        return None
+
+    best = repred.repred(highest, [0])
+    assert best.update(7) == 7
+    check_reducer(highest, [0], st.integers(0, 10**6))
