@@ -31,6 +31,8 @@ from ._replica import repred as repred
 from ._session import SessionState as SessionState
 from ._session import SessionStatistics as SessionStatistics
 from ._session import SyncSession as SyncSession
+from ._store import SqliteStore as SqliteStore
+from ._store import StoreError as StoreError
 from ._trio import Change as Change
 from ._trio import Connection as Connection
 from ._trio import ConnectionStatistics as ConnectionStatistics
@@ -63,6 +65,8 @@ __all__ = [
     "ReplicaError",
     "SessionState",
     "SessionStatistics",
+    "SqliteStore",
+    "StoreError",
     "Subscription",
     "SubscriptionOverflow",
     "SyncSession",

@@ -117,9 +117,11 @@ class History:
             or ``None`` (only for a superseding history).
     """
 
-    __slots__ = ("_index", "logs", "newest")
+    __slots__ = ("_index", "logs", "newest", "store")
 
     def __init__(self, superseding: bool = False) -> None:
+        #: Where recorded and dropped entries are written through, if durable.
+        self.store: Any = None
         self.logs: dict[str, SourceLog] = {}
         self._index: dict[Hashable, tuple[float, str]] = {}
         self.newest: Callable[[Hashable], tuple[float, str] | None] = self._index.get
@@ -147,7 +149,11 @@ class History:
         if key is not None:
             if old is not None:
                 self.logs[old[1]].discard(old[0])
+                if self.store is not None:
+                    self.store.drop(*old)
             self._index[key] = (ts, source)
+        if self.store is not None:
+            self.store.add(change, ts, source)
         log._stamps.append(ts)
         # An entry is immutable once recorded. A list is kept as a tuple (the
         # same JSON array on the wire): the caller's list can no longer alter
@@ -167,6 +173,8 @@ class History:
             for ts, _ in list(log.items()):
                 if old(ts, source):
                     log.discard(ts)
+                    if self.store is not None:
+                        self.store.drop(ts, source)
 
     def after(self, source: str, ts: float, limit: int) -> list[tuple[float, Any]]:
         log = self.logs.get(source)

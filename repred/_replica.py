@@ -14,12 +14,15 @@ import math
 import time
 import types
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from ._errors import FutureStampError
 from ._history import Entry, History
+
+if TYPE_CHECKING:
+    from ._store import SqliteStore
 
 __all__ = ["DEFAULT_MAX_DRIFT_MS", "Listener", "Replica", "Stamp", "repred"]
 
@@ -84,6 +87,7 @@ class Replica:
         "id",
         "max_drift_ms",
         "state",
+        "store",
         "type_name",
     )
 
@@ -99,11 +103,13 @@ class Replica:
         type_name: str | None = None,
         max_drift_ms: float = DEFAULT_MAX_DRIFT_MS,
         wall: Callable[[], float] = _wall_ms,
+        store: SqliteStore | None = None,
     ) -> None:
         if not callable(reducer):
             raise TypeError(f"reducer must be callable, not {reducer!r}")
         if map is not None and not callable(map):
             raise TypeError(f"map must be callable, not {map!r}")
+        id_given = id
         if id is None:
             id = _new_id()
         elif not isinstance(id, str) or not id or len(id) > MAX_SOURCE_LENGTH:
@@ -124,6 +130,9 @@ class Replica:
         self._history = History(superseding=key is not None)
         self._last: float = 0
         self._listeners: list[Listener] = []
+        self.store = store
+        if store is not None:
+            self._open(store, None if id_given is None else id)
 
     def __repr__(self) -> str:
         return (
@@ -188,6 +197,9 @@ class Replica:
         else:
             k = self._key(change)
             self._history.record(change, ts, self.id, k, self._history.newest(k))
+        if self.store is not None:
+            self.store.advance(self.id, ts)
+            self.store.commit()
         if self._listeners:
             self._notify(change, ts, self.id, None)
         return change
@@ -221,7 +233,11 @@ class Replica:
         return self.apply_many(((change, ts, source),), origin) == 1
 
     def apply_many(
-        self, entries: Iterable[tuple[Any, float, str]], origin: object = None
+        self,
+        entries: Iterable[tuple[Any, float, str]],
+        origin: object = None,
+        *,
+        check: bool = True,
     ) -> int:
         """Apply entries from a peer in order; return how many were new.
 
@@ -241,8 +257,9 @@ class Replica:
             f for f in self._listeners if getattr(f, "__self__", None) is not origin
         ]
         notify = self._notify
-        limit = self._wall() + self.max_drift_ms
+        limit = self._wall() + self.max_drift_ms if check else math.inf
         last = self._last
+        store = self.store
         applied = 0
         try:
             for change, ts, source in entries:
@@ -259,6 +276,8 @@ class Replica:
                     if old is not None and old >= (ts, source):
                         # Dominated by what is kept: known, with no effect.
                         clock[source] = ts
+                        if store is not None:
+                            store.advance(source, ts)
                         if ts > last:
                             last = ts
                         applied += 1
@@ -271,12 +290,41 @@ class Replica:
                 if ts > last:
                     last = ts
                 record(change, ts, source, k, old)
+                if store is not None:
+                    store.advance(source, ts)
                 applied += 1
                 if listeners:
                     notify(effect, ts, source, origin, listeners)
         finally:
             self._last = last
+            if store is not None:
+                # Recorded before anyone hears of it: the peer's clock for
+                # us only moves on what we send after this returns.
+                store.commit()
         return applied
+
+    # -- durability ------------------------------------------------------
+
+    def _open(self, store: SqliteStore, wanted_id: str | None) -> None:
+        """Restore id, clock, history and state from ``store``."""
+        loaded = store.open(self.type_name, wanted_id)
+        self.id = loaded.id
+        # Replay with the store detached: these entries are on disk already.
+        # Stored stamps are not checked against the wall clock, which may
+        # have moved back since they were written.
+        self.store = None
+        self.apply_many(loaded.entries, check=False)
+        for source, ts in loaded.clock.items():
+            if ts > self._clock.get(source, -1):
+                self._clock[source] = ts
+        self._last = max(self._clock.values(), default=0)
+        self._history.store = store
+        self.store = store
+
+    def close(self) -> None:
+        """Write anything pending to the store and close it (if any)."""
+        if self.store is not None:
+            self.store.close()
 
     # -- listeners -------------------------------------------------------
 
@@ -348,6 +396,7 @@ def repred(
     type_name: str | None = None,
     max_drift_ms: float = DEFAULT_MAX_DRIFT_MS,
     wall: Callable[[], float] = _wall_ms,
+    store: SqliteStore | None = None,
 ) -> Replica:
     """Make a replicated reducer.
 
@@ -375,6 +424,9 @@ def repred(
             the reducer's name by default.
         max_drift_ms: how far in the future a remote stamp may be.
         wall: the wall clock in milliseconds (tests pass a fake one).
+        store: keep the history, clock and id durable (see
+            :class:`SqliteStore`); reopening the same store restores them
+            and rebuilds the state. In memory only by default.
     """
     return Replica(
         reducer,
@@ -386,4 +438,5 @@ def repred(
         type_name=type_name,
         max_drift_ms=max_drift_ms,
         wall=wall,
+        store=store,
     )

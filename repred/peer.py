@@ -23,7 +23,9 @@ from typing import Any
 
 import trio
 
+from ._errors import ReplicaError
 from ._peer import open_peer, parse_address
+from ._store import SqliteStore
 from ._trio import subscribe
 from .types import model
 
@@ -46,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
         help="a peer to dial first and re-dial now and then (repeatable)",
     )
     p.add_argument("--json", action="store_true", help="print JSON lines")
+    p.add_argument(
+        "--data",
+        metavar="DIR",
+        help="keep the replicated map in DIR (SQLite), across restarts",
+    )
     p.add_argument(
         "--heartbeat",
         type=float,
@@ -157,7 +164,20 @@ async def run(args: argparse.Namespace) -> None:
         seeds.insert(0, f"{args.host}:{args.client_port}")
     for seed in seeds:
         parse_address(seed)
-    data = model()
+    store = None
+    if args.data:
+        os.makedirs(args.data, exist_ok=True)
+        store = SqliteStore(os.path.join(args.data, "data.db"))
+    data = model(store=store)
+    try:
+        await _serve(args, data, seeds, out)
+    finally:
+        data.close()
+
+
+async def _serve(
+    args: argparse.Namespace, data: Any, seeds: list[str], out: _Output
+) -> None:
     async with open_peer(
         port=args.server_port,
         host=args.host,
@@ -190,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"repred.peer: {exc}", file=sys.stderr)
         return 1
-    except ValueError as exc:
+    except (ValueError, ReplicaError) as exc:
         print(f"repred.peer: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -144,3 +144,29 @@ def test_end_of_input_exits_cleanly_and_bad_arguments_fail():
     )
     assert bad.returncode == 2
     assert b"HOST:PORT" in bad.stderr
+
+
+def test_data_dir_keeps_the_map_across_restarts(tmp_path):
+    run = partial(
+        subprocess.run,
+        [sys.executable, "-m", "repred.peer", "0", "--data", str(tmp_path / "d")],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    first = run(input=b"set colour blue\nset gone 1\ndel gone\n")
+    assert first.returncode == 0, first.stderr
+    second = run(input=b"get colour\nget gone\n")
+    assert second.returncode == 0, second.stderr
+    assert 'colour = "blue"' in second.stdout.decode()
+    assert "gone = null" in second.stdout.decode()
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "data.db").write_bytes(b"garbage" * 100)
+    bad = subprocess.run(
+        [sys.executable, "-m", "repred.peer", "0", "--data", str(tmp_path / "junk")],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert b"not a usable repred store" in bad.stderr

@@ -20,6 +20,7 @@ def build(
     id: str | None = None,
     max_drift_ms: float = DEFAULT_MAX_DRIFT_MS,
     wall: Any = _wall_ms,
+    store: Any = None,
     **options: Any,
 ) -> R:
     """Make a replica of a built-in type, with the common options."""
@@ -30,6 +31,7 @@ def build(
         type_name=type_name,
         max_drift_ms=max_drift_ms,
         wall=wall,
+        store=store,
         **options,
     )
 

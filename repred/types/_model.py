@@ -69,6 +69,7 @@ def model(
     id: str | None = None,
     max_drift_ms: float = DEFAULT_MAX_DRIFT_MS,
     wall: Any = _wall_ms,
+    store: Any = None,
 ) -> Model:
     """A new, empty last-write-wins map replica (type name ``"model"``)."""
     return Model(
@@ -79,4 +80,5 @@ def model(
         type_name="model",
         max_drift_ms=max_drift_ms,
         wall=wall,
+        store=store,
     )
