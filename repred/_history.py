@@ -162,6 +162,19 @@ class History:
         log._changes.append(tuple(change) if type(change) is list else change)
         log._live += 1
 
+    def cover(self, clock: Mapping[str, float]) -> None:
+        """Drop every entry a snapshot covering ``clock`` holds (the store's too)."""
+        for source, upto in clock.items():
+            log = self.logs.get(source)
+            if log is None:
+                continue
+            for ts in [t for t, _ in log.items() if t <= upto]:
+                log.discard(ts)
+        self._index = {
+            k: v for k, v in self._index.items() if v[0] > clock.get(v[1], -1)
+        }
+        self.newest = self._index.get
+
     def forget(self, old: Callable[[float, str], bool]) -> None:
         """Drop the entries for which ``old(ts, source)`` holds.
 

@@ -9,6 +9,7 @@ sessions learn that there is something new to send.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -77,15 +78,19 @@ class Replica:
         "_clock",
         "_clock_view",
         "_history",
+        "_initial",
         "_key",
         "_last",
         "_listeners",
         "_map",
         "_reducer",
+        "_snapshot_fn",
         "_stamped",
         "_wall",
         "id",
         "max_drift_ms",
+        "snapshot",
+        "snapshot_version",
         "state",
         "store",
         "type_name",
@@ -104,6 +109,7 @@ class Replica:
         max_drift_ms: float = DEFAULT_MAX_DRIFT_MS,
         wall: Callable[[], float] = _wall_ms,
         store: SqliteStore | None = None,
+        snapshot: Callable[[Any], Any] | None = None,
     ) -> None:
         if not callable(reducer):
             raise TypeError(f"reducer must be callable, not {reducer!r}")
@@ -130,6 +136,13 @@ class Replica:
         self._history = History(superseding=key is not None)
         self._last: float = 0
         self._listeners: list[Listener] = []
+        if snapshot is not None and (stamped or key is not None):
+            raise ValueError("snapshot= is for reducers without key= or stamped=")
+        self._snapshot_fn = snapshot
+        self._initial = copy.deepcopy(initial) if snapshot is not None else None
+        #: ``(update, clock)``: the folded history, if compacted.
+        self.snapshot: tuple[Any, dict[str, float]] | None = None
+        self.snapshot_version = 0
         self.store = store
         if store is not None:
             self._open(store, None if id_given is None else id)
@@ -309,6 +322,11 @@ class Replica:
         """Restore id, clock, history and state from ``store``."""
         loaded = store.open(self.type_name, wanted_id)
         self.id = loaded.id
+        if loaded.snapshot is not None:
+            update, clock = loaded.snapshot
+            self._reduce(update)
+            self.snapshot = (update, clock)
+            self._clock.update(clock)
         # Replay with the store detached: these entries are on disk already.
         # Stored stamps are not checked against the wall clock, which may
         # have moved back since they were written.
@@ -320,6 +338,69 @@ class Replica:
         self._last = max(self._clock.values(), default=0)
         self._history.store = store
         self.store = store
+
+    # -- compaction ------------------------------------------------------
+
+    def _reduce(self, update: Any) -> Any:
+        return self._reducer(self.state, update)
+
+    def compact(self) -> None:
+        """Fold the whole history into a snapshot (needs ``snapshot=``).
+
+        The history is then empty; a peer whose clock predates the snapshot
+        receives the snapshot and then the tail. Memory (and the store)
+        then follow the state, not the number of updates.
+        """
+        if self._snapshot_fn is None:
+            raise ValueError(f"{self.type_name!r} declares no snapshot= function")
+        update = self._snapshot_fn(self.state)
+        orjson.dumps(update)
+        clock = dict(self._clock)
+        self._history.cover(clock)
+        self._set_snapshot(update, clock)
+
+    def apply_snapshot(
+        self, update: Any, clock: Mapping[str, float], origin: object = None
+    ) -> bool:
+        """Apply a peer's snapshot; ``False`` if it held nothing new.
+
+        Raises:
+            FutureStampError: a clock value is too far in the future.
+            ValueError: this replica takes no snapshots.
+            Exception: whatever the reducer raised (nothing is changed).
+        """
+        if self._snapshot_fn is None or self._initial is None:
+            raise ValueError(f"{self.type_name!r} takes no snapshots")
+        if all(self._clock.get(s, -1) >= ts for s, ts in clock.items()):
+            return False
+        for ts in clock.values():
+            self.check_stamp(ts)
+        effect = self._reduce(update)
+        for source, ts in clock.items():
+            if ts > self._clock.get(source, -1):
+                self._clock[source] = ts  # made durable with the snapshot
+        self._last = max(self._last, *clock.values())
+        self._history.cover(clock)
+        if self.snapshot is None:
+            self._set_snapshot(update, dict(clock))
+        else:
+            joined = copy.deepcopy(self._initial)
+            self._reducer(joined, self.snapshot[0])
+            self._reducer(joined, update)
+            merged = dict(self.snapshot[1])
+            for source, ts in clock.items():
+                merged[source] = max(ts, merged.get(source, -1))
+            self._set_snapshot(self._snapshot_fn(joined), merged)
+        if self._listeners:
+            # A snapshot has no single source: listeners see source "".
+            self._notify(effect, max(clock.values()), "", origin)
+        return True
+
+    def _set_snapshot(self, update: Any, clock: dict[str, float]) -> None:
+        self.snapshot = (update, clock)
+        self.snapshot_version += 1
+        if self.store is not None:
+            self.store.save_snapshot(update, clock)
 
     def close(self) -> None:
         """Write anything pending to the store and close it (if any)."""
@@ -397,6 +478,7 @@ def repred(
     max_drift_ms: float = DEFAULT_MAX_DRIFT_MS,
     wall: Callable[[], float] = _wall_ms,
     store: SqliteStore | None = None,
+    snapshot: Callable[[Any], Any] | None = None,
 ) -> Replica:
     """Make a replicated reducer.
 
@@ -427,6 +509,9 @@ def repred(
         store: keep the history, clock and id durable (see
             :class:`SqliteStore`); reopening the same store restores them
             and rebuilds the state. In memory only by default.
+        snapshot: ``snapshot(state) -> update``, an update that gives the
+            whole state when applied to ``initial``. It lets
+            :meth:`Replica.compact` fold the history into a snapshot.
     """
     return Replica(
         reducer,
@@ -439,4 +524,5 @@ def repred(
         max_drift_ms=max_drift_ms,
         wall=wall,
         store=store,
+        snapshot=snapshot,
     )

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import enum
 import gc
+import logging
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -60,12 +61,16 @@ from ._wire import (
     SYNC_LINE,
     Digest,
     LineDecoder,
+    Snapshot,
     encode_digest,
     encode_entry,
+    encode_snapshot,
     loads_line,
     parse_entry,
     parse_message,
 )
+
+log = logging.getLogger("repred")
 
 _INF = math.inf
 #: Chunks with at least this many lines are processed with the cyclic
@@ -232,6 +237,7 @@ class SyncSession:
         )
 
     _got_sync = False
+    _snapshot_seen = 0
 
     # -- incoming ------------------------------------------------------
 
@@ -359,6 +365,8 @@ class SyncSession:
         msg = parse_message(raw, line)
         if type(msg) is tuple:
             self._apply([msg], [line])
+        elif type(msg) is Snapshot:
+            self._on_snapshot(msg, line)
         elif msg is SYNC:
             if self.their_state is not SessionState.HISTORY:
                 raise _bad(
@@ -370,6 +378,51 @@ class SyncSession:
         else:
             self._on_digest(msg, line)
             events.append(msg)
+
+    def _on_snapshot(self, snapshot: Snapshot, line: bytes) -> None:
+        if self.their_state not in (SessionState.HISTORY, SessionState.LIVE):
+            raise _bad("a snapshot before the digest", "no-digest", line)
+        sent = self._sent
+        for source, ts in snapshot.clock.items():
+            if sent.get(source, -1) < ts:
+                sent[source] = ts
+        try:
+            applied = self.replica.apply_snapshot(snapshot.update, snapshot.clock, self)
+        except RemoteProtocolError as exc:
+            exc.line = line[:200]
+            raise
+        except Exception as exc:
+            raise RemoteProtocolError(
+                f"the replica refused the peer's snapshot: {exc!r}",
+                reason="reducer-error",
+                line=line[:200],
+            ) from exc
+        if applied:
+            self._updates_in += 1
+
+    def _send_snapshot(self) -> None:
+        """Queue our snapshot if the peer lacks part of what it covers."""
+        replica = self.replica
+        self._snapshot_seen = replica.snapshot_version
+        if replica.snapshot is None or self.peer is None:
+            return
+        update, clock = replica.snapshot
+        sent = self._sent
+        if all(sent.get(s, -1) >= ts for s, ts in clock.items()):
+            return
+        if self.peer.version is None:
+            # A JS scuttlebutt peer cannot take a snapshot: it gets the tail.
+            log.warning(
+                "peer %r predates this replica's snapshot and cannot receive"
+                " one (not a repred peer); it gets only the entries after it",
+                self.peer.id,
+            )
+            return
+        self._out.append(encode_snapshot(update, clock))
+        for source, ts in clock.items():
+            if sent.get(source, -1) < ts:
+                sent[source] = ts
+        self._updates_out += 1
 
     def _on_digest(self, digest: Digest, line: bytes) -> None:
         if self.their_state is not SessionState.HELLO:
@@ -393,6 +446,7 @@ class SyncSession:
         ]
         outstanding.sort(key=lambda pair: pair[0], reverse=True)
         self._pending = dict.fromkeys(source for _, source in outstanding)
+        self._send_snapshot()
         self.our_state = SessionState.HISTORY
         if self.wakeup is not None:
             self.wakeup()
@@ -405,9 +459,16 @@ class SyncSession:
         At most about ``batch_bytes`` of entries per call: call again after
         sending, until it returns ``b""``.
         """
+        state = self.our_state
+        if (
+            self.replica.snapshot_version != self._snapshot_seen
+            and state is not SessionState.HELLO
+            and state is not SessionState.ERROR
+        ):
+            # Before any entry: the snapshot covers entries no longer kept.
+            self._send_snapshot()
         out = self._out
         self._out = []
-        state = self.our_state
         if state is SessionState.HISTORY or state is SessionState.LIVE:
             if self._pending:
                 self._fill(out)
@@ -440,6 +501,10 @@ class SyncSession:
 
     def _on_applied(self, effect: Any, ts: float, source: str, origin: object) -> None:
         if origin is self or self.our_state is SessionState.HELLO:
+            return
+        if not source:  # a snapshot arrived: data_to_send decides
+            if self.wakeup is not None:
+                self.wakeup()
             return
         if self._sent.get(source, -1) >= ts:
             return

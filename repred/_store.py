@@ -220,13 +220,16 @@ class SqliteStore:
             self._clock[source] = ts
 
     def save_snapshot(self, payload: Any, clock: dict[str, float]) -> None:
-        """Replace the history by a snapshot (compaction), atomically."""
+        """Keep a snapshot and drop the entries it covers, atomically."""
         with self._lock:
             self._write()
             db = self._require()
             db.execute("BEGIN")
             try:
-                db.execute("DELETE FROM entries")
+                db.executemany(
+                    "DELETE FROM entries WHERE source = ? AND ts <= ?",
+                    list(clock.items()),
+                )
                 db.execute("DELETE FROM snapshot")
                 db.execute(
                     "INSERT INTO snapshot VALUES (1, ?, ?)",

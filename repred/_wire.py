@@ -29,8 +29,10 @@ __all__ = [
     "SYNC_LINE",
     "Digest",
     "LineDecoder",
+    "Snapshot",
     "encode_digest",
     "encode_entry",
+    "encode_snapshot",
     "loads_line",
     "parse_entry",
     "parse_line",
@@ -61,6 +63,19 @@ class Digest:
     clock: dict[str, float] = attrs.field(hash=False)
     version: int | None = None
     type_name: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Snapshot:
+    """A folded history: an update equal to many entries, and what it covers.
+
+    A repred extension, sent only to repred peers: ``{"snapshot": update,
+    "clock": {source: ts}}``. Applying ``update`` gives every entry of each
+    source up to its ``clock`` value.
+    """
+
+    update: Any = attrs.field(hash=False)
+    clock: dict[str, float] = attrs.field(hash=False)
 
 
 def _snippet(line: bytes | bytearray) -> bytes:
@@ -168,6 +183,8 @@ def parse_message(msg: Any, line: bytes) -> Any:
     if kind is list:
         return parse_entry(msg, line)
     if kind is dict:
+        if "snapshot" in msg:
+            return _snapshot(msg, line)
         return _digest(msg, line)
     if msg == SYNC:
         return SYNC
@@ -179,6 +196,22 @@ def parse_entry(msg: list[Any], line: bytes) -> tuple[Any, float, str]:
     if not 3 <= len(msg) <= 4:
         raise _bad("an entry is [change, ts, source]", "bad-entry", line)
     return (msg[0], _stamp(msg[1], line), _source(msg[2], line))
+
+
+def _clock(clock: Any, line: bytes) -> dict[str, float]:
+    if type(clock) is not dict:
+        raise _bad("a clock is an object", "bad-clock", line)
+    return {_source(s, line): _stamp(ts, line) for s, ts in clock.items()}
+
+
+def _snapshot(msg: dict[str, Any], line: bytes) -> Snapshot:
+    if set(msg) != {"snapshot", "clock"}:
+        raise _bad("a snapshot is {snapshot, clock}", "bad-snapshot", line)
+    return Snapshot(update=msg["snapshot"], clock=_clock(msg["clock"], line))
+
+
+def encode_snapshot(update: Any, clock: dict[str, float]) -> bytes:
+    return _dumps({"snapshot": update, "clock": clock}, option=_OPT)
 
 
 def _digest(msg: dict[str, Any], line: bytes) -> Digest:

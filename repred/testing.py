@@ -143,6 +143,7 @@ def check_reducer(
     *,
     key: Callable[[Any], Hashable] | None = None,
     stamped: bool = False,
+    snapshot: Callable[[Any], Any] | None = None,
     max_examples: int = 200,
 ) -> None:
     """Check, with Hypothesis, that a reducer makes replicas converge.
@@ -167,6 +168,8 @@ def check_reducer(
         updates: a Hypothesis strategy for update payloads.
         key: the ``key=`` option the type uses, if any.
         stamped: whether the reducer takes the stamp (``stamped=True``).
+        snapshot: the ``snapshot=`` function, if any: also checked that it
+            rebuilds the state from ``initial``, through JSON.
         max_examples: cases to try for each property.
     """
     try:
@@ -293,8 +296,25 @@ def check_reducer(
                 + "".join(f"  replica {i}: {s!r}\n" for i, s in enumerate(states))
             )
 
+    @config
+    @given(st.lists(updates, max_size=6))
+    def snapshots(ups: list[Any]) -> None:
+        assert snapshot is not None
+        state = fresh()
+        for update in ups:
+            reducer(state, update)
+        rebuilt = fresh()
+        reducer(rebuilt, _over_the_wire(snapshot(state)))
+        if rebuilt != state:
+            raise ReducerCheckFailed(
+                f"the snapshot of {state!r} is {snapshot(state)!r}, which"
+                f" rebuilds {rebuilt!r}: a peer sent the snapshot ends elsewhere"
+            )
+
     for prop in (commutes, honest, converges):
         prop()
+    if snapshot is not None:
+        snapshots()
 
 
 def _over_the_wire(change: Any) -> Any:

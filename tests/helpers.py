@@ -131,8 +131,10 @@ def assert_complete(*replicas: Replica) -> None:
         held: dict[str, set[float]] = {}
         for e in r.history():
             held.setdefault(e.source, set()).add(e.ts)
+        covered = r.snapshot[1] if r.snapshot else {}
         for source, ts in r.clock.items():
-            need = {t for t in everything.get(source, ()) if t <= ts}
+            floor = covered.get(source, -1)
+            need = {t for t in everything.get(source, ()) if floor < t <= ts}
             assert need <= held.get(source, set()), (r.id, source, need - held[source])
 
 

@@ -13,7 +13,8 @@ def schedules(n_min: int = 3, n_max: int = 6, max_ops: int = 40):
     ``("update", i, payload)``, ``("sync", i, j)``, ``("cut", i, j, k, seed)``
     (a sync stopped after k lines, moving lines in a seeded order),
     ``("replay", i, j)`` (the bytes i once sent to j, delivered again),
-    ``("tick", ms)`` (the shared wall clock moves).
+    ``("tick", ms)`` (the shared wall clock moves),
+    ``("compact", i)`` (replica i folds its history into a snapshot).
     """
 
     @st.composite
@@ -26,6 +27,7 @@ def schedules(n_min: int = 3, n_max: int = 6, max_ops: int = 40):
             st.tuples(st.just("cut"), idx, idx, st.integers(0, 30), st.integers(0, 9)),
             st.tuples(st.just("replay"), idx, idx),
             st.tuples(st.just("tick"), st.integers(0, 3)),
+            st.tuples(st.just("compact"), idx),
         )
         return n, draw(st.lists(op, max_size=max_ops))
 

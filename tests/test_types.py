@@ -36,7 +36,9 @@ def _converge(factory, ops, n=3):
 
 
 def test_check_gset():
-    check_reducer(_sets.union, set(), st.lists(items, max_size=3))
+    check_reducer(
+        _sets.union, set(), st.lists(items, max_size=3), snapshot=_sets._gset_snapshot
+    )
 
 
 def test_check_twophase_set():
@@ -47,13 +49,23 @@ def test_check_twophase_set():
             "remove": st.lists(items, max_size=3),
         },
     )
-    check_reducer(_sets.two_phase, {"add": set(), "remove": set()}, update)
+    check_reducer(
+        _sets.two_phase,
+        {"add": set(), "remove": set()},
+        update,
+        snapshot=_sets._two_phase_snapshot,
+    )
 
 
 def test_check_orset():
     pairs = st.lists(st.tuples(items, tags).map(list), max_size=3)
     update = st.fixed_dictionaries({}, optional={"add": pairs, "remove": pairs})
-    check_reducer(_sets.observed_remove, {"live": {}, "dead": set()}, update)
+    check_reducer(
+        _sets.observed_remove,
+        {"live": {}, "dead": set()},
+        update,
+        snapshot=_sets._orset_snapshot,
+    )
 
 
 def test_check_counter():
@@ -285,3 +297,13 @@ def test_readme_example_type_passes_the_check():
     best = repred.repred(highest, [0])
     assert best.update(7) == 7
     check_reducer(highest, [0], st.integers(0, 10**6))
+
+
+def test_check_catches_a_lossy_snapshot():
+    with pytest.raises(ReducerCheckFailed, match="snapshot"):
+        check_reducer(
+            _sets.union,
+            set(),
+            st.lists(items, max_size=3),
+            snapshot=lambda state: sorted(state, key=repr)[:1],
+        )

@@ -65,9 +65,13 @@ class GSet(Replica):
         return len(self.state)
 
 
+def _gset_snapshot(state: set[Any]) -> list[Any]:
+    return sorted(state, key=repr)
+
+
 def gset(**options: Any) -> GSet:
-    """A grow-only set (the talk's set of non-virgins)."""
-    return build(GSet, union, set(), "gset", **options)
+    """A grow-only set (the talk's set of non-virgins); compacts to its items."""
+    return build(GSet, union, set(), "gset", snapshot=_gset_snapshot, **options)
 
 
 def two_phase(
@@ -108,6 +112,10 @@ class TwoPhaseSet(Replica):
         return item in self.state["add"] and item not in self.state["remove"]
 
 
+def _two_phase_snapshot(state: dict[str, set[Any]]) -> dict[str, list[Any]]:
+    return {part: sorted(items, key=repr) for part, items in state.items()}
+
+
 def twophase_set(**options: Any) -> TwoPhaseSet:
     """A two-phase set: born minus non-virgins (a delete is an update)."""
     return build(
@@ -115,6 +123,7 @@ def twophase_set(**options: Any) -> TwoPhaseSet:
         two_phase,
         {"add": set(), "remove": set()},
         "twophase_set",
+        snapshot=_two_phase_snapshot,
         **options,
     )
 
@@ -176,8 +185,19 @@ class ORSet(Replica):
         return bool(self.state["live"].get(item))
 
 
+def _orset_snapshot(state: dict[str, Any]) -> dict[str, list[list[Any]]]:
+    live = [[item, tag] for item, tags in state["live"].items() for tag in tags]
+    dead = [list(pair) for pair in state["dead"]]
+    return {"add": sorted(live, key=repr), "remove": sorted(dead, key=repr)}
+
+
 def orset(**options: Any) -> ORSet:
     """An observed-remove set (add wins over a concurrent remove)."""
     return build(
-        ORSet, observed_remove, {"live": {}, "dead": set()}, "orset", **options
+        ORSet,
+        observed_remove,
+        {"live": {}, "dead": set()},
+        "orset",
+        snapshot=_orset_snapshot,
+        **options,
     )
