@@ -166,7 +166,7 @@ class SqliteStore:
         entries = [
             (loads(change), _num(ts), source)
             for source, ts, change in db.execute(
-                "SELECT source, ts, change FROM entries ORDER BY ts, source"
+                "SELECT source, ts, change FROM entries ORDER BY source, ts"
             )
         ]
         row = db.execute("SELECT payload, clock FROM snapshot").fetchone()

@@ -1,0 +1,69 @@
+"""Durable stores: the cost of an update, and of reopening a large store.
+
+python benchmarks/durable.py [UPDATES] [REOPEN_ENTRIES]
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+
+import repred
+from repred.types import model
+
+from _common import arg, report
+
+
+def union(state, update):
+    change = [x for x in update if x not in state]
+    state.update(change)
+    return change
+
+
+def main() -> None:
+    n, big = arg(1, 2000), arg(2, 1_000_000)
+    with tempfile.TemporaryDirectory() as tmp:
+        for durability, count in (("full", n), ("batch", n * 50)):
+            m = model(
+                store=repred.SqliteStore(
+                    os.path.join(tmp, f"{durability}.db"), durability=durability
+                )
+            )
+            t = time.perf_counter()
+            for i in range(count):
+                m.set(f"key{i % 1000}", i)
+            dt = time.perf_counter() - t
+            m.close()
+            report(
+                "durable_update",
+                durability=durability,
+                updates=count,
+                us_per_update=dt / count * 1e6,
+            )
+
+        path = os.path.join(tmp, "big.db")
+        g = repred.repred(
+            union, set(), store=repred.SqliteStore(path, durability="batch")
+        )
+        t = time.perf_counter()
+        for i in range(big):
+            g.update([i])
+        build = time.perf_counter() - t
+        g.close()
+        t = time.perf_counter()
+        reopened = repred.repred(union, set(), store=repred.SqliteStore(path))
+        dt = time.perf_counter() - t
+        assert len(reopened.state) == big
+        reopened.close()
+        report(
+            "durable_reopen",
+            entries=big,
+            seconds=dt,
+            build_seconds=build,
+            file_mb=os.path.getsize(path) / 2**20,
+        )
+
+
+if __name__ == "__main__":
+    main()
