@@ -205,15 +205,28 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         trio.run(run, args)
-    except KeyboardInterrupt:
-        pass
-    except OSError as exc:
-        print(f"repred.peer: {exc}", file=sys.stderr)
-        return 1
-    except (ValueError, ReplicaError) as exc:
-        print(f"repred.peer: {exc}", file=sys.stderr)
-        return 2
+    except BaseException as exc:
+        return _exit_code(exc)
     return 0
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _exit_code(exc: BaseException) -> int:
+    """Ctrl-C is a clean stop; a bad port, address or store is a message."""
+    leaves = _leaves(exc)
+    if all(isinstance(e, KeyboardInterrupt) for e in leaves):
+        return 0
+    expected = [e for e in leaves if isinstance(e, OSError | ValueError | ReplicaError)]
+    if len(expected) != len(leaves):
+        raise exc
+    for error in expected:
+        print(f"repred.peer: {error}", file=sys.stderr)
+    return 1 if any(isinstance(e, OSError) for e in expected) else 2
 
 
 if __name__ == "__main__":

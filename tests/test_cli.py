@@ -1,6 +1,7 @@
 """``python -m repred.peer`` as separate processes on loopback."""
 
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -170,3 +171,24 @@ def test_data_dir_keeps_the_map_across_restarts(tmp_path):
     )
     assert bad.returncode == 2
     assert b"not a usable repred store" in bad.stderr
+
+
+def _default_sigint():
+    # A test runner started in the background may ignore SIGINT, and its
+    # children inherit that; a person's terminal does not.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_ctrl_c_stops_the_peer_cleanly():
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "repred.peer", "0"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=_default_sigint,
+    )
+    assert b"listening" in proc.stdout.readline()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert b"Traceback" not in err
