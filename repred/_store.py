@@ -43,6 +43,14 @@ CREATE TABLE snapshot (id INTEGER PRIMARY KEY CHECK (id = 1),
 """
 
 
+def _advance_clock(db: sqlite3.Connection, clock: dict[str, float]) -> None:
+    db.executemany(
+        "INSERT INTO clock VALUES (?, ?) ON CONFLICT(source)"
+        " DO UPDATE SET ts = max(ts, excluded.ts)",
+        list(clock.items()),
+    )
+
+
 class StoreError(ReplicaError):
     """The store cannot be used: not a repred store, another type, damaged."""
 
@@ -235,11 +243,7 @@ class SqliteStore:
                     "INSERT INTO snapshot VALUES (1, ?, ?)",
                     (orjson.dumps(payload), orjson.dumps(clock)),
                 )
-                db.executemany(
-                    "INSERT INTO clock VALUES (?, ?) ON CONFLICT(source)"
-                    " DO UPDATE SET ts = max(ts, excluded.ts)",
-                    list(clock.items()),
-                )
+                _advance_clock(db, clock)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -264,11 +268,7 @@ class SqliteStore:
             if drops:
                 db.executemany("DELETE FROM entries WHERE source = ? AND ts = ?", drops)
             if clock:
-                db.executemany(
-                    "INSERT INTO clock VALUES (?, ?) ON CONFLICT(source)"
-                    " DO UPDATE SET ts = max(ts, excluded.ts)",
-                    list(clock.items()),
-                )
+                _advance_clock(db, clock)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

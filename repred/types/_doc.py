@@ -12,7 +12,7 @@ from typing import Any
 
 from .._replica import Replica
 from ._base import build
-from ._position import between
+from ._position import slot
 
 __all__ = ["Doc", "DocSeq", "DocSet", "doc"]
 
@@ -129,18 +129,9 @@ class DocSeq(DocSet):
         return sorted(rows, key=lambda r: (str(r.get(ORDER, "")), r["id"]))
 
     def _place(self, row: dict[str, Any], before: str | None, after: str | None) -> str:
-        rows = [r for r in self.rows() if r["id"] != row["id"]]
-        ids = [r["id"] for r in rows]
-        if before is not None:
-            i = ids.index(before)
-        elif after is not None:
-            i = ids.index(after) + 1
-        else:
-            i = len(rows)
-        lo = rows[i - 1].get(ORDER) if i > 0 else None
-        hi = rows[i].get(ORDER) if i < len(rows) else None
-        order = between(lo, hi)
-        return self.doc.add({**row, self.key: self.value, ORDER: order})
+        order = [(str(r.get(ORDER, "")), r["id"]) for r in self.rows()]
+        position = slot(order, before=before, after=after, moving=row["id"])
+        return self.doc.add({**row, self.key: self.value, ORDER: position})
 
     def push(self, row: dict[str, Any]) -> str:
         """Append a row (moving it here from any other set)."""

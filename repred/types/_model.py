@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._replica import DEFAULT_MAX_DRIFT_MS, Replica, _wall_ms
+from ._base import build
 
 __all__ = ["Model", "model"]
 
@@ -72,12 +73,13 @@ def model(
     store: Any = None,
 ) -> Model:
     """A new, empty last-write-wins map replica (type name ``"model"``)."""
-    return Model(
+    return build(
+        Model,
         lww_set,
         {},
-        id=id,
+        "model",
         key=model_key,
-        type_name="model",
+        id=id,
         max_drift_ms=max_drift_ms,
         wall=wall,
         store=store,

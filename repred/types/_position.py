@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-__all__ = ["between"]
+__all__ = ["between", "slot"]
 
 DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
 _VALUE = {c: i for i, c in enumerate(DIGITS)}
@@ -44,3 +44,37 @@ def valid(key: object) -> bool:
         and not key.endswith("0")
         and all(c in _VALUE for c in key)
     )
+
+
+def slot(
+    order: list[tuple[str, str]],
+    *,
+    before: str | None = None,
+    after: str | None = None,
+    moving: str | None = None,
+) -> str:
+    """A new position key for an item placed in ``order``.
+
+    ``order`` is the list of ``(position, id)`` pairs, sorted. The key goes
+    before the item ``before``, after the item ``after``, or at the end;
+    ``moving`` (an item being moved) is left out of the count.
+
+    Raises:
+        ValueError: both ``before`` and ``after``, or an unknown item.
+    """
+    if before is not None and after is not None:
+        raise ValueError("give before= or after=, not both")
+    order = [pair for pair in order if pair[1] != moving]
+    ids = [item for _, item in order]
+    try:
+        if before is not None:
+            i = ids.index(before)
+        elif after is not None:
+            i = ids.index(after) + 1
+        else:
+            i = len(ids)
+    except ValueError:
+        raise ValueError(f"no item {before or after!r} in this list") from None
+    lo = order[i - 1][0] if i > 0 else None
+    hi = order[i][0] if i < len(order) else None
+    return between(lo, hi)

@@ -7,7 +7,7 @@ from typing import Any
 
 from .._replica import Replica
 from ._base import build
-from ._position import between, valid
+from ._position import slot, valid
 
 __all__ = ["Seq", "seq"]
 
@@ -52,21 +52,6 @@ class Seq(Replica):
     def _order(self) -> list[tuple[str, str]]:
         return sorted((pos, item) for item, (pos, _) in self.state.items())
 
-    def _position(self, before: str | None, after: str | None) -> str:
-        order = self._order()
-        ids = [item for _, item in order]
-        if before is not None and after is not None:
-            raise ValueError("give before= or after=, not both")
-        if before is not None:
-            i = ids.index(before)
-        elif after is not None:
-            i = ids.index(after) + 1
-        else:
-            i = len(ids)
-        lo = order[i - 1][0] if i > 0 else None
-        hi = order[i][0] if i < len(order) else None
-        return between(lo, hi)
-
     def _new_id(self) -> str:
         return f"{self.id}.{self._last}.{next(self._ids)}"
 
@@ -75,7 +60,7 @@ class Seq(Replica):
     ) -> str:
         """Insert ``value`` before or after an item (default: at the end)."""
         item = self._new_id()
-        self.update([item, self._position(before, after), value])
+        self.update([item, slot(self._order(), before=before, after=after), value])
         return item
 
     def push(self, value: Any) -> str:
@@ -92,7 +77,8 @@ class Seq(Replica):
         value = self.state[item][1]
         if item in (before, after):
             return
-        self.update([item, self._position(before, after), value])
+        position = slot(self._order(), before=before, after=after, moving=item)
+        self.update([item, position, value])
 
     def remove(self, item: str) -> None:
         if item in self.state:
