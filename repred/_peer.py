@@ -378,6 +378,12 @@ class Peer:
         except (OSError, ValueError, trio.TooSlowError, ReplicaError) as exc:
             self._dial_failed(node, exc)
             return False
+        except Exception as exc:
+            # Nothing a peer does may stop this one: a failure here is a bug,
+            # logged in full, and the node is retried like any other.
+            log.exception("link to %s failed", node)
+            self._dial_failed(node, exc)
+            return False
         if self._failures.pop(node, 0):
             log.info("reached %s again", node)
         self._retry_at.pop(node, None)

@@ -486,7 +486,10 @@ def repred(
         reducer: ``reducer(state, update) -> change``. It merges ``update``
             into ``state`` (mutating it) and returns the part that changed
             it; an empty or ``None`` change means the update was already
-            known. It must be commutative and idempotent in effect. With
+            known. It must be commutative and idempotent in effect, and
+            should check an update before it mutates anything: when it
+            raises on a peer's entry, the clock and history are left as
+            they were, and so is the state only if nothing was changed. With
             ``stamped=True`` it is called as ``reducer(state, update, stamp)``
             where ``stamp`` is ``(ts, source)``: the one way a type sees
             stamps, for types that need more than ``key`` gives.

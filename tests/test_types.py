@@ -307,3 +307,58 @@ def test_check_catches_a_lossy_snapshot():
             st.lists(items, max_size=3),
             snapshot=lambda state: sorted(state, key=repr)[:1],
         )
+
+
+BAD_CHANGES = [
+    b"null",
+    b"42",
+    b'"text"',
+    b"[]",
+    b"{}",
+    b"[[1,2]]",
+    b'["a","b","c","d"]',
+    b'{"add":[[1]]}',
+    b'{"add":"x"}',
+    b'{"add":[["a",5]],"remove":[1]}',
+    b'["r","__deleted",false]',
+    b'["r","f"]',
+    b'["s",-1,2]',
+    b'["id","BAD POSITION",1]',
+    b'[["nested"]]',
+]
+
+
+@pytest.mark.parametrize(
+    "factory",
+    [
+        types.gset,
+        types.twophase_set,
+        types.orset,
+        types.counter,
+        types.heartbeats,
+        types.register,
+        types.events,
+        types.seq,
+        types.doc,
+        types.model,
+    ],
+)
+def test_malformed_changes_from_a_peer_leave_every_type_untouched(factory):
+    import copy
+
+    from repred import RemoteProtocolError, SyncSession
+
+    for bad in BAD_CHANGES:
+        r = factory(id="local")
+        before = (copy.deepcopy(r.state), dict(r.clock), list(r.history()))
+        s = SyncSession(r)
+        s.data_to_send()
+        s.receive_data(b'{"id":"B","clock":{}}\n')
+        refused = None
+        try:
+            s.receive_data(b"[" + bad + b',1,"B"]\n')
+        except RemoteProtocolError as exc:
+            refused = exc
+        if refused is not None:
+            assert refused.reason == "reducer-error"
+            assert (r.state, dict(r.clock), list(r.history())) == before, bad

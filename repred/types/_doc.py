@@ -40,12 +40,12 @@ def write_field(state: dict[str, dict[str, Any]], change: list[Any]) -> Any:
     joining later receives the delete from the history like any other write.
     """
     row, field, value = change
+    if field == DELETED and value is not True:
+        raise ValueError("only True deletes a row")
     fields = state.setdefault(row, {})
     if fields.get(DELETED):
         return None
     if field == DELETED:
-        if value is not True:
-            raise ValueError("only True deletes a row")
         fields.clear()
         fields[DELETED] = True
     elif value is None:
