@@ -111,6 +111,33 @@ async def test_dead_seeds_and_wrong_protocols_are_retried_quietly(
     assert len(warnings) == 2
 
 
+async def test_reconnects_without_new_data_leave_memory_flat():
+    import tracemalloc
+
+    a, b = gset("A"), gset("B")
+    a.update(["x"])
+    steady = {**FAST, "gossip_interval": 1000.0}
+    async with (
+        repred.open_peer(replicas={"data": a}, **steady) as pa,
+        repred.open_peer(replicas={"data": b}, **steady) as pb,
+    ):
+        tracemalloc.start()
+        try:
+            for i in range(1000):
+                assert await pb._dial(pa.address, live=False, duration=0)
+                if i == 199:
+                    await trio.testing.wait_all_tasks_blocked(0.01)
+                    early = tracemalloc.get_traced_memory()[0]
+            await trio.testing.wait_all_tasks_blocked(0.01)
+            late = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+    # 800 more reconnects. A leaked connection or session (a few KB each)
+    # would add megabytes; what remains is trio's deadline heap, which it
+    # prunes lazily (tens of bytes per timed send).
+    assert late - early < 200_000, (early, late)
+
+
 async def test_hundreds_of_reconnects_leave_tasks_and_links_flat():
     a, b = gset("A"), gset("B")
     steady = {**FAST, "gossip_interval": 1000.0}  # gossip links stay put
