@@ -238,8 +238,15 @@ class Peer:
         rng: random.Random,
         transport: Any,
         wall: Callable[[], float],
+        advertise: str | None,
         session_options: dict[str, Any],
     ) -> None:
+        if host in ("0.0.0.0", "::", "") and not advertise:
+            raise ValueError(
+                f"listening on {host!r} (every interface) needs advertise=, the"
+                " host other nodes should dial"
+            )
+        self._advertise = advertise
         if MEMBERS in replicas:
             raise ValueError(f"the replica name {MEMBERS!r} is the peer's own")
         for name in replicas:
@@ -304,10 +311,12 @@ class Peer:
     # -- running -------------------------------------------------------
 
     async def _start(self, nursery: trio.Nursery) -> None:
-        self.address = await self._transport.listen(
+        bound = await self._transport.listen(
             self.host, self.port, self._handle_inbound, nursery
         )
-        self.port = parse_address(self.address)[1]
+        self.port = parse_address(bound)[1]
+        # What other nodes dial: the bound address, unless told otherwise.
+        self.address = f"{self._advertise}:{self.port}" if self._advertise else bound
         self._beat()
         nursery.start_soon(self._heartbeats)
         nursery.start_soon(self._gossip)
@@ -450,6 +459,7 @@ async def open_peer(
     rng: random.Random | None = None,
     transport: Any = None,
     wall: Callable[[], float] | None = None,
+    advertise: str | None = None,
     **session_options: Any,
 ) -> AsyncIterator[Peer]:
     """Run a gossip peer inside the caller's trio program.
@@ -460,7 +470,9 @@ async def open_peer(
 
     Args:
         port: where to listen (0: any free port; see ``peer.address``).
-        host: the address to listen on, and to advertise.
+        host: the address to listen on (and to advertise, by default).
+        advertise: the host other nodes should dial, when it is not
+            ``host`` (needed when listening on every interface).
         replicas: the named replicas to replicate; a name the other side
             lacks is skipped.
         seeds: ``"host:port"`` of nodes to dial first and re-dial now and
@@ -494,6 +506,7 @@ async def open_peer(
         rng=rng or random.Random(),
         transport=transport or TcpTransport(),
         wall=wall or _wall_ms,
+        advertise=advertise,
         session_options=session_options,
     )
     async with trio.open_nursery() as nursery:

@@ -41,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("client_port", type=int, nargs="?", help="port of a peer to join")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument(
+        "--advertise",
+        metavar="HOST",
+        help="the host other peers should dial (needed with --host 0.0.0.0)",
+    )
+    p.add_argument(
         "--seed",
         action="append",
         default=[],
@@ -188,6 +193,7 @@ async def _serve(
         gossip_interval=args.gossip,
         seed_interval=args.seed_interval,
         on_event=out,
+        advertise=args.advertise,
     ) as peer:
         out({"event": "listening", "address": peer.address, "id": data.id})
         async with trio.open_nursery() as nursery:

@@ -186,3 +186,17 @@ async def test_reserved_and_bad_names_are_refused():
     with pytest.raises(ValueError):
         async with repred.open_peer(replicas={"a\tb": gset("A")}):
             pass  # pragma: no cover
+
+
+async def test_listening_everywhere_needs_an_advertised_host():
+    with pytest.raises(ValueError, match="advertise"):
+        async with repred.open_peer(host="0.0.0.0"):
+            pass  # pragma: no cover
+    async with repred.open_peer(host="0.0.0.0", advertise="127.0.0.1", **FAST) as a:
+        assert a.address.startswith("127.0.0.1:")
+        d = gset("D")
+        async with repred.open_peer(
+            replicas={"data": d}, seeds=[a.address], **FAST
+        ) as b:
+            with trio.fail_after(20):
+                await wait_until(b.membership, lambda: a.address in b.members())
