@@ -241,6 +241,8 @@ class Connection:
                     continue
                 if not live and self._synced.is_set():
                     break
+                if channel.handshake_done and not channel.sessions:
+                    break  # nothing in common: nothing will ever flow
                 await self._wake.wait()
             # live=False: everything is exchanged. Say so, and give the peer
             # a moment to finish its side before the connection is dropped.

@@ -200,3 +200,37 @@ async def test_listening_everywhere_needs_an_advertised_host():
         ) as b:
             with trio.fail_after(20):
                 await wait_until(b.membership, lambda: a.address in b.members())
+
+
+async def test_hostile_inbound_connections_do_not_disturb_a_peer():
+    d = gset("D")
+    d.update(["kept"])
+    async with repred.open_peer(replicas={"data": d}, **FAST) as peer:
+        host, port = parse_address(peer.address)
+        for payload in (
+            b"GET / HTTP/1.1\r\n\r\n",
+            b'{"repred-peer":1,"node":"x:1","replicas":{"data":"union"}}\ndata\t[1,2\n',
+            b'{"repred-peer":1,"node":"x:1","replicas":{"data":"union"}}\n'
+            + b"x" * 3_000_000,
+            # Nothing shared: the link ends at once, with no error.
+            b'{"repred-peer":1,"node":"x:1","replicas":{"data":"orset"}}\n',
+        ):
+            stream = await trio.open_tcp_stream(host, port)
+            try:
+                await stream.send_all(payload)
+            except trio.BrokenResourceError:
+                pass
+            with trio.fail_after(10):
+                try:
+                    while await stream.receive_some(65536):
+                        pass
+                except trio.BrokenResourceError:
+                    pass
+            await stream.aclose()
+        assert d.state == {"kept"}
+        other = gset("O")
+        async with repred.open_peer(
+            replicas={"data": other}, seeds=[peer.address], **FAST
+        ):
+            with trio.fail_after(20):
+                await wait_until(other, lambda: "kept" in other.state)
