@@ -57,12 +57,6 @@ class SourceLog:
     def __len__(self) -> int:
         return self._live
 
-    def append(self, ts: float, change: Any) -> None:
-        # Callers guarantee ts is above every stamp already in this log.
-        self._stamps.append(ts)
-        self._changes.append(change)
-        self._live += 1
-
     def discard(self, ts: float) -> None:
         stamps = self._stamps
         i = bisect_left(stamps, ts)
@@ -154,6 +148,8 @@ class History:
             self._index[key] = (ts, source)
         if self.store is not None:
             self.store.add(change, ts, source)
+        # Appended in place (the hot path of every sync): the caller has
+        # checked that ts is above every stamp already in this log.
         log._stamps.append(ts)
         # An entry is immutable once recorded. A list is kept as a tuple (the
         # same JSON array on the wire): the caller's list can no longer alter
