@@ -122,33 +122,40 @@ def _value(text: str) -> Any:
         return text
 
 
-async def _commands(data: Any, peer: Any, out: _Output) -> None:
-    stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+@trio.lowlevel.enable_ki_protection
+def _open_stdin() -> trio.lowlevel.FdStream:
+    # Protected from Ctrl-C: an interrupt halfway through would leak the
+    # duplicated descriptor and leave a half-built stream behind.
+    return trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+
+
+async def _commands(
+    stdin: trio.lowlevel.FdStream, data: Any, peer: Any, out: _Output
+) -> None:
+    """Run the commands typed on standard input until it ends."""
     buf = b""
-    async with stdin:
-        while True:
-            chunk = await stdin.receive_some(65536)
-            if not chunk:
-                return
-            buf += chunk
-            *lines, buf = buf.split(b"\n")
-            for raw in lines:
-                words = raw.decode("utf-8", "replace").strip().split(None, 2)
-                if not words:
-                    continue
-                cmd = words[0].lower()
-                if cmd == "set" and len(words) == 3:
-                    data.set(words[1], _value(words[2]))
-                elif cmd == "get" and len(words) == 2:
-                    out(
-                        {"event": "value", "key": words[1], "value": data.get(words[1])}
-                    )
-                elif cmd == "del" and len(words) == 2:
-                    data.delete(words[1])
-                elif cmd == "peers":
-                    out({"event": "peers", "peers": peer.members()})
-                else:
-                    out({"event": "error", "message": f"unknown command: {raw!r}"})
+    while chunk := await stdin.receive_some(65536):
+        buf += chunk
+        *lines, buf = buf.split(b"\n")
+        for raw in lines:
+            _command(raw, data, peer, out)
+
+
+def _command(raw: bytes, data: Any, peer: Any, out: _Output) -> None:
+    words = raw.decode("utf-8", "replace").strip().split(None, 2)
+    if not words:
+        return
+    cmd = words[0].lower()
+    if cmd == "set" and len(words) == 3:
+        data.set(words[1], _value(words[2]))
+    elif cmd == "get" and len(words) == 2:
+        out({"event": "value", "key": words[1], "value": data.get(words[1])})
+    elif cmd == "del" and len(words) == 2:
+        data.delete(words[1])
+    elif cmd == "peers":
+        out({"event": "peers", "peers": peer.members()})
+    else:
+        out({"event": "error", "message": f"unknown command: {raw!r}"})
 
 
 async def _show_updates(
@@ -195,10 +202,11 @@ async def _serve(
         on_event=out,
         advertise=args.advertise,
     ) as peer:
-        out({"event": "listening", "address": peer.address, "id": data.id})
-        async with trio.open_nursery() as nursery:
+        async with _open_stdin() as stdin, trio.open_nursery() as nursery:
             await nursery.start(_show_updates, data, out)
-            await _commands(data, peer, out)
+            # Said once the peer is ready for commands.
+            out({"event": "listening", "address": peer.address, "id": data.id})
+            await _commands(stdin, data, peer, out)
             nursery.cancel_scope.cancel()
 
 
