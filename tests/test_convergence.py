@@ -136,7 +136,7 @@ def _run_with_replays(replicas, ops, wall, write):
         sync(x, y)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(st.tuples(st.integers(0, 2), st.integers(0, 30)), max_size=30),
     st.randoms(),
