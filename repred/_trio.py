@@ -263,9 +263,9 @@ async def _run(
     *,
     live: bool,
     on_start: Callable[[Connection], None],
-    send_timeout: float,
-    handshake_timeout: float,
-    close_timeout: float,
+    send_timeout: float = DEFAULT_SEND_TIMEOUT,
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
     **session_options: Any,
 ) -> ConnectionStatistics:
     return await run_channel(
@@ -409,23 +409,11 @@ async def serve_tcp(
         on_connection: called with each new :class:`Connection`.
         **options: passed to :func:`replicate`.
     """
-    send_timeout = options.pop("send_timeout", DEFAULT_SEND_TIMEOUT)
-    handshake_timeout = options.pop("handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT)
-    close_timeout = options.pop("close_timeout", DEFAULT_CLOSE_TIMEOUT)
     on_start = on_connection if on_connection is not None else _ignore
 
     async def handler(stream: trio.SocketStream) -> None:
         try:
-            await _run(
-                replica,
-                stream,
-                live=live,
-                on_start=on_start,
-                send_timeout=send_timeout,
-                handshake_timeout=handshake_timeout,
-                close_timeout=close_timeout,
-                **options,
-            )
+            await _run(replica, stream, live=live, on_start=on_start, **options)
         except ReplicaError as exc:
             log.warning("repred: connection closed: %s", _describe(exc))
         except Exception:
