@@ -20,9 +20,7 @@ import time
 import trio
 import trio.testing
 
-import repred
-from repred.testing import MemoryNetwork
-from repred.types import model
+from repred.testing import simulate_peers
 
 from _common import report
 
@@ -31,30 +29,7 @@ LATENCY = 0.01
 
 
 async def measure(n: int, seed: int) -> tuple[float, float]:
-    net = MemoryNetwork(latency=LATENCY)
     rng = random.Random(seed)
-
-    def wall() -> float:
-        return trio.current_time() * 1000
-
-    data = [model(id=f"n{i}", wall=wall) for i in range(n)]
-    peers: list[repred.Peer] = []
-
-    async def run(i: int, task_status: trio.TaskStatus[repred.Peer]) -> None:
-        seeds = [peers[rng.randrange(i)].address] if i else []
-        async with repred.open_peer(
-            replicas={"data": data[i]},
-            seeds=seeds,
-            transport=net,
-            wall=wall,
-            rng=random.Random(seed * 100_000 + i),
-            heartbeat_interval=1.0,
-            down_after=60.0,
-            gossip_interval=1.0,
-            seed_interval=10.0,
-        ) as peer:
-            task_status.started(peer)
-            await trio.sleep_forever()
 
     async def until(predicate) -> None:
         # Polling in virtual time, a tenth of a hop apart: it costs no real
@@ -64,8 +39,10 @@ async def measure(n: int, seed: int) -> tuple[float, float]:
 
     async with trio.open_nursery() as nursery:
         start = trio.current_time()
-        for i in range(n):
-            peers.append(await nursery.start(run, i))
+        sim = await simulate_peers(
+            nursery, n, seed=seed, latency=LATENCY, down_after=60.0
+        )
+        peers, data = sim.peers, sim.data
         await until(lambda: all(len(p.members()) == n for p in peers))
         formed = trio.current_time() - start
         writer = rng.randrange(n)

@@ -14,15 +14,19 @@ price of the last few milliseconds of writes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import orjson
 
 from ._errors import ReplicaError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 __all__ = ["SqliteStore", "StoreError"]
 
@@ -231,9 +235,7 @@ class SqliteStore:
         """Keep a snapshot and drop the entries it covers, atomically."""
         with self._lock:
             self._write()
-            db = self._require()
-            db.execute("BEGIN")
-            try:
+            with self._transaction() as db:
                 db.executemany(
                     "DELETE FROM entries WHERE source = ? AND ts <= ?",
                     list(clock.items()),
@@ -244,10 +246,6 @@ class SqliteStore:
                     (orjson.dumps(payload), orjson.dumps(clock)),
                 )
                 _advance_clock(db, clock)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
 
     def commit(self) -> None:
         """Make what was written so far durable (in ``"full"`` mode, now)."""
@@ -260,19 +258,25 @@ class SqliteStore:
         if not (adds or drops or clock):
             return
         self._adds, self._drops, self._clock = [], [], {}
-        db = self._require()
-        db.execute("BEGIN")
-        try:
+        with self._transaction() as db:
             if adds:
                 db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?)", adds)
             if drops:
                 db.executemany("DELETE FROM entries WHERE source = ? AND ts = ?", drops)
             if clock:
                 _advance_clock(db, clock)
-            db.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic write: committed whole, or rolled back whole."""
+        db = self._require()
+        db.execute("BEGIN")
+        try:
+            yield db
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        db.execute("COMMIT")
 
     def _flush_loop(self) -> None:
         while not self._closed.wait(self.batch_ms / 1000):

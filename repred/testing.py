@@ -5,15 +5,26 @@ from __future__ import annotations
 import copy
 import errno
 import itertools
+import random
 from typing import TYPE_CHECKING, Any, final
 
+import attrs
 import trio
 import trio.testing
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Hashable, Sequence
 
-__all__ = ["MemoryNetwork", "ReducerCheckFailed", "check_reducer"]
+    from ._peer import Peer
+    from .types import Model
+
+__all__ = [
+    "MemoryNetwork",
+    "ReducerCheckFailed",
+    "Simulation",
+    "check_reducer",
+    "simulate_peers",
+]
 
 
 @final
@@ -104,6 +115,71 @@ class MemoryNetwork:
     def heal(self) -> None:
         """Make every address reachable again."""
         self._blocked.clear()
+
+
+# -- simulated clusters ------------------------------------------------------
+
+
+@attrs.frozen
+class Simulation:
+    """A cluster started by :func:`simulate_peers`."""
+
+    network: MemoryNetwork
+    peers: list[Peer]
+    data: list[Model]
+
+
+async def simulate_peers(
+    nursery: trio.Nursery,
+    n: int,
+    *,
+    seed: int = 0,
+    latency: float = 0.0,
+    **peer_options: Any,
+) -> Simulation:
+    """Start ``n`` peers in ``nursery`` on one :class:`MemoryNetwork`.
+
+    Each peer replicates a ``model()`` named ``"data"`` and is seeded with
+    one random earlier peer; heartbeats use trio's clock, so under
+    ``autojump_clock`` the whole cluster runs in virtual time. Everything is
+    drawn from ``seed``. ``peer_options`` go to :func:`repred.open_peer`
+    (by default, one-second heartbeats and gossip rounds).
+    """
+    from ._peer import open_peer
+    from .types import model
+
+    network = MemoryNetwork(latency=latency)
+    rng = random.Random(seed)
+
+    def wall() -> float:
+        return trio.current_time() * 1000
+
+    options = {
+        "heartbeat_interval": 1.0,
+        "down_after": 30.0,
+        "gossip_interval": 1.0,
+        "seed_interval": 10.0,
+        **peer_options,
+    }
+    data = [model(id=f"n{i}", wall=wall) for i in range(n)]
+    peers: list[Peer] = []
+
+    async def run(i: int, task_status: trio.TaskStatus[Peer]) -> None:
+        seeds = [peers[rng.randrange(i)].address] if i else []
+        async with open_peer(
+            replicas={"data": data[i]},
+            seeds=seeds,
+            transport=network,
+            wall=wall,
+            rng=random.Random(seed * 100_000 + i),
+            **options,
+        ) as peer:
+            task_status.started(peer)
+            await trio.sleep_forever()
+
+    for i in range(n):
+        peers.append(await nursery.start(run, i))
+    return Simulation(network, peers, data)
 
 
 # -- checking reducers -------------------------------------------------------

@@ -1,46 +1,15 @@
 """Hundreds of peers in one process, over memory streams, on a mock clock."""
 
-import random
-
 import trio
 
-import repred
-from repred.testing import MemoryNetwork
-from repred.types import model
+from repred.testing import simulate_peers
 
 from .helpers import wait_until
 
 
 async def simulate(n, *, seed=0, nursery):
-    """Start ``n`` peers, each seeded with one random earlier peer."""
-    net = MemoryNetwork()
-    rng = random.Random(seed)
-
-    def wall():
-        return trio.current_time() * 1000
-
-    data = [model(id=f"n{i}", wall=wall) for i in range(n)]
-    peers = []
-
-    async def run(i, task_status):
-        seeds = [peers[rng.randrange(i)].address] if i else []
-        async with repred.open_peer(
-            replicas={"data": data[i]},
-            seeds=seeds,
-            transport=net,
-            wall=wall,
-            rng=random.Random(seed * 1000 + i),
-            heartbeat_interval=1.0,
-            down_after=30.0,
-            gossip_interval=1.0,
-            seed_interval=10.0,
-        ) as peer:
-            task_status.started(peer)
-            await trio.sleep_forever()
-
-    for i in range(n):
-        peers.append(await nursery.start(run, i))
-    return net, peers, data
+    sim = await simulate_peers(nursery, n, seed=seed)
+    return sim.network, sim.peers, sim.data
 
 
 async def test_two_hundred_peers_converge(autojump_clock):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._replica import DEFAULT_MAX_DRIFT_MS, Replica, _wall_ms
+from .._replica import Replica
 from ._base import build
 
 __all__ = ["Model", "model"]
@@ -65,22 +65,10 @@ class Model(Replica):
         return {k: v for k, v in self.state.items() if v is not None}
 
 
-def model(
-    *,
-    id: str | None = None,
-    max_drift_ms: float = DEFAULT_MAX_DRIFT_MS,
-    wall: Any = _wall_ms,
-    store: Any = None,
-) -> Model:
-    """A new, empty last-write-wins map replica (type name ``"model"``)."""
-    return build(
-        Model,
-        lww_set,
-        {},
-        "model",
-        key=model_key,
-        id=id,
-        max_drift_ms=max_drift_ms,
-        wall=wall,
-        store=store,
-    )
+def model(**options: Any) -> Model:
+    """A new, empty last-write-wins map replica (type name ``"model"``).
+
+    Takes the options every built-in type takes: ``id``, ``max_drift_ms``,
+    ``wall`` and ``store``.
+    """
+    return build(Model, lww_set, {}, "model", key=model_key, **options)
