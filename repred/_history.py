@@ -100,22 +100,20 @@ class SourceLog:
 class History:
     """Every entry a replica holds, as per-source logs.
 
-    Args:
-        superseding: the type declares entries with the same key dominated
-            by the newest of them (last-write-wins per key): the history
-            keeps only the entry with the greatest stamp ``(ts, source)`` per
-            key, so its size follows the live keys, not the number of writes.
+    For a type that declares a key (last-write-wins per key), the history
+    keeps only the entry with the greatest stamp ``(ts, source)`` per key,
+    so its size follows the live keys, not the number of writes.
+
+    It holds entries in memory only: the replica writes them to its store.
 
     Attributes:
         newest: ``newest(key)`` is the stamp of the entry kept for ``key``,
-            or ``None`` (only for a superseding history).
+            or ``None``.
     """
 
-    __slots__ = ("_index", "logs", "newest", "store")
+    __slots__ = ("_index", "logs", "newest")
 
-    def __init__(self, superseding: bool = False) -> None:
-        #: Where recorded and dropped entries are written through, if durable.
-        self.store: Any = None
+    def __init__(self) -> None:
         self.logs: dict[str, SourceLog] = {}
         self._index: dict[Hashable, tuple[float, str]] = {}
         self.newest: Callable[[Hashable], tuple[float, str] | None] = self._index.get
@@ -143,11 +141,7 @@ class History:
         if key is not None:
             if old is not None:
                 self.logs[old[1]].discard(old[0])
-                if self.store is not None:
-                    self.store.drop(*old)
             self._index[key] = (ts, source)
-        if self.store is not None:
-            self.store.add(change, ts, source)
         # Appended in place (the hot path of every sync): the caller has
         # checked that ts is above every stamp already in this log.
         log._stamps.append(ts)
@@ -171,19 +165,20 @@ class History:
         }
         self.newest = self._index.get
 
-    def forget(self, old: Callable[[float, str], bool]) -> None:
-        """Drop the entries for which ``old(ts, source)`` holds.
+    def forget(self, old: Callable[[float, str], bool]) -> list[tuple[float, str]]:
+        """Drop the entries for which ``old(ts, source)`` holds; return them.
 
         Only for types that bound their history by declaration (an event
         log kept for a time): a peer whose clock predates what was dropped
         receives what remains.
         """
+        dropped = []
         for source, log in self.logs.items():
             for ts, _ in list(log.items()):
                 if old(ts, source):
                     log.discard(ts)
-                    if self.store is not None:
-                        self.store.drop(ts, source)
+                    dropped.append((ts, source))
+        return dropped
 
     def after(self, source: str, ts: float, limit: int) -> list[tuple[float, Any]]:
         log = self.logs.get(source)

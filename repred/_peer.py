@@ -26,7 +26,7 @@ import orjson
 import trio
 
 from ._errors import RemoteProtocolError, ReplicaError
-from ._replica import _wall_ms
+from ._replica import wall_ms
 from ._session import SessionState, SyncSession
 from ._trio import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -505,7 +505,7 @@ async def open_peer(
         on_event=on_event,
         rng=rng or random.Random(),
         transport=transport or TcpTransport(),
-        wall=wall or _wall_ms,
+        wall=wall or wall_ms,
         advertise=advertise,
         session_options=session_options,
     )

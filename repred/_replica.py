@@ -12,20 +12,34 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import secrets
 import time
 import types
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from ._errors import FutureStampError
 from ._history import Entry, History
+from ._wire import (
+    DEFAULT_MAX_LINE_BYTES,
+    MAX_SOURCE_LENGTH,
+    MAX_STAMP,
+    check_value,
+    encode_entry,
+)
 
 if TYPE_CHECKING:
     from ._store import SqliteStore
 
-__all__ = ["DEFAULT_MAX_DRIFT_MS", "Listener", "Replica", "Stamp", "repred"]
+__all__ = [
+    "DEFAULT_MAX_DRIFT_MS",
+    "MAX_ENTRY_BYTES",
+    "Listener",
+    "Replica",
+    "Stamp",
+    "repred",
+    "wall_ms",
+]
 
 log = logging.getLogger("repred")
 
@@ -45,22 +59,46 @@ Stamp = tuple[float, str]
 Listener = Callable[[Any, float, str, object], None]
 
 
-def _is_empty(change: Any) -> bool:
-    """``None`` or an empty container: the update changed nothing."""
+#: The longest entry line (``[change, ts, source]`` and its newline) a
+#: replica writes: the line limit every receiver applies by default, so a
+#: write that is accepted locally is never refused by a peer.
+MAX_ENTRY_BYTES = DEFAULT_MAX_LINE_BYTES
+
+
+def is_empty(change: Any) -> bool:
+    """``None``, ``[]`` or ``{}``: the update changed nothing.
+
+    The one definition of "nothing changed", for replicas, links and types.
+    """
     return change is None or (type(change) in _EMPTY_TYPES and not change)
 
 
-_EMPTY_TYPES = frozenset({list, dict, tuple, set, frozenset, str})
+_EMPTY_TYPES = (list, dict)
 
 
-def _wall_ms() -> float:
+def wall_ms() -> float:
+    """The wall clock in whole milliseconds (the default ``wall=``)."""
     return time.time_ns() // 1_000_000
 
 
-def _new_id() -> str:
-    import secrets
-
+def new_id() -> str:
+    """A fresh random source id: 16 URL-safe characters."""
     return secrets.token_urlsafe(12)
+
+
+def check_id(id: Any) -> str:
+    """A source id as the wire accepts it, or ``ValueError``."""
+    if (
+        not isinstance(id, str)
+        or not id
+        or len(id) > MAX_SOURCE_LENGTH
+        or id == "__proto__"
+    ):
+        raise ValueError(
+            f"id must be a non-empty string of at most {MAX_SOURCE_LENGTH}"
+            f" characters, not {id!r}"
+        )
+    return id
 
 
 class Replica:
@@ -75,6 +113,7 @@ class Replica:
     """
 
     __slots__ = (
+        "_checks_first",
         "_clock",
         "_clock_view",
         "_history",
@@ -107,45 +146,46 @@ class Replica:
         key: Callable[[Any], Hashable] | None = None,
         type_name: str | None = None,
         max_drift_ms: float = DEFAULT_MAX_DRIFT_MS,
-        wall: Callable[[], float] = _wall_ms,
+        wall: Callable[[], float] = wall_ms,
         store: SqliteStore | None = None,
         snapshot: Callable[[Any], Any] | None = None,
+        checks_first: bool = False,
     ) -> None:
         if not callable(reducer):
             raise TypeError(f"reducer must be callable, not {reducer!r}")
         if map is not None and not callable(map):
             raise TypeError(f"map must be callable, not {map!r}")
-        id_given = id
-        if id is None:
-            id = _new_id()
-        elif not isinstance(id, str) or not id or len(id) > MAX_SOURCE_LENGTH:
-            raise ValueError(f"id must be a non-empty string, not {id!r}")
+        if id is not None:
+            check_id(id)
         if not max_drift_ms > 0:
             raise ValueError("max_drift_ms must be positive")
+        if snapshot is not None and (stamped or key is not None):
+            raise ValueError("snapshot= is for reducers without key= or stamped=")
         self._reducer = reducer
         self._map = map
         self._stamped = stamped
+        self._checks_first = checks_first
         self.state = initial
-        self.id = id
+        # The state before any entry: what the state is rebuilt from when a
+        # reducer fails halfway, and what snapshots are joined into.
+        self._initial = copy.deepcopy(initial)
+        self.id = new_id() if id is None else id
         self.type_name: str = type_name or str(getattr(reducer, "__name__", "repred"))
         self.max_drift_ms = max_drift_ms
         self._wall = wall
         self._clock: dict[str, float] = {}
         self._clock_view = types.MappingProxyType(self._clock)
         self._key = key
-        self._history = History(superseding=key is not None)
+        self._history = History()
         self._last: float = 0
         self._listeners: list[Listener] = []
-        if snapshot is not None and (stamped or key is not None):
-            raise ValueError("snapshot= is for reducers without key= or stamped=")
         self._snapshot_fn = snapshot
-        self._initial = copy.deepcopy(initial) if snapshot is not None else None
         #: ``(update, clock)``: the folded history, if compacted.
         self.snapshot: tuple[Any, dict[str, float]] | None = None
         self.snapshot_version = 0
         self.store = store
         if store is not None:
-            self._open(store, None if id_given is None else id)
+            self._open(store, id)
 
     def __repr__(self) -> str:
         return (
@@ -173,10 +213,21 @@ class Replica:
         """Apply a local update; return the change, or ``None`` if nothing changed.
 
         With ``map``, the arguments go through it first and ``None`` from it
-        drops the update. The change is stamped, recorded and replicated.
+        drops the update. The change is stamped, recorded, made durable (with
+        a store) and replicated.
+
+        A write is all or nothing: if it is refused, the state, clock,
+        history and store are exactly as they were, and no listener heard
+        of it.
 
         Raises:
-            TypeError: the change the reducer returned is not JSON.
+            TypeError: the change is not a JSON value that every peer will
+                read back exactly (see :func:`repred.protocol.check_value`):
+                the message names the offending part.
+            ValueError: the entry would be longer than
+                :data:`MAX_ENTRY_BYTES`, so peers would refuse it.
+            StoreError: the store could not make the write durable.
+            Exception: whatever the reducer raised.
         """
         if self._map is not None:
             upd = self._map(*args)
@@ -188,31 +239,49 @@ class Replica:
             raise TypeError(
                 f"update() takes one update (or a map), got {len(args)} arguments"
             )
+        store = self.store
+        if store is not None:
+            store.check()  # earlier writes that failed refuse this one
         now = self._wall()
         last = self._last
         ts = now if now > last else _after(last)
-        if self._stamped:
-            change = self._reducer(self.state, upd, (ts, self.id))
-        else:
-            change = self._reducer(self.state, upd)
-        if _is_empty(change):
+        if ts > MAX_STAMP:
+            raise ValueError(f"stamp {ts!r} would be out of range")
+        try:
+            if self._stamped:
+                change = self._reducer(self.state, upd, (ts, self.id))
+            else:
+                change = self._reducer(self.state, upd)
+        except BaseException:
+            if not self._checks_first:
+                self._rebuild()
+            raise
+        if is_empty(change):
             return None
         try:
-            orjson.dumps(change)
-        except TypeError as exc:
-            raise TypeError(
-                f"the reducer's change must be JSON to replicate: {exc}"
-            ) from None
+            check_value(change, "the change")
+            size = len(encode_entry(change, ts, self.id))
+            if size > MAX_ENTRY_BYTES:
+                raise ValueError(
+                    f"the entry would be {size} bytes, over the {MAX_ENTRY_BYTES}"
+                    " byte line limit every peer applies; split the value"
+                )
+            k = old = None
+            if self._key is not None:
+                k = self._key(change)
+                old = self._history.newest(k)
+            if store is not None:
+                if old is not None:
+                    store.drop(*old)
+                store.add(change, ts, self.id)
+                store.advance(self.id, ts)
+                store.commit(discard_on_error=True)
+        except BaseException:
+            self._rebuild()
+            raise
         self._last = ts
         self._clock[self.id] = ts
-        if self._key is None:
-            self._history.record(change, ts, self.id)
-        else:
-            k = self._key(change)
-            self._history.record(change, ts, self.id, k, self._history.newest(k))
-        if self.store is not None:
-            self.store.advance(self.id, ts)
-            self.store.commit()
+        self._history.record(change, ts, self.id, k, old)
         if self._listeners:
             self._notify(change, ts, self.id, None)
         return change
@@ -240,8 +309,10 @@ class Replica:
 
         Raises:
             FutureStampError: the stamp is too far in the future.
-            Exception: whatever the reducer raised; the replica's clock and
-                history are then untouched.
+            StoreError: the store could not write the entry; it stays queued
+                for the next commit, which retries it.
+            Exception: whatever the reducer raised; the replica's state,
+                clock and history are then exactly as they were.
         """
         return self.apply_many(((change, ts, source),), origin) == 1
 
@@ -266,9 +337,13 @@ class Replica:
         key = self._key
         newest = self._history.newest
         # The origin's own listener never needs its entries back.
-        listeners = [
-            f for f in self._listeners if getattr(f, "__self__", None) is not origin
-        ]
+        listeners = (
+            self._listeners
+            if origin is None
+            else [
+                f for f in self._listeners if getattr(f, "__self__", None) is not origin
+            ]
+        )
         notify = self._notify
         limit = self._wall() + self.max_drift_ms if check else math.inf
         last = self._last
@@ -295,32 +370,82 @@ class Replica:
                             last = ts
                         applied += 1
                         continue
-                if stamped:
-                    effect = reducer(state, change, (ts, source))
-                else:
-                    effect = reducer(state, change)
+                try:
+                    if stamped:
+                        effect = reducer(state, change, (ts, source))
+                    else:
+                        effect = reducer(state, change)
+                except BaseException:
+                    if not self._checks_first:
+                        self._rebuild()
+                    raise
                 clock[source] = ts
                 if ts > last:
                     last = ts
                 record(change, ts, source, k, old)
                 if store is not None:
+                    if old is not None:
+                        store.drop(*old)
+                    store.add(change, ts, source)
                     store.advance(source, ts)
                 applied += 1
                 if listeners:
                     notify(effect, ts, source, origin, listeners)
         finally:
             self._last = last
-            if store is not None:
+            if store is not None and applied:
                 # Recorded before anyone hears of it: the peer's clock for
-                # us only moves on what we send after this returns.
+                # us only moves on what we send after this returns. If the
+                # commit fails, the rows stay queued and every later commit
+                # retries them, so the clock on disk never covers an entry
+                # the disk lacks.
                 store.commit()
         return applied
+
+    # -- keeping the state true ----------------------------------------
+
+    def _rebuild(self) -> None:
+        """Rebuild the state from the snapshot and the history.
+
+        Called when a reducer raised halfway or a write was refused after the
+        reducer ran: what the history holds is the truth, and a convergent
+        reducer gives the same state from it in any order.
+        """
+        state = copy.deepcopy(self._initial)
+        reducer = self._reducer
+        if self.snapshot is not None:
+            reducer(state, self.snapshot[0])
+        stamped = self._stamped
+        for change, ts, source in self._history.entries():
+            if type(change) is tuple:
+                change = list(change)
+            if stamped:
+                reducer(state, change, (ts, source))
+            else:
+                reducer(state, change)
+        old = self.state
+        kind = type(old)
+        if kind is type(state) and kind in (dict, set):
+            old.clear()
+            old.update(state)
+        elif kind is type(state) and kind is list:
+            old[:] = state
+        else:
+            self.state = state
+
+    def _forget(self, old: Callable[[float, str], bool]) -> None:
+        """Drop the entries for which ``old(ts, source)`` holds (see History)."""
+        dropped = self._history.forget(old)
+        if self.store is not None and dropped:
+            for ts, source in dropped:
+                self.store.drop(ts, source)
+            self.store.commit()
 
     # -- durability ------------------------------------------------------
 
     def _open(self, store: SqliteStore, wanted_id: str | None) -> None:
         """Restore id, clock, history and state from ``store``."""
-        loaded = store.open(self.type_name, wanted_id)
+        loaded = store.open(self.type_name, wanted_id, self.id)
         self.id = loaded.id
         if loaded.snapshot is not None:
             update, clock = loaded.snapshot
@@ -336,7 +461,6 @@ class Replica:
             if ts > self._clock.get(source, -1):
                 self._clock[source] = ts
         self._last = max(self._clock.values(), default=0)
-        self._history.store = store
         self.store = store
 
     # -- compaction ------------------------------------------------------
@@ -354,10 +478,10 @@ class Replica:
         if self._snapshot_fn is None:
             raise ValueError(f"{self.type_name!r} declares no snapshot= function")
         update = self._snapshot_fn(self.state)
-        orjson.dumps(update)
+        check_value(update, "the snapshot")
         clock = dict(self._clock)
-        self._history.cover(clock)
         self._set_snapshot(update, clock)
+        self._history.cover(clock)
 
     def apply_snapshot(
         self, update: Any, clock: Mapping[str, float], origin: object = None
@@ -369,7 +493,7 @@ class Replica:
             ValueError: this replica takes no snapshots.
             Exception: whatever the reducer raised (nothing is changed).
         """
-        if self._snapshot_fn is None or self._initial is None:
+        if self._snapshot_fn is None:
             raise ValueError(f"{self.type_name!r} takes no snapshots")
         if all(self._clock.get(s, -1) >= ts for s, ts in clock.items()):
             return False
@@ -380,7 +504,6 @@ class Replica:
             if ts > self._clock.get(source, -1):
                 self._clock[source] = ts  # made durable with the snapshot
         self._last = max(self._last, *clock.values())
-        self._history.cover(clock)
         if self.snapshot is None:
             self._set_snapshot(update, dict(clock))
         else:
@@ -391,16 +514,17 @@ class Replica:
             for source, ts in clock.items():
                 merged[source] = max(ts, merged.get(source, -1))
             self._set_snapshot(self._snapshot_fn(joined), merged)
+        self._history.cover(clock)
         if self._listeners:
             # A snapshot has no single source: listeners see source "".
             self._notify(effect, max(clock.values()), "", origin)
         return True
 
     def _set_snapshot(self, update: Any, clock: dict[str, float]) -> None:
-        self.snapshot = (update, clock)
-        self.snapshot_version += 1
         if self.store is not None:
             self.store.save_snapshot(update, clock)
+        self.snapshot = (update, clock)
+        self.snapshot_version += 1
 
     def close(self) -> None:
         """Write anything pending to the store and close it (if any)."""
@@ -412,8 +536,11 @@ class Replica:
     def add_listener(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener(effect, ts, source, origin)`` after every entry.
 
-        Returns a function that removes the listener. A listener that raises
-        is logged and otherwise ignored: it cannot undo an applied entry.
+        Every applied entry reaches every listener, local and remote, except
+        that a bound method of the ``origin`` an entry was applied with does
+        not hear of its own entries. Returns a function that removes the
+        listener. A listener that raises is logged and otherwise ignored: it
+        cannot undo an applied entry.
         """
         self._listeners.append(listener)
 
@@ -433,7 +560,7 @@ class Replica:
         origin: object,
         listeners: list[Listener] | None = None,
     ) -> None:
-        for listener in tuple(self._listeners) if listeners is None else listeners:
+        for listener in tuple(self._listeners if listeners is None else listeners):
             try:
                 listener(effect, ts, source, origin)
             except Exception:
@@ -454,10 +581,6 @@ class Replica:
         return replicate(self, stream, live=live, **options)
 
 
-#: Longest source id accepted, locally or from a peer.
-MAX_SOURCE_LENGTH = 256
-
-
 def _after(ts: float) -> float:
     """The next stamp above ``ts``: a thousandth of a millisecond later."""
     nxt = ts + 0.001
@@ -476,20 +599,19 @@ def repred(
     key: Callable[[Any], Hashable] | None = None,
     type_name: str | None = None,
     max_drift_ms: float = DEFAULT_MAX_DRIFT_MS,
-    wall: Callable[[], float] = _wall_ms,
+    wall: Callable[[], float] = wall_ms,
     store: SqliteStore | None = None,
     snapshot: Callable[[Any], Any] | None = None,
+    checks_first: bool = False,
 ) -> Replica:
     """Make a replicated reducer.
 
     Args:
         reducer: ``reducer(state, update) -> change``. It merges ``update``
             into ``state`` (mutating it) and returns the part that changed
-            it; an empty or ``None`` change means the update was already
-            known. It must be commutative and idempotent in effect, and
-            should check an update before it mutates anything: when it
-            raises on a peer's entry, the clock and history are left as
-            they were, and so is the state only if nothing was changed. With
+            it; ``None``, ``[]`` or ``{}`` means the update was already
+            known. It must be commutative and idempotent in effect. The
+            change must be a JSON value (see :meth:`Replica.update`). With
             ``stamped=True`` it is called as ``reducer(state, update, stamp)``
             where ``stamp`` is ``(ts, source)``: the one way a type sees
             stamps, for types that need more than ``key`` gives.
@@ -515,6 +637,11 @@ def repred(
         snapshot: ``snapshot(state) -> update``, an update that gives the
             whole state when applied to ``initial``. It lets
             :meth:`Replica.compact` fold the history into a snapshot.
+        checks_first: the reducer raises before it changes anything when an
+            update is malformed. Without it (the default), a reducer that
+            raises makes the replica rebuild its state from the history (a
+            cost proportional to the history, paid only on errors), so that
+            a refused update or entry never leaves a trace.
     """
     return Replica(
         reducer,
@@ -528,4 +655,5 @@ def repred(
         wall=wall,
         store=store,
         snapshot=snapshot,
+        checks_first=checks_first,
     )

@@ -54,9 +54,9 @@ from ._errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
-from ._replica import MAX_SOURCE_LENGTH
 from ._wire import (
     DEFAULT_MAX_LINE_BYTES,
+    MAX_SOURCE_LENGTH,
     SYNC,
     SYNC_LINE,
     Digest,

@@ -5,58 +5,100 @@ and every entry it drops as dominated, through to SQLite; reading stays in
 memory. Reopening the file restores the replica's id, clock and history,
 and the state is rebuilt by replaying the history through the reducer.
 
-Durability: by default every :meth:`Replica.update` and every batch of
-remote entries is committed before the call returns, so what a caller or a
-peer was told is on disk survives ``kill -9``. ``durability="batch"``
-commits from a background thread every ``batch_ms`` instead: faster, at the
-price of the last few milliseconds of writes.
+The store tells the truth
+-------------------------
+
+* The clock on disk never covers an entry the disk lacks: a source's clock
+  row is written in the same transaction as its entries, and rows that
+  failed to commit stay queued, so every later transaction retries them
+  before anything newer can land.
+* ``durability="full"`` (the default) commits before :meth:`Replica.update`
+  returns; if the commit fails the write is refused (``StoreError``) and
+  leaves no trace. ``durability="batch"`` commits from a background thread
+  every ``batch_ms``; if a flush fails it is retried, and until one
+  succeeds every ``update()`` raises the error instead of pretending.
+* Creating a store is atomic (built in a temporary file, then renamed).
+* Opening checks everything: SQLite's ``quick_check``, a CRC-32 written with
+  every row, stamps and ids within the wire's bounds, every entry covered
+  by its source's clock. A damaged store is refused with ``StoreError``
+  naming the damage, and its bytes are left untouched.
+* A store is locked by the process that opened it (``fcntl.flock`` on
+  ``PATH.lock``): a second :class:`SqliteStore` on the same file, in this
+  process or another, gets ``StoreError`` "in use".
+
+Blocking: a commit runs in the calling thread (the event loop, for a replica
+updated from trio code) and takes one SQLite transaction with an fsync
+(typically a millisecond or a few on an SSD). If another process holds the
+database's write lock, a commit waits up to ``busy_timeout`` seconds and then
+fails. Use ``durability="batch"`` to take commits off the calling thread.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
+import struct
 import threading
+import zlib
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import orjson
 
 from ._errors import ReplicaError
+from ._wire import MAX_SOURCE_LENGTH, MAX_STAMP
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover  (not POSIX)
+    fcntl = None  # type: ignore[assignment]
+
 __all__ = ["SqliteStore", "StoreError"]
 
+log = logging.getLogger("repred")
+
 #: The on-disk format this version writes and reads.
-STORE_FORMAT = 1
+STORE_FORMAT = 2
 
-_SCHEMA = """
-CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
-CREATE TABLE clock (source TEXT PRIMARY KEY, ts REAL NOT NULL);
-CREATE TABLE entries (
-    source TEXT NOT NULL,
-    ts REAL NOT NULL,
-    change BLOB NOT NULL,
-    PRIMARY KEY (source, ts)
-) WITHOUT ROWID;
-CREATE TABLE snapshot (id INTEGER PRIMARY KEY CHECK (id = 1),
-                       payload BLOB NOT NULL, clock BLOB NOT NULL);
-"""
+_TABLES = (
+    "CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL, crc INTEGER NOT NULL)",
+    "CREATE TABLE clock (source TEXT PRIMARY KEY, ts REAL NOT NULL,"
+    " crc INTEGER NOT NULL)",
+    "CREATE TABLE entries (source TEXT NOT NULL, ts REAL NOT NULL,"
+    " change BLOB NOT NULL, crc INTEGER NOT NULL, PRIMARY KEY (source, ts))"
+    " WITHOUT ROWID",
+    "CREATE TABLE snapshot (id INTEGER PRIMARY KEY CHECK (id = 1),"
+    " payload BLOB NOT NULL, clock BLOB NOT NULL, crc INTEGER NOT NULL)",
+)
+
+_pack = struct.Struct("<d").pack
+_crc32 = zlib.crc32
 
 
-def _advance_clock(db: sqlite3.Connection, clock: dict[str, float]) -> None:
-    db.executemany(
-        "INSERT INTO clock VALUES (?, ?) ON CONFLICT(source)"
-        " DO UPDATE SET ts = max(ts, excluded.ts)",
-        list(clock.items()),
-    )
+def _entry_crc(source: str, ts: float, change: bytes) -> int:
+    return _crc32(change, _crc32(_pack(ts), _crc32(source.encode())))
+
+
+def _clock_crc(source: str, ts: float) -> int:
+    return _crc32(_pack(ts), _crc32(source.encode()) ^ 0x5A5A5A5A)
+
+
+def _meta_crc(k: str, v: str) -> int:
+    return _crc32(f"{k}\0{v}".encode())
+
+
+def _snapshot_crc(payload: bytes, clock: bytes) -> int:
+    return _crc32(clock, _crc32(payload))
 
 
 class StoreError(ReplicaError):
-    """The store cannot be used: not a repred store, another type, damaged."""
+    """The store cannot be used: in use, not a repred store, damaged, or a
+    write that could not be made durable."""
 
 
 def _num(ts: float) -> float:
@@ -77,14 +119,18 @@ class SqliteStore:
     """Keep a replica's history, clock and id in an SQLite database.
 
     Args:
-        path: the database file (created if it does not exist).
+        path: the database file. It is created (atomically) if it does not
+            exist; an existing file must be a sound repred store.
         durability: ``"full"`` (the default) commits before every update
             returns; ``"batch"`` commits every ``batch_ms`` from a thread.
         batch_ms: the commit interval of ``"batch"`` mode.
+        busy_timeout: seconds a commit waits for another process that holds
+            the database's write lock before it fails.
 
     Raises:
-        StoreError: at open, if the file is not a repred store, holds
-            another type of replica, or is damaged. Nothing is overwritten.
+        StoreError: at open, if the file is in use, is not a repred store,
+            holds another type of replica, or is damaged (the message names
+            the damage). Nothing is overwritten.
     """
 
     def __init__(
@@ -93,17 +139,25 @@ class SqliteStore:
         *,
         durability: str = "full",
         batch_ms: float = 20.0,
+        busy_timeout: float = 1.0,
     ) -> None:
         if durability not in ("full", "batch"):
             raise ValueError('durability is "full" or "batch"')
+        if not batch_ms > 0:
+            raise ValueError("batch_ms must be positive")
+        if not busy_timeout >= 0:
+            raise ValueError("busy_timeout must not be negative")
         self.path = os.fspath(path)
         self.durability = durability
         self.batch_ms = batch_ms
+        self.busy_timeout = busy_timeout
         self._db: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
         self._lock = threading.Lock()
-        self._adds: list[tuple[str, float, bytes]] = []
+        self._adds: list[tuple[str, float, bytes, int]] = []
         self._drops: list[tuple[str, float]] = []
         self._clock: dict[str, float] = {}
+        self._error: StoreError | None = None
         self._flusher: threading.Thread | None = None
         self._closed = threading.Event()
 
@@ -112,127 +166,189 @@ class SqliteStore:
 
     # -- opening -------------------------------------------------------
 
-    def open(self, type_name: str, replica_id: str | None) -> Loaded:
-        """Open (or create) the store for a replica; return what it held."""
+    def open(self, type_name: str, replica_id: str | None, new_id: str) -> Loaded:
+        """Open (or create) the store for a replica; return what it held.
+
+        ``replica_id`` is the id the caller insists on (``None``: whatever
+        the store holds); ``new_id`` is the id a new store gets otherwise.
+        """
         if self._db is not None:
             raise StoreError(f"{self.path} is already open")
-        existed = os.path.exists(self.path) and os.path.getsize(self.path) > 0
+        self._acquire()
         try:
-            db = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open {self.path}: {exc}") from None
-        try:
-            loaded = self._load_or_create(db, existed, type_name, replica_id)
-        except sqlite3.DatabaseError as exc:
-            db.close()
-            raise StoreError(
-                f"{self.path} is not a usable repred store: {exc}"
-            ) from None
-        except StoreError:
-            db.close()
+            if not os.path.exists(self.path):
+                self._create(type_name, replica_id or new_id)
+            elif os.path.getsize(self.path) == 0:
+                raise StoreError(
+                    f"{self.path} is an empty file, not a repred store (a new"
+                    " store is never made over an existing file: remove it to"
+                    " start afresh)"
+                )
+            db = self._connect()
+            try:
+                # Checked before anything is written, even a pragma.
+                loaded = _load(db, self.path, type_name, replica_id)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute(
+                    "PRAGMA synchronous="
+                    + ("FULL" if self.durability == "full" else "NORMAL")
+                )
+            except sqlite3.DatabaseError as exc:
+                db.close()
+                raise StoreError(
+                    f"{self.path} is not a usable repred store: {exc}"
+                ) from None
+            except BaseException:
+                db.close()
+                raise
+        except BaseException:
+            self._release()
             raise
         self._db = db
         if self.durability == "batch":
-            self._flusher = threading.Thread(target=self._flush_loop, daemon=True)
+            self._closed.clear()
+            self._flusher = threading.Thread(
+                target=self._flush_loop, name="repred-store-flush", daemon=True
+            )
             self._flusher.start()
         return loaded
 
-    def _load_or_create(
-        self,
-        db: sqlite3.Connection,
-        existed: bool,
-        type_name: str,
-        replica_id: str | None,
-    ) -> Loaded:
-        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
-        if not tables:
-            if existed:
-                raise StoreError(
-                    f"{self.path} is an SQLite file, but not a repred store"
+    def _acquire(self) -> None:
+        if fcntl is None:  # pragma: no cover
+            return
+        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StoreError(
+                f"{self.path} is in use by another store (in this process or another)"
+            ) from None
+        self._lock_fd = fd
+
+    def _release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    def _connect(self, path: str | None = None) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(
+                path or self.path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=self.busy_timeout,
+            )
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"{self.path} is not a usable repred store: {exc}"
+            ) from None
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open {self.path}: {exc}") from None
+        return db
+
+    def _create(self, type_name: str, replica_id: str) -> None:
+        """Build a new store in a temporary file and rename it into place."""
+        tmp = f"{self.path}.new-{os.getpid()}"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        try:
+            db = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                db.execute("BEGIN")
+                for table in _TABLES:
+                    db.execute(table)
+                db.executemany(
+                    "INSERT INTO meta VALUES (?, ?, ?)",
+                    [
+                        (k, v, _meta_crc(k, v))
+                        for k, v in (
+                            ("format", str(STORE_FORMAT)),
+                            ("type", type_name),
+                            ("id", replica_id),
+                        )
+                    ],
                 )
-            return self._create(db, type_name, replica_id)
-        if "meta" not in tables or "entries" not in tables:
-            raise StoreError(
-                f"{self.path} is an SQLite database, but not a repred store"
-            )
-        meta = dict(db.execute("SELECT k, v FROM meta"))
-        if meta.get("format") != str(STORE_FORMAT):
-            raise StoreError(
-                f"{self.path}: unknown store format {meta.get('format')!r}"
-            )
-        if meta.get("type") != type_name:
-            raise StoreError(
-                f"{self.path} holds a {meta.get('type')!r} replica, not {type_name!r}"
-            )
-        stored_id = meta["id"]
-        if replica_id is not None and replica_id != stored_id:
-            raise StoreError(
-                f"{self.path} belongs to replica {stored_id!r}, not {replica_id!r}"
-            )
-        self._configure(db)
-        db.execute("PRAGMA quick_check").fetchall()
-        clock = {s: _num(ts) for s, ts in db.execute("SELECT source, ts FROM clock")}
-        loads = orjson.loads
-        entries = [
-            (loads(change), _num(ts), source)
-            for source, ts, change in db.execute(
-                "SELECT source, ts, change FROM entries ORDER BY source, ts"
-            )
-        ]
-        row = db.execute("SELECT payload, clock FROM snapshot").fetchone()
-        snapshot = None
-        if row is not None:
-            snapshot = (loads(row[0]), {s: _num(t) for s, t in loads(row[1]).items()})
-        return Loaded(id=stored_id, clock=clock, entries=entries, snapshot=snapshot)
-
-    def _create(
-        self, db: sqlite3.Connection, type_name: str, replica_id: str | None
-    ) -> Loaded:
-        from ._replica import _new_id
-
-        self._configure(db)
-        new_id = replica_id or _new_id()
-        with db:
-            db.execute("BEGIN")
-            db.executescript(
-                _SCHEMA.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS")
-            )
-            db.executemany(
-                "INSERT INTO meta VALUES (?, ?)",
-                [("format", str(STORE_FORMAT)), ("type", type_name), ("id", new_id)],
-            )
-        return Loaded(id=new_id, clock={}, entries=[], snapshot=None)
-
-    def _configure(self, db: sqlite3.Connection) -> None:
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(
-            "PRAGMA synchronous=FULL"
-            if self.durability == "full"
-            else "PRAGMA synchronous=NORMAL"
-        )
+                db.execute("COMMIT")
+            finally:
+                db.close()
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, self.path)
+            dir_fd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except (OSError, sqlite3.Error) as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise StoreError(f"cannot create {self.path}: {exc}") from None
 
     # -- writing (called by the replica) ---------------------------------
 
-    # The lock matters only in "batch" mode, where the flusher thread swaps
+    # The lock matters only in "batch" mode, where the flusher thread writes
     # these lists; uncontended, it costs next to nothing.
 
     def add(self, change: Any, ts: float, source: str) -> None:
-        row = (source, ts, orjson.dumps(change))
+        """Queue an entry for the next commit."""
+        blob = orjson.dumps(change)
+        row = (source, ts, blob, _entry_crc(source, float(ts), blob))
         with self._lock:
             self._adds.append(row)
 
     def drop(self, ts: float, source: str) -> None:
+        """Queue the removal of a dominated or forgotten entry."""
         with self._lock:
             self._drops.append((source, ts))
 
     def advance(self, source: str, ts: float) -> None:
+        """Queue a clock advance, written with the entries before it."""
         with self._lock:
-            self._clock[source] = ts
+            if ts > self._clock.get(source, -1):
+                self._clock[source] = ts
+
+    def check(self) -> None:
+        """Raise the error that keeps queued writes off the disk, if any.
+
+        In ``"full"`` mode, queued rows (left by a commit that failed) are
+        retried first.
+
+        Raises:
+            StoreError: what was queued still cannot be made durable.
+        """
+        if self.durability == "full":
+            self.commit()
+        elif self._error is not None:
+            raise self._error
+
+    def commit(self, *, discard_on_error: bool = False) -> None:
+        """Make what was queued durable (in ``"full"`` mode, now).
+
+        Raises:
+            StoreError: the transaction failed. The queued rows stay queued
+                for the next commit, unless ``discard_on_error`` (the caller
+                refuses the write they belong to).
+        """
+        if self.durability != "full":
+            if self._error is not None:
+                raise self._error
+            return
+        with self._lock:
+            try:
+                self._write()
+            except StoreError:
+                if discard_on_error:
+                    self._adds, self._drops, self._clock = [], [], {}
+                raise
 
     def save_snapshot(self, payload: Any, clock: dict[str, float]) -> None:
         """Keep a snapshot and drop the entries it covers, atomically."""
+        blob = orjson.dumps(payload)
+        clock_blob = orjson.dumps(clock)
         with self._lock:
             self._write()
             with self._transaction() as db:
@@ -242,46 +358,64 @@ class SqliteStore:
                 )
                 db.execute("DELETE FROM snapshot")
                 db.execute(
-                    "INSERT INTO snapshot VALUES (1, ?, ?)",
-                    (orjson.dumps(payload), orjson.dumps(clock)),
+                    "INSERT INTO snapshot VALUES (1, ?, ?, ?)",
+                    (blob, clock_blob, _snapshot_crc(blob, clock_blob)),
                 )
                 _advance_clock(db, clock)
 
-    def commit(self) -> None:
-        """Make what was written so far durable (in ``"full"`` mode, now)."""
-        if self.durability == "full" and (self._adds or self._drops or self._clock):
-            with self._lock:
-                self._write()
-
     def _write(self) -> None:
+        """Write every queued row in one transaction; keep them if it fails."""
         adds, drops, clock = self._adds, self._drops, self._clock
         if not (adds or drops or clock):
             return
-        self._adds, self._drops, self._clock = [], [], {}
         with self._transaction() as db:
+            # Adds first: an entry added and dominated within one batch is
+            # dropped by the same transaction.
             if adds:
-                db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?)", adds)
+                db.executemany(
+                    "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?)", adds
+                )
             if drops:
                 db.executemany("DELETE FROM entries WHERE source = ? AND ts = ?", drops)
             if clock:
                 _advance_clock(db, clock)
+        self._adds, self._drops, self._clock = [], [], {}
+        self._error = None
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One atomic write: committed whole, or rolled back whole."""
         db = self._require()
-        db.execute("BEGIN")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise self._failed(exc) from None
         try:
             yield db
-        except BaseException:
-            db.execute("ROLLBACK")
+            db.execute("COMMIT")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise self._failed(exc) from None
             raise
-        db.execute("COMMIT")
+
+    def _failed(self, exc: sqlite3.Error) -> StoreError:
+        error = StoreError(f"cannot write to {self.path}: {exc}")
+        self._error = error
+        log.error("repred: %s (queued writes kept for the next commit)", error)
+        return error
 
     def _flush_loop(self) -> None:
         while not self._closed.wait(self.batch_ms / 1000):
             with self._lock:
-                self._write()
+                try:
+                    self._write()
+                except StoreError:
+                    pass  # kept, logged, and raised to the next update()
+                except Exception as exc:  # pragma: no cover  (a bug of ours)
+                    self._error = StoreError(f"store flush failed: {exc!r}")
+                    log.exception("repred: store flush failed")
 
     def _require(self) -> sqlite3.Connection:
         if self._db is None:
@@ -295,13 +429,132 @@ class SqliteStore:
             )
 
     def close(self) -> None:
-        """Write what is pending and close the database. Idempotent."""
+        """Write what is queued and close the database. Idempotent.
+
+        Raises:
+            StoreError: what was queued could not be written (it is lost:
+                the clock on disk does not cover it).
+        """
         self._closed.set()
         if self._flusher is not None:
             self._flusher.join()
             self._flusher = None
-        if self._db is not None:
+        if self._db is None:
+            return
+        try:
             with self._lock:
                 self._write()
-                self._db.close()
-                self._db = None
+        finally:
+            self._db.close()
+            self._db = None
+            self._release()
+
+
+def _advance_clock(db: sqlite3.Connection, clock: dict[str, float]) -> None:
+    db.executemany(
+        "INSERT INTO clock VALUES (?, ?, ?) ON CONFLICT(source) DO UPDATE"
+        " SET ts = excluded.ts, crc = excluded.crc WHERE excluded.ts > ts",
+        [(s, ts, _clock_crc(s, float(ts))) for s, ts in clock.items()],
+    )
+
+
+# -- checking a store at open --------------------------------------------
+
+
+def _damaged(path: str, what: str) -> StoreError:
+    return StoreError(f"{path} is damaged: {what}; refused, the file is untouched")
+
+
+def _check_source(path: str, source: Any) -> str:
+    if type(source) is not str or not source or len(source) > MAX_SOURCE_LENGTH:
+        raise _damaged(path, f"bad source id {source!r:.80}")
+    return source
+
+
+def _check_ts(path: str, ts: Any) -> float:
+    if type(ts) not in (int, float) or not 0 <= ts <= MAX_STAMP:
+        raise _damaged(path, f"stamp {ts!r} out of range")
+    return _num(ts)
+
+
+def _load(
+    db: sqlite3.Connection, path: str, type_name: str, replica_id: str | None
+) -> Loaded:
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    if not {"meta", "clock", "entries", "snapshot"} <= tables:
+        raise StoreError(f"{path} is an SQLite database, but not a repred store")
+    meta = {}
+    for k, v, crc in db.execute("SELECT k, v, crc FROM meta"):
+        if type(k) is not str or type(v) is not str or _meta_crc(k, v) != crc:
+            raise _damaged(path, f"meta row {k!r:.40} fails its checksum")
+        meta[k] = v
+    if meta.get("format") != str(STORE_FORMAT):
+        raise StoreError(f"{path}: unknown store format {meta.get('format')!r}")
+    if meta.get("type") != type_name:
+        raise StoreError(
+            f"{path} holds a {meta.get('type')!r} replica, not {type_name!r}"
+        )
+    stored_id = _check_source(path, meta.get("id"))
+    if replica_id is not None and replica_id != stored_id:
+        raise StoreError(f"{path} belongs to replica {stored_id!r}, not {replica_id!r}")
+    problems = [row[0] for row in db.execute("PRAGMA quick_check")]
+    if problems != ["ok"]:
+        raise _damaged(path, "; ".join(map(str, problems[:3])))
+    clock: dict[str, float] = {}
+    for source, ts, crc in db.execute("SELECT source, ts, crc FROM clock"):
+        _check_source(path, source)
+        if type(ts) is not float or _clock_crc(source, ts) != crc:
+            raise _damaged(path, f"clock row of {source!r:.80} fails its checksum")
+        clock[source] = _check_ts(path, ts)
+    entries = _load_entries(db, path, clock)
+    row = db.execute("SELECT payload, clock, crc FROM snapshot").fetchone()
+    snapshot = None
+    if row is not None:
+        payload, clock_blob, crc = row
+        if (
+            type(payload) is not bytes
+            or type(clock_blob) is not bytes
+            or _snapshot_crc(payload, clock_blob) != crc
+        ):
+            raise _damaged(path, "the snapshot fails its checksum")
+        covered = orjson.loads(clock_blob)
+        snapshot = (
+            orjson.loads(payload),
+            {_check_source(path, s): _check_ts(path, t) for s, t in covered.items()},
+        )
+        for source, ts in snapshot[1].items():
+            if clock.get(source, -1) < ts:
+                raise _damaged(
+                    path, f"the snapshot goes beyond the clock of {source!r}"
+                )
+    return Loaded(id=stored_id, clock=clock, entries=entries, snapshot=snapshot)
+
+
+def _load_entries(
+    db: sqlite3.Connection, path: str, clock: dict[str, float]
+) -> list[tuple[Any, float, str]]:
+    loads = orjson.loads
+    entries = []
+    last_source = None
+    limit = -1.0
+    for source, ts, change, crc in db.execute(
+        "SELECT source, ts, change, crc FROM entries ORDER BY source, ts"
+    ):
+        if source != last_source:
+            _check_source(path, source)
+            last_source = source
+            limit = clock.get(source, -1.0)
+        if (
+            type(ts) is not float
+            or type(change) is not bytes
+            or _entry_crc(source, ts, change) != crc
+        ):
+            raise _damaged(path, f"an entry of {source!r:.80} fails its checksum")
+        if ts > limit:
+            raise _damaged(path, f"an entry of {source!r:.80} lies beyond its clock")
+        try:
+            value = loads(change)
+        except orjson.JSONDecodeError:  # pragma: no cover  (the CRC matched)
+            raise _damaged(path, f"an entry of {source!r:.80} is not JSON") from None
+        entries.append((value, _check_ts(path, ts), source))
+    return entries

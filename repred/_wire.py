@@ -20,16 +20,21 @@ import attrs
 import orjson
 
 from ._errors import IncompatiblePeerError, RemoteProtocolError
-from ._replica import MAX_SOURCE_LENGTH
 
 __all__ = [
     "DEFAULT_MAX_LINE_BYTES",
+    "MAX_DEPTH",
+    "MAX_SAFE_INTEGER",
+    "MAX_SOURCE_LENGTH",
+    "MAX_STAMP",
     "PROTOCOL_VERSION",
     "SYNC",
     "SYNC_LINE",
     "Digest",
     "LineDecoder",
     "Snapshot",
+    "check_value",
+    "depth_within",
     "encode_digest",
     "encode_entry",
     "encode_snapshot",
@@ -42,6 +47,23 @@ __all__ = [
 #: Longest line accepted from a peer: 1 MiB. JS scuttlebutt has no limit, so
 #: a peer that never sends a newline grows its buffer without bound.
 DEFAULT_MAX_LINE_BYTES = 1 << 20
+
+#: Longest source id accepted, locally or from a peer.
+MAX_SOURCE_LENGTH = 256
+
+#: Largest stamp accepted, locally, from a peer or from a store: the largest
+#: integer a JSON number holds exactly everywhere (JavaScript's
+#: ``Number.MAX_SAFE_INTEGER``), about 285,000 years of milliseconds.
+MAX_STAMP = 2**53 - 1
+
+#: Integers in a value must lie within +-this, so that every peer, JS ones
+#: included, reads back exactly the number that was written.
+MAX_SAFE_INTEGER = 2**53 - 1
+
+#: Deepest nesting of lists and objects in a change. Deeper values are
+#: refused on the way in, locally and from peers, so that every entry a
+#: replica holds can be encoded again (orjson stops at 255 levels).
+MAX_DEPTH = 128
 
 #: repred's protocol version, sent in the digest's ``"repred"`` key.
 PROTOCOL_VERSION = 1
@@ -76,6 +98,85 @@ class Snapshot:
 
     update: Any = attrs.field(hash=False)
     clock: dict[str, float] = attrs.field(hash=False)
+
+
+_JSON_TYPES = "str, int, float, bool, None, list, or dict with str keys"
+
+
+def check_value(value: Any, what: str = "value") -> None:
+    """Refuse anything that would not come back from JSON exactly as it is.
+
+    A replicated value is a JSON value held as the types JSON decodes to:
+    ``dict`` with ``str`` keys, ``list``, ``str``, ``int`` within
+    :data:`MAX_SAFE_INTEGER`, finite ``float``, ``bool`` and ``None``, at most
+    :data:`MAX_DEPTH` levels deep. Tuples, sets, datetimes, UUIDs, enums,
+    dataclasses, NaN and big integers are refused rather than converted, so
+    that what the writer holds is exactly what every peer receives.
+
+    Raises:
+        TypeError: naming the path of the first offending part, such as
+            ``value[1]['when']``.
+    """
+    _check(value, what, 0)
+
+
+def _check(value: Any, path: str, depth: int) -> None:
+    kind = type(value)
+    if kind is str:
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise TypeError(
+                    f"{path} is a str with a lone surrogate, not valid UTF-8"
+                ) from None
+        return
+    if kind is bool or value is None:
+        return
+    if kind is int:
+        if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            return
+        raise TypeError(
+            f"{path} is an integer beyond +-2**53-1, which JSON peers cannot"
+            " hold exactly (send it as a string)"
+        )
+    if kind is float:
+        if math.isfinite(value):
+            return
+        raise TypeError(f"{path} is {value!r}, which JSON cannot hold")
+    if depth >= MAX_DEPTH:
+        raise TypeError(f"{path} is nested deeper than {MAX_DEPTH} levels")
+    if kind is list:
+        for i, item in enumerate(value):
+            _check(item, f"{path}[{i}]", depth + 1)
+        return
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                raise TypeError(
+                    f"{path} has a key {key!r} of type {type(key).__name__};"
+                    " JSON object keys are str"
+                )
+            _check(item, f"{path}[{key!r}]", depth + 1)
+        return
+    raise TypeError(
+        f"{path} is a {kind.__name__}, not a JSON value ({_JSON_TYPES});"
+        " convert it before writing it"
+    )
+
+
+def depth_within(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether lists and objects in ``value`` nest at most ``limit`` deep."""
+    kind = type(value)
+    if kind is list:
+        if limit <= 0:
+            return False
+        return all(depth_within(item, limit - 1) for item in value)
+    if kind is dict:
+        if limit <= 0:
+            return False
+        return all(depth_within(item, limit - 1) for item in value.values())
+    return True
 
 
 def _snippet(line: bytes | bytearray) -> bytes:
@@ -138,11 +239,11 @@ def _bad(message: str, reason: str, line: bytes) -> RemoteProtocolError:
 def _stamp(value: Any, line: bytes) -> float:
     kind = type(value)
     if kind is int:
-        if value < 0:
-            raise _bad("negative stamp", "bad-stamp", line)
+        if not 0 <= value <= MAX_STAMP:
+            raise _bad("stamp out of range", "bad-stamp", line)
         return value  # type: ignore[no-any-return]
     if kind is float:
-        if not math.isfinite(value) or value < 0:
+        if not 0 <= value <= MAX_STAMP:  # NaN fails too
             raise _bad("stamp out of range", "bad-stamp", line)
         return int(value) if value.is_integer() else value
     raise _bad(f"stamp must be a number, not {kind.__name__}", "bad-stamp", line)
@@ -195,6 +296,8 @@ def parse_entry(msg: list[Any], line: bytes) -> tuple[Any, float, str]:
     """A decoded entry ``[change, ts, source]``, checked and normalised."""
     if not 3 <= len(msg) <= 4:
         raise _bad("an entry is [change, ts, source]", "bad-entry", line)
+    if len(line) > MAX_DEPTH and not depth_within(msg[0]):
+        raise _bad(f"change nested deeper than {MAX_DEPTH} levels", "too-deep", line)
     return (msg[0], _stamp(msg[1], line), _source(msg[2], line))
 
 

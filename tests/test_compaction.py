@@ -153,6 +153,10 @@ def test_cut_at_every_line_with_a_snapshot_converges():
         (b'{"id":"B","clock":{}}\n{"snapshot":["x"],"clock":{"Z":"1"}}\n', "bad-stamp"),
         (
             b'{"id":"B","clock":{}}\n{"snapshot":["x"],"clock":{"Z":1e300}}\n',
+            "bad-stamp",
+        ),
+        (
+            b'{"id":"B","clock":{}}\n{"snapshot":["x"],"clock":{"Z":9e15}}\n',
             "future-stamp",
         ),
         (

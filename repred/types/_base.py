@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from .._replica import DEFAULT_MAX_DRIFT_MS, Replica, _wall_ms
+from .._replica import DEFAULT_MAX_DRIFT_MS, Replica, wall_ms
 
 R = TypeVar("R", bound=Replica)
 
@@ -19,7 +19,7 @@ def build(
     *,
     id: str | None = None,
     max_drift_ms: float = DEFAULT_MAX_DRIFT_MS,
-    wall: Any = _wall_ms,
+    wall: Any = wall_ms,
     store: Any = None,
     **options: Any,
 ) -> R:

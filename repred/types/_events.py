@@ -81,7 +81,7 @@ class Events(Replica):
     def _forget_before(self, cutoff: Stamp) -> None:
         for stamp in [s for s in self.state if s <= cutoff]:
             del self.state[stamp]
-        self._history.forget(lambda ts, source: (ts, source) <= cutoff)
+        self._forget(lambda ts, source: (ts, source) <= cutoff)
 
 
 def events(
