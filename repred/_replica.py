@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MAX_DRIFT_MS",
-    "MAX_ENTRY_BYTES",
     "Listener",
     "Replica",
     "Stamp",
@@ -57,12 +56,6 @@ Stamp = tuple[float, str]
 #: replica applies, local (``origin is None``) or remote (``origin`` is what
 #: the caller of :meth:`Replica.apply` passed, usually a session).
 Listener = Callable[[Any, float, str, object], None]
-
-
-#: The longest entry line (``[change, ts, source]`` and its newline) a
-#: replica writes: the line limit every receiver applies by default, so a
-#: write that is accepted locally is never refused by a peer.
-MAX_ENTRY_BYTES = DEFAULT_MAX_LINE_BYTES
 
 
 def is_empty(change: Any) -> bool:
@@ -224,8 +217,9 @@ class Replica:
             TypeError: the change is not a JSON value that every peer will
                 read back exactly (see :func:`repred.protocol.check_value`):
                 the message names the offending part.
-            ValueError: the entry would be longer than
-                :data:`MAX_ENTRY_BYTES`, so peers would refuse it.
+            ValueError: the entry's line would be longer than
+                :data:`DEFAULT_MAX_LINE_BYTES`, the limit every peer applies
+                by default, so peers would refuse it.
             StoreError: the store could not make the write durable.
             Exception: whatever the reducer raised.
         """
@@ -261,10 +255,11 @@ class Replica:
         try:
             check_value(change, "the change")
             size = len(encode_entry(change, ts, self.id))
-            if size > MAX_ENTRY_BYTES:
+            if size > DEFAULT_MAX_LINE_BYTES:
                 raise ValueError(
-                    f"the entry would be {size} bytes, over the {MAX_ENTRY_BYTES}"
-                    " byte line limit every peer applies; split the value"
+                    f"the entry would be {size} bytes, over the"
+                    f" {DEFAULT_MAX_LINE_BYTES} byte line limit every peer"
+                    " applies; split the value"
                 )
             k = old = None
             if self._key is not None:

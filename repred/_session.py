@@ -54,6 +54,7 @@ from ._errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
+from ._store import StoreError
 from ._wire import (
     DEFAULT_MAX_LINE_BYTES,
     MAX_SOURCE_LENGTH,
@@ -187,8 +188,10 @@ class SyncSession:
         self._batch_entries = batch_entries
         self._batch_bytes = batch_bytes
         self._out: list[bytes] = [
-            encode_digest(replica.id, replica.clock, replica.type_name)
+            encode_digest(replica.id, replica.clock, replica.type_name, max_line_bytes)
         ]
+        #: The longest line the peer takes (with its newline), once known.
+        self._peer_max_line = _INF
         self._sent: dict[str, float] = {}
         self._pending: dict[str, None] = {}
         self._updates_in = 0
@@ -286,7 +289,9 @@ class SyncSession:
                     self._handle([rest], events)
                 self.their_state = SessionState.CLOSED
                 events.append(PeerEOF())
-        except RemoteProtocolError:
+        except Exception:
+            # A bad message, or a store that could not keep what arrived:
+            # either way this link is over.
             self._fail()
             raise
         return events
@@ -342,6 +347,8 @@ class SyncSession:
         replica = self.replica
         try:
             self._updates_in += replica.apply_many(batch, self)
+        except StoreError:
+            raise  # not the peer's fault: the entries stay queued
         except Exception:
             # Find the entry that failed, for the error: those before it are
             # applied and known, so going through them again changes nothing.
@@ -436,6 +443,8 @@ class SyncSession:
                 line=line[:200],
             )
         self.peer = digest
+        if digest.max_line is not None:
+            self._peer_max_line = digest.max_line + 1  # the LF is not counted
         self.their_state = SessionState.HISTORY
         sent = self._sent = dict(digest.clock)
         replica = self.replica
@@ -486,11 +495,14 @@ class SyncSession:
         limit = self._batch_entries
         budget = self._batch_bytes
         size = 0
+        peer_max = self._peer_max_line
         while pending and size < budget:
             source = next(iter(pending))
             batch = after(source, sent.get(source, -1), limit)
             for ts, change in batch:
                 line = encode_entry(change, ts, source)
+                if len(line) > peer_max:
+                    self._too_long_for_peer(change, ts, source, len(line))
                 out.append(line)
                 size += len(line)
             if batch:
@@ -498,6 +510,34 @@ class SyncSession:
                 self._updates_out += len(batch)
             if len(batch) < limit:
                 del pending[source]
+
+    def _too_long_for_peer(
+        self, change: Any, ts: float, source: str, size: int
+    ) -> None:
+        """An entry the peer will refuse: say so, and end this link only."""
+        key = None
+        key_of = self.replica._key
+        if key_of is not None:
+            try:
+                key = key_of(change)
+            except Exception:  # pragma: no cover  (recorded entries have keys)
+                key = None
+        peer = self.peer.id if self.peer is not None else None
+        log.warning(
+            "repred: entry (source %r, ts %r, key %r) is %d bytes, over the"
+            " %d byte line limit of peer %r; closing the link to it (it cannot"
+            " receive this source past that entry)",
+            source,
+            ts,
+            key,
+            size,
+            self._peer_max_line - 1,
+            peer,
+        )
+        self._fail()
+        raise LocalProtocolError(
+            f"entry of {size} bytes is over the peer's line limit",
+        )
 
     def _on_applied(self, effect: Any, ts: float, source: str, origin: object) -> None:
         if origin is self or self.our_state is SessionState.HELLO:

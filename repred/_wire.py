@@ -85,6 +85,8 @@ class Digest:
     clock: dict[str, float] = attrs.field(hash=False)
     version: int | None = None
     type_name: str | None = None
+    #: The longest line the peer accepts, if it said (a repred extension).
+    max_line: int | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -337,16 +339,31 @@ def _digest(msg: dict[str, Any], line: bytes) -> Digest:
     type_name = msg.get("type")
     if type_name is not None and type(type_name) is not str:
         raise _bad("digest type must be a string", "bad-digest", line)
-    return Digest(id=peer_id, clock=clean, version=version, type_name=type_name)
+    max_line = msg.get("max_line")
+    if max_line is not None and (type(max_line) is not int or max_line < 64):
+        raise _bad("max_line must be an integer >= 64", "bad-digest", line)
+    return Digest(
+        id=peer_id,
+        clock=clean,
+        version=version,
+        type_name=type_name,
+        max_line=max_line,
+    )
 
 
-def encode_digest(replica_id: str, clock: Any, type_name: str) -> bytes:
+def encode_digest(
+    replica_id: str,
+    clock: Any,
+    type_name: str,
+    max_line: int = DEFAULT_MAX_LINE_BYTES,
+) -> bytes:
     return _dumps(
         {
             "id": replica_id,
             "clock": dict(clock),
             "repred": PROTOCOL_VERSION,
             "type": type_name,
+            "max_line": max_line,
         },
         option=_OPT,
     )

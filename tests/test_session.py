@@ -21,7 +21,8 @@ def test_digest_goes_out_first_and_alone():
     s = SyncSession(a)
     assert (
         s.data_to_send()
-        == b'{"id":"A","clock":{"A":%d},"repred":1,"type":"union"}\n' % a.clock["A"]
+        == b'{"id":"A","clock":{"A":%d},"repred":1,"type":"union","max_line":1048576}\n'
+        % a.clock["A"]
     )
     assert s.data_to_send() == b""
     assert s.our_state is SessionState.HELLO

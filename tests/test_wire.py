@@ -29,7 +29,11 @@ def test_digest_round_trip():
     line = encode_digest("A", {"A": 5, "B": 6.5}, "model")
     digest = parse_line(line)
     assert digest == Digest(
-        id="A", clock={"A": 5, "B": 6.5}, version=1, type_name="model"
+        id="A",
+        clock={"A": 5, "B": 6.5},
+        version=1,
+        type_name="model",
+        max_line=1 << 20,
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._replica import Replica
-from ._base import build
+from ._base import build, owned
 from ._position import slot
 
 __all__ = ["Doc", "DocSeq", "DocSet", "doc"]
@@ -69,10 +69,20 @@ class Doc(Replica):
         return row["id"]  # type: ignore[no-any-return]
 
     def set(self, row: str, fields: dict[str, Any]) -> None:
-        """Write fields of a row (``None`` clears a field)."""
+        """Write fields of a row (``None`` clears a field).
+
+        Every field is checked before any is written.
+        """
+        if type(row) is not str:
+            raise TypeError(f"row ids are strings, not {type(row).__name__}")
+        checked = {}
         for field, value in fields.items():
+            if type(field) is not str:
+                raise TypeError(f"fields are strings, not {type(field).__name__}")
             if field == DELETED:
                 raise ValueError(f"use rm() to delete a row, not {DELETED!r}")
+            checked[field] = owned(value, f"the field {field!r}")
+        for field, value in checked.items():
             self.update([row, field, value])
 
     def rm(self, row: str) -> None:

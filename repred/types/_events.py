@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._replica import Replica, Stamp
-from ._base import build
+from ._base import build, owned
 
 __all__ = ["Events", "events"]
 
@@ -49,7 +49,7 @@ class Events(Replica):
     def emit(self, event: str, data: Any = None) -> Any:
         if type(event) is not str:
             raise TypeError("event names are strings")
-        return self.update([event, data])
+        return self.update([event, owned(data, "the event's data")])
 
     def on(self, event: str, handler: Handler) -> Callable[[], None]:
         """Call ``handler(data)`` for every ``event``; returns an unsubscriber."""

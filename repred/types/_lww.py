@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._replica import Replica, Stamp
-from ._base import build
+from ._base import MAX_COUNT, build, owned
 
 __all__ = [
     "Counter",
@@ -53,7 +53,7 @@ class Register(Replica):
     __slots__ = ()
 
     def set(self, value: Any) -> Any:
-        return self.update([value])
+        return self.update([owned(value)])
 
     @property
     def value(self) -> Any:
@@ -85,6 +85,8 @@ class Heartbeats(Replica):
 
     def beat(self, name: str) -> Any:
         """Record that ``name`` is alive now."""
+        if type(name) is not str:
+            raise TypeError(f"names are strings, not {type(name).__name__}")
         return self.update([name])
 
     def alive(self, within_ms: float) -> list[str]:
@@ -111,7 +113,9 @@ def totals(state: dict[str, list[int]], change: list[Any]) -> list[Any]:
     keeps the newest write per source (its largest totals) and the value,
     the sum over sources, does not depend on the order they arrived in.
     """
-    if len(change) != 3 or not all(type(n) is int and n >= 0 for n in change[1:]):
+    if len(change) != 3 or not all(
+        type(n) is int and 0 <= n <= MAX_COUNT for n in change[1:]
+    ):
         raise ValueError(f"a counter change is [source, inc, dec], not {change!r}")
     state[change[0]] = [change[1], change[2]]
     return change
@@ -126,6 +130,11 @@ class Counter(Replica):
         if type(inc) is not int or type(dec) is not int or inc < 0 or dec < 0:
             raise ValueError("counts are non-negative integers")
         p, n = self.state.get(self.id, [0, 0])
+        if p + inc > MAX_COUNT or n + dec > MAX_COUNT:
+            raise ValueError(
+                f"a counter's totals stay within {MAX_COUNT} (2**53-1), so that"
+                " every peer holds them exactly"
+            )
         return self.update([self.id, p + inc, n + dec])
 
     def inc(self, n: int = 1) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._replica import Replica
-from ._base import build
+from ._base import build, owned
 
 __all__ = ["Model", "model"]
 
@@ -45,7 +45,7 @@ class Model(Replica):
         """Set ``key`` (``None`` deletes it); returns the change."""
         if type(key) is not str:
             raise TypeError(f"model keys are strings, not {type(key).__name__}")
-        return self.update([key, value])
+        return self.update([key, owned(value, f"the value of {key!r}")])
 
     def delete(self, key: str) -> Any:
         return self.set(key, None)

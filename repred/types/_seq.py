@@ -6,7 +6,7 @@ import itertools
 from typing import Any
 
 from .._replica import Replica
-from ._base import build
+from ._base import build, owned
 from ._position import slot, valid
 
 __all__ = ["Seq", "seq"]
@@ -59,6 +59,7 @@ class Seq(Replica):
         self, value: Any, *, before: str | None = None, after: str | None = None
     ) -> str:
         """Insert ``value`` before or after an item (default: at the end)."""
+        value = owned(value)
         item = self._new_id()
         self.update([item, slot(self._order(), before=before, after=after), value])
         return item
