@@ -27,12 +27,19 @@ import trio
 
 from ._errors import RemoteProtocolError, ReplicaError
 from ._replica import wall_ms
-from ._session import SessionState, SyncSession
+from ._session import (
+    DEFAULT_BATCH_BYTES,
+    DEFAULT_BATCH_ENTRIES,
+    SessionState,
+    SyncSession,
+)
 from ._trio import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_SEND_TIMEOUT,
     Connection,
+    LinkOptions,
     run_channel,
+    single_errors,
 )
 from ._wire import DEFAULT_MAX_LINE_BYTES, LineDecoder, loads_line
 from .types import Model, model
@@ -76,12 +83,11 @@ class _Mux:
     """Framing for a peer link: a hello, then ``name TAB line`` per line."""
 
     def __init__(
-        self, replicas: Mapping[str, Any], node: str, **session_options: Any
+        self, replicas: Mapping[str, Any], node: str, options: LinkOptions
     ) -> None:
         self._replicas = replicas
-        max_line = session_options.get("max_line_bytes", DEFAULT_MAX_LINE_BYTES)
-        self._decoder = LineDecoder(max_line + 256)
-        self._options = session_options
+        self._decoder = LineDecoder(options.max_line_bytes + 256)
+        self._options = options
         self._out = [
             orjson.dumps(
                 {
@@ -155,7 +161,7 @@ class _Mux:
         theirs = msg["replicas"]
         for name, replica in self._replicas.items():
             if theirs.get(name) == replica.type_name:
-                session = SyncSession(replica, **self._options)
+                session = self._options.session(replica)
                 session.wakeup = self._wakeup
                 self.sessions.append(session)
                 self._by_name[name.encode()] = session
@@ -239,7 +245,7 @@ class Peer:
         transport: Any,
         wall: Callable[[], float],
         advertise: str | None,
-        session_options: dict[str, Any],
+        options: LinkOptions,
     ) -> None:
         if host in ("0.0.0.0", "::", "") and not advertise:
             raise ValueError(
@@ -270,7 +276,7 @@ class Peer:
         self.connect_timeout = connect_timeout
         self._on_event = on_event
         self._rng = rng
-        self._options = session_options
+        self._options = options
         self._links: dict[Connection, str] = {}
         self._failures: dict[str, int] = {}
         self._retry_at: dict[str, float] = {}
@@ -346,7 +352,7 @@ class Peer:
     async def _run_link(
         self, stream: trio.abc.Stream, *, live: bool, label: str
     ) -> None:
-        channel = _Mux(self.replicas, self.address, **self._options)
+        channel = _Mux(self.replicas, self.address, self._options)
         conn_ref: list[Connection] = []
 
         def on_start(conn: Connection) -> None:
@@ -359,9 +365,7 @@ class Peer:
                 stream,
                 live=live,
                 on_start=on_start,
-                send_timeout=DEFAULT_SEND_TIMEOUT,
-                handshake_timeout=min(DEFAULT_HANDSHAKE_TIMEOUT, self.connect_timeout),
-                close_timeout=1.0,
+                options=self._options,
             )
         finally:
             for conn in conn_ref:
@@ -460,7 +464,10 @@ async def open_peer(
     transport: Any = None,
     wall: Callable[[], float] | None = None,
     advertise: str | None = None,
-    **session_options: Any,
+    send_timeout: float = DEFAULT_SEND_TIMEOUT,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    batch_entries: int = DEFAULT_BATCH_ENTRIES,
+    batch_bytes: int = DEFAULT_BATCH_BYTES,
 ) -> AsyncIterator[Peer]:
     """Run a gossip peer inside the caller's trio program.
 
@@ -489,7 +496,14 @@ async def open_peer(
         transport: how peers reach each other: TCP by default;
             :class:`repred.testing.MemoryNetwork` for simulations.
         wall: the wall clock in ms for heartbeats (simulations pass trio's).
-        **session_options: passed to each :class:`SyncSession`.
+        send_timeout, max_line_bytes, batch_entries, batch_bytes: as for
+            :func:`replicate`, for every link.
+
+    Raises:
+        TypeError, ValueError: a bad option, at the call.
+        OSError: the port cannot be bound.
+        Exception: whatever the ``async with`` block raised, as itself
+            (never wrapped in an exception group).
     """
     peer = Peer(
         host=host,
@@ -507,11 +521,19 @@ async def open_peer(
         transport=transport or TcpTransport(),
         wall=wall or wall_ms,
         advertise=advertise,
-        session_options=session_options,
+        options=LinkOptions(
+            send_timeout=send_timeout,
+            handshake_timeout=min(DEFAULT_HANDSHAKE_TIMEOUT, connect_timeout),
+            close_timeout=1.0,
+            max_line_bytes=max_line_bytes,
+            batch_entries=batch_entries,
+            batch_bytes=batch_bytes,
+        ),
     )
-    async with trio.open_nursery() as nursery:
-        await peer._start(nursery)
-        try:
-            yield peer
-        finally:
-            nursery.cancel_scope.cancel()
+    async with single_errors():
+        async with trio.open_nursery() as nursery:
+            await peer._start(nursery)
+            try:
+                yield peer
+            finally:
+                nursery.cancel_scope.cancel()

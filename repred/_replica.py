@@ -569,12 +569,6 @@ class Replica:
     def _count_after(self, source: str, ts: float) -> int:
         return self._history.count_after(source, ts)
 
-    def replicate(self, stream: Any, *, live: bool = True, **options: Any) -> Any:
-        """Replicate over one ``trio.abc.Stream``; see :func:`repred.replicate`."""
-        from ._trio import replicate
-
-        return replicate(self, stream, live=live, **options)
-
 
 def _after(ts: float) -> float:
     """The next stamp above ``ts``: a thousandth of a millisecond later."""

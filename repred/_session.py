@@ -57,12 +57,15 @@ from ._errors import (
 from ._store import StoreError
 from ._wire import (
     DEFAULT_MAX_LINE_BYTES,
+    MAX_DEPTH,
     MAX_SOURCE_LENGTH,
+    MAX_STAMP,
     SYNC,
     SYNC_LINE,
     Digest,
     LineDecoder,
     Snapshot,
+    depth_within,
     encode_digest,
     encode_entry,
     encode_snapshot,
@@ -317,10 +320,12 @@ class SyncSession:
                 kind = type(ts)
                 if (
                     (kind is int or kind is float)
-                    and 0 <= ts < _INF
+                    and 0 <= ts <= MAX_STAMP
                     and type(source) is str
                     and 0 < len(source) <= MAX_SOURCE_LENGTH
                     and source != "__proto__"
+                    # Only a line this long can nest too deep to re-encode.
+                    and (len(line) <= MAX_DEPTH or depth_within(msg[0]))
                 ):
                     if kind is float and ts.is_integer():
                         ts = int(ts)

@@ -11,20 +11,28 @@ from __future__ import annotations
 
 import collections
 import logging
-from typing import TYPE_CHECKING, Any, final
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, NoReturn, final
 
 import attrs
 import trio
 
 from ._errors import (
     PeerClosed,
+    RemoteProtocolError,
     ReplicaError,
     SyncTimeout,
 )
-from ._session import SyncReceived, SyncSession
+from ._session import (
+    DEFAULT_BATCH_BYTES,
+    DEFAULT_BATCH_ENTRIES,
+    SyncReceived,
+    SyncSession,
+)
+from ._wire import DEFAULT_MAX_LINE_BYTES
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import AsyncIterator, Callable
 
     from ._replica import Replica
 
@@ -35,6 +43,7 @@ __all__ = [
     "Change",
     "Connection",
     "ConnectionStatistics",
+    "LinkOptions",
     "Subscription",
     "SubscriptionOverflow",
     "connect_tcp",
@@ -257,26 +266,48 @@ class Connection:
             self._fail(exc)
 
 
-async def _run(
-    replica: Replica,
-    stream: trio.abc.Stream,
-    *,
-    live: bool,
-    on_start: Callable[[Connection], None],
-    send_timeout: float = DEFAULT_SEND_TIMEOUT,
-    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
-    close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
-    **session_options: Any,
-) -> ConnectionStatistics:
-    return await run_channel(
-        _Plain(SyncSession(replica, **session_options)),
-        stream,
-        live=live,
-        on_start=on_start,
-        send_timeout=send_timeout,
-        handshake_timeout=handshake_timeout,
-        close_timeout=close_timeout,
-    )
+@attrs.frozen(kw_only=True)
+class LinkOptions:
+    """The options of one link, checked when a link function is called.
+
+    Attributes:
+        send_timeout: seconds a send may make no progress before the peer
+            counts as stuck (:class:`SyncTimeout`).
+        handshake_timeout: seconds the peer has to send its digest.
+        close_timeout: with ``live=False``, seconds to wait for the peer to
+            end its side after the sync.
+        max_line_bytes: the longest line accepted from the peer.
+        batch_entries: entries read from one source's history at a time.
+        batch_bytes: bytes of entries handed to one send.
+    """
+
+    send_timeout: float = DEFAULT_SEND_TIMEOUT
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    close_timeout: float = DEFAULT_CLOSE_TIMEOUT
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    batch_entries: int = DEFAULT_BATCH_ENTRIES
+    batch_bytes: int = DEFAULT_BATCH_BYTES
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("send_timeout", "handshake_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")
+        if not self.close_timeout >= 0:
+            raise ValueError("close_timeout must not be negative")
+        for name in ("max_line_bytes", "batch_entries", "batch_bytes"):
+            if type(getattr(self, name)) is not int:
+                raise TypeError(f"{name} must be an int")
+        if self.max_line_bytes < 64 or self.batch_entries < 1 or self.batch_bytes < 1:
+            raise ValueError("limits must be positive (max_line_bytes >= 64)")
+
+    def session(self, replica: Replica) -> SyncSession:
+        """A protocol session over ``replica`` with these limits."""
+        return SyncSession(
+            replica,
+            max_line_bytes=self.max_line_bytes,
+            batch_entries=self.batch_entries,
+            batch_bytes=self.batch_bytes,
+        )
 
 
 async def run_channel(
@@ -285,18 +316,22 @@ async def run_channel(
     *,
     live: bool,
     on_start: Callable[[Connection], None],
-    send_timeout: float,
-    handshake_timeout: float,
-    close_timeout: float,
+    options: LinkOptions,
 ) -> ConnectionStatistics:
-    """Run a connection over ``stream`` with the given framing channel."""
+    """Run a connection over ``stream`` with the given framing channel.
+
+    Raises the single error that ended it (never an exception group).
+    """
     conn = Connection(channel, stream)
     try:
         with conn._scope:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(conn._reader, handshake_timeout)
-                nursery.start_soon(conn._writer, live, send_timeout, close_timeout)
-                on_start(conn)
+            async with single_errors():
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(conn._reader, options.handshake_timeout)
+                    nursery.start_soon(
+                        conn._writer, live, options.send_timeout, options.close_timeout
+                    )
+                    on_start(conn)
     finally:
         for session in channel.sessions:
             session.close()
@@ -314,8 +349,10 @@ async def replicate(
     send_timeout: float = DEFAULT_SEND_TIMEOUT,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    batch_entries: int = DEFAULT_BATCH_ENTRIES,
+    batch_bytes: int = DEFAULT_BATCH_BYTES,
     task_status: trio.TaskStatus[Connection] = trio.TASK_STATUS_IGNORED,
-    **session_options: Any,
 ) -> ConnectionStatistics:
     """Replicate ``replica`` with one peer over ``stream``.
 
@@ -334,28 +371,47 @@ async def replicate(
         handshake_timeout: seconds the peer has to send its digest.
         close_timeout: with ``live=False``, seconds to wait for the peer to
             end its side after the sync.
-        **session_options: passed to :class:`SyncSession`
-            (``max_line_bytes``, ``batch_entries``, ``batch_bytes``).
+        max_line_bytes: the longest line accepted from the peer (announced
+            to it in the digest).
+        batch_entries: entries read from one source's history at a time.
+        batch_bytes: bytes of entries handed to one send.
 
     Returns:
         The connection's final statistics.
 
     Raises:
+        TypeError, ValueError: a bad option (at the call).
         RemoteProtocolError: the peer broke the protocol (a subclass says
             how). Everything it sent before was applied; the offending
             message changed nothing.
         PeerClosed: the stream ended or broke before the peer's ``"SYNC"``.
         SyncTimeout: the peer stopped reading, or sent no digest in time.
+        StoreError: the replica's store could not keep what arrived.
     """
-    return await _run(
-        replica,
-        stream,
-        live=live,
-        on_start=task_status.started,
+    options = LinkOptions(
         send_timeout=send_timeout,
         handshake_timeout=handshake_timeout,
         close_timeout=close_timeout,
-        **session_options,
+        max_line_bytes=max_line_bytes,
+        batch_entries=batch_entries,
+        batch_bytes=batch_bytes,
+    )
+    return await _replicate(replica, stream, live, task_status.started, options)
+
+
+async def _replicate(
+    replica: Replica,
+    stream: trio.abc.Stream,
+    live: bool,
+    on_start: Callable[[Connection], None],
+    options: LinkOptions,
+) -> ConnectionStatistics:
+    return await run_channel(
+        _Plain(options.session(replica)),
+        stream,
+        live=live,
+        on_start=on_start,
+        options=options,
     )
 
 
@@ -365,19 +421,32 @@ async def connect_tcp(
     port: int,
     *,
     live: bool = True,
+    send_timeout: float = DEFAULT_SEND_TIMEOUT,
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    batch_entries: int = DEFAULT_BATCH_ENTRIES,
+    batch_bytes: int = DEFAULT_BATCH_BYTES,
     task_status: trio.TaskStatus[Connection] = trio.TASK_STATUS_IGNORED,
-    **options: Any,
 ) -> ConnectionStatistics:
     """Connect to a peer over TCP and :func:`replicate` with it.
+
+    The options are those of :func:`replicate`.
 
     Raises:
         OSError: the connection could not be made.
         ReplicaError: as :func:`replicate`.
     """
-    stream = await trio.open_tcp_stream(host, port)
-    return await replicate(
-        replica, stream, live=live, task_status=task_status, **options
+    options = LinkOptions(
+        send_timeout=send_timeout,
+        handshake_timeout=handshake_timeout,
+        close_timeout=close_timeout,
+        max_line_bytes=max_line_bytes,
+        batch_entries=batch_entries,
+        batch_bytes=batch_bytes,
     )
+    stream = await trio.open_tcp_stream(host, port)
+    return await _replicate(replica, stream, live, task_status.started, options)
 
 
 async def serve_tcp(
@@ -388,17 +457,24 @@ async def serve_tcp(
     live: bool = True,
     handler_nursery: trio.Nursery | None = None,
     on_connection: Callable[[Connection], None] | None = None,
+    send_timeout: float = DEFAULT_SEND_TIMEOUT,
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    batch_entries: int = DEFAULT_BATCH_ENTRIES,
+    batch_bytes: int = DEFAULT_BATCH_BYTES,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
-    **options: Any,
-) -> None:
+) -> NoReturn:
     """Accept peers on a TCP port and replicate with each; runs until cancelled.
 
     Used as ``listeners = await nursery.start(repred.serve_tcp, replica, 0)``,
     it reports its listeners the way ``trio.serve_tcp`` does (port 0 picks a
     free port). One replica serves any number of connections at once.
 
-    Error handling: whatever one peer does ends only that peer's connection;
-    the error is logged on the ``"repred"`` logger and serving goes on.
+    Error handling: a bad option raises at the call; a port that cannot be
+    bound raises ``OSError``; whatever one peer does ends only that peer's
+    connection: the error is logged on the ``"repred"`` logger and serving
+    goes on.
 
     Args:
         replica: the replica to serve.
@@ -407,26 +483,63 @@ async def serve_tcp(
         live: passed to :func:`replicate` for each connection.
         handler_nursery: where connection tasks run (as ``trio.serve_tcp``).
         on_connection: called with each new :class:`Connection`.
-        **options: passed to :func:`replicate`.
+
+    The other options are those of :func:`replicate`, for each connection.
     """
+    options = LinkOptions(
+        send_timeout=send_timeout,
+        handshake_timeout=handshake_timeout,
+        close_timeout=close_timeout,
+        max_line_bytes=max_line_bytes,
+        batch_entries=batch_entries,
+        batch_bytes=batch_bytes,
+    )
     on_start = on_connection if on_connection is not None else _ignore
 
     async def handler(stream: trio.SocketStream) -> None:
         try:
-            await _run(replica, stream, live=live, on_start=on_start, **options)
+            await _replicate(replica, stream, live, on_start, options)
+        except RemoteProtocolError as exc:
+            log.warning("repred: refused what a peer sent: %s", _describe(exc))
         except ReplicaError as exc:
-            log.warning("repred: connection closed: %s", _describe(exc))
+            log.info("repred: connection closed: %s", _describe(exc))
         except Exception:
             # Nothing one peer does may take the server down.
             log.exception("repred: connection failed")
 
-    await trio.serve_tcp(
-        handler,
-        port,
-        host=host,
-        handler_nursery=handler_nursery,
-        task_status=task_status,
-    )
+    async with single_errors():
+        await trio.serve_tcp(
+            handler,
+            port,
+            host=host,
+            handler_nursery=handler_nursery,
+            task_status=task_status,
+        )
+    raise AssertionError("trio.serve_tcp returned")  # pragma: no cover
+
+
+@asynccontextmanager
+async def single_errors() -> AsyncIterator[None]:
+    """Turn an exception group with one exception in it into that exception.
+
+    trio's nurseries wrap every error in an ``ExceptionGroup``; callers of
+    repred's functions get the single exception that happened instead, so
+    that ``except ValueError:`` works as it reads.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        if len(leaves) != 1:
+            raise
+        leaf = leaves[0]
+        raise leaf from leaf.__cause__
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
 
 
 def _ignore(conn: Connection) -> None:

@@ -342,3 +342,14 @@ def test_a_peer_with_a_smaller_line_limit_refuses_only_that_link(caplog):
     # A peer with default settings still gets everything.
     sync(big, normal)
     assert normal.to_dict() == big.to_dict()
+
+
+def test_an_entry_too_deep_to_relay_is_refused_on_the_way_in():
+    r = types.model(id="r")
+    s = repred.SyncSession(r)
+    s.data_to_send()
+    deep = b"[" * 200 + b"]" * 200
+    with pytest.raises(repred.RemoteProtocolError) as info:
+        s.receive_data(b'{"id":"B","clock":{}}\n[["k",' + deep + b'],1,"B"]\n')
+    assert info.value.reason == "too-deep"
+    assert r.to_dict() == {}

@@ -37,5 +37,5 @@ def test_public_names():
 
 def test_replica_methods_named_in_the_design():
     r = repred.repred(lambda s, u: u, None)
-    for name in ["update", "state", "id", "clock", "history", "replicate"]:
+    for name in ["update", "state", "id", "clock", "history"]:
         assert hasattr(r, name)

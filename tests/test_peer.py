@@ -12,6 +12,7 @@ import trio.testing
 import repred
 from repred import Connection, SyncSession
 from repred._peer import _Mux, parse_address
+from repred._trio import LinkOptions
 from repred.types import model
 
 from .helpers import gset, wait_until
@@ -72,7 +73,7 @@ async def test_names_the_other_side_lacks_are_skipped():
 
 
 async def test_mux_skips_unknown_names_and_refuses_non_peers():
-    mux = _Mux({"data": gset("A")}, "127.0.0.1:1")
+    mux = _Mux({"data": gset("A")}, "127.0.0.1:1", LinkOptions())
     mux.feed(b'{"repred-peer":1,"node":"x:1","replicas":{"data":"union"}}\n')
     assert mux.peer_id == "x:1"
     assert len(mux.sessions) == 1
@@ -81,7 +82,7 @@ async def test_mux_skips_unknown_names_and_refuses_non_peers():
         mux.feed(b"no tab here\n")
     assert info.value.reason == "not-a-peer"
     with pytest.raises(repred.RemoteProtocolError):
-        _Mux({}, "n:1").feed(b'{"id":"A","clock":{}}\n')
+        _Mux({}, "n:1", LinkOptions()).feed(b'{"id":"A","clock":{}}\n')
 
 
 async def test_dead_seeds_and_wrong_protocols_are_retried_quietly(
