@@ -122,47 +122,71 @@ def check_value(value: Any, what: str = "value") -> None:
     _check(value, what, 0)
 
 
-def _check(value: Any, path: str, depth: int) -> None:
+def _check(value: Any, what: str, depth: int) -> None:
+    try:
+        _check_inner(value, depth)
+    except _Refused as refused:
+        path = what + "".join(reversed(refused.path))
+        if len(path) > 80:
+            path = f"{path[:50]}...{path[-25:]}"
+        raise TypeError(f"{path} {refused.problem}") from None
+
+
+class _Refused(Exception):
+    """What is wrong, and where: the path is built only on the way out."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        self.path: list[str] = []
+
+
+def _check_inner(value: Any, depth: int) -> None:
     kind = type(value)
     if kind is str:
         if not value.isascii():
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError:
-                raise TypeError(
-                    f"{path} is a str with a lone surrogate, not valid UTF-8"
-                ) from None
+                raise _Refused("is a str with a lone surrogate, not UTF-8") from None
         return
     if kind is bool or value is None:
         return
     if kind is int:
         if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
             return
-        raise TypeError(
-            f"{path} is an integer beyond +-2**53-1, which JSON peers cannot"
-            " hold exactly (send it as a string)"
+        raise _Refused(
+            "is an integer beyond +-2**53-1, which JSON peers cannot hold"
+            " exactly (send it as a string)"
         )
     if kind is float:
         if math.isfinite(value):
             return
-        raise TypeError(f"{path} is {value!r}, which JSON cannot hold")
+        raise _Refused(f"is {value!r}, which JSON cannot hold")
     if depth >= MAX_DEPTH:
-        raise TypeError(f"{path} is nested deeper than {MAX_DEPTH} levels")
+        raise _Refused(f"is nested deeper than {MAX_DEPTH} levels")
     if kind is list:
         for i, item in enumerate(value):
-            _check(item, f"{path}[{i}]", depth + 1)
+            try:
+                _check_inner(item, depth + 1)
+            except _Refused as refused:
+                refused.path.append(f"[{i}]")
+                raise
         return
     if kind is dict:
         for key, item in value.items():
             if type(key) is not str:
-                raise TypeError(
-                    f"{path} has a key {key!r} of type {type(key).__name__};"
+                raise _Refused(
+                    f"has a key {key!r} of type {type(key).__name__};"
                     " JSON object keys are str"
                 )
-            _check(item, f"{path}[{key!r}]", depth + 1)
+            try:
+                _check_inner(item, depth + 1)
+            except _Refused as refused:
+                refused.path.append(f"[{key!r}]")
+                raise
         return
-    raise TypeError(
-        f"{path} is a {kind.__name__}, not a JSON value ({_JSON_TYPES});"
+    raise _Refused(
+        f"is a {kind.__name__}, not a JSON value ({_JSON_TYPES});"
         " convert it before writing it"
     )
 

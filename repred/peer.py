@@ -9,36 +9,92 @@ replicates a last-write-wins map named ``data``. Type on standard input::
     del KEY
     peers
 
-End of input or Ctrl-C stops the peer (exit code 0).
+End of input, Ctrl-C or SIGTERM stops the peer (exit code 0). With
+``--no-stdin`` it reads no input and runs until SIGINT or SIGTERM, as a
+service does.
+
+Output never holds up replication: lines wait in a bounded queue for a
+reader that is slow to drain standard output, and past the bound they are
+dropped and counted.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import logging
+import math
 import os
+import signal
 import sys
-from typing import Any
+import threading
+from typing import Any, NoReturn
 
+import orjson
 import trio
 
 from ._errors import ReplicaError
 from ._peer import open_peer, parse_address
 from ._store import SqliteStore
-from ._trio import subscribe
+from ._trio import single_errors
 from .types import model
 
 __all__ = ["main"]
 
+#: Lines of output held for a reader that does not drain standard output.
+OUTPUT_BUFFER_LINES = 10_000
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, saying what is wrong (argparse prints the whole usage).
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"a port is 1-65535, not {text!r}")
+    return int(text)
+
+
+def _listen_port(text: str) -> int:
+    if text == "0":
+        return 0
+    return _port(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, not {text!r}") from None
+    if not (math.isfinite(value) and 0 < value <= 86_400):
+        raise argparse.ArgumentTypeError(
+            f"seconds must be positive and at most a day, not {text}"
+        )
+    return value
+
+
+def _address(text: str) -> str:
+    try:
+        parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m repred.peer",
         description="A repred gossip peer replicating a key-value map.",
     )
-    p.add_argument("server_port", type=int, help="port to listen on (0: any)")
-    p.add_argument("client_port", type=int, nargs="?", help="port of a peer to join")
+    p.add_argument(
+        "server_port", type=_listen_port, help="port to listen on (0: any free one)"
+    )
+    p.add_argument(
+        "client_port", type=_port, nargs="?", help="port of a peer to join (on --host)"
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument(
         "--advertise",
@@ -49,10 +105,16 @@ def _parser() -> argparse.ArgumentParser:
         "--seed",
         action="append",
         default=[],
+        type=_address,
         metavar="HOST:PORT",
         help="a peer to dial first and re-dial now and then (repeatable)",
     )
     p.add_argument("--json", action="store_true", help="print JSON lines")
+    p.add_argument(
+        "--no-stdin",
+        action="store_true",
+        help="read no commands; run until SIGINT or SIGTERM (for services)",
+    )
     p.add_argument(
         "--data",
         metavar="DIR",
@@ -60,28 +122,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--heartbeat",
-        type=float,
+        type=_seconds,
         default=1.0,
         metavar="S",
         help="seconds between heartbeats (default 1)",
     )
     p.add_argument(
         "--down-after",
-        type=float,
+        type=_seconds,
         default=5.0,
         metavar="S",
         help="a peer silent this long is down (default 5)",
     )
     p.add_argument(
         "--gossip",
-        type=float,
+        type=_seconds,
         default=3.0,
         metavar="S",
         help="seconds before moving to another random peer (default 3)",
     )
     p.add_argument(
         "--seed-interval",
-        type=float,
+        type=_seconds,
         default=5.0,
         metavar="S",
         help="seconds between re-dials of the seeds (default 5)",
@@ -90,36 +152,142 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# -- output ----------------------------------------------------------------
+
+
+def _plain(text: Any) -> str:
+    """What a peer wrote, safe to print on one line of text.
+
+    Plain words are printed as they are; anything else (spaces, ``=``,
+    quotes, control characters, line breaks) is printed as a JSON string,
+    so nothing a peer writes can pass for a line of ours.
+    """
+    word = str(text)
+    if word and word.isprintable() and not any(c in word for c in ' ="\\'):
+        return word
+    return orjson.dumps(word).decode()
+
+
+def _value_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def format_event(event: dict[str, Any], as_json: bool) -> str:
+    """One output line (without its line break) for an event."""
+    if as_json:
+        return orjson.dumps(event).decode()
+    kind = event["event"]
+    if kind == "update":
+        return (
+            f"{_plain(event['key'])} = {_value_text(event['value'])}"
+            f"  (from {_plain(event['source'])})"
+        )
+    if kind in ("up", "down"):
+        return f"peer {_plain(event['peer'])} is {kind}"
+    if kind == "listening":
+        return f"listening on {event['address']} as {_plain(event['id'])}"
+    if kind == "value":
+        return f"{_plain(event['key'])} = {_value_text(event['value'])}"
+    if kind == "peers":
+        return "peers: " + " ".join(_plain(p) for p in event["peers"])
+    if kind == "dropped":
+        return f"note: {event['count']} lines of output dropped (stdout not read)"
+    message = str(event.get("message", ""))
+    if not message.isprintable():
+        message = orjson.dumps(message).decode()
+    return f"{kind}: {message}"
+
+
 class _Output:
-    def __init__(self, as_json: bool) -> None:
+    """Prints events through a bounded queue, written by a thread of its own.
+
+    A reader that does not drain standard output blocks only that thread:
+    events queue up to ``limit`` lines, and past that they are dropped and
+    counted (a ``dropped`` event says how many), so replication never waits
+    for the terminal.
+    """
+
+    def __init__(
+        self, as_json: bool, fd: int = 1, limit: int = OUTPUT_BUFFER_LINES
+    ) -> None:
         self.as_json = as_json
+        self._fd = fd
+        self._limit = limit
+        self._lines: collections.deque[str] = collections.deque()
+        self._dropped = 0
+        self._closing = False
+        self._ready = threading.Condition()
+        self._thread = threading.Thread(
+            target=self._write_lines, name="repred-peer-output", daemon=True
+        )
+        self._thread.start()
 
     def __call__(self, event: dict[str, Any]) -> None:
-        if self.as_json:
-            line = json.dumps(event, ensure_ascii=False)
-        else:
-            kind = event["event"]
-            if kind == "update":
-                value = json.dumps(event["value"], ensure_ascii=False)
-                line = f"{event['key']} = {value}  (from {event['source']})"
-            elif kind in ("up", "down"):
-                line = f"peer {event['peer']} is {kind}"
-            elif kind == "listening":
-                line = f"listening on {event['address']}"
-            elif kind == "value":
-                line = f"{event['key']} = {json.dumps(event['value'])}"
-            elif kind == "peers":
-                line = "peers: " + " ".join(event["peers"])
-            else:
-                line = f"{kind}: {event.get('message', '')}"
-        print(line, flush=True)
+        line = format_event(event, self.as_json)
+        with self._ready:
+            if len(self._lines) >= self._limit:
+                self._dropped += 1
+                return
+            self._note_dropped()
+            self._lines.append(line)
+            self._ready.notify()
+
+    def _note_dropped(self) -> None:
+        if self._dropped:
+            note = {"event": "dropped", "count": self._dropped}
+            self._lines.append(format_event(note, self.as_json))
+            self._dropped = 0
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Write what is queued (waiting at most ``timeout`` s) and stop."""
+        with self._ready:
+            self._note_dropped()
+            self._closing = True
+            self._ready.notify()
+        self._thread.join(timeout)
+
+    def _write_lines(self) -> None:
+        while True:
+            with self._ready:
+                while not self._lines and not self._closing:
+                    self._ready.wait()
+                if not self._lines:
+                    return
+                data = "".join(line + "\n" for line in self._lines).encode()
+                self._lines.clear()
+            if not _write_all(self._fd, data):
+                return
+
+
+def _write_all(fd: int, data: bytes) -> bool:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except OSError:
+            return False  # nobody reads any more: nothing to say to anyone
+    return True
+
+
+# -- commands ----------------------------------------------------------------
 
 
 def _value(text: str) -> Any:
+    """VALUE as JSON if it parses, else the text itself.
+
+    Integers are read exactly (so one too large to replicate is refused, not
+    rounded), and ``NaN``/``Infinity``, which are not JSON, stay text.
+    """
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_not_json)
     except ValueError:
         return text
+    except RecursionError:
+        raise ValueError("the value is nested too deep") from None
+
+
+def _not_json(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
 
 
 @trio.lowlevel.enable_ki_protection
@@ -133,40 +301,61 @@ async def _commands(
     stdin: trio.lowlevel.FdStream, data: Any, peer: Any, out: _Output
 ) -> None:
     """Run the commands typed on standard input until it ends."""
-    buf = b""
+    buf = bytearray()
     while chunk := await stdin.receive_some(65536):
         buf += chunk
-        *lines, buf = buf.split(b"\n")
-        for raw in lines:
-            _command(raw, data, peer, out)
+        start = 0
+        while (end := buf.find(b"\n", start)) >= 0:
+            _command(bytes(buf[start:end]), data, peer, out)
+            start = end + 1
+        del buf[:start]
+        if len(buf) > 4 << 20:
+            out({"event": "error", "message": "input line too long; dropped"})
+            buf.clear()
+    if buf.strip():
+        _command(bytes(buf), data, peer, out)
 
 
 def _command(raw: bytes, data: Any, peer: Any, out: _Output) -> None:
-    words = raw.decode("utf-8", "replace").strip().split(None, 2)
+    text = raw.decode("utf-8", "replace").strip()
+    words = text.split(None, 2)
     if not words:
         return
     cmd = words[0].lower()
-    if cmd == "set" and len(words) == 3:
-        data.set(words[1], _value(words[2]))
-    elif cmd == "get" and len(words) == 2:
-        out({"event": "value", "key": words[1], "value": data.get(words[1])})
-    elif cmd == "del" and len(words) == 2:
-        data.delete(words[1])
-    elif cmd == "peers":
-        out({"event": "peers", "peers": peer.members()})
-    else:
-        out({"event": "error", "message": f"unknown command: {raw!r}"})
+    try:
+        if cmd == "set" and len(words) == 3 and words[1]:
+            data.set(words[1], _value(words[2]))
+        elif cmd == "get" and len(words) == 2:
+            out({"event": "value", "key": words[1], "value": data.get(words[1])})
+        elif cmd == "del" and len(words) == 2:
+            data.delete(words[1])
+        elif cmd == "peers" and len(words) == 1:
+            out({"event": "peers", "peers": peer.members()})
+        else:
+            out({"event": "error", "message": f"unknown command: {text[:200]}"})
+    except (TypeError, ValueError, ReplicaError) as exc:
+        out({"event": "error", "message": f"{cmd}: {exc}"})
 
 
-async def _show_updates(
-    data: Any, out: _Output, *, task_status: trio.TaskStatus[None]
-) -> None:
-    with subscribe(data) as changes:
-        task_status.started()
-        async for change in changes:
-            key, value = change.change
-            source = change.source
+def _show_updates(data: Any, out: _Output) -> None:
+    """Print every change to the map, local or remote, as it is applied."""
+
+    def show(effect: Any, ts: float, source: str, origin: object) -> None:
+        if effect:
+            key, value = effect
             out({"event": "update", "key": key, "value": value, "source": source})
+
+    data.add_listener(show)
+
+
+async def _until_signalled(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            scope.cancel()
+            return
+
+
+# -- running -------------------------------------------------------------------
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -174,16 +363,19 @@ async def run(args: argparse.Namespace) -> None:
     seeds = list(args.seed)
     if args.client_port is not None:
         seeds.insert(0, f"{args.host}:{args.client_port}")
-    for seed in seeds:
-        parse_address(seed)
     store = None
     if args.data:
         os.makedirs(args.data, exist_ok=True)
         store = SqliteStore(os.path.join(args.data, "data.db"))
     data = model(store=store)
     try:
-        await _serve(args, data, seeds, out)
+        async with single_errors(), trio.open_nursery() as nursery:
+            with trio.CancelScope() as scope:
+                nursery.start_soon(_until_signalled, scope)
+                await _serve(args, data, seeds, out)
+            nursery.cancel_scope.cancel()
     finally:
+        out.close()
         data.close()
 
 
@@ -202,16 +394,23 @@ async def _serve(
         on_event=out,
         advertise=args.advertise,
     ) as peer:
-        async with _open_stdin() as stdin, trio.open_nursery() as nursery:
-            await nursery.start(_show_updates, data, out)
-            # Said once the peer is ready for commands.
-            out({"event": "listening", "address": peer.address, "id": data.id})
+        _show_updates(data, out)
+        # Said once the peer is ready for commands.
+        out({"event": "listening", "address": peer.address, "id": data.id})
+        if args.no_stdin:
+            await trio.sleep_forever()
+        async with _open_stdin() as stdin:
             await _commands(stdin, data, peer, out)
-            nursery.cancel_scope.cancel()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.host in ("0.0.0.0", "::", "") and not args.advertise:
+        print(
+            "repred.peer: error: --host on every interface needs --advertise HOST",
+            file=sys.stderr,
+        )
+        return 2
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.ERROR,
         format="%(levelname)s %(name)s: %(message)s",
@@ -219,28 +418,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         trio.run(run, args)
-    except BaseException as exc:
-        return _exit_code(exc)
-    return 0
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [exc]
-
-
-def _exit_code(exc: BaseException) -> int:
-    """Ctrl-C is a clean stop; a bad port, address or store is a message."""
-    leaves = _leaves(exc)
-    if all(isinstance(e, KeyboardInterrupt) for e in leaves):
+    except BaseExceptionGroup as group:
+        # Several errors at once (rare): Ctrl-C alone is still a clean stop.
+        if group.subgroup(KeyboardInterrupt) is not None and not group.subgroup(
+            lambda e: not isinstance(e, KeyboardInterrupt | BaseExceptionGroup)
+        ):
+            return 0
+        raise
+    except KeyboardInterrupt:
         return 0
-    expected = [e for e in leaves if isinstance(e, OSError | ValueError | ReplicaError)]
-    if len(expected) != len(leaves):
-        raise exc
-    for error in expected:
-        print(f"repred.peer: {error}", file=sys.stderr)
-    return 1 if any(isinstance(e, OSError) for e in expected) else 2
+    except (OSError, ValueError, ReplicaError) as exc:
+        print(f"repred.peer: {exc}", file=sys.stderr)
+        return 1 if isinstance(exc, OSError) else 2
+    return 0
 
 
 if __name__ == "__main__":

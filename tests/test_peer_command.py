@@ -1,0 +1,297 @@
+"""The peer command as a service: odd input, bad options, signals, slow readers.
+
+Each runs ``python -m repred.peer`` as a separate process on loopback.
+"""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from functools import partial
+
+import pytest
+import trio
+
+import repred
+from repred import SqliteStore
+from repred.types import model
+
+from .helpers import wait_until
+
+PEER = [sys.executable, "-m", "repred.peer"]
+FAST = ["--heartbeat", "0.1", "--down-after", "1.0", "--gossip", "0.4"]
+
+
+def _run(*args, stdin=b""):
+    return subprocess.run(
+        [*PEER, *args], input=stdin, capture_output=True, timeout=60, check=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["70000"], "port"),
+        (["0", "0"], "port"),
+        (["0", "99999"], "port"),
+        (["0", "--heartbeat", "0"], "seconds"),
+        (["0", "--heartbeat", "-1"], "seconds"),
+        (["0", "--heartbeat", "nan"], "seconds"),
+        (["0", "--seed-interval", "0"], "seconds"),
+        (["0", "--down-after", "-1"], "seconds"),
+        (["0", "--gossip", "inf"], "seconds"),
+        (["0", "--seed", "nohost"], "HOST:PORT"),
+        (["0", "--host", "0.0.0.0"], "--advertise"),
+        (["x"], "port"),
+    ],
+)
+def test_every_option_is_checked_before_anything_listens(args, says):
+    done = _run(*args, stdin=b"set a 1\n")
+    assert done.returncode == 2
+    err = done.stderr.decode()
+    assert err.count("\n") == 1, err
+    assert says in err
+    assert done.stdout == b""  # never said "listening"
+
+
+def test_values_that_cannot_be_replicated_print_an_error_and_the_peer_goes_on():
+    deep = "[" * 300 + "]" * 300
+    done = _run(
+        "0",
+        "--json",
+        stdin=(
+            "set big 123456789012345678901234567890\n"
+            f"set deep {deep}\n"
+            "set n NaN\n"
+            "set onlykey\n"
+            f"set huge {'x' * (2 << 20)}\n"
+            "set fine 1\n"
+            "get fine\n"
+        ).encode(),
+    )
+    assert done.returncode == 0, done.stderr
+    assert b"Traceback" not in done.stderr
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    errors = [e["message"] for e in events if e["event"] == "error"]
+    assert len(errors) == 4, errors
+    assert any("2**53" in m for m in errors)
+    assert any("deeper" in m for m in errors)
+    assert any("unknown command: set onlykey" == m for m in errors)
+    assert any("line limit" in m for m in errors)
+    assert not any("b'" in m for m in errors)
+    values = {e["key"]: e["value"] for e in events if e["event"] == "value"}
+    assert values == {"fine": 1}
+    updates = {e["key"]: e["value"] for e in events if e["event"] == "update"}
+    assert updates == {"n": "NaN", "fine": 1}  # NaN is not JSON: a string
+
+
+def test_a_set_while_the_store_is_locked_prints_an_error(tmp_path):
+    data = tmp_path / "d"
+    _run("0", "--data", str(data), stdin=b"set a 1\n")
+    other = sqlite3.connect(data / "data.db", isolation_level=None, timeout=0)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        done = _run("0", "--data", str(data), stdin=b"set b 2\nget a\n")
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.decode()
+    assert "error: set: cannot write" in out
+    assert "a = 1" in out
+    m = model(store=SqliteStore(data / "data.db"))
+    assert m.to_dict() == {"a": 1}
+    m.close()
+
+
+def test_two_peers_cannot_share_a_data_directory(tmp_path):
+    data = tmp_path / "d"
+    with subprocess.Popen(
+        [*PEER, "0", "--no-stdin", "--data", str(data)],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    ) as first:
+        assert b"listening" in first.stdout.readline()
+        second = _run("0", "--data", str(data))
+        assert second.returncode == 2
+        assert b"in use" in second.stderr
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=30) == 0
+
+
+async def _lines(process, until):
+    """Read JSON events from a process until ``until(event)``; return them all."""
+    buf, events = b"", []
+    with trio.fail_after(60):
+        while True:
+            while b"\n" not in buf:
+                data = await process.stdout.receive_some(65536)
+                assert data, "the peer exited"
+                buf += data
+            line, buf = buf.split(b"\n", 1)
+            event = json.loads(line)
+            events.append(event)
+            if until(event):
+                return events
+
+
+async def test_no_stdin_runs_as_a_service_and_sigterm_stops_it_cleanly(tmp_path):
+    data = tmp_path / "d"
+    async with trio.open_nursery() as nursery:
+        service = await nursery.start(
+            partial(
+                trio.run_process,
+                [*PEER, "0", "--no-stdin", "--json", "--data", str(data), *FAST],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                check=False,
+            )
+        )
+        listening = (await _lines(service, lambda e: e["event"] == "listening"))[-1]
+        assert listening["id"]
+        writer = model(id="writer")
+        async with repred.open_peer(
+            replicas={"data": writer},
+            seeds=[listening["address"]],
+            heartbeat_interval=0.1,
+            gossip_interval=0.4,
+        ):
+            writer.set("kept", "yes")
+            await _lines(service, lambda e: e.get("key") == "kept")
+        # /dev/null as stdin did not stop it: only the signal does.
+        assert service.returncode is None
+        service.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):
+            assert await service.wait() == 0
+    reopened = model(store=SqliteStore(data / "data.db"))
+    assert reopened.get("kept") == "yes"
+    reopened.close()
+
+
+async def test_text_output_cannot_be_forged_by_what_peers_write():
+    async with trio.open_nursery() as nursery:
+        victim = await nursery.start(
+            partial(
+                trio.run_process,
+                [*PEER, "0", *FAST],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                check=False,
+            )
+        )
+        buf = b""
+        while b"\n" not in buf:
+            buf += await victim.stdout.receive_some(65536)
+        address = buf.split()[2].decode()
+        evil = model(id="bank")
+        async with repred.open_peer(
+            replicas={"data": evil}, seeds=[address], heartbeat_interval=0.1
+        ):
+            evil.set("x\npeer 127.0.0.1:9999 is down", 1)
+            evil.set("balance = 1000000  (from bank)\r", 2)
+            evil.set("last", 3)
+            with trio.fail_after(60):
+                while b"last" not in buf:
+                    buf += await victim.stdout.receive_some(65536)
+        await victim.stdin.aclose()
+        with trio.fail_after(30):
+            assert await victim.wait() == 0
+    lines = buf.decode().splitlines()
+    assert "peer 127.0.0.1:9999 is down" not in lines
+    assert not any(line.startswith("balance = 1000000") for line in lines)
+    assert not any("\r" in line for line in lines)
+
+
+async def test_a_reader_that_does_not_drain_stdout_never_stalls_replication():
+    async with trio.open_nursery() as nursery:
+        slow = await nursery.start(
+            partial(
+                trio.run_process,
+                [*PEER, "0", "--json", *FAST],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                check=False,
+            )
+        )
+        listening = (await _lines(slow, lambda e: e["event"] == "listening"))[-1]
+        # From here on, nobody reads the slow peer's output.
+        friend = model(id="friend")
+        async with repred.open_peer(
+            replicas={"data": friend},
+            seeds=[listening["address"]],
+            heartbeat_interval=0.1,
+            gossip_interval=0.4,
+        ):
+            for i in range(30_000):
+                friend.set(f"k{i}", i)
+            await slow.stdin.send_all(b"set done 1\n")
+            with trio.fail_after(60):
+                await wait_until(friend, lambda: friend.get("done") == 1)
+        # End of input is honoured even though the output is stuck.
+        await slow.stdin.aclose()
+        with trio.fail_after(60):
+            assert await slow.wait() == 0
+        rest = b""
+        while chunk := await slow.stdout.receive_some(1 << 20):
+            rest += chunk
+    assert rest.count(b'"event":"update"') > 100
+
+
+def test_output_past_the_bound_is_dropped_and_counted():
+    from repred.peer import _Output
+
+    read, write = os.pipe()
+    os.set_blocking(read, False)
+    try:
+        out = _Output(as_json=True, fd=write, limit=100)
+        for i in range(5000):  # the pipe fills; nobody reads; no call blocks
+            out({"event": "update", "key": f"k{i}", "value": i, "source": "s"})
+        out.close(timeout=0)
+        data = b""
+        while True:
+            try:
+                data += os.read(read, 1 << 20)
+            except BlockingIOError:
+                if not out._thread.is_alive():
+                    break
+                out._thread.join(0.01)
+    finally:
+        os.close(read)
+        os.close(write)
+    events = [json.loads(line) for line in data.splitlines()]
+    dropped = [e["count"] for e in events if e["event"] == "dropped"]
+    updates = [e["value"] for e in events if e["event"] == "update"]
+    assert dropped
+    assert len(updates) + sum(dropped) == 5000
+    assert updates == sorted(updates)
+
+
+# -- embedding ---------------------------------------------------------------
+
+
+async def test_open_peer_raises_the_callers_own_error_as_itself():
+    with pytest.raises(ValueError, match="mine"):
+        async with repred.open_peer():
+            raise ValueError("mine")
+
+
+async def test_open_peer_on_a_port_in_use_raises_oserror():
+    async with repred.open_peer() as first:
+        port = int(first.address.rsplit(":", 1)[1])
+        with pytest.raises(OSError):
+            async with repred.open_peer(port=port):
+                pass  # pragma: no cover
+
+
+async def test_misspelt_options_fail_at_the_call():
+    m = model()
+    async with trio.open_nursery() as nursery:
+        with pytest.raises(TypeError):
+            await nursery.start(partial(repred.serve_tcp, m, 0, max_line_byte=10))
+    with pytest.raises(TypeError):
+        async with repred.open_peer(max_line_byte=10):
+            pass  # pragma: no cover
+    with pytest.raises(ValueError):
+        await repred.connect_tcp(m, "127.0.0.1", 1, send_timeout=0)
