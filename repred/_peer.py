@@ -406,7 +406,9 @@ class Peer:
         self._dial_failures += 1
         failures = self._failures.get(node, 0) + 1
         self._failures[node] = failures
-        delay = min(self.max_backoff, self.heartbeat_interval * 2 ** (failures - 1))
+        delay = min(
+            self.max_backoff, self.heartbeat_interval * 2 ** min(failures - 1, 32)
+        )
         self._retry_at[node] = trio.current_time() + delay * self._rng.uniform(0.5, 1.5)
         if failures == 1:  # said once; retried quietly with backoff
             log.warning("cannot link to %s: %s: %s", node, type(exc).__name__, exc)
