@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 from . import types as types
-from ._errors import FutureStampError as FutureStampError
 from ._errors import IncompatiblePeerError as IncompatiblePeerError
 from ._errors import LocalProtocolError as LocalProtocolError
 from ._errors import PeerClosed as PeerClosed
@@ -53,7 +52,6 @@ __all__ = [
     "ConnectionStatistics",
     "Digest",
     "Entry",
-    "FutureStampError",
     "IncompatiblePeerError",
     "LocalProtocolError",
     "Peer",

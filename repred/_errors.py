@@ -10,7 +10,6 @@ or ``ValueError``.
 from __future__ import annotations
 
 __all__ = [
-    "FutureStampError",
     "IncompatiblePeerError",
     "LocalProtocolError",
     "PeerClosed",
@@ -52,10 +51,6 @@ class RemoteProtocolError(ProtocolError):
         super().__init__(message)
         self.reason = reason
         self.line = line
-
-
-class FutureStampError(RemoteProtocolError):
-    """The peer sent a stamp further in the future than the replica allows."""
 
 
 class IncompatiblePeerError(RemoteProtocolError):

@@ -69,6 +69,15 @@ class SourceLog:
             self._stamps = [stamps[i] for i in keep]
             self._changes = [self._changes[i] for i in keep]
 
+    def get(self, ts: float) -> Any:
+        """The change held at ``ts``, or ``None``."""
+        stamps = self._stamps
+        i = bisect_left(stamps, ts)
+        if i == len(stamps) or stamps[i] != ts:
+            return None
+        change = self._changes[i]
+        return None if change is _GONE else change
+
     def after(self, ts: float, limit: int) -> list[tuple[float, Any]]:
         """Up to ``limit`` entries with a stamp above ``ts``, oldest first."""
         stamps = self._stamps
@@ -179,6 +188,11 @@ class History:
                     log.discard(ts)
                     dropped.append((ts, source))
         return dropped
+
+    def get(self, source: str, ts: float) -> Any:
+        """The change held at ``(source, ts)``, or ``None``."""
+        log = self.logs.get(source)
+        return None if log is None else log.get(ts)
 
     def after(self, source: str, ts: float, limit: int) -> list[tuple[float, Any]]:
         log = self.logs.get(source)

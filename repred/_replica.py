@@ -10,6 +10,7 @@ sessions learn that there is something new to send.
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import math
 import secrets
@@ -18,7 +19,9 @@ import types
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ._errors import FutureStampError
+import orjson
+
+from ._errors import RemoteProtocolError
 from ._history import Entry, History
 from ._wire import (
     DEFAULT_MAX_LINE_BYTES,
@@ -32,7 +35,9 @@ if TYPE_CHECKING:
     from ._store import SqliteStore
 
 __all__ = [
+    "DEFAULT_MAX_AHEAD_MS",
     "DEFAULT_MAX_DRIFT_MS",
+    "DEFAULT_MAX_SOURCES",
     "Listener",
     "Replica",
     "Stamp",
@@ -43,10 +48,35 @@ __all__ = [
 log = logging.getLogger("repred")
 
 #: How far ahead of local wall time a remote stamp may be: five minutes.
-#: Further ahead, the stamp is refused with :class:`FutureStampError`, so one
-#: peer with a wild clock (or a hostile one sending ``1e300``) can never freeze
-#: this replica's own writes, as it can in JS scuttlebutt.
+#: An entry stamped further ahead is not applied (it ends no link: the
+#: entries of its source on that link wait for a later link, by when the
+#: local clock may have caught up), so one peer with a wild clock, or a
+#: hostile one sending ``1e300``, can never freeze this replica's writes.
 DEFAULT_MAX_DRIFT_MS = 5 * 60 * 1000
+
+#: How far ahead of local wall time remote stamps may push this replica's
+#: own clock: one minute. Its own stamps therefore never run more than this
+#: ahead of its wall clock, so an honest peer whose clock is up to
+#: ``max_drift_ms - max_ahead_ms`` (four minutes, by default) behind never
+#: refuses them, whatever stamps this replica accepted from others. Within
+#: the minute, a causally later write still gets a later stamp.
+DEFAULT_MAX_AHEAD_MS = 60 * 1000
+
+#: How many sources a replica accepts by default. Entries from a new source
+#: beyond it (or beyond what keeps the digest within the line limit) are
+#: refused on their link with reason ``too-many-sources``: the bound fits
+#: the membership of a 10,000-node network with room to spare.
+DEFAULT_MAX_SOURCES = 16_384
+
+#: The part of a line a digest's clock may take: what stays of the line
+#: limit after room for the id, the type and the other keys of a digest.
+MAX_DIGEST_CLOCK_BYTES = DEFAULT_MAX_LINE_BYTES - 8192
+
+
+def clock_cost(source: str) -> int:
+    """Bytes one source takes in a digest's clock, at most: ``"id":ts,``."""
+    return len(orjson.dumps(source)) + 26
+
 
 #: A stamp: ``(ts, source)``. Tuples compare ``ts`` first and break ties by
 #: source id, which is the order last-write-wins types use.
@@ -108,6 +138,7 @@ class Replica:
     __slots__ = (
         "_checks_first",
         "_clock",
+        "_clock_bytes",
         "_clock_view",
         "_history",
         "_initial",
@@ -119,8 +150,11 @@ class Replica:
         "_snapshot_fn",
         "_stamped",
         "_wall",
+        "deferred",
         "id",
+        "max_ahead_ms",
         "max_drift_ms",
+        "max_sources",
         "snapshot",
         "snapshot_version",
         "state",
@@ -139,6 +173,8 @@ class Replica:
         key: Callable[[Any], Hashable] | None = None,
         type_name: str | None = None,
         max_drift_ms: float = DEFAULT_MAX_DRIFT_MS,
+        max_ahead_ms: float = DEFAULT_MAX_AHEAD_MS,
+        max_sources: int = DEFAULT_MAX_SOURCES,
         wall: Callable[[], float] = wall_ms,
         store: SqliteStore | None = None,
         snapshot: Callable[[Any], Any] | None = None,
@@ -150,8 +186,10 @@ class Replica:
             raise TypeError(f"map must be callable, not {map!r}")
         if id is not None:
             check_id(id)
-        if not max_drift_ms > 0:
-            raise ValueError("max_drift_ms must be positive")
+        if not 0 < max_ahead_ms < max_drift_ms:
+            raise ValueError("need 0 < max_ahead_ms < max_drift_ms")
+        if type(max_sources) is not int or max_sources < 1:
+            raise ValueError("max_sources must be a positive int")
         if snapshot is not None and (stamped or key is not None):
             raise ValueError("snapshot= is for reducers without key= or stamped=")
         self._reducer = reducer
@@ -165,8 +203,13 @@ class Replica:
         self.id = new_id() if id is None else id
         self.type_name: str = type_name or str(getattr(reducer, "__name__", "repred"))
         self.max_drift_ms = max_drift_ms
+        self.max_ahead_ms = max_ahead_ms
+        self.max_sources = max_sources
+        #: Entries not applied because they were stamped too far ahead.
+        self.deferred = 0
         self._wall = wall
         self._clock: dict[str, float] = {}
+        self._clock_bytes = 0
         self._clock_view = types.MappingProxyType(self._clock)
         self._key = key
         self._history = History()
@@ -275,6 +318,8 @@ class Replica:
             self._rebuild()
             raise
         self._last = ts
+        if self.id not in self._clock:
+            self._clock_bytes += clock_cost(self.id)
         self._clock[self.id] = ts
         self._history.record(change, ts, self.id, k, old)
         if self._listeners:
@@ -283,27 +328,21 @@ class Replica:
 
     # -- remote entries --------------------------------------------------
 
-    def check_stamp(self, ts: float) -> None:
-        """Refuse a remote stamp too far in the future.
-
-        Raises:
-            FutureStampError: ``ts`` is more than ``max_drift_ms`` ahead.
-        """
-        if ts > self._wall() + self.max_drift_ms:
-            raise FutureStampError(
-                f"stamp {ts!r} is more than {self.max_drift_ms} ms in the future",
-                reason="future-stamp",
-            )
-
     def apply(self, change: Any, ts: float, source: str, origin: object = None) -> bool:
         """Apply an entry from a peer; ``False`` if it was already known.
 
         The entry is recorded exactly as given, whatever its local effect,
         unless the type declares it dominated. ``origin`` is passed on to
-        listeners (a session uses it to avoid echoing an entry back).
+        listeners (a session uses it to avoid echoing an entry back). An
+        entry stamped more than ``max_drift_ms`` ahead is not applied
+        (``False``; counted in :attr:`deferred`).
 
         Raises:
-            FutureStampError: the stamp is too far in the future.
+            RemoteProtocolError: the entry is refused: a new source beyond
+                the bound (``too-many-sources``), a second, different entry
+                for a stamp already held (``equivocation``), or an entry in
+                this replica's own name stamped later than it could have
+                written (``forged``).
             StoreError: the store could not write the entry; it stays queued
                 for the next commit, which retries it.
             Exception: whatever the reducer raised; the replica's state,
@@ -317,12 +356,19 @@ class Replica:
         origin: object = None,
         *,
         check: bool = True,
+        skipped: set[str] | None = None,
     ) -> int:
         """Apply entries from a peer in order; return how many were new.
 
         The same as :meth:`apply` for each entry, for a fraction of the cost.
         If one raises, every entry before it stays applied and it, and every
         entry after it, changes nothing.
+
+        ``skipped`` is the caller's set of sources whose entries are not
+        being applied: an entry stamped too far ahead adds its source to it,
+        and later entries of a source in it are passed over (applying them
+        would make the clock claim the one passed over). A link keeps one
+        such set; the entries arrive again on a later link.
         """
         clock = self._clock
         state = self.state
@@ -340,17 +386,33 @@ class Replica:
             ]
         )
         notify = self._notify
-        limit = self._wall() + self.max_drift_ms if check else math.inf
+        now = self._wall()
+        limit = now + self.max_drift_ms if check else math.inf
+        cap = now + self.max_ahead_ms if check else math.inf
         last = self._last
         store = self.store
+        own = self.id
+        if skipped is None:
+            skipped = set()
         applied = 0
         try:
             for change, ts, source in entries:
                 known = clock.get(source)
                 if known is not None and ts <= known:
+                    self._check_known(change, ts, source)
                     continue
-                if ts > limit:
-                    self.check_stamp(ts)  # raises FutureStampError
+                if ts > limit or source in skipped:
+                    skipped.add(source)
+                    self.deferred += 1
+                    continue
+                if source == own and ts > max(last, now):
+                    raise RemoteProtocolError(
+                        f"an entry in this replica's own name ({own!r}) stamped"
+                        f" {ts!r}, later than it has written",
+                        reason="forged",
+                    )
+                if known is None:
+                    self._admit(source)
                 if key is None:
                     k = old = None
                 else:
@@ -362,7 +424,7 @@ class Replica:
                         if store is not None:
                             store.advance(source, ts)
                         if ts > last:
-                            last = ts
+                            last = ts if ts <= cap else max(last, cap)
                         applied += 1
                         continue
                 try:
@@ -376,7 +438,8 @@ class Replica:
                     raise
                 clock[source] = ts
                 if ts > last:
-                    last = ts
+                    # Never more than max_ahead_ms ahead of the wall clock.
+                    last = ts if ts <= cap else max(last, cap)
                 record(change, ts, source, k, old)
                 if store is not None:
                     if old is not None:
@@ -396,6 +459,46 @@ class Replica:
                 # the disk lacks.
                 store.commit()
         return applied
+
+    def _admit(self, source: str) -> None:
+        """Take a new source, within the bound on sources and digest size."""
+        cost = clock_cost(source)
+        if (
+            len(self._clock) >= self.max_sources
+            or self._clock_bytes + cost > MAX_DIGEST_CLOCK_BYTES
+        ):
+            raise RemoteProtocolError(
+                f"this replica holds {len(self._clock)} sources, the most it"
+                f" takes (max_sources={self.max_sources}, and a digest within"
+                " the line limit); refused a new one",
+                reason="too-many-sources",
+            )
+        self._clock_bytes += cost
+
+    def _check_known(self, change: Any, ts: float, source: str) -> None:
+        """An entry already covered: refuse it if it contradicts the one held."""
+        held = self._history.get(source, ts)
+        if held is None:
+            return  # not held (dominated, compacted) or never sent to us
+        if type(held) is tuple:
+            held = list(held)
+        if held == change and type(held) is type(change):
+            return
+        ours, theirs = orjson.dumps(held), orjson.dumps(change)
+        if ours == theirs:
+            return
+        log.warning(
+            "repred: equivocation from source %r at stamp %r: held change"
+            " %s, received %s",
+            source,
+            ts,
+            _digest(ours),
+            _digest(theirs),
+        )
+        raise RemoteProtocolError(
+            f"source {source!r} sent two different entries for stamp {ts!r}",
+            reason="equivocation",
+        )
 
     # -- keeping the state true ----------------------------------------
 
@@ -455,7 +558,14 @@ class Replica:
         for source, ts in loaded.clock.items():
             if ts > self._clock.get(source, -1):
                 self._clock[source] = ts
-        self._last = max(self._clock.values(), default=0)
+        self._clock_bytes = sum(map(clock_cost, self._clock))
+        # The clock resumes above its own stamps, and above the others' as
+        # far as max_ahead_ms allows.
+        cap = self._wall() + self.max_ahead_ms
+        self._last = max(
+            self._clock.get(self.id, 0),
+            min(max(self._clock.values(), default=0), cap),
+        )
         self.store = store
 
     # -- compaction ------------------------------------------------------
@@ -481,48 +591,84 @@ class Replica:
     def apply_snapshot(
         self, update: Any, clock: Mapping[str, float], origin: object = None
     ) -> bool:
-        """Apply a peer's snapshot; ``False`` if it held nothing new.
+        """Merge a peer's snapshot; ``False`` if it held nothing new.
+
+        A snapshot from a peer can only add: the reducer joins it into the
+        state, the clock moves forward for the sources it covers, and no
+        entry this replica holds is dropped (only :meth:`compact` does
+        that). It never covers this replica's own source. One with a clock
+        stamped more than ``max_drift_ms`` ahead is not applied.
 
         Raises:
-            FutureStampError: a clock value is too far in the future.
             ValueError: this replica takes no snapshots.
+            RemoteProtocolError: it would take the replica past its bound on
+                sources (``too-many-sources``).
             Exception: whatever the reducer raised (nothing is changed).
         """
         if self._snapshot_fn is None:
             raise ValueError(f"{self.type_name!r} takes no snapshots")
+        clock = {s: ts for s, ts in clock.items() if s != self.id}
         if all(self._clock.get(s, -1) >= ts for s, ts in clock.items()):
             return False
-        for ts in clock.values():
-            self.check_stamp(ts)
-        effect = self._reduce(update)
+        limit = self._wall() + self.max_drift_ms
+        if any(ts > limit for ts in clock.values()):
+            self.deferred += 1
+            return False
+        new = [s for s in clock if s not in self._clock]
+        cost = sum(map(clock_cost, new))
+        if (
+            len(self._clock) + len(new) > self.max_sources
+            or self._clock_bytes + cost > MAX_DIGEST_CLOCK_BYTES
+        ):
+            raise RemoteProtocolError(
+                "the snapshot would take this replica past its bound on sources",
+                reason="too-many-sources",
+            )
+        before = copy.deepcopy(self.state) if not self._checks_first else None
+        try:
+            effect = self._reduce(update)
+            if self.snapshot is None:
+                merged_update, merged = update, dict(clock)
+            else:
+                joined = copy.deepcopy(self._initial)
+                self._reducer(joined, self.snapshot[0])
+                self._reducer(joined, update)
+                merged_update = self._snapshot_fn(joined)
+                merged = dict(self.snapshot[1])
+                for source, ts in clock.items():
+                    merged[source] = max(ts, merged.get(source, -1))
+            check_value(merged_update, "the snapshot")
+            if self.store is not None:
+                self.store.save_snapshot(merged_update, merged, drop_covered=False)
+        except BaseException:
+            if before is not None:
+                self.state = before
+            else:
+                self._rebuild()
+            raise
+        self._clock_bytes += cost
         for source, ts in clock.items():
             if ts > self._clock.get(source, -1):
-                self._clock[source] = ts  # made durable with the snapshot
-        self._last = max(self._last, *clock.values())
-        if self.snapshot is None:
-            self._set_snapshot(update, dict(clock))
-        else:
-            joined = copy.deepcopy(self._initial)
-            self._reducer(joined, self.snapshot[0])
-            self._reducer(joined, update)
-            merged = dict(self.snapshot[1])
-            for source, ts in clock.items():
-                merged[source] = max(ts, merged.get(source, -1))
-            self._set_snapshot(self._snapshot_fn(joined), merged)
-        self._history.cover(clock)
+                self._clock[source] = ts
+        cap = self._wall() + self.max_ahead_ms
+        self._last = max(self._last, min(max(clock.values()), cap))
+        self.snapshot = (merged_update, merged)
+        self.snapshot_version += 1
         if self._listeners:
-            # A snapshot has no single source: listeners see source "".
-            self._notify(effect, max(clock.values()), "", origin)
+            # A snapshot has no single source: listeners see the source of
+            # the newest stamp it covers.
+            newest = max(clock.items(), key=lambda item: item[1])
+            self._notify(effect, newest[1], newest[0], origin)
         return True
 
     def _set_snapshot(self, update: Any, clock: dict[str, float]) -> None:
         if self.store is not None:
-            self.store.save_snapshot(update, clock)
+            self.store.save_snapshot(update, clock, drop_covered=True)
         self.snapshot = (update, clock)
         self.snapshot_version += 1
 
     def close(self) -> None:
-        """Write anything pending to the store and close it (if any)."""
+        """Write anything queued to the store and close it (if any)."""
         if self.store is not None:
             self.store.close()
 
@@ -570,6 +716,11 @@ class Replica:
         return self._history.count_after(source, ts)
 
 
+def _digest(data: bytes) -> str:
+    """A short digest of a change's bytes, for logs."""
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
+
+
 def _after(ts: float) -> float:
     """The next stamp above ``ts``: a thousandth of a millisecond later."""
     nxt = ts + 0.001
@@ -588,6 +739,8 @@ def repred(
     key: Callable[[Any], Hashable] | None = None,
     type_name: str | None = None,
     max_drift_ms: float = DEFAULT_MAX_DRIFT_MS,
+    max_ahead_ms: float = DEFAULT_MAX_AHEAD_MS,
+    max_sources: int = DEFAULT_MAX_SOURCES,
     wall: Callable[[], float] = wall_ms,
     store: SqliteStore | None = None,
     snapshot: Callable[[Any], Any] | None = None,
@@ -618,7 +771,12 @@ def repred(
             entry per key, so memory follows live keys, not writes.
         type_name: the name peers must share to replicate with this one;
             the reducer's name by default.
-        max_drift_ms: how far in the future a remote stamp may be.
+        max_drift_ms: how far ahead of the wall clock a remote stamp may be
+            for its entry to be applied (see :data:`DEFAULT_MAX_DRIFT_MS`).
+        max_ahead_ms: how far ahead of the wall clock remote stamps may push
+            this replica's own (see :data:`DEFAULT_MAX_AHEAD_MS`).
+        max_sources: how many sources the replica takes (see
+            :data:`DEFAULT_MAX_SOURCES`).
         wall: the wall clock in milliseconds (tests pass a fake one).
         store: keep the history, clock and id durable (see
             :class:`SqliteStore`); reopening the same store restores them
@@ -641,6 +799,8 @@ def repred(
         key=key,
         type_name=type_name,
         max_drift_ms=max_drift_ms,
+        max_ahead_ms=max_ahead_ms,
+        max_sources=max_sources,
         wall=wall,
         store=store,
         snapshot=snapshot,

@@ -8,13 +8,16 @@ never does I/O: the caller feeds it what arrived (:meth:`receive_data`) and
 sends what it produces (:meth:`data_to_send`). The trio edge is one such
 caller; tests are another.
 
-Both sides run the same sequence; neither is client or server (PROTOCOL.md,
-section 3). Each side has an outgoing and an incoming state::
+Both sides run the same sequence; neither is client or server (the wire
+protocol of JS scuttlebutt). Each side has an outgoing and an incoming
+state, and every change of state happens in :meth:`SyncSession._advance`,
+through the table :data:`TRANSITIONS`::
 
     outgoing:  HELLO --peer digest--> HISTORY --all sent--> LIVE
     incoming:  HELLO --digest--> HISTORY --"SYNC"--> LIVE --EOF--> CLOSED
+               (EOF before "SYNC": HISTORY --EOF--> CLOSED)
 
-    any error in either: ERROR (terminal; the session is detached)
+    any error, either side: ERROR (terminal; the session is detached)
 
 * ``HELLO``: our digest ``{"id", "clock"}`` is queued at once. Nothing else
   can go out before the peer's digest says what it has.
@@ -26,24 +29,30 @@ section 3). Each side has an outgoing and an incoming state::
 
 What to send is never queued. The session keeps only ``sent``, the newest
 stamp per source the peer is known to have (from its digest, from what we
-sent, and from what it sent us), and the set of sources that may have more.
-Each call to :meth:`data_to_send` reads the next batch straight from the
-replica's history. So a slow peer costs nothing while it is slow (natural
-backpressure), and an entry that came from the peer is never echoed back to
-it.
+sent, and from what it sent us), and a queue of sources that may have more
+(a deque, so a link costs time linear in the sources it touches). Each call
+to :meth:`data_to_send` reads the next batch straight from the replica's
+history. So a slow peer costs nothing while it is slow (natural
+backpressure), and an entry that came from the peer is never echoed back.
 
 Everything the peer sends is checked before it touches the replica; the
 first bad message raises :class:`RemoteProtocolError`, after every good
 message before it has been applied, and leaves the replica exactly as it
 was before that message.
+
+Garbage collection: a chunk of 64 lines or more is applied with the cyclic
+collector paused (if it was running), and the collector is restored before
+:meth:`receive_data` returns, whatever happens. Entries are plain JSON
+values, which hold no cycles; pausing saves a full collection every 700
+allocations during a large sync.
 """
 
 from __future__ import annotations
 
+import collections
 import enum
 import gc
 import logging
-import math
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -57,6 +66,8 @@ from ._errors import (
 from ._store import StoreError
 from ._wire import (
     DEFAULT_MAX_LINE_BYTES,
+    KEEPALIVE,
+    KEEPALIVE_LINE,
     MAX_DEPTH,
     MAX_SOURCE_LENGTH,
     MAX_STAMP,
@@ -72,33 +83,26 @@ from ._wire import (
     loads_line,
     parse_entry,
     parse_message,
+    snippet,
 )
-
-log = logging.getLogger("repred")
-
-_INF = math.inf
-#: Chunks with at least this many lines are processed with the cyclic
-#: garbage collector paused (see receive_data).
-_GC_PAUSE_LINES = 64
-_loads = orjson.loads
-_JSONDecodeError = orjson.JSONDecodeError
-
-
-def _entry_line(change: Any, ts: float, source: str) -> bytes:
-    try:
-        return encode_entry(change, ts, source)[:200]
-    except TypeError:  # pragma: no cover  (decoded JSON always encodes)
-        return b""
-
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ._replica import Replica
 
+log = logging.getLogger("repred")
+
+#: Chunks with at least this many lines are processed with the cyclic
+#: garbage collector paused (see the module docstring).
+_GC_PAUSE_LINES = 64
+_loads = orjson.loads
+_JSONDecodeError = orjson.JSONDecodeError
+
 __all__ = [
     "DEFAULT_BATCH_BYTES",
     "DEFAULT_BATCH_ENTRIES",
+    "TRANSITIONS",
     "Digest",
     "PeerEOF",
     "SessionState",
@@ -126,6 +130,32 @@ class SessionState(enum.Enum):
     ERROR = "error"
 
 
+class _Event(enum.Enum):
+    DIGEST = "digest"  # the peer's digest arrived
+    SENT_ALL = "sent-all"  # our history, and "SYNC" after it, went out
+    SYNC = "sync"  # the peer's "SYNC" arrived
+    EOF = "eof"  # the peer's stream ended
+
+
+_S = SessionState
+
+#: Every legal change of state: ``(side, state, event) -> new state``.
+#: Anything else is a protocol error (or, for our side, a bug).
+TRANSITIONS: dict[tuple[str, SessionState, _Event], SessionState] = {
+    ("ours", _S.HELLO, _Event.DIGEST): _S.HISTORY,
+    ("ours", _S.HISTORY, _Event.SENT_ALL): _S.LIVE,
+    ("theirs", _S.HELLO, _Event.DIGEST): _S.HISTORY,
+    ("theirs", _S.HELLO, _Event.EOF): _S.CLOSED,
+    ("theirs", _S.HISTORY, _Event.SYNC): _S.LIVE,
+    ("theirs", _S.HISTORY, _Event.EOF): _S.CLOSED,
+    ("theirs", _S.LIVE, _Event.EOF): _S.CLOSED,
+}
+
+
+#: The reason given when the peer causes an event its state does not allow.
+_REFUSALS = {_Event.DIGEST: "duplicate-digest", _Event.SYNC: "unexpected-sync"}
+
+
 @attrs.frozen
 class SyncReceived:
     """The peer sent ``"SYNC"``: everything it had at connect is applied."""
@@ -145,16 +175,25 @@ class SessionStatistics:
         updates_out: entries sent.
         bytes_in: bytes received.
         bytes_out: bytes handed out by :meth:`SyncSession.data_to_send`.
+        lines_in: complete lines received (keep-alives included).
+        deferred: entries not applied because they were stamped too far
+            ahead (they arrive again on a later link).
     """
 
     updates_in: int
     updates_out: int
     bytes_in: int
     bytes_out: int
+    lines_in: int = 0
+    deferred: int = 0
 
 
 def _bad(message: str, reason: str, line: bytes) -> RemoteProtocolError:
-    return RemoteProtocolError(message, reason=reason, line=line[:200])
+    return RemoteProtocolError(message, reason=reason, line=snippet(line))
+
+
+def _entry_line(change: Any, ts: float, source: str) -> bytes:
+    return snippet(encode_entry(change, ts, source))
 
 
 class SyncSession:
@@ -162,7 +201,8 @@ class SyncSession:
 
     Args:
         replica: the replica to replicate.
-        max_line_bytes: longest line accepted from the peer.
+        max_line_bytes: longest line accepted from the peer (announced to
+            it in the digest).
         batch_entries: entries read from one source's history at a time.
         batch_bytes: :meth:`data_to_send` stops adding entries past this.
 
@@ -187,6 +227,8 @@ class SyncSession:
         self.peer: Digest | None = None
         self.our_state = SessionState.HELLO
         self.their_state = SessionState.HELLO
+        #: The peer's "SYNC" arrived (it may have closed since).
+        self.sync_received = False
         self._decoder = LineDecoder(max_line_bytes)
         self._batch_entries = batch_entries
         self._batch_bytes = batch_bytes
@@ -194,13 +236,20 @@ class SyncSession:
             encode_digest(replica.id, replica.clock, replica.type_name, max_line_bytes)
         ]
         #: The longest line the peer takes (with its newline), once known.
-        self._peer_max_line = _INF
+        self._peer_max_line = float("inf")
         self._sent: dict[str, float] = {}
-        self._pending: dict[str, None] = {}
+        #: Sources that may have entries the peer lacks, in sending order.
+        self._queue: collections.deque[str] = collections.deque()
+        self._queued: set[str] = set()
+        #: Sources whose entries are passed over on this link (see
+        #: Replica.apply_many).
+        self._skipped: set[str] = set()
+        self._snapshot_seen = 0
         self._updates_in = 0
         self._updates_out = 0
         self._bytes_in = 0
         self._bytes_out = 0
+        self._deferred = 0
         self._detach: Callable[[], None] | None = replica.add_listener(self._on_applied)
 
     def __repr__(self) -> str:
@@ -212,27 +261,39 @@ class SyncSession:
 
     # -- state -------------------------------------------------------------
 
+    def _advance(self, side: str, event: _Event, line: bytes = b"") -> None:
+        """Move one side's state by the table, or fail the session."""
+        state = self.our_state if side == "ours" else self.their_state
+        new = TRANSITIONS.get((side, state, event))
+        if new is None:
+            reason = _REFUSALS.get(event, f"unexpected-{event.value}")
+            raise _bad(f"{event.value} in state {state.value}", reason, line)
+        if side == "ours":
+            self.our_state = new
+        else:
+            self.their_state = new
+            if event is _Event.SYNC:
+                self.sync_received = True
+
     @property
     def sync_sent(self) -> bool:
         """``"SYNC"`` has been handed out by :meth:`data_to_send`."""
         return self.our_state is SessionState.LIVE
 
     @property
-    def sync_received(self) -> bool:
-        """The peer's ``"SYNC"`` arrived (it may have closed since)."""
-        return self._got_sync
-
-    @property
     def synced(self) -> bool:
         """Both sides have exchanged everything they had at connect."""
-        return self.sync_sent and self._got_sync
+        return self.sync_sent and self.sync_received
 
     @property
-    def has_data_to_send(self) -> bool:
-        return bool(self._out) or (
-            self.our_state is SessionState.HISTORY
-            or (self.our_state is SessionState.LIVE and bool(self._pending))
-        )
+    def lines_in(self) -> int:
+        """Complete lines received so far (a measure of the peer's progress)."""
+        return self._decoder.lines
+
+    @property
+    def peer_is_repred(self) -> bool:
+        """The peer's digest announced repred's protocol (not JS scuttlebutt)."""
+        return self.peer is not None and self.peer.version is not None
 
     def statistics(self) -> SessionStatistics:
         return SessionStatistics(
@@ -240,10 +301,9 @@ class SyncSession:
             updates_out=self._updates_out,
             bytes_in=self._bytes_in,
             bytes_out=self._bytes_out,
+            lines_in=self._decoder.lines,
+            deferred=self._deferred,
         )
-
-    _got_sync = False
-    _snapshot_seen = 0
 
     # -- incoming ------------------------------------------------------
 
@@ -258,6 +318,8 @@ class SyncSession:
             RemoteProtocolError: the peer broke the protocol. Every message
                 before the bad one was applied; the bad one changed nothing.
                 The session is then detached and unusable.
+            StoreError: the replica's store could not keep what arrived (the
+                rows stay queued in the store); the session is detached.
             LocalProtocolError: data fed after an error or after the end.
         """
         if self.their_state in (SessionState.ERROR, SessionState.CLOSED):
@@ -267,16 +329,10 @@ class SyncSession:
         events: list[object] = []
         try:
             if data:
-                if type(data) is not bytes:
-                    data = bytes(data)
                 self._bytes_in += len(data)
                 decoder = self._decoder
                 lines = decoder.feed(data)
                 if len(lines) >= _GC_PAUSE_LINES and gc.isenabled():
-                    # A chunk of history allocates a container or two per
-                    # line; letting the collector run every 700 allocations
-                    # makes a 1M-entry sync spend half its time in full
-                    # collections. One collection per chunk is plenty.
                     gc.disable()
                     try:
                         self._handle(lines, events)
@@ -290,7 +346,7 @@ class SyncSession:
                 rest = self._decoder.eof()
                 if rest is not None:
                     self._handle([rest], events)
-                self.their_state = SessionState.CLOSED
+                self._advance("theirs", _Event.EOF)
                 events.append(PeerEOF())
         except Exception:
             # A bad message, or a store that could not keep what arrived:
@@ -311,7 +367,7 @@ class SyncSession:
             try:
                 msg = _loads(line)
             except _JSONDecodeError:
-                self._apply(batch, lines)
+                self._apply(batch)
                 loads_line(line)  # raises the typed error
                 raise  # pragma: no cover
             if type(msg) is list and live and len(msg) == 3:
@@ -331,7 +387,7 @@ class SyncSession:
                         ts = int(ts)
                     entry = (msg[0], ts, source)
                 else:
-                    self._apply(batch, lines)
+                    self._apply(batch)
                     batch = []
                     entry = parse_entry(msg, line)
                     ts, source = entry[1], entry[2]
@@ -339,29 +395,34 @@ class SyncSession:
                 if sent.get(source, -1) < ts:
                     sent[source] = ts
             else:
-                self._apply(batch, lines)
+                self._apply(batch)
                 batch = []
                 self._handle_message(msg, line, events)
                 live = self.their_state is not SessionState.HELLO
                 sent = self._sent
-        self._apply(batch, lines)
+        self._apply(batch)
 
-    def _apply(self, batch: list[tuple[Any, float, str]], lines: list[bytes]) -> None:
+    def _apply(self, batch: list[tuple[Any, float, str]]) -> None:
         if not batch:
             return
         replica = self.replica
+        skipped = self._skipped
+        deferred = replica.deferred
         try:
-            self._updates_in += replica.apply_many(batch, self)
+            self._updates_in += replica.apply_many(batch, self, skipped=skipped)
         except StoreError:
             raise  # not the peer's fault: the entries stay queued
         except Exception:
             # Find the entry that failed, for the error: those before it are
             # applied and known, so going through them again changes nothing.
-            for change, ts, source in batch:
+            for entry in batch:
+                change, ts, source = entry
                 try:
-                    replica.apply(change, ts, source, self)
+                    replica.apply_many((entry,), self, skipped=skipped)
                 except RemoteProtocolError as exc:
                     exc.line = _entry_line(change, ts, source)
+                    raise
+                except StoreError:
                     raise
                 except Exception as exc:
                     raise RemoteProtocolError(
@@ -370,22 +431,21 @@ class SyncSession:
                         line=_entry_line(change, ts, source),
                     ) from exc
             raise  # pragma: no cover  (the reducer failed only in the batch)
+        finally:
+            self._deferred += replica.deferred - deferred
 
     def _handle_message(self, raw: Any, line: bytes, events: list[object]) -> None:
         if type(raw) is list and self.their_state is SessionState.HELLO:
             raise _bad("entry before the digest", "no-digest", line)
         msg = parse_message(raw, line)
         if type(msg) is tuple:
-            self._apply([msg], [line])
+            self._apply([msg])
+        elif msg is KEEPALIVE:
+            pass
         elif type(msg) is Snapshot:
             self._on_snapshot(msg, line)
         elif msg is SYNC:
-            if self.their_state is not SessionState.HISTORY:
-                raise _bad(
-                    f"SYNC in state {self.their_state.value}", "unexpected-sync", line
-                )
-            self.their_state = SessionState.LIVE
-            self._got_sync = True
+            self._advance("theirs", _Event.SYNC, line)
             events.append(SyncReceived())
         else:
             self._on_digest(msg, line)
@@ -394,23 +454,25 @@ class SyncSession:
     def _on_snapshot(self, snapshot: Snapshot, line: bytes) -> None:
         if self.their_state not in (SessionState.HISTORY, SessionState.LIVE):
             raise _bad("a snapshot before the digest", "no-digest", line)
-        sent = self._sent
-        for source, ts in snapshot.clock.items():
-            if sent.get(source, -1) < ts:
-                sent[source] = ts
+        deferred = self.replica.deferred
         try:
             applied = self.replica.apply_snapshot(snapshot.update, snapshot.clock, self)
+            self._deferred += self.replica.deferred - deferred
         except RemoteProtocolError as exc:
-            exc.line = line[:200]
+            exc.line = snippet(line)
             raise
         except Exception as exc:
             raise RemoteProtocolError(
                 f"the replica refused the peer's snapshot: {exc!r}",
                 reason="reducer-error",
-                line=line[:200],
+                line=snippet(line),
             ) from exc
         if applied:
             self._updates_in += 1
+            sent = self._sent
+            for source, ts in snapshot.clock.items():
+                if sent.get(source, -1) < ts:
+                    sent[source] = ts
 
     def _send_snapshot(self) -> None:
         """Queue our snapshot if the peer lacks part of what it covers."""
@@ -437,20 +499,18 @@ class SyncSession:
         self._updates_out += 1
 
     def _on_digest(self, digest: Digest, line: bytes) -> None:
-        if self.their_state is not SessionState.HELLO:
-            raise _bad("a second digest", "duplicate-digest", line)
         theirs = digest.type_name
         if theirs is not None and theirs != self.replica.type_name:
             raise IncompatiblePeerError(
                 f"peer replicates {theirs!r}, this replica is"
                 f" {self.replica.type_name!r}",
                 reason="incompatible-type",
-                line=line[:200],
+                line=snippet(line),
             )
+        self._advance("theirs", _Event.DIGEST, line)
         self.peer = digest
         if digest.max_line is not None:
             self._peer_max_line = digest.max_line + 1  # the LF is not counted
-        self.their_state = SessionState.HISTORY
         sent = self._sent = dict(digest.clock)
         replica = self.replica
         outstanding = [
@@ -459,9 +519,10 @@ class SyncSession:
             if ts > sent.get(source, -1)
         ]
         outstanding.sort(key=lambda pair: pair[0], reverse=True)
-        self._pending = dict.fromkeys(source for _, source in outstanding)
+        self._queue = collections.deque(source for _, source in outstanding)
+        self._queued = set(self._queue)
         self._send_snapshot()
-        self.our_state = SessionState.HISTORY
+        self._advance("ours", _Event.DIGEST)
         if self.wakeup is not None:
             self.wakeup()
 
@@ -472,6 +533,10 @@ class SyncSession:
 
         At most about ``batch_bytes`` of entries per call: call again after
         sending, until it returns ``b""``.
+
+        Raises:
+            LocalProtocolError: an entry is longer than the peer's announced
+                line limit (the session fails; see the log).
         """
         state = self.our_state
         if (
@@ -484,25 +549,37 @@ class SyncSession:
         out = self._out
         self._out = []
         if state is SessionState.HISTORY or state is SessionState.LIVE:
-            if self._pending:
+            if self._queue:
                 self._fill(out)
-            if state is SessionState.HISTORY and not self._pending:
+            if state is SessionState.HISTORY and not self._queue:
                 out.append(SYNC_LINE)
-                self.our_state = SessionState.LIVE
+                self._advance("ours", _Event.SENT_ALL)
         data = b"".join(out)
         self._bytes_out += len(data)
         return data
 
+    def keepalive(self) -> None:
+        """Queue a keep-alive line (JS peers ignore it), once past the hello.
+
+        The I/O layer sends one when the link has been quiet for a while, so
+        that the peer can tell a quiet link from a dead one.
+        """
+        if self.our_state is SessionState.LIVE and not self._out:
+            self._out.append(KEEPALIVE_LINE)
+            if self.wakeup is not None:
+                self.wakeup()
+
     def _fill(self, out: list[bytes]) -> None:
-        pending = self._pending
+        queue = self._queue
+        queued = self._queued
         sent = self._sent
         after = self.replica._after
         limit = self._batch_entries
         budget = self._batch_bytes
         size = 0
         peer_max = self._peer_max_line
-        while pending and size < budget:
-            source = next(iter(pending))
+        while queue and size < budget:
+            source = queue[0]
             batch = after(source, sent.get(source, -1), limit)
             for ts, change in batch:
                 line = encode_entry(change, ts, source)
@@ -514,7 +591,8 @@ class SyncSession:
                 sent[source] = batch[-1][0]
                 self._updates_out += len(batch)
             if len(batch) < limit:
-                del pending[source]
+                queue.popleft()
+                queued.discard(source)
 
     def _too_long_for_peer(
         self, change: Any, ts: float, source: str, size: int
@@ -547,13 +625,13 @@ class SyncSession:
     def _on_applied(self, effect: Any, ts: float, source: str, origin: object) -> None:
         if origin is self or self.our_state is SessionState.HELLO:
             return
-        if not source:  # a snapshot arrived: data_to_send decides
-            if self.wakeup is not None:
-                self.wakeup()
+        if self._sent.get(source, -1) >= ts and not (
+            self.replica.snapshot_version != self._snapshot_seen
+        ):
             return
-        if self._sent.get(source, -1) >= ts:
-            return
-        self._pending[source] = None
+        if source not in self._queued:
+            self._queued.add(source)
+            self._queue.append(source)
         if self.wakeup is not None:
             self.wakeup()
 
@@ -569,5 +647,6 @@ class SyncSession:
         self.their_state = SessionState.ERROR
         self.our_state = SessionState.ERROR
         self._out = []
-        self._pending = {}
+        self._queue.clear()
+        self._queued.clear()
         self.close()

@@ -345,17 +345,24 @@ class SqliteStore:
                     self._adds, self._drops, self._clock = [], [], {}
                 raise
 
-    def save_snapshot(self, payload: Any, clock: dict[str, float]) -> None:
-        """Keep a snapshot and drop the entries it covers, atomically."""
+    def save_snapshot(
+        self, payload: Any, clock: dict[str, float], *, drop_covered: bool
+    ) -> None:
+        """Keep a snapshot, atomically with what is queued.
+
+        With ``drop_covered`` (the replica's own compaction), the entries
+        it covers are dropped in the same transaction.
+        """
         blob = orjson.dumps(payload)
         clock_blob = orjson.dumps(clock)
         with self._lock:
             self._write()
             with self._transaction() as db:
-                db.executemany(
-                    "DELETE FROM entries WHERE source = ? AND ts <= ?",
-                    list(clock.items()),
-                )
+                if drop_covered:
+                    db.executemany(
+                        "DELETE FROM entries WHERE source = ? AND ts <= ?",
+                        list(clock.items()),
+                    )
                 db.execute("DELETE FROM snapshot")
                 db.execute(
                     "INSERT INTO snapshot VALUES (1, ?, ?, ?)",

@@ -23,6 +23,8 @@ from ._errors import IncompatiblePeerError, RemoteProtocolError
 
 __all__ = [
     "DEFAULT_MAX_LINE_BYTES",
+    "KEEPALIVE",
+    "KEEPALIVE_LINE",
     "MAX_DEPTH",
     "MAX_SAFE_INTEGER",
     "MAX_SOURCE_LENGTH",
@@ -42,6 +44,7 @@ __all__ = [
     "parse_entry",
     "parse_line",
     "parse_message",
+    "snippet",
 ]
 
 #: Longest line accepted from a peer: 1 MiB. JS scuttlebutt has no limit, so
@@ -70,6 +73,11 @@ PROTOCOL_VERSION = 1
 
 SYNC = "SYNC"
 SYNC_LINE = b'"SYNC"\n'
+
+#: A line that says "still here" on a quiet link. JS scuttlebutt ignores a
+#: JSON string other than ``"SYNC"``, so it is safe to send to any peer.
+KEEPALIVE = "KEEPALIVE"
+KEEPALIVE_LINE = b'"KEEPALIVE"\n'
 
 _OPT = orjson.OPT_APPEND_NEWLINE
 _dumps = orjson.dumps
@@ -205,7 +213,8 @@ def depth_within(value: Any, limit: int = MAX_DEPTH) -> bool:
     return True
 
 
-def _snippet(line: bytes | bytearray) -> bytes:
+def snippet(line: bytes | bytearray) -> bytes:
+    """The start of an offending line, for an error: at most 200 bytes."""
     return bytes(line[:200])
 
 
@@ -214,52 +223,84 @@ class LineDecoder:
 
     A line over the limit is reported through :attr:`error` after the good
     lines before it have been returned, so those are still processed.
+
+    Work is linear in the bytes fed, however they are chunked: an unfinished
+    line is kept in a ``bytearray`` with the offset up to which it has been
+    searched for a line break (as h11's receive buffer does), so a long line
+    fed a byte at a time is not searched again from its start.
+
+    Attributes:
+        lines: complete lines returned so far.
+        scanned: bytes searched for a line break so far (at most the bytes
+            fed: the measure of the work done).
     """
 
-    __slots__ = ("_buf", "_max", "error")
+    __slots__ = ("_buf", "_max", "error", "lines", "scanned")
 
     def __init__(self, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
-        self._buf = b""
+        self._buf = bytearray()
         self._max = max_line_bytes
         self.error: RemoteProtocolError | None = None
+        self.lines = 0
+        self.scanned = 0
 
-    def feed(self, data: bytes) -> list[bytes]:
+    @property
+    def buffered(self) -> int:
+        """Bytes of an unfinished line held."""
+        return len(self._buf)
+
+    def feed(self, data: bytes | bytearray) -> list[bytes]:
         """Add bytes; return the lines they completed (without the LF)."""
         if self.error is not None:
             return []
-        limit = self._max
+        buf = self._buf
+        self.scanned += len(data)
         if b"\n" not in data:
-            if len(self._buf) + len(data) > limit:
-                self._too_long(self._buf[:256] + data[:256])
+            if len(buf) + len(data) > self._max:
+                self._too_long(bytes(buf[:256]) + bytes(data[:256]))
                 return []
-            self._buf += data
+            buf += data
             return []
-        lines = (self._buf + data).split(b"\n") if self._buf else data.split(b"\n")
-        self._buf = lines.pop()
+        if buf:
+            buf += data
+            lines = bytes(buf).split(b"\n")
+            buf.clear()
+        else:
+            lines = bytes(data).split(b"\n")
+        rest = lines.pop()
+        limit = self._max
         for i, line in enumerate(lines):
             if len(line) > limit:
                 self._too_long(line)
+                self.lines += i
                 return lines[:i]
-        if len(self._buf) > limit:
-            self._too_long(self._buf)
+        if len(rest) > limit:
+            self._too_long(rest)
+        else:
+            buf += rest
+        self.lines += len(lines)
         return lines
 
     def eof(self) -> bytes | None:
         """The stream ended: the unfinished last line, if any (as JS reads it)."""
-        rest, self._buf = self._buf, b""
-        return rest if rest.strip() else None
+        rest = bytes(self._buf)
+        self._buf.clear()
+        if not rest.strip():
+            return None
+        self.lines += 1
+        return rest
 
     def _too_long(self, line: bytes) -> None:
-        self._buf = b""
+        self._buf = bytearray()
         self.error = RemoteProtocolError(
             f"line longer than {self._max} bytes",
             reason="line-too-long",
-            line=_snippet(line),
+            line=snippet(line),
         )
 
 
 def _bad(message: str, reason: str, line: bytes) -> RemoteProtocolError:
-    return RemoteProtocolError(message, reason=reason, line=_snippet(line))
+    return RemoteProtocolError(message, reason=reason, line=snippet(line))
 
 
 def _stamp(value: Any, line: bytes) -> float:
@@ -315,6 +356,8 @@ def parse_message(msg: Any, line: bytes) -> Any:
         return _digest(msg, line)
     if msg == SYNC:
         return SYNC
+    if msg == KEEPALIVE:
+        return KEEPALIVE
     raise _bad("unexpected message", "unexpected-message", line)
 
 
@@ -358,7 +401,7 @@ def _digest(msg: dict[str, Any], line: bytes) -> Digest:
         raise IncompatiblePeerError(
             f"peer speaks repred protocol {version}, this side {PROTOCOL_VERSION}",
             reason="incompatible-version",
-            line=_snippet(line),
+            line=snippet(line),
         )
     type_name = msg.get("type")
     if type_name is not None and type(type_name) is not str:

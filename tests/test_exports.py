@@ -20,7 +20,6 @@ def test_public_names():
         "ProtocolError",
         "LocalProtocolError",
         "RemoteProtocolError",
-        "FutureStampError",
         "IncompatiblePeerError",
         "PeerClosed",
         "SyncTimeout",

@@ -3,7 +3,6 @@ import itertools
 import pytest
 
 import repred
-from repred import FutureStampError
 
 from .helpers import FakeWall, gset, union
 
@@ -63,30 +62,40 @@ def test_stamps_never_go_below_a_seen_stamp_when_the_wall_steps_back():
     assert r.clock["A"] > 60_000 + wall.now
 
 
-def test_a_future_stamp_is_refused_and_changes_nothing():
+def test_a_future_stamp_is_not_applied_and_changes_nothing():
     wall = FakeWall()
     r = gset("A", wall=wall)
     r.update(["x"])
     before = (set(r.state), dict(r.clock), list(r.history()))
-    with pytest.raises(FutureStampError):
-        r.apply(["evil"], 1e300, "A")
+    assert not r.apply(["evil"], 9e15, "B")
+    assert r.deferred == 1
     assert (set(r.state), dict(r.clock), list(r.history())) == before
     assert r.update(["y"]) == ["y"]  # local writes still work
 
 
 def test_future_bound_is_configurable():
     wall = FakeWall()
-    r = gset("A", wall=wall, max_drift_ms=10)
+    r = gset("A", wall=wall, max_drift_ms=10, max_ahead_ms=5)
     assert r.apply(["ok"], wall.now + 10, "B")
-    with pytest.raises(FutureStampError):
-        r.apply(["no"], wall.now + 11, "C")
+    assert not r.apply(["no"], wall.now + 11, "C")
+    assert "C" not in r.clock
 
 
 def test_apply_drops_what_is_already_known():
     r = gset("A")
     assert r.apply(["x"], 10, "B")
-    assert not r.apply(["y"], 10, "B")
+    assert not r.apply(["x"], 10, "B")
     assert not r.apply(["y"], 5, "B")
+    assert r.state == {"x"}
+
+
+def test_a_second_different_entry_for_a_held_stamp_is_equivocation(caplog):
+    r = gset("A")
+    assert r.apply(["x"], 10, "B")
+    with pytest.raises(repred.RemoteProtocolError) as info:
+        r.apply(["y"], 10, "B")
+    assert info.value.reason == "equivocation"
+    assert "equivocation" in caplog.text
     assert r.state == {"x"}
 
 

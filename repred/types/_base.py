@@ -6,7 +6,13 @@ from typing import Any, TypeVar
 
 import orjson
 
-from .._replica import DEFAULT_MAX_DRIFT_MS, Replica, wall_ms
+from .._replica import (
+    DEFAULT_MAX_AHEAD_MS,
+    DEFAULT_MAX_DRIFT_MS,
+    DEFAULT_MAX_SOURCES,
+    Replica,
+    wall_ms,
+)
 from .._wire import check_value
 
 R = TypeVar("R", bound=Replica)
@@ -22,6 +28,8 @@ def build(
     *,
     id: str | None = None,
     max_drift_ms: float = DEFAULT_MAX_DRIFT_MS,
+    max_ahead_ms: float = DEFAULT_MAX_AHEAD_MS,
+    max_sources: int = DEFAULT_MAX_SOURCES,
     wall: Any = wall_ms,
     store: Any = None,
     **options: Any,
@@ -37,6 +45,8 @@ def build(
         id=id,
         type_name=type_name,
         max_drift_ms=max_drift_ms,
+        max_ahead_ms=max_ahead_ms,
+        max_sources=max_sources,
         wall=wall,
         store=store,
         **options,
