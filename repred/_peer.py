@@ -111,13 +111,29 @@ class _Mux:
     def handshake_done(self) -> bool:
         return self.hello is not None
 
+    @property
+    def lines_in(self) -> int:
+        return self._decoder.lines
+
+    @property
+    def buffered(self) -> int:
+        return self._decoder.buffered
+
+    @property
+    def expects_keepalives(self) -> bool:
+        return True  # every peer link is between repred peers
+
+    def keepalive(self) -> None:
+        for session in self.sessions:
+            session.keepalive()
+
     def set_wakeup(self, wakeup: Callable[[], None]) -> None:
         self._wakeup = wakeup
 
-    def feed(self, data: bytes) -> list[object]:
+    def feed(self, data: bytes | bytearray) -> list[object]:
         events: list[object] = []
         if data:
-            self._route(self._decoder.feed(bytes(data)), events)
+            self._route(self._decoder.feed(data), events)
             if self._decoder.error is not None:
                 raise self._decoder.error
             return events

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, NoReturn, final
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, final
 
 import attrs
 import trio
@@ -39,11 +40,15 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_CLOSE_TIMEOUT",
     "DEFAULT_HANDSHAKE_TIMEOUT",
+    "DEFAULT_KEEPALIVE_INTERVAL",
+    "DEFAULT_MAX_LINKS",
     "DEFAULT_SEND_TIMEOUT",
     "Change",
+    "Channel",
     "Connection",
     "ConnectionStatistics",
     "LinkOptions",
+    "LinkTable",
     "Subscription",
     "SubscriptionOverflow",
     "connect_tcp",
@@ -60,6 +65,12 @@ DEFAULT_SEND_TIMEOUT = 30.0
 DEFAULT_HANDSHAKE_TIMEOUT = 30.0
 #: Seconds to wait for the peer to finish after a ``live=False`` sync.
 DEFAULT_CLOSE_TIMEOUT = 5.0
+#: Seconds of quiet before a keep-alive goes out; a repred peer silent for
+#: three times this is cut (a stalled link is noticed within 45 s).
+DEFAULT_KEEPALIVE_INTERVAL = 15.0
+#: Inbound links one listener keeps at most; past it, the link that has been
+#: quiet longest is dropped to make room.
+DEFAULT_MAX_LINKS = 512
 
 _RECEIVE_SIZE = 64 * 1024
 _TRANSPORT_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
@@ -76,6 +87,8 @@ class ConnectionStatistics:
         updates_out: entries sent.
         bytes_in: bytes received.
         bytes_out: bytes sent.
+        deferred: entries not applied because they were stamped too far
+            ahead of this replica's clock (they come again on a later link).
     """
 
     peer_id: str | None
@@ -84,6 +97,62 @@ class ConnectionStatistics:
     updates_out: int
     bytes_in: int
     bytes_out: int
+    deferred: int = 0
+
+
+class Channel(Protocol):
+    """The framing of one link, as a connection drives it.
+
+    :class:`SyncSession`-based framings implement it: the plain one here (one
+    replica, the scuttlebutt lines as they are) and the gossip peer's, which
+    carries several named replicas over one stream.
+    """
+
+    @property
+    def sessions(self) -> list[SyncSession]:
+        """The protocol sessions on this link (one per shared replica)."""
+        ...
+
+    @property
+    def peer_id(self) -> str | None:
+        """Who the peer is, once it said."""
+        ...
+
+    @property
+    def handshake_done(self) -> bool:
+        """The peer's opening message (digest or hello) has arrived."""
+        ...
+
+    @property
+    def lines_in(self) -> int:
+        """Complete lines received so far."""
+        ...
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of an unfinished line held."""
+        ...
+
+    @property
+    def expects_keepalives(self) -> bool:
+        """The peer sends keep-alives, so a quiet link means a dead one."""
+        ...
+
+    def feed(self, data: bytes | bytearray) -> list[object]:
+        """Bytes from the peer (``b""`` at the end); the events they caused."""
+        ...
+
+    def data_to_send(self) -> bytes:
+        """The next bytes for the peer, ``b""`` when there is nothing."""
+        ...
+
+    def keepalive(self) -> None:
+        """Queue a keep-alive line."""
+        ...
+
+    def set_wakeup(self, wakeup: Callable[[], None]) -> None:
+        """Call ``wakeup()`` whenever there is something new to send."""
+        ...
 
 
 class _Plain:
@@ -94,6 +163,7 @@ class _Plain:
         self.sessions = [session]
         self.feed = session.receive_data
         self.data_to_send = session.data_to_send
+        self.keepalive = session.keepalive
 
     @property
     def peer_id(self) -> str | None:
@@ -104,8 +174,29 @@ class _Plain:
     def handshake_done(self) -> bool:
         return self.session.peer is not None
 
+    @property
+    def lines_in(self) -> int:
+        return self.session.lines_in
+
+    @property
+    def buffered(self) -> int:
+        return self.session._decoder.buffered
+
+    @property
+    def expects_keepalives(self) -> bool:
+        # JS scuttlebutt peers send none: a quiet one is not a dead one.
+        return self.session.peer_is_repred
+
     def set_wakeup(self, wakeup: Callable[[], None]) -> None:
         self.session.wakeup = wakeup
+
+
+#: Bytes a reader must take, or complete lines a peer must send, within
+#: ``idle_timeout`` to count as making progress.
+_PROGRESS_BYTES = 16 * 1024
+#: The largest piece handed to one ``send_all``: the send timeout is per
+#: piece, so it measures progress, not the time to send a whole batch.
+_SEND_PIECE = 16 * 1024
 
 
 @final
@@ -117,7 +208,7 @@ class Connection:
     :func:`serve_tcp`.
     """
 
-    def __init__(self, channel: Any, stream: trio.abc.Stream) -> None:
+    def __init__(self, channel: Channel, stream: trio.abc.Stream) -> None:
         self._channel = channel
         self.stream = stream
         self._synced = trio.Event()
@@ -125,20 +216,23 @@ class Connection:
         self._scope = trio.CancelScope()
         self._error: BaseException | None = None
         self._sync_flushed = False
+        #: When the peer last made progress (trio time).
+        self.last_progress = trio.current_time()
+        self._unproven = 0  # bytes received since the last progress
         channel.set_wakeup(self._wakeup)
 
     def __repr__(self) -> str:
         return f"<repred.Connection peer={self.peer_id!r} synced={self.synced}>"
 
     @property
-    def sessions(self) -> list[SyncSession]:
-        """The protocol sessions on this connection (one per replica)."""
-        return list(self._channel.sessions)
-
-    @property
     def peer_id(self) -> str | None:
         """The peer's replica id (or node address, for a peer link)."""
-        return self._channel.peer_id  # type: ignore[no-any-return]
+        return self._channel.peer_id
+
+    @property
+    def handshake_done(self) -> bool:
+        """The peer's opening message has arrived."""
+        return self._channel.handshake_done
 
     @property
     def synced(self) -> bool:
@@ -162,6 +256,7 @@ class Connection:
             updates_out=sum(s.updates_out for s in stats),
             bytes_in=sum(s.bytes_in for s in stats),
             bytes_out=sum(s.bytes_out for s in stats),
+            deferred=sum(s.deferred for s in stats),
         )
 
     def close(self) -> None:
@@ -189,7 +284,7 @@ class Connection:
         if self._sync_flushed and self._sync_received():
             self._synced.set()
 
-    async def _reader(self, handshake_timeout: float) -> None:
+    async def _reader(self, handshake_timeout: float, idle_timeout: float) -> None:
         channel = self._channel
         try:
             with trio.move_on_after(handshake_timeout) as handshake:
@@ -198,8 +293,17 @@ class Connection:
                         return
             if handshake.cancelled_caught:
                 raise SyncTimeout(f"no digest within {handshake_timeout} s")
-            while await self._receive_once():
-                pass
+            while True:
+                # A peer that sends keep-alives, or is halfway through a
+                # line, must make progress: a line, or 16 KiB, per
+                # idle_timeout. A quiet JS peer between lines is just quiet.
+                watched = channel.expects_keepalives or channel.buffered
+                deadline = self.last_progress + idle_timeout if watched else math.inf
+                with trio.move_on_at(deadline) as idle:
+                    if not await self._receive_once():
+                        return
+                if idle.cancelled_caught:
+                    raise SyncTimeout(f"the peer made no progress for {idle_timeout} s")
         except ReplicaError as exc:
             self._fail(exc)
 
@@ -212,10 +316,16 @@ class Connection:
                 self._scope.cancel()
                 return False
             raise PeerClosed(f"connection lost: {exc!r}") from None
-        for event in self._channel.feed(data):
+        channel = self._channel
+        lines = channel.lines_in
+        for event in channel.feed(data):
             if type(event) is SyncReceived:
                 self._check_synced()
                 self._wakeup()
+        self._unproven += len(data)
+        if channel.lines_in > lines or self._unproven >= _PROGRESS_BYTES:
+            self.last_progress = trio.current_time()
+            self._unproven = 0
         if not data:
             if not self._sync_received():
                 raise PeerClosed("the peer closed the connection before its SYNC")
@@ -223,9 +333,19 @@ class Connection:
             return False
         return True
 
-    async def _writer(
-        self, live: bool, send_timeout: float, close_timeout: float
-    ) -> None:
+    async def _send(self, data: bytes, send_timeout: float) -> None:
+        """Send ``data`` in pieces, each of which must go within the timeout."""
+        view = memoryview(data)
+        for start in range(0, len(view), _SEND_PIECE):
+            with trio.move_on_after(send_timeout) as scope:
+                try:
+                    await self.stream.send_all(view[start : start + _SEND_PIECE])
+                except _TRANSPORT_ERRORS as exc:
+                    raise PeerClosed(f"connection lost: {exc!r}") from None
+            if scope.cancelled_caught:
+                raise SyncTimeout(f"the peer read nothing for {send_timeout} s")
+
+    async def _writer(self, live: bool, options: LinkOptions) -> None:
         channel = self._channel
         stream = self.stream
         try:
@@ -233,13 +353,7 @@ class Connection:
                 self._wake = trio.Event()
                 data = channel.data_to_send()
                 if data:
-                    with trio.move_on_after(send_timeout) as scope:
-                        try:
-                            await stream.send_all(data)
-                        except _TRANSPORT_ERRORS as exc:
-                            raise PeerClosed(f"connection lost: {exc!r}") from None
-                    if scope.cancelled_caught:
-                        raise SyncTimeout(f"the peer read nothing for {send_timeout} s")
+                    await self._send(data, options.send_timeout)
                     if (
                         not self._sync_flushed
                         and channel.handshake_done
@@ -252,7 +366,10 @@ class Connection:
                     break
                 if channel.handshake_done and not channel.sessions:
                     break  # nothing in common: nothing will ever flow
-                await self._wake.wait()
+                with trio.move_on_after(options.keepalive_interval):
+                    await self._wake.wait()
+                if not self._wake.is_set():
+                    channel.keepalive()  # quiet for a while: say "still here"
             # live=False: everything is exchanged. Say so, and give the peer
             # a moment to finish its side before the connection is dropped.
             if isinstance(stream, trio.abc.HalfCloseableStream):
@@ -260,7 +377,7 @@ class Connection:
                     await stream.send_eof()
                 except _TRANSPORT_ERRORS:
                     pass
-                await trio.sleep(close_timeout)
+                await trio.sleep(options.close_timeout)
             self._scope.cancel()
         except ReplicaError as exc:
             self._fail(exc)
@@ -276,6 +393,9 @@ class LinkOptions:
         handshake_timeout: seconds the peer has to send its digest.
         close_timeout: with ``live=False``, seconds to wait for the peer to
             end its side after the sync.
+        keepalive_interval: seconds of quiet after which a keep-alive line
+            goes out; a repred peer that makes no progress for three times
+            this (see :attr:`idle_timeout`) is cut.
         max_line_bytes: the longest line accepted from the peer.
         batch_entries: entries read from one source's history at a time.
         batch_bytes: bytes of entries handed to one send.
@@ -284,12 +404,18 @@ class LinkOptions:
     send_timeout: float = DEFAULT_SEND_TIMEOUT
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT
+    keepalive_interval: float = DEFAULT_KEEPALIVE_INTERVAL
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     batch_entries: int = DEFAULT_BATCH_ENTRIES
     batch_bytes: int = DEFAULT_BATCH_BYTES
 
+    @property
+    def idle_timeout(self) -> float:
+        """Seconds a peer may make no progress: three keep-alive intervals."""
+        return 3 * self.keepalive_interval
+
     def __attrs_post_init__(self) -> None:
-        for name in ("send_timeout", "handshake_timeout"):
+        for name in ("send_timeout", "handshake_timeout", "keepalive_interval"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
         if not self.close_timeout >= 0:
@@ -311,7 +437,7 @@ class LinkOptions:
 
 
 async def run_channel(
-    channel: Any,
+    channel: Channel,
     stream: trio.abc.Stream,
     *,
     live: bool,
@@ -327,10 +453,10 @@ async def run_channel(
         with conn._scope:
             async with single_errors():
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(conn._reader, options.handshake_timeout)
                     nursery.start_soon(
-                        conn._writer, live, options.send_timeout, options.close_timeout
+                        conn._reader, options.handshake_timeout, options.idle_timeout
                     )
+                    nursery.start_soon(conn._writer, live, options)
                     on_start(conn)
     finally:
         for session in channel.sessions:
@@ -349,6 +475,7 @@ async def replicate(
     send_timeout: float = DEFAULT_SEND_TIMEOUT,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+    keepalive_interval: float = DEFAULT_KEEPALIVE_INTERVAL,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     batch_entries: int = DEFAULT_BATCH_ENTRIES,
     batch_bytes: int = DEFAULT_BATCH_BYTES,
@@ -371,6 +498,10 @@ async def replicate(
         handshake_timeout: seconds the peer has to send its digest.
         close_timeout: with ``live=False``, seconds to wait for the peer to
             end its side after the sync.
+        keepalive_interval: seconds of quiet before a keep-alive line goes
+            out. A repred peer (or one halfway through a line) that makes no
+            progress, a line or 16 KiB, for three times this is cut
+            (:class:`SyncTimeout`); a quiet JS peer between lines is not.
         max_line_bytes: the longest line accepted from the peer (announced
             to it in the digest).
         batch_entries: entries read from one source's history at a time.
@@ -392,6 +523,7 @@ async def replicate(
         send_timeout=send_timeout,
         handshake_timeout=handshake_timeout,
         close_timeout=close_timeout,
+        keepalive_interval=keepalive_interval,
         max_line_bytes=max_line_bytes,
         batch_entries=batch_entries,
         batch_bytes=batch_bytes,
@@ -424,6 +556,7 @@ async def connect_tcp(
     send_timeout: float = DEFAULT_SEND_TIMEOUT,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+    keepalive_interval: float = DEFAULT_KEEPALIVE_INTERVAL,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     batch_entries: int = DEFAULT_BATCH_ENTRIES,
     batch_bytes: int = DEFAULT_BATCH_BYTES,
@@ -441,6 +574,7 @@ async def connect_tcp(
         send_timeout=send_timeout,
         handshake_timeout=handshake_timeout,
         close_timeout=close_timeout,
+        keepalive_interval=keepalive_interval,
         max_line_bytes=max_line_bytes,
         batch_entries=batch_entries,
         batch_bytes=batch_bytes,
@@ -457,9 +591,11 @@ async def serve_tcp(
     live: bool = True,
     handler_nursery: trio.Nursery | None = None,
     on_connection: Callable[[Connection], None] | None = None,
+    max_links: int = DEFAULT_MAX_LINKS,
     send_timeout: float = DEFAULT_SEND_TIMEOUT,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+    keepalive_interval: float = DEFAULT_KEEPALIVE_INTERVAL,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     batch_entries: int = DEFAULT_BATCH_ENTRIES,
     batch_bytes: int = DEFAULT_BATCH_BYTES,
@@ -483,6 +619,8 @@ async def serve_tcp(
         live: passed to :func:`replicate` for each connection.
         handler_nursery: where connection tasks run (as ``trio.serve_tcp``).
         on_connection: called with each new :class:`Connection`.
+        max_links: the most connections served at once; a new one past it
+            drops the connection that has been quiet longest.
 
     The other options are those of :func:`replicate`, for each connection.
     """
@@ -490,13 +628,22 @@ async def serve_tcp(
         send_timeout=send_timeout,
         handshake_timeout=handshake_timeout,
         close_timeout=close_timeout,
+        keepalive_interval=keepalive_interval,
         max_line_bytes=max_line_bytes,
         batch_entries=batch_entries,
         batch_bytes=batch_bytes,
     )
-    on_start = on_connection if on_connection is not None else _ignore
+    links = LinkTable(max_links)
 
     async def handler(stream: trio.SocketStream) -> None:
+        started: list[Connection] = []
+
+        def on_start(conn: Connection) -> None:
+            started.append(conn)
+            links.add(conn)
+            if on_connection is not None:
+                on_connection(conn)
+
         try:
             await _replicate(replica, stream, live, on_start, options)
         except RemoteProtocolError as exc:
@@ -506,6 +653,9 @@ async def serve_tcp(
         except Exception:
             # Nothing one peer does may take the server down.
             log.exception("repred: connection failed")
+        finally:
+            for conn in started:
+                links.discard(conn)
 
     async with single_errors():
         await trio.serve_tcp(
@@ -516,6 +666,36 @@ async def serve_tcp(
             task_status=task_status,
         )
     raise AssertionError("trio.serve_tcp returned")  # pragma: no cover
+
+
+class LinkTable:
+    """The inbound links of one listener, at most ``limit`` of them.
+
+    Adding one past the limit closes the link whose peer made progress
+    least recently: a flood of idle connections pushes out only idle ones.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if type(limit) is not int or limit < 1:
+            raise ValueError("max_links must be a positive int")
+        self.limit = limit
+        self._links: set[Connection] = set()
+
+    def __len__(self) -> int:
+        return len(self._links)
+
+    def add(self, conn: Connection) -> None:
+        """Take a new link, dropping the quietest if there are too many."""
+        while len(self._links) >= self.limit:
+            quietest = min(self._links, key=lambda c: c.last_progress)
+            self._links.discard(quietest)
+            log.info("repred: too many links; dropped the quietest: %r", quietest)
+            quietest.close()
+        self._links.add(conn)
+
+    def discard(self, conn: Connection) -> None:
+        """A link ended."""
+        self._links.discard(conn)
 
 
 @asynccontextmanager
