@@ -20,10 +20,10 @@ from ._errors import ProtocolError as ProtocolError
 from ._errors import RemoteProtocolError as RemoteProtocolError
 from ._errors import ReplicaError as ReplicaError
 from ._errors import SyncTimeout as SyncTimeout
+from ._gossip import Peer as Peer
+from ._gossip import PeerStatistics as PeerStatistics
+from ._gossip import open_peer as open_peer
 from ._history import Entry as Entry
-from ._peer import Peer as Peer
-from ._peer import PeerStatistics as PeerStatistics
-from ._peer import open_peer as open_peer
 from ._replica import DEFAULT_MAX_DRIFT_MS as DEFAULT_MAX_DRIFT_MS
 from ._replica import Replica as Replica
 from ._replica import repred as repred

@@ -23,7 +23,7 @@ from bisect import bisect_left, bisect_right
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Hashable, Iterator, Mapping
+    from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 
 __all__ = ["Entry", "History", "SourceLog"]
 
@@ -187,6 +187,16 @@ class History:
                 if old(ts, source):
                     log.discard(ts)
                     dropped.append((ts, source))
+        return dropped
+
+    def forget_keys(self, keys: Iterable[Hashable]) -> list[tuple[float, str]]:
+        """Drop the entries kept for ``keys``; return their stamps."""
+        dropped = []
+        for key in keys:
+            stamp = self._index.pop(key, None)
+            if stamp is not None:
+                self.logs[stamp[1]].discard(stamp[0])
+                dropped.append(stamp)
         return dropped
 
     def get(self, source: str, ts: float) -> Any:

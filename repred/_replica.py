@@ -539,6 +539,14 @@ class Replica:
                 self.store.drop(ts, source)
             self.store.commit()
 
+    def _forget_keys(self, keys: Iterable[Hashable]) -> None:
+        """Drop the entries kept for ``keys`` (a ``key=`` type's own bound)."""
+        dropped = self._history.forget_keys(keys)
+        if self.store is not None and dropped:
+            for ts, source in dropped:
+                self.store.drop(ts, source)
+            self.store.commit()
+
     # -- durability ------------------------------------------------------
 
     def _open(self, store: SqliteStore, wanted_id: str | None) -> None:

@@ -35,7 +35,7 @@ import orjson
 import trio
 
 from ._errors import ReplicaError
-from ._peer import open_peer, parse_address
+from ._gossip import open_peer, parse_address
 from ._store import SqliteStore
 from ._trio import single_errors
 from .types import model

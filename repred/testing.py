@@ -15,7 +15,7 @@ import trio.testing
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Hashable, Sequence
 
-    from ._peer import Peer
+    from ._gossip import Peer
     from .types import Model
 
 __all__ = [
@@ -145,7 +145,7 @@ async def simulate_peers(
     drawn from ``seed``. ``peer_options`` go to :func:`repred.open_peer`
     (by default, one-second heartbeats and gossip rounds).
     """
-    from ._peer import open_peer
+    from ._gossip import open_peer
     from .types import model
 
     network = MemoryNetwork(latency=latency)

@@ -11,7 +11,7 @@ import trio.testing
 
 import repred
 from repred import Connection, SyncSession
-from repred._peer import _Mux, parse_address
+from repred._gossip import _Mux, parse_address
 from repred._trio import LinkOptions
 from repred.types import model
 
@@ -72,12 +72,16 @@ async def test_names_the_other_side_lacks_are_skipped():
     assert a_extra.state == {"only-a"}
 
 
-async def test_mux_skips_unknown_names_and_refuses_non_peers():
+async def test_mux_refuses_unknown_names_and_non_peers():
     mux = _Mux({"data": gset("A")}, "127.0.0.1:1", LinkOptions())
     mux.feed(b'{"repred-peer":1,"node":"x:1","replicas":{"data":"union"}}\n')
     assert mux.peer_id == "x:1"
     assert len(mux.sessions) == 1
-    mux.feed(b'other\t{"id":"Z","clock":{}}\n')  # no such name here: skipped
+    with pytest.raises(repred.RemoteProtocolError) as info:
+        mux.feed(b'other\t{"id":"Z","clock":{}}\n')  # not agreed on
+    assert info.value.reason == "unknown-replica"
+    mux = _Mux({"data": gset("A")}, "127.0.0.1:1", LinkOptions())
+    mux.feed(b'{"repred-peer":1,"node":"x:1","replicas":{"data":"union"}}\n')
     with pytest.raises(repred.RemoteProtocolError) as info:
         mux.feed(b"no tab here\n")
     assert info.value.reason == "not-a-peer"
@@ -106,12 +110,14 @@ async def test_dead_seeds_and_wrong_protocols_are_retried_quietly(
             failures = peer.statistics().dial_failures
             assert 8 <= failures <= 2 * 30 / (FAST["max_backoff"] * 0.5) + 4
         nursery.cancel_scope.cancel()
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    # Each bad address is reported once, then retried with backoff.
-    assert sorted({r.getMessage().split()[3] for r in warnings}) == sorted(
+    said = [r for r in caplog.records if r.levelno == logging.INFO]
+    # Each bad address is reported once (churn: INFO, not WARNING), then
+    # retried quietly with backoff.
+    assert sorted({r.getMessage().split()[3] for r in said}) == sorted(
         [dead + ":", bogus + ":"]
     )
-    assert len(warnings) == 2
+    assert len(said) == 2
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 async def test_reconnects_without_new_data_leave_memory_flat():

@@ -1,23 +1,43 @@
 """Gossip peers: several named replicas over one link, membership, dialling.
 
 Every node keeps its own replicas and a replicated membership map (node
-address -> newest heartbeat, wall ms), so the list of nodes reaches every
-node, as in Dynamo. Each node beats into it, drops its outgoing link every
-few seconds and dials a random node seen alive recently: no leader, no
-central server. Seeds are re-dialled now and then, so a partition heals.
+address -> its newest heartbeat stamp), so the list of nodes reaches every
+node, as in Dynamo. Each node beats into it, keeps a few outgoing links to
+random live nodes (moving on every few seconds), and now and then re-dials a
+node it has not heard from, so partitions heal without seeds, as in Serf.
+
+Membership is validated, bounded and reaped:
+
+* a member is a ``host:port`` with a real port, not a wildcard address and
+  not this node under another spelling (``localhost``, ``127.1``, ...);
+  anything else is refused on the link that brought it;
+* a heartbeat is the stamp of its entry, so one from the future is deferred
+  like any stamp (see :data:`repred.DEFAULT_MAX_DRIFT_MS`);
+* the map holds at most ``max_members`` nodes (16,384 by default);
+* a node that fails ``SUSPECT_AFTER`` dials in a row is suspect: it leaves
+  :meth:`Peer.members` and is re-dialled only with backoff (up to
+  ``max_backoff``); a node not heard from for ``reap_after`` (an hour by
+  default) is forgotten.
+
+A dial has a connect timeout, and a link counts as a success only once the
+other side has completed the handshake: a listener that accepts and never
+speaks is a failure. Several dials run at once, each in its own task.
 
 The link protocol carries several replicas over one stream. Each side first
 sends a hello line, ``{"repred-peer": 1, "node": "host:port", "replicas":
 {name: type}}``; then every line of every replica's scuttlebutt session goes
 as ``name TAB line``. A replica the other side lacks (or holds with another
-type) is skipped, not an error.
+type) is skipped; a line for a replica the two did not agree on is refused.
 """
 
 from __future__ import annotations
 
 import functools
+import ipaddress
 import logging
+import math
 import random
+import socket
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, final
 
@@ -26,34 +46,35 @@ import orjson
 import trio
 
 from ._errors import RemoteProtocolError, ReplicaError
-from ._replica import wall_ms
-from ._session import (
-    DEFAULT_BATCH_BYTES,
-    DEFAULT_BATCH_ENTRIES,
-    SessionState,
-    SyncSession,
-)
+from ._replica import Replica, wall_ms
+from ._session import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_ENTRIES, SyncSession
 from ._trio import (
     DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_LINKS,
     DEFAULT_SEND_TIMEOUT,
     Connection,
     LinkOptions,
+    LinkTable,
     run_channel,
     single_errors,
 )
 from ._wire import DEFAULT_MAX_LINE_BYTES, LineDecoder, loads_line
-from .types import Model, model
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
 __all__ = [
+    "DEFAULT_MAX_MEMBERS",
+    "DEFAULT_REAP_AFTER",
     "MEMBERS",
+    "SUSPECT_AFTER",
+    "Members",
     "Peer",
     "PeerStatistics",
     "TcpTransport",
     "open_peer",
     "parse_address",
+    "parse_member",
 ]
 
 log = logging.getLogger("repred.peer")
@@ -61,6 +82,20 @@ log = logging.getLogger("repred.peer")
 #: The name of the membership replica every peer carries.
 MEMBERS = "_members"
 PEER_PROTOCOL = 1
+#: The most nodes a membership map holds.
+DEFAULT_MAX_MEMBERS = 16_384
+#: Seconds after its last heartbeat that a node is forgotten: an hour.
+DEFAULT_REAP_AFTER = 3600.0
+#: Dials in a row that fail before a node is suspect.
+SUSPECT_AFTER = 3
+#: Outgoing live links a peer keeps at once (each to a random live node).
+DEFAULT_FANOUT = 3
+#: The longest hello accepted, and its limits.
+MAX_HELLO_BYTES = 64 * 1024
+MAX_HELLO_REPLICAS = 256
+MAX_NAME_LENGTH = 128
+
+_WILDCARDS = {"0.0.0.0", "::", "*", ""}
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -69,14 +104,123 @@ def parse_address(text: str) -> tuple[str, int]:
     Raises:
         ValueError: not of that form.
     """
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if type(text) is not str:
         raise ValueError(f"expected HOST:PORT, not {text!r}")
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if (
+        not sep
+        or not host
+        or not port.isdigit()
+        or not 0 < int(port) < 65536
+        or len(host) > 253
+        or any(c.isspace() for c in host)
+    ):
+        raise ValueError(f"expected HOST:PORT, not {text!r:.80}")
     return host, int(port)
 
 
-def _bad(message: str, line: bytes) -> RemoteProtocolError:
-    return RemoteProtocolError(message, reason="not-a-peer", line=line[:200])
+def parse_member(text: str) -> tuple[str, int]:
+    """A member address: ``host:port`` that some node can dial.
+
+    Raises:
+        ValueError: not ``host:port``, or a wildcard address.
+    """
+    host, port = parse_address(text)
+    if host in _WILDCARDS or _canonical(host) in ("0.0.0.0", "::"):
+        raise ValueError(f"{text!r} is a wildcard address, not a member")
+    return host, port
+
+
+def _canonical(host: str) -> str:
+    """One spelling per address: ``127.1`` and ``127.0.0.1`` are the same."""
+    host = host.lower().rstrip(".")
+    if host in ("localhost", "ip6-localhost", "ip6-loopback"):
+        return "127.0.0.1"
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    try:  # the short IPv4 forms inet_aton takes: 127.1, 2130706433
+        return socket.inet_ntoa(socket.inet_aton(host))
+    except OSError:
+        return host
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _bad(message: str, line: bytes, reason: str = "not-a-peer") -> RemoteProtocolError:
+    return RemoteProtocolError(message, reason=reason, line=line[:200])
+
+
+# -- the membership map ------------------------------------------------------
+
+
+def _member_key(change: Any) -> str:
+    """A membership change is ``[address]``; the address must be a member."""
+    if not isinstance(change, list | tuple) or len(change) != 1:
+        raise ValueError(f"a membership change is [address], not {change!r:.80}")
+    address = change[0]
+    parse_member(address)
+    return address  # type: ignore[no-any-return]
+
+
+def _heard(
+    state: dict[str, float], change: list[Any], stamp: tuple[float, str], *, cap: int
+) -> list[Any]:
+    """Record that a node was heard from, at the stamp of its heartbeat.
+
+    Converges because the primitive keeps only the heartbeat with the
+    greatest stamp per address: the newest wins everywhere.
+    """
+    address = change[0]
+    if address not in state and len(state) >= cap:
+        raise ValueError(f"the membership map is full ({cap} nodes)")
+    state[address] = stamp[0]
+    return change
+
+
+class Members(Replica):
+    """The replicated membership map: address -> newest heartbeat stamp (ms)."""
+
+    __slots__ = ()
+
+    def beat(self, address: str) -> None:
+        """Say that ``address`` (this node) is alive now."""
+        self.update([address])
+
+    def reap(self, before_ms: float) -> list[str]:
+        """Forget the nodes last heard from before ``before_ms``; return them."""
+        gone = [a for a, t in self.state.items() if t < before_ms]
+        if gone:
+            for address in gone:
+                del self.state[address]
+            self._forget_keys(gone)
+        return gone
+
+
+def members_replica(
+    *, wall: Callable[[], float], max_members: int = DEFAULT_MAX_MEMBERS
+) -> Members:
+    """A new membership map (type ``"members"``)."""
+    return Members(
+        functools.partial(_heard, cap=max_members),
+        {},
+        key=_member_key,
+        stamped=True,
+        type_name="members",
+        wall=wall,
+        checks_first=True,
+    )
+
+
+# -- the link framing -------------------------------------------------------
 
 
 class _Mux:
@@ -86,7 +230,7 @@ class _Mux:
         self, replicas: Mapping[str, Any], node: str, options: LinkOptions
     ) -> None:
         self._replicas = replicas
-        self._decoder = LineDecoder(options.max_line_bytes + 256)
+        self._decoder = LineDecoder(MAX_HELLO_BYTES)
         self._options = options
         self._out = [
             orjson.dumps(
@@ -140,7 +284,7 @@ class _Mux:
         rest = self._decoder.eof()
         self._route([rest] if rest is not None else [], events)
         for session in self.sessions:
-            if session.their_state not in (SessionState.CLOSED, SessionState.ERROR):
+            if session.their_state.value not in ("closed", "error"):
                 events += session.receive_data(None)
         return events
 
@@ -151,17 +295,23 @@ class _Mux:
             start = 1
         current: SyncSession | None = None
         bodies: list[bytes] = []
+        by_name = self._by_name
         for line in lines[start:]:
             name, tab, body = line.partition(b"\t")
             if not tab:
                 raise _bad("a peer line is NAME TAB LINE", line)
-            session = self._by_name.get(name)
+            session = by_name.get(name)
+            if session is None:
+                raise _bad(
+                    f"a line for replica {name[:80]!r}, not one both sides hold",
+                    line,
+                    "unknown-replica",
+                )
             if session is not current:
                 if current is not None and bodies:
                     events += current.receive_data(b"\n".join(bodies) + b"\n")
                 current, bodies = session, []
-            if session is not None:
-                bodies.append(body)
+            bodies.append(body)
         if current is not None and bodies:
             events += current.receive_data(b"\n".join(bodies) + b"\n")
 
@@ -171,17 +321,30 @@ class _Mux:
             type(msg) is not dict
             or msg.get("repred-peer") != PEER_PROTOCOL
             or type(msg.get("node")) is not str
+            or len(msg["node"]) > 300
             or type(msg.get("replicas")) is not dict
         ):
             raise _bad("not a repred peer (no hello)", line)
         theirs = msg["replicas"]
+        if len(theirs) > MAX_HELLO_REPLICAS or not all(
+            type(n) is str
+            and type(t) is str
+            and 0 < len(n) <= MAX_NAME_LENGTH
+            and len(t) <= MAX_NAME_LENGTH
+            for n, t in theirs.items()
+        ):
+            raise _bad("a hello with too many or bad replica names", line)
         for name, replica in self._replicas.items():
             if theirs.get(name) == replica.type_name:
                 session = self._options.session(replica)
                 session.wakeup = self._wakeup
                 self.sessions.append(session)
                 self._by_name[name.encode()] = session
+            elif name in theirs:
+                _log_type_mismatch(msg["node"], name, theirs[name], replica.type_name)
         self.hello = msg
+        # Past the hello, a line may carry a whole entry and its prefix.
+        self._decoder = _continue(self._decoder, self._options.max_line_bytes + 256)
         if self._wakeup is not None:
             self._wakeup()
 
@@ -194,6 +357,32 @@ class _Mux:
                 prefix = name + b"\t"
                 out.append(prefix + data[:-1].replace(b"\n", b"\n" + prefix) + b"\n")
         return b"".join(out)
+
+
+def _continue(decoder: LineDecoder, limit: int) -> LineDecoder:
+    """The same decoder with a new line limit (what it holds carries over)."""
+    decoder._max = limit
+    return decoder
+
+
+_mismatches_logged: set[tuple[str, str]] = set()
+
+
+def _log_type_mismatch(node: str, name: str, theirs: str, ours: str) -> None:
+    """Said once per node and name: a shared name with different types."""
+    if (node, name) in _mismatches_logged or len(_mismatches_logged) > 10_000:
+        return
+    _mismatches_logged.add((node, name))
+    log.warning(
+        "peer %s holds replica %r as type %r, this node as %r: not replicated",
+        node,
+        name,
+        theirs,
+        ours,
+    )
+
+
+# -- the peer -----------------------------------------------------------------
 
 
 class TcpTransport:
@@ -225,14 +414,18 @@ class PeerStatistics:
     Attributes:
         address: where this peer listens, ``host:port``.
         members: the nodes seen alive recently (this one included).
+        known: every node in the membership map.
+        suspects: nodes that failed several dials in a row.
         links: open links, inbound and outbound.
         dials: outbound connection attempts.
-        dial_failures: attempts that failed (connect or protocol).
+        dial_failures: attempts that failed (connect, handshake or protocol).
         accepted: inbound connections accepted.
     """
 
     address: str
     members: tuple[str, ...]
+    known: int
+    suspects: tuple[str, ...]
     links: int
     dials: int
     dial_failures: int
@@ -256,6 +449,10 @@ class Peer:
         seed_interval: float,
         max_backoff: float,
         connect_timeout: float,
+        reap_after: float,
+        fanout: int,
+        max_members: int,
+        max_links: int,
         on_event: Callable[[dict[str, Any]], None] | None,
         rng: random.Random,
         transport: Any,
@@ -268,20 +465,33 @@ class Peer:
                 f"listening on {host!r} (every interface) needs advertise=, the"
                 " host other nodes should dial"
             )
-        self._advertise = advertise
+        for name, value in (
+            ("heartbeat_interval", heartbeat_interval),
+            ("down_after", down_after),
+            ("gossip_interval", gossip_interval),
+            ("seed_interval", seed_interval),
+            ("max_backoff", max_backoff),
+            ("connect_timeout", connect_timeout),
+            ("reap_after", reap_after),
+        ):
+            if not (isinstance(value, int | float) and 0 < value < math.inf):
+                raise ValueError(f"{name} must be a positive number of seconds")
+        if type(fanout) is not int or fanout < 1:
+            raise ValueError("fanout must be a positive int")
         if MEMBERS in replicas:
             raise ValueError(f"the replica name {MEMBERS!r} is the peer's own")
         for name in replicas:
-            if not name or "\t" in name or "\n" in name:
+            if not name or "\t" in name or "\n" in name or len(name) > MAX_NAME_LENGTH:
                 raise ValueError(f"bad replica name {name!r}")
         for seed in seeds:
-            parse_address(seed)
+            parse_member(seed)
+        self._advertise = advertise
         self.host = host
         self.port = port
         self.address = ""
         self._transport = transport
         self._wall = wall
-        self.membership: Model = model(wall=wall)
+        self.membership = members_replica(wall=wall, max_members=max_members)
         self.replicas = {**replicas, MEMBERS: self.membership}
         self.seeds = list(seeds)
         self.heartbeat_interval = heartbeat_interval
@@ -290,13 +500,19 @@ class Peer:
         self.seed_interval = seed_interval
         self.max_backoff = max_backoff
         self.connect_timeout = connect_timeout
+        self.reap_after = reap_after
+        self.fanout = fanout
         self._on_event = on_event
         self._rng = rng
         self._options = options
+        self._inbound = LinkTable(max_links)
         self._links: dict[Connection, str] = {}
+        self._dialling: set[str] = set()
         self._failures: dict[str, int] = {}
         self._retry_at: dict[str, float] = {}
         self._alive: set[str] = set()
+        self._alive_list: list[str] = []
+        self._self_hosts: set[str] = set()
         self._dials = 0
         self._dial_failures = 0
         self._accepted = 0
@@ -307,23 +523,29 @@ class Peer:
     # -- what a user reads --------------------------------------------
 
     def members(self, within: float | None = None) -> list[str]:
-        """Nodes whose heartbeat is at most ``within`` s old (default: down_after)."""
+        """Nodes heard from in the last ``within`` s (default: down_after).
+
+        Suspects (nodes this one failed to reach several times in a row)
+        are left out. This node is always in.
+        """
         horizon = (self.down_after if within is None else within) * 1000
         now = self._wall()
+        failures = self._failures
         return sorted(
             node
-            for node, beat in self.membership.to_dict().items()
-            if isinstance(beat, int | float) and now - beat <= horizon
+            for node, beat in self.membership.state.items()
+            if now - beat <= horizon
+            and (failures.get(node, 0) < SUSPECT_AFTER or node == self.address)
         )
-
-    def links(self) -> list[str]:
-        """The nodes this peer has a link to now."""
-        return sorted(set(self._links.values()))
 
     def statistics(self) -> PeerStatistics:
         return PeerStatistics(
             address=self.address,
             members=tuple(self.members()),
+            known=len(self.membership.state),
+            suspects=tuple(
+                sorted(n for n, f in self._failures.items() if f >= SUSPECT_AFTER)
+            ),
             links=len(self._links),
             dials=self._dials,
             dial_failures=self._dial_failures,
@@ -339,10 +561,32 @@ class Peer:
         self.port = parse_address(bound)[1]
         # What other nodes dial: the bound address, unless told otherwise.
         self.address = f"{self._advertise}:{self.port}" if self._advertise else bound
+        self._self_hosts = {
+            _canonical(h) for h in (self.host, self._advertise or self.host)
+        }
         self._beat()
         nursery.start_soon(self._heartbeats)
-        nursery.start_soon(self._gossip)
-        nursery.start_soon(self._redial_seeds)
+        for _ in range(self.fanout):
+            nursery.start_soon(self._gossip)
+        nursery.start_soon(self._redial)
+
+    def is_self(self, address: str) -> bool:
+        """Whether ``address`` names this node, in any spelling."""
+        if address == self.address:
+            return True
+        try:
+            host, port = parse_address(address)
+        except ValueError:
+            return False
+        if port != self.port:
+            return False
+        host = _canonical(host)
+        if host in self._self_hosts:
+            return True
+        listens_locally = any(
+            _is_loopback(h) or h in ("0.0.0.0", "::") for h in self._self_hosts
+        )
+        return listens_locally and (_is_loopback(host) or host in ("0.0.0.0", "::"))
 
     def _emit(self, event: dict[str, Any]) -> None:
         if self._on_event is not None:
@@ -352,13 +596,15 @@ class Peer:
                 log.exception("peer event handler raised")
 
     def _beat(self) -> None:
-        self.membership.set(self.address, self._wall())
+        self.membership.beat(self.address)
+        self.membership.reap(self._wall() - self.reap_after * 1000)
         alive = set(self.members()) - {self.address}
         for node in sorted(alive - self._alive):
             self._emit({"event": "up", "peer": node})
         for node in sorted(self._alive - alive):
             self._emit({"event": "down", "peer": node})
         self._alive = alive
+        self._alive_list = sorted(alive)
 
     async def _heartbeats(self) -> None:
         while True:
@@ -366,7 +612,12 @@ class Peer:
             self._beat()
 
     async def _run_link(
-        self, stream: trio.abc.Stream, *, live: bool, label: str
+        self,
+        stream: trio.abc.Stream,
+        *,
+        live: bool,
+        label: str,
+        started: Callable[[Connection], None] | None = None,
     ) -> None:
         channel = _Mux(self.replicas, self.address, self._options)
         conn_ref: list[Connection] = []
@@ -374,36 +625,49 @@ class Peer:
         def on_start(conn: Connection) -> None:
             conn_ref.append(conn)
             self._links[conn] = label
+            if label == "inbound":
+                self._inbound.add(conn)
+            if started is not None:
+                started(conn)
 
         try:
             await run_channel(
-                channel,
-                stream,
-                live=live,
-                on_start=on_start,
-                options=self._options,
+                channel, stream, live=live, on_start=on_start, options=self._options
             )
         finally:
             for conn in conn_ref:
                 self._links.pop(conn, None)
+                self._inbound.discard(conn)
 
     async def _handle_inbound(self, stream: trio.abc.Stream) -> None:
         self._accepted += 1
         try:
             await self._run_link(stream, live=True, label="inbound")
+        except RemoteProtocolError as exc:
+            log.warning("inbound link refused: %s: %s", type(exc).__name__, exc)
         except ReplicaError as exc:
-            log.info("inbound link closed: %s: %s", type(exc).__name__, exc)
+            log.debug("inbound link closed: %s: %s", type(exc).__name__, exc)
         except Exception:
             log.exception("inbound link failed")
 
     async def _dial(self, node: str, *, live: bool, duration: float) -> bool:
-        """Link to ``node``; ``live`` for ``duration`` s, else one sync."""
+        """Link to ``node``; ``live`` for ``duration`` s, else one sync.
+
+        A success is a link whose handshake completed.
+        """
         self._dials += 1
+        self._dialling.add(node)
+        link: Connection | None = None
+
+        def started(conn: Connection) -> None:
+            nonlocal link
+            link = conn
+
         try:
             with trio.fail_after(self.connect_timeout):
                 stream = await self._transport.connect(node, source=self.address)
             with trio.move_on_after(duration if live else self.connect_timeout * 4):
-                await self._run_link(stream, live=live, label=node)
+                await self._run_link(stream, live=live, label=node, started=started)
         except (OSError, ValueError, trio.TooSlowError, ReplicaError) as exc:
             self._dial_failed(node, exc)
             return False
@@ -412,6 +676,11 @@ class Peer:
             # logged in full, and the node is retried like any other.
             log.exception("link to %s failed", node)
             self._dial_failed(node, exc)
+            return False
+        finally:
+            self._dialling.discard(node)
+        if link is None or not link.handshake_done:
+            self._dial_failed(node, TimeoutError("no handshake"))
             return False
         if self._failures.pop(node, 0):
             log.info("reached %s again", node)
@@ -427,22 +696,32 @@ class Peer:
         )
         self._retry_at[node] = trio.current_time() + delay * self._rng.uniform(0.5, 1.5)
         if failures == 1:  # said once; retried quietly with backoff
-            log.warning("cannot link to %s: %s: %s", node, type(exc).__name__, exc)
+            log.info("cannot link to %s: %s: %s", node, type(exc).__name__, exc)
         else:
             log.debug("still cannot link to %s (%d tries)", node, failures)
 
     def _ready(self, node: str) -> bool:
         return self._retry_at.get(node, 0.0) <= trio.current_time()
 
+    def _eligible(self, node: str, linked: set[str]) -> bool:
+        return (
+            node not in linked
+            and node not in self._dialling
+            and self._ready(node)
+            and not self.is_self(node)
+        )
+
     def _pick(self) -> str | None:
+        """A random live node to link to, or a seed if none is free."""
         linked = set(self._links.values())
+        failures = self._failures
         candidates = [
             n
-            for n in self.members()
-            if n != self.address and n not in linked and self._ready(n)
+            for n in self._alive_list
+            if failures.get(n, 0) < SUSPECT_AFTER and self._eligible(n, linked)
         ]
         if not candidates:
-            candidates = [s for s in self.seeds if s not in linked and self._ready(s)]
+            candidates = [s for s in self.seeds if self._eligible(s, linked)]
         return self._rng.choice(candidates) if candidates else None
 
     async def _gossip(self) -> None:
@@ -455,13 +734,29 @@ class Peer:
             jitter = self._rng.uniform(0.75, 1.25)
             await self._dial(node, live=True, duration=self.gossip_interval * jitter)
 
-    async def _redial_seeds(self) -> None:
+    async def _redial(self) -> None:
+        """Now and then, sync once with a seed and with a node not heard from.
+
+        Nodes seen down, or suspect, are dialled again with backoff, so a
+        partition heals even when every seed is gone.
+        """
         while True:
-            for seed in self.seeds:
-                if seed != self.address and seed not in self._links.values():
-                    if self._ready(seed):
-                        await self._dial(seed, live=False, duration=0)
             await trio.sleep(self.seed_interval * self._rng.uniform(0.75, 1.25))
+            linked = set(self._links.values())
+            targets = [s for s in self.seeds if self._eligible(s, linked)]
+            quiet = [
+                n
+                for n in self.membership.state
+                if (n not in self._alive or self._failures.get(n, 0) >= SUSPECT_AFTER)
+                and self._eligible(n, linked)
+            ]
+            if quiet:
+                targets.append(self._rng.choice(quiet))
+            async with trio.open_nursery() as nursery:
+                for node in targets:
+                    nursery.start_soon(
+                        functools.partial(self._dial, node, live=False, duration=0)
+                    )
 
 
 @asynccontextmanager
@@ -477,6 +772,10 @@ async def open_peer(
     seed_interval: float = 5.0,
     max_backoff: float = 30.0,
     connect_timeout: float = 5.0,
+    reap_after: float = DEFAULT_REAP_AFTER,
+    fanout: int = DEFAULT_FANOUT,
+    max_members: int = DEFAULT_MAX_MEMBERS,
+    max_links: int = DEFAULT_MAX_LINKS,
     on_event: Callable[[dict[str, Any]], None] | None = None,
     rng: random.Random | None = None,
     transport: Any = None,
@@ -491,7 +790,8 @@ async def open_peer(
 
     ``async with repred.open_peer(port=8001, replicas={"data": m}) as peer``
     listens on ``port``, beats into the membership map, links to random live
-    nodes and re-dials ``seeds``; everything stops when the block ends.
+    nodes and re-dials ``seeds`` and quiet nodes; everything stops when the
+    block ends.
 
     Args:
         port: where to listen (0: any free port; see ``peer.address``).
@@ -501,21 +801,31 @@ async def open_peer(
         replicas: the named replicas to replicate; a name the other side
             lacks is skipped.
         seeds: ``"host:port"`` of nodes to dial first and re-dial now and
-            then, so that partitions heal.
-        heartbeat_interval: seconds between heartbeats.
+            then.
+        heartbeat_interval: seconds between heartbeats. Links send a
+            keep-alive after this much quiet, and a link quiet for three
+            heartbeats is cut: a stalled link is noticed within three.
         down_after: a node with no heartbeat for this long is down.
         gossip_interval: seconds an outgoing link lasts before the peer
             moves on to another random node.
-        seed_interval: seconds between re-dials of the seeds.
+        seed_interval: seconds between re-dials of the seeds and of one
+            node not heard from (so partitions heal without seeds).
         max_backoff: the longest wait before re-dialling a failing node.
-        connect_timeout: seconds a dial may take.
+        connect_timeout: seconds a dial may take to connect and to complete
+            its handshake.
+        reap_after: seconds after its last heartbeat that a node is
+            forgotten (an hour by default).
+        fanout: outgoing live links kept at once.
+        max_members: the most nodes the membership map holds.
+        max_links: the most inbound links held at once (the quietest is
+            dropped to make room).
         on_event: called with ``{"event": "up"|"down", "peer": "host:port"}``.
         rng: the source of randomness (tests pass a seeded one).
         transport: how peers reach each other: TCP by default;
             :class:`repred.testing.MemoryNetwork` for simulations.
         wall: the wall clock in ms for heartbeats (simulations pass trio's).
         send_timeout, max_line_bytes, batch_entries, batch_bytes: as for
-            :func:`replicate`, for every link.
+            :func:`repred.replicate`, for every link.
 
     Raises:
         TypeError, ValueError: a bad option, at the call.
@@ -534,6 +844,10 @@ async def open_peer(
         seed_interval=seed_interval,
         max_backoff=max_backoff,
         connect_timeout=connect_timeout,
+        reap_after=reap_after,
+        fanout=fanout,
+        max_members=max_members,
+        max_links=max_links,
         on_event=on_event,
         rng=rng or random.Random(),
         transport=transport or TcpTransport(),
@@ -543,6 +857,9 @@ async def open_peer(
             send_timeout=send_timeout,
             handshake_timeout=min(DEFAULT_HANDSHAKE_TIMEOUT, connect_timeout),
             close_timeout=1.0,
+            # A stalled link is noticed within three heartbeats (and never
+            # within less than 1.5 s, which a busy machine can take).
+            keepalive_interval=max(heartbeat_interval, 0.5),
             max_line_bytes=max_line_bytes,
             batch_entries=batch_entries,
             batch_bytes=batch_bytes,
