@@ -24,7 +24,9 @@ from ._gossip import Peer as Peer
 from ._gossip import PeerStatistics as PeerStatistics
 from ._gossip import open_peer as open_peer
 from ._history import Entry as Entry
+from ._replica import DEFAULT_MAX_AHEAD_MS as DEFAULT_MAX_AHEAD_MS
 from ._replica import DEFAULT_MAX_DRIFT_MS as DEFAULT_MAX_DRIFT_MS
+from ._replica import DEFAULT_MAX_SOURCES as DEFAULT_MAX_SOURCES
 from ._replica import Replica as Replica
 from ._replica import repred as repred
 from ._session import SessionState as SessionState
@@ -45,8 +47,10 @@ from ._wire import DEFAULT_MAX_LINE_BYTES as DEFAULT_MAX_LINE_BYTES
 from ._wire import Digest as Digest
 
 __all__ = [
+    "DEFAULT_MAX_AHEAD_MS",
     "DEFAULT_MAX_DRIFT_MS",
     "DEFAULT_MAX_LINE_BYTES",
+    "DEFAULT_MAX_SOURCES",
     "Change",
     "Connection",
     "ConnectionStatistics",

@@ -46,7 +46,7 @@ import orjson
 import trio
 
 from ._errors import RemoteProtocolError, ReplicaError
-from ._replica import Replica, wall_ms
+from ._replica import Replica, new_id, wall_ms
 from ._session import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_ENTRIES, SyncSession
 from ._trio import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -90,6 +90,8 @@ DEFAULT_REAP_AFTER = 3600.0
 SUSPECT_AFTER = 3
 #: Outgoing live links a peer keeps at once (each to a random live node).
 DEFAULT_FANOUT = 3
+#: Random draws from the live members before falling back to the seeds.
+_PICK_SAMPLES = 64
 #: The longest hello accepted, and its limits.
 MAX_HELLO_BYTES = 64 * 1024
 MAX_HELLO_REPLICAS = 256
@@ -172,15 +174,21 @@ def _member_key(change: Any) -> str:
 
 
 def _heard(
-    state: dict[str, float], change: list[Any], stamp: tuple[float, str], *, cap: int
+    state: dict[str, float],
+    change: list[Any],
+    stamp: tuple[float, str],
+    *,
+    cap: int,
+    own: str,
 ) -> list[Any]:
     """Record that a node was heard from, at the stamp of its heartbeat.
 
     Converges because the primitive keeps only the heartbeat with the
-    greatest stamp per address: the newest wins everywhere.
+    greatest stamp per address: the newest wins everywhere. A full map
+    takes no new node from peers (the node's own heartbeat always goes in).
     """
     address = change[0]
-    if address not in state and len(state) >= cap:
+    if address not in state and len(state) >= cap and stamp[1] != own:
         raise ValueError(f"the membership map is full ({cap} nodes)")
     state[address] = stamp[0]
     return change
@@ -209,9 +217,11 @@ def members_replica(
     *, wall: Callable[[], float], max_members: int = DEFAULT_MAX_MEMBERS
 ) -> Members:
     """A new membership map (type ``"members"``)."""
+    own = new_id()
     return Members(
-        functools.partial(_heard, cap=max_members),
+        functools.partial(_heard, cap=max_members, own=own),
         {},
+        id=own,
         key=_member_key,
         stamped=True,
         type_name="members",
@@ -513,6 +523,9 @@ class Peer:
         self._alive: set[str] = set()
         self._alive_list: list[str] = []
         self._self_hosts: set[str] = set()
+        self._self_cache: dict[str, bool] = {}
+        self._known_list: list[str] = []
+        self._known_at = -math.inf
         self._dials = 0
         self._dial_failures = 0
         self._accepted = 0
@@ -572,6 +585,14 @@ class Peer:
 
     def is_self(self, address: str) -> bool:
         """Whether ``address`` names this node, in any spelling."""
+        known = self._self_cache.get(address)
+        if known is None:
+            known = self._self_cache[address] = self._names_self(address)
+            if len(self._self_cache) > 4 * DEFAULT_MAX_MEMBERS:
+                self._self_cache.clear()
+        return known
+
+    def _names_self(self, address: str) -> bool:
         if address == self.address:
             return True
         try:
@@ -598,7 +619,7 @@ class Peer:
     def _beat(self) -> None:
         self.membership.beat(self.address)
         self.membership.reap(self._wall() - self.reap_after * 1000)
-        alive = set(self.members()) - {self.address}
+        alive = {n for n in self.members() if not self.is_self(n)}
         for node in sorted(alive - self._alive):
             self._emit({"event": "up", "peer": node})
         for node in sorted(self._alive - alive):
@@ -712,17 +733,21 @@ class Peer:
         )
 
     def _pick(self) -> str | None:
-        """A random live node to link to, or a seed if none is free."""
+        """A random live node to link to, or a seed if none is free.
+
+        Drawn by sampling, so a pick costs the same with ten thousand
+        members as with ten.
+        """
         linked = set(self._links.values())
         failures = self._failures
-        candidates = [
-            n
-            for n in self._alive_list
-            if failures.get(n, 0) < SUSPECT_AFTER and self._eligible(n, linked)
-        ]
-        if not candidates:
-            candidates = [s for s in self.seeds if self._eligible(s, linked)]
-        return self._rng.choice(candidates) if candidates else None
+        alive = self._alive_list
+        rng = self._rng
+        for _ in range(min(len(alive), _PICK_SAMPLES)):
+            node = rng.choice(alive)
+            if failures.get(node, 0) < SUSPECT_AFTER and self._eligible(node, linked):
+                return node
+        seeds = [s for s in self.seeds if self._eligible(s, linked)]
+        return rng.choice(seeds) if seeds else None
 
     async def _gossip(self) -> None:
         while True:
@@ -732,7 +757,31 @@ class Peer:
                 continue
             # Stay linked for a while, then move on to another random node.
             jitter = self._rng.uniform(0.75, 1.25)
-            await self._dial(node, live=True, duration=self.gossip_interval * jitter)
+            linked = await self._dial(
+                node, live=True, duration=self.gossip_interval * jitter
+            )
+            if not linked:
+                # At most ten failed dials per heartbeat from each loop.
+                await trio.sleep(self.heartbeat_interval / 10)
+
+    def _quiet_node(self, linked: set[str]) -> str | None:
+        """A random known node not heard from lately (or suspect), if any."""
+        known = self._known_sample()
+        rng = self._rng
+        for _ in range(min(len(known), _PICK_SAMPLES)):
+            node = rng.choice(known)
+            suspect = self._failures.get(node, 0) >= SUSPECT_AFTER
+            if (node not in self._alive or suspect) and self._eligible(node, linked):
+                return node
+        return None
+
+    def _known_sample(self) -> list[str]:
+        """A list of every known node, rebuilt at most once per heartbeat."""
+        now = trio.current_time()
+        if self._known_at + self.heartbeat_interval <= now or not self._known_list:
+            self._known_list = list(self.membership.state)
+            self._known_at = now
+        return self._known_list
 
     async def _redial(self) -> None:
         """Now and then, sync once with a seed and with a node not heard from.
@@ -744,14 +793,9 @@ class Peer:
             await trio.sleep(self.seed_interval * self._rng.uniform(0.75, 1.25))
             linked = set(self._links.values())
             targets = [s for s in self.seeds if self._eligible(s, linked)]
-            quiet = [
-                n
-                for n in self.membership.state
-                if (n not in self._alive or self._failures.get(n, 0) >= SUSPECT_AFTER)
-                and self._eligible(n, linked)
-            ]
-            if quiet:
-                targets.append(self._rng.choice(quiet))
+            quiet = self._quiet_node(linked)
+            if quiet is not None:
+                targets.append(quiet)
             async with trio.open_nursery() as nursery:
                 for node in targets:
                     nursery.start_soon(

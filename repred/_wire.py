@@ -373,7 +373,26 @@ def parse_entry(msg: list[Any], line: bytes) -> tuple[Any, float, str]:
 def _clock(clock: Any, line: bytes) -> dict[str, float]:
     if type(clock) is not dict:
         raise _bad("a clock is an object", "bad-clock", line)
-    return {_source(s, line): _stamp(ts, line) for s, ts in clock.items()}
+    return _clean_clock(clock, line)
+
+
+def _clean_clock(clock: dict[Any, Any], line: bytes) -> dict[str, float]:
+    """A clock's sources and stamps checked, stamps normalised (a digest may
+    hold ten thousand: the common case is checked inline)."""
+    clean: dict[str, float] = {}
+    for source, ts in clock.items():
+        kind = type(ts)
+        if (
+            type(source) is str
+            and 0 < len(source) <= MAX_SOURCE_LENGTH
+            and (kind is int or kind is float)
+            and 0 <= ts <= MAX_STAMP
+            and source != "__proto__"
+        ):
+            clean[source] = int(ts) if kind is float and ts.is_integer() else ts
+        else:
+            clean[_source(source, line)] = _stamp(ts, line)  # raises
+    return clean
 
 
 def _snapshot(msg: dict[str, Any], line: bytes) -> Snapshot:
@@ -393,7 +412,7 @@ def _digest(msg: dict[str, Any], line: bytes) -> Digest:
     peer_id = msg.get("id")
     if peer_id is not None and type(peer_id) is not str:
         raise _bad("digest id must be a string", "bad-digest", line)
-    clean = {_source(s, line): _stamp(ts, line) for s, ts in clock.items()}
+    clean = _clean_clock(clock, line)
     version = msg.get("repred")
     if version is not None and (type(version) is not int or version < 1):
         raise _bad("bad protocol version", "bad-digest", line)

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .types import Model
 
 __all__ = [
+    "Faults",
     "MemoryNetwork",
     "ReducerCheckFailed",
     "Simulation",
@@ -34,20 +35,28 @@ class MemoryNetwork:
     Every peer on the same ``MemoryNetwork`` can reach the others by
     address; links are in-memory streams, so hundreds of peers run in one
     process, and under ``autojump_clock`` their timers take no real time.
-    :meth:`cut` and :meth:`heal` partition the network.
+    :meth:`cut`, :meth:`partition` and :meth:`heal` split the network;
+    :attr:`faults` injects faults into the bytes links carry.
 
     Args:
         latency: seconds each chunk of bytes takes to cross a link.
+        rng: where fault injection draws from (seeded: reproducible).
     """
 
-    def __init__(self, *, latency: float = 0.0) -> None:
+    def __init__(
+        self, *, latency: float = 0.0, rng: random.Random | None = None
+    ) -> None:
         self.latency = latency
         self._listeners: dict[
             str, tuple[Callable[..., Awaitable[None]], trio.Nursery]
         ] = {}
         self._ports = itertools.count(1)
         self._blocked: set[str] = set()
-        self.connects = 0
+        self._groups: list[set[str]] | None = None
+        self._links: list[tuple[str, str, _Carrier, _Carrier]] = []
+        self.rng = rng or random.Random(0)
+        #: Fault injection: ``None`` (no faults) or a :class:`Faults`.
+        self.faults: Faults | None = None
 
     async def listen(
         self,
@@ -69,41 +78,29 @@ class MemoryNetwork:
         finally:
             self._listeners.pop(address, None)
 
+    def _reachable(self, source: str, address: str) -> bool:
+        if self._blocked & {address, source}:
+            return False
+        if self._groups is None:
+            return True
+        return any(source in g and address in g for g in self._groups)
+
     async def connect(self, address: str, *, source: str) -> trio.abc.Stream:
         """An in-memory stream to ``address``, dialled from ``source``."""
         await trio.lowlevel.checkpoint()
         entry = self._listeners.get(address)
-        if entry is None or self._blocked & {address, source}:
+        if entry is None or not self._reachable(source, address):
             raise OSError(errno.ECONNREFUSED, f"nothing answers at {address}")
-        self.connects += 1
         handler, nursery = entry
-        if self.latency:
-            out_send, out_recv = self._one_way(nursery)
-            in_send, in_recv = self._one_way(nursery)
-            ours: trio.abc.Stream = trio.StapledStream(out_send, in_recv)
-            theirs: trio.abc.Stream = trio.StapledStream(in_send, out_recv)
-        else:
-            ours, theirs = trio.testing.memory_stream_pair()
+        out_send, out_recv = trio.testing.memory_stream_one_way_pair()
+        in_send, in_recv = trio.testing.memory_stream_one_way_pair()
+        outward = _Carrier(self, out_send, nursery)
+        inward = _Carrier(self, in_send, nursery)
+        ours = trio.StapledStream(outward, in_recv)
+        theirs = trio.StapledStream(inward, out_recv)
+        self._links.append((source, address, outward, inward))
         nursery.start_soon(handler, theirs)
         return ours
-
-    def _one_way(
-        self, nursery: trio.Nursery
-    ) -> tuple[trio.testing.MemorySendStream, trio.testing.MemoryReceiveStream]:
-        send = trio.testing.MemorySendStream()
-        receive = trio.testing.MemoryReceiveStream()
-
-        async def carry() -> None:
-            try:
-                while data := await send.get_data():
-                    await trio.sleep(self.latency)
-                    receive.put_data(data)
-                receive.put_eof()
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-
-        nursery.start_soon(carry)
-        return send, receive
 
     def cut(self, address: str) -> None:
         """Cut ``address`` off: it can neither dial nor be dialled.
@@ -112,9 +109,104 @@ class MemoryNetwork:
         """
         self._blocked.add(address)
 
+    def partition(self, *groups: list[str] | set[str]) -> None:
+        """Split the network: addresses reach only those in their own group.
+
+        Links that cross groups are broken at once (both ends see the
+        stream fail), as a switch that went down would.
+        """
+        self._groups = [set(g) for g in groups]
+        for source, address, outward, inward in self._links:
+            if not self._reachable(source, address):
+                outward.sever()
+                inward.sever()
+        self._links = [
+            link for link in self._links if self._reachable(link[0], link[1])
+        ]
+
     def heal(self) -> None:
         """Make every address reachable again."""
         self._blocked.clear()
+        self._groups = None
+
+
+@attrs.define
+class Faults:
+    """What a :class:`MemoryNetwork` does to the chunks its links carry.
+
+    Each is a probability per chunk, drawn from the network's ``rng``.
+
+    Attributes:
+        delay: the chunk waits up to ``max_delay`` seconds.
+        stall: the link stops carrying anything for ``stall_for`` seconds.
+        cut: the link is broken after part of the chunk went through (so a
+            line is cut in the middle).
+        duplicate: the chunk is sent twice.
+        reorder: the chunk is held and sent after the next one.
+    """
+
+    delay: float = 0.0
+    stall: float = 0.0
+    cut: float = 0.0
+    duplicate: float = 0.0
+    reorder: float = 0.0
+    max_delay: float = 0.5
+    stall_for: float = 30.0
+
+
+class _Carrier(trio.abc.SendStream):
+    """The sending end of one direction of a link, through the network."""
+
+    def __init__(
+        self,
+        network: MemoryNetwork,
+        send: trio.testing.MemorySendStream,
+        nursery: trio.Nursery,
+    ) -> None:
+        self._network = network
+        self._send = send
+        self._held: bytes | None = None
+        self._severed = False
+
+    def sever(self) -> None:
+        self._severed = True
+        self._send.close()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._severed:
+            raise trio.BrokenResourceError("the network link is down")
+        network = self._network
+        if network.latency:
+            await trio.sleep(network.latency)
+        faults = network.faults
+        data = bytes(data)
+        if faults is None:
+            await self._send.send_all(data)
+            return
+        rng = network.rng
+        if rng.random() < faults.delay:
+            await trio.sleep(rng.uniform(0, faults.max_delay))
+        if rng.random() < faults.stall:
+            await trio.sleep(faults.stall_for)
+        if rng.random() < faults.cut:
+            await self._send.send_all(data[: rng.randrange(len(data) + 1)])
+            self.sever()
+            raise trio.BrokenResourceError("the network cut the link")
+        if rng.random() < faults.reorder and self._held is None:
+            self._held = data
+            return
+        if self._held is not None:
+            data, held = data + self._held, None
+            self._held = held
+        await self._send.send_all(data)
+        if rng.random() < faults.duplicate:
+            await self._send.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._send.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self._send.aclose()
 
 
 # -- simulated clusters ------------------------------------------------------
