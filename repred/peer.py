@@ -148,6 +148,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds between re-dials of the seeds (default 5)",
     )
+    p.add_argument(
+        "--max-backoff",
+        type=_seconds,
+        default=30.0,
+        metavar="S",
+        help="the longest wait before re-dialling a failing peer (default 30)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log link errors")
     return p
 
@@ -391,6 +398,7 @@ async def _serve(
         down_after=args.down_after,
         gossip_interval=args.gossip,
         seed_interval=args.seed_interval,
+        max_backoff=args.max_backoff,
         on_event=out,
         advertise=args.advertise,
     ) as peer:
