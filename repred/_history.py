@@ -106,6 +106,11 @@ class SourceLog:
         )
 
 
+def _new_log() -> SourceLog:
+    """An empty SourceLog whose lists the caller sets (no __init__ call)."""
+    return SourceLog.__new__(SourceLog)
+
+
 class History:
     """Every entry a replica holds, as per-source logs.
 
@@ -144,21 +149,29 @@ class History:
         what :attr:`newest` said of it: the caller has checked that the new
         entry is not dominated, and the old one is dropped.
         """
-        log = self.logs.get(source)
-        if log is None:
-            log = self.logs[source] = SourceLog()
+        logs = self.logs
         if key is not None:
             if old is not None:
-                self.logs[old[1]].discard(old[0])
+                logs[old[1]].discard(old[0])
             self._index[key] = (ts, source)
-        # Appended in place (the hot path of every sync): the caller has
-        # checked that ts is above every stamp already in this log.
-        log._stamps.append(ts)
         # An entry is immutable once recorded. A list is kept as a tuple (the
         # same JSON array on the wire): the caller's list can no longer alter
         # history, and the collector stops tracking tuples of plain values,
         # which keeps full collections cheap with millions of entries.
-        log._changes.append(tuple(change) if type(change) is list else change)
+        if type(change) is list:
+            change = tuple(change)
+        log = logs.get(source)
+        if log is None:
+            # A new source (the hot path of a sync from many writers).
+            log = logs[source] = _new_log()
+            log._stamps = [ts]
+            log._changes = [change]
+            log._live = 1
+            return
+        # Appended in place (the hot path of every sync): the caller has
+        # checked that ts is above every stamp already in this log.
+        log._stamps.append(ts)
+        log._changes.append(change)
         log._live += 1
 
     def cover(self, clock: Mapping[str, float]) -> None:

@@ -68,9 +68,12 @@ DEFAULT_MAX_AHEAD_MS = 60 * 1000
 #: the membership of a 10,000-node network with room to spare.
 DEFAULT_MAX_SOURCES = 16_384
 
-#: The part of a line a digest's clock may take: what stays of the line
-#: limit after room for the id, the type and the other keys of a digest.
-MAX_DIGEST_CLOCK_BYTES = DEFAULT_MAX_LINE_BYTES - 8192
+#: Room a digest keeps, beside its clock, for the id, the type and the other
+#: keys: the clock may take the line limit less this.
+DIGEST_OVERHEAD_BYTES = 8192
+
+
+_dumps = orjson.dumps
 
 
 def clock_cost(source: str) -> int:
@@ -154,6 +157,7 @@ class Replica:
         "id",
         "max_ahead_ms",
         "max_drift_ms",
+        "max_line_bytes",
         "max_sources",
         "snapshot",
         "snapshot_version",
@@ -175,6 +179,7 @@ class Replica:
         max_drift_ms: float = DEFAULT_MAX_DRIFT_MS,
         max_ahead_ms: float = DEFAULT_MAX_AHEAD_MS,
         max_sources: int = DEFAULT_MAX_SOURCES,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         wall: Callable[[], float] = wall_ms,
         store: SqliteStore | None = None,
         snapshot: Callable[[Any], Any] | None = None,
@@ -190,6 +195,13 @@ class Replica:
             raise ValueError("need 0 < max_ahead_ms < max_drift_ms")
         if type(max_sources) is not int or max_sources < 1:
             raise ValueError("max_sources must be a positive int")
+        if (
+            type(max_line_bytes) is not int
+            or max_line_bytes < 2 * DIGEST_OVERHEAD_BYTES
+        ):
+            raise ValueError(
+                f"max_line_bytes must be an int >= {2 * DIGEST_OVERHEAD_BYTES}"
+            )
         if snapshot is not None and (stamped or key is not None):
             raise ValueError("snapshot= is for reducers without key= or stamped=")
         self._reducer = reducer
@@ -205,6 +217,7 @@ class Replica:
         self.max_drift_ms = max_drift_ms
         self.max_ahead_ms = max_ahead_ms
         self.max_sources = max_sources
+        self.max_line_bytes = max_line_bytes
         #: Entries not applied because they were stamped too far ahead.
         self.deferred = 0
         self._wall = wall
@@ -261,8 +274,9 @@ class Replica:
                 read back exactly (see :func:`repred.protocol.check_value`):
                 the message names the offending part.
             ValueError: the entry's line would be longer than
-                :data:`DEFAULT_MAX_LINE_BYTES`, the limit every peer applies
-                by default, so peers would refuse it.
+                ``max_line_bytes`` (:data:`DEFAULT_MAX_LINE_BYTES`, the
+                limit every peer applies by default), so peers would refuse
+                it.
             StoreError: the store could not make the write durable.
             Exception: whatever the reducer raised.
         """
@@ -298,11 +312,11 @@ class Replica:
         try:
             check_value(change, "the change")
             size = len(encode_entry(change, ts, self.id))
-            if size > DEFAULT_MAX_LINE_BYTES:
+            if size > self.max_line_bytes:
                 raise ValueError(
                     f"the entry would be {size} bytes, over the"
-                    f" {DEFAULT_MAX_LINE_BYTES} byte line limit every peer"
-                    " applies; split the value"
+                    f" {self.max_line_bytes} byte line limit peers apply;"
+                    " split the value"
                 )
             k = old = None
             if self._key is not None:
@@ -392,6 +406,7 @@ class Replica:
         last = self._last
         store = self.store
         own = self.id
+        budget = self.max_line_bytes - DIGEST_OVERHEAD_BYTES
         if skipped is None:
             skipped = set()
         applied = 0
@@ -412,7 +427,15 @@ class Replica:
                         reason="forged",
                     )
                 if known is None:
-                    self._admit(source)
+                    # A new source: within the bound (inline: the hot path of
+                    # a sync from many writers).
+                    cost = len(_dumps(source)) + 26
+                    if (
+                        len(clock) >= self.max_sources
+                        or self._clock_bytes + cost > budget
+                    ):
+                        self._admit(source)  # raises
+                    self._clock_bytes += cost
                 if key is None:
                     k = old = None
                 else:
@@ -465,7 +488,7 @@ class Replica:
         cost = clock_cost(source)
         if (
             len(self._clock) >= self.max_sources
-            or self._clock_bytes + cost > MAX_DIGEST_CLOCK_BYTES
+            or self._clock_bytes + cost > self.max_line_bytes - DIGEST_OVERHEAD_BYTES
         ):
             raise RemoteProtocolError(
                 f"this replica holds {len(self._clock)} sources, the most it"
@@ -626,7 +649,7 @@ class Replica:
         cost = sum(map(clock_cost, new))
         if (
             len(self._clock) + len(new) > self.max_sources
-            or self._clock_bytes + cost > MAX_DIGEST_CLOCK_BYTES
+            or self._clock_bytes + cost > self.max_line_bytes - DIGEST_OVERHEAD_BYTES
         ):
             raise RemoteProtocolError(
                 "the snapshot would take this replica past its bound on sources",
@@ -749,6 +772,7 @@ def repred(
     max_drift_ms: float = DEFAULT_MAX_DRIFT_MS,
     max_ahead_ms: float = DEFAULT_MAX_AHEAD_MS,
     max_sources: int = DEFAULT_MAX_SOURCES,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     wall: Callable[[], float] = wall_ms,
     store: SqliteStore | None = None,
     snapshot: Callable[[Any], Any] | None = None,
@@ -784,7 +808,11 @@ def repred(
         max_ahead_ms: how far ahead of the wall clock remote stamps may push
             this replica's own (see :data:`DEFAULT_MAX_AHEAD_MS`).
         max_sources: how many sources the replica takes (see
-            :data:`DEFAULT_MAX_SOURCES`).
+            :data:`DEFAULT_MAX_SOURCES`); fewer, if their digest would not
+            fit in ``max_line_bytes``.
+        max_line_bytes: the longest line this replica writes (its entries
+            and its digest); its peers must accept lines this long. The
+            default is the limit every link applies by default.
         wall: the wall clock in milliseconds (tests pass a fake one).
         store: keep the history, clock and id durable (see
             :class:`SqliteStore`); reopening the same store restores them
@@ -809,6 +837,7 @@ def repred(
         max_drift_ms=max_drift_ms,
         max_ahead_ms=max_ahead_ms,
         max_sources=max_sources,
+        max_line_bytes=max_line_bytes,
         wall=wall,
         store=store,
         snapshot=snapshot,

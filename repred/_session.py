@@ -53,6 +53,8 @@ import collections
 import enum
 import gc
 import logging
+from bisect import bisect_right
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -97,6 +99,8 @@ log = logging.getLogger("repred")
 #: garbage collector paused (see the module docstring).
 _GC_PAUSE_LINES = 64
 _loads = orjson.loads
+_dumps = orjson.dumps
+_OPT = orjson.OPT_APPEND_NEWLINE
 _JSONDecodeError = orjson.JSONDecodeError
 
 __all__ = [
@@ -513,13 +517,18 @@ class SyncSession:
             self._peer_max_line = digest.max_line + 1  # the LF is not counted
         sent = self._sent = dict(digest.clock)
         replica = self.replica
+        logs = replica._history.logs
+        clock = replica.clock
+        # Sources with the most outstanding entries go first (scuttle-depth).
         outstanding = [
-            (replica._count_after(source, sent.get(source, -1)), source)
-            for source, ts in replica.clock.items()
-            if ts > sent.get(source, -1)
+            (len(log._stamps), source)
+            if source not in sent
+            else (log.count_after(sent[source]), source)
+            for source, log in logs.items()
+            if source not in sent or clock[source] > sent[source]
         ]
-        outstanding.sort(key=lambda pair: pair[0], reverse=True)
-        self._queue = collections.deque(source for _, source in outstanding)
+        outstanding.sort(key=itemgetter(0), reverse=True)
+        self._queue = collections.deque(map(itemgetter(1), outstanding))
         self._queued = set(self._queue)
         self._send_snapshot()
         self._advance("ours", _Event.DIGEST)
@@ -573,26 +582,43 @@ class SyncSession:
         queue = self._queue
         queued = self._queued
         sent = self._sent
-        after = self.replica._after
+        logs = self.replica._history.logs
         limit = self._batch_entries
         budget = self._batch_bytes
         size = 0
+        sent_count = 0
         peer_max = self._peer_max_line
+        dumps = _dumps
+        opt = _OPT
         while queue and size < budget:
-            source = queue[0]
-            batch = after(source, sent.get(source, -1), limit)
-            for ts, change in batch:
-                line = encode_entry(change, ts, source)
+            source = queue.popleft()
+            log = logs.get(source)
+            if log is None:
+                queued.discard(source)
+                continue
+            stamps = log._stamps
+            start = bisect_right(stamps, sent.get(source, -1))
+            if log._live == len(stamps):  # no dropped entries: slice directly
+                stamps = stamps[start : start + limit]
+                changes = log._changes[start : start + limit]
+            else:
+                batch = log.after(sent.get(source, -1), limit)
+                stamps = [ts for ts, _ in batch]
+                changes = [change for _, change in batch]
+            for ts, change in zip(stamps, changes, strict=True):
+                line = dumps([change, ts, source], option=opt)
                 if len(line) > peer_max:
                     self._too_long_for_peer(change, ts, source, len(line))
                 out.append(line)
                 size += len(line)
-            if batch:
-                sent[source] = batch[-1][0]
-                self._updates_out += len(batch)
-            if len(batch) < limit:
-                queue.popleft()
+            if stamps:
+                sent[source] = stamps[-1]
+                sent_count += len(stamps)
+            if len(stamps) == limit:
+                queue.appendleft(source)  # more of it: it goes on first
+            else:
                 queued.discard(source)
+        self._updates_out += sent_count
 
     def _too_long_for_peer(
         self, change: Any, ts: float, source: str, size: int

@@ -13,7 +13,7 @@ from .._replica import (
     Replica,
     wall_ms,
 )
-from .._wire import check_value
+from .._wire import DEFAULT_MAX_LINE_BYTES, check_value
 
 R = TypeVar("R", bound=Replica)
 
@@ -30,6 +30,7 @@ def build(
     max_drift_ms: float = DEFAULT_MAX_DRIFT_MS,
     max_ahead_ms: float = DEFAULT_MAX_AHEAD_MS,
     max_sources: int = DEFAULT_MAX_SOURCES,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     wall: Any = wall_ms,
     store: Any = None,
     **options: Any,
@@ -47,6 +48,7 @@ def build(
         max_drift_ms=max_drift_ms,
         max_ahead_ms=max_ahead_ms,
         max_sources=max_sources,
+        max_line_bytes=max_line_bytes,
         wall=wall,
         store=store,
         **options,

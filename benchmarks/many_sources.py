@@ -1,0 +1,64 @@
+"""Full sync of N entries from N writers against N entries from one writer.
+
+Work per link must be linear in the sources it touches: a sync of 100,000
+entries from 100,000 writers should cost within 3x of the same number of
+entries from one writer. In process, over a pair of sessions.
+
+    python benchmarks/many_sources.py [N]     (default: 100000)
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from repred import SyncSession
+from repred.types import model
+
+from _common import report
+
+EPOCH = 1_700_000_000_000
+BIG = 64 << 20  # a digest of 100,000 sources is about 4 MB
+
+
+def filled(n: int, writers: int) -> object:
+    m = model(id="hub", max_sources=n + 10, max_line_bytes=BIG, wall=lambda: EPOCH + n)
+    m.apply_many([([f"k{i}", i], EPOCH + i, f"w{i % writers}") for i in range(n)])
+    return m
+
+
+def sync_seconds(source: object, n: int) -> float:
+    fresh = model(
+        id="fresh", max_sources=n + 10, max_line_bytes=BIG, wall=lambda: EPOCH + n
+    )
+    a = SyncSession(source, max_line_bytes=BIG)  # type: ignore[arg-type]
+    b = SyncSession(fresh, max_line_bytes=BIG)
+    t = time.perf_counter()
+    while True:
+        ab, ba = a.data_to_send(), b.data_to_send()
+        if not ab and not ba:
+            break
+        if ab:
+            b.receive_data(ab)
+        if ba:
+            a.receive_data(ba)
+    dt = time.perf_counter() - t
+    assert len(fresh.to_dict()) == n
+    return dt
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+    one = min(sync_seconds(filled(n, 1), n) for _ in range(3))
+    many = min(sync_seconds(filled(n, n), n) for _ in range(3))
+    report(
+        "many_sources",
+        entries=n,
+        one_writer_seconds=one,
+        writer_per_entry_seconds=many,
+        ratio=many / one,
+    )
+
+
+if __name__ == "__main__":
+    main()
