@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 import time
 
-from repred import SyncSession
+from repred.protocol import Session
 from repred.types import model
 
 from _common import report
@@ -31,8 +31,8 @@ def sync_seconds(source: object, n: int) -> float:
     fresh = model(
         id="fresh", max_sources=n + 10, max_line_bytes=BIG, wall=lambda: EPOCH + n
     )
-    a = SyncSession(source, max_line_bytes=BIG)  # type: ignore[arg-type]
-    b = SyncSession(fresh, max_line_bytes=BIG)
+    a = Session(source, max_line_bytes=BIG)  # type: ignore[arg-type]
+    b = Session(fresh, max_line_bytes=BIG)
     t = time.perf_counter()
     while True:
         ab, ba = a.data_to_send(), b.data_to_send()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 import repred
-from repred import SyncSession
+from repred.protocol import Session
 
 from _common import arg, report
 
@@ -23,7 +23,7 @@ def union(state, update):
 
 
 def round_trip(a: repred.Replica, b: repred.Replica) -> int:
-    sa, sb = SyncSession(a), SyncSession(b)
+    sa, sb = Session(a), Session(b)
     moved = 0
     while True:
         x, y = sa.data_to_send(), sb.data_to_send()

@@ -1,6 +1,6 @@
 """The exception hierarchy.
 
-Every error repred raises on purpose derives from :class:`ReplicaError`.
+Every error repred raises on purpose derives from :class:`RepredError`.
 Whose fault it was decides the class: :class:`LocalProtocolError` means the
 caller misused the API, :class:`RemoteProtocolError` means the peer sent
 something it must not. Construction-time misuse stays a plain ``TypeError``
@@ -15,16 +15,16 @@ __all__ = [
     "PeerClosed",
     "ProtocolError",
     "RemoteProtocolError",
-    "ReplicaError",
+    "RepredError",
     "SyncTimeout",
 ]
 
 
-class ReplicaError(Exception):
+class RepredError(Exception):
     """Base class of every error repred raises on purpose."""
 
 
-class ProtocolError(ReplicaError):
+class ProtocolError(RepredError):
     """Something broke the replication protocol.
 
     Not raised directly: see its two subclasses.
@@ -57,9 +57,9 @@ class IncompatiblePeerError(RemoteProtocolError):
     """The peer replicates another type of replica, or an unknown protocol."""
 
 
-class PeerClosed(ReplicaError):
+class PeerClosed(RepredError):
     """The peer went away before the sync was complete."""
 
 
-class SyncTimeout(ReplicaError):
+class SyncTimeout(RepredError):
     """The peer stopped reading (or answering) for longer than allowed."""

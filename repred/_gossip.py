@@ -45,10 +45,8 @@ import attrs
 import orjson
 import trio
 
-from ._errors import RemoteProtocolError, ReplicaError
-from ._replica import Replica, new_id, wall_ms
-from ._session import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_ENTRIES, SyncSession
-from ._trio import (
+from ._errors import RemoteProtocolError, RepredError
+from ._links import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_LINKS,
     DEFAULT_SEND_TIMEOUT,
@@ -58,6 +56,8 @@ from ._trio import (
     run_channel,
     single_errors,
 )
+from ._replica import Replica, new_id, wall_ms
+from ._session import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_ENTRIES, Session
 from ._wire import DEFAULT_MAX_LINE_BYTES, LineDecoder, loads_line
 
 if TYPE_CHECKING:
@@ -222,7 +222,7 @@ def members_replica(
         functools.partial(_heard, cap=max_members, own=own),
         {},
         id=own,
-        key=_member_key,
+        last_write_wins=_member_key,
         stamped=True,
         type_name="members",
         wall=wall,
@@ -253,8 +253,8 @@ class _Mux:
             )
         ]
         self.hello: dict[str, Any] | None = None
-        self.sessions: list[SyncSession] = []
-        self._by_name: dict[bytes, SyncSession] = {}
+        self.sessions: list[Session] = []
+        self._by_name: dict[bytes, Session] = {}
         self._wakeup: Callable[[], None] | None = None
 
     @property
@@ -303,7 +303,7 @@ class _Mux:
         if self.hello is None and lines:
             self._on_hello(lines[0])
             start = 1
-        current: SyncSession | None = None
+        current: Session | None = None
         bodies: list[bytes] = []
         by_name = self._by_name
         for line in lines[start:]:
@@ -666,7 +666,7 @@ class Peer:
             await self._run_link(stream, live=True, label="inbound")
         except RemoteProtocolError as exc:
             log.warning("inbound link refused: %s: %s", type(exc).__name__, exc)
-        except ReplicaError as exc:
+        except RepredError as exc:
             log.debug("inbound link closed: %s: %s", type(exc).__name__, exc)
         except Exception:
             log.exception("inbound link failed")
@@ -689,7 +689,7 @@ class Peer:
                 stream = await self._transport.connect(node, source=self.address)
             with trio.move_on_after(duration if live else self.connect_timeout * 4):
                 await self._run_link(stream, live=live, label=node, started=started)
-        except (OSError, ValueError, trio.TooSlowError, ReplicaError) as exc:
+        except (OSError, ValueError, trio.TooSlowError, RepredError) as exc:
             self._dial_failed(node, exc)
             return False
         except Exception as exc:

@@ -1,6 +1,6 @@
 """The replica: a reducer, its state, a hybrid logical clock and a history.
 
-Nothing here blocks or does I/O. The trio edge (``_trio.py``) and the
+Nothing here blocks or does I/O. The trio edge (``_links.py``) and the
 protocol session (``_session.py``) drive a replica through three entry
 points: :meth:`Replica.update` for local writes, :meth:`Replica.apply` for
 entries that arrived from a peer, and the listener hooks through which
@@ -174,7 +174,7 @@ class Replica:
         map: Callable[..., Any] | None = None,
         id: str | None = None,
         stamped: bool = False,
-        key: Callable[[Any], Hashable] | None = None,
+        last_write_wins: Callable[[Any], Hashable] | None = None,
         type_name: str | None = None,
         max_drift_ms: float = DEFAULT_MAX_DRIFT_MS,
         max_ahead_ms: float = DEFAULT_MAX_AHEAD_MS,
@@ -202,8 +202,10 @@ class Replica:
             raise ValueError(
                 f"max_line_bytes must be an int >= {2 * DIGEST_OVERHEAD_BYTES}"
             )
-        if snapshot is not None and (stamped or key is not None):
-            raise ValueError("snapshot= is for reducers without key= or stamped=")
+        if snapshot is not None and (stamped or last_write_wins is not None):
+            raise ValueError(
+                "snapshot= is for reducers without last_write_wins= or stamped="
+            )
         self._reducer = reducer
         self._map = map
         self._stamped = stamped
@@ -224,7 +226,7 @@ class Replica:
         self._clock: dict[str, float] = {}
         self._clock_bytes = 0
         self._clock_view = types.MappingProxyType(self._clock)
-        self._key = key
+        self._key = last_write_wins
         self._history = History()
         self._last: float = 0
         self._listeners: list[Listener] = []
@@ -563,7 +565,7 @@ class Replica:
             self.store.commit()
 
     def _forget_keys(self, keys: Iterable[Hashable]) -> None:
-        """Drop the entries kept for ``keys`` (a ``key=`` type's own bound)."""
+        """Drop the entries kept for ``keys`` (a last-write-wins type's own bound)."""
         dropped = self._history.forget_keys(keys)
         if self.store is not None and dropped:
             for ts, source in dropped:
@@ -767,7 +769,7 @@ def repred(
     map: Callable[..., Any] | None = None,
     id: str | None = None,
     stamped: bool = False,
-    key: Callable[[Any], Hashable] | None = None,
+    last_write_wins: Callable[[Any], Hashable] | None = None,
     type_name: str | None = None,
     max_drift_ms: float = DEFAULT_MAX_DRIFT_MS,
     max_ahead_ms: float = DEFAULT_MAX_AHEAD_MS,
@@ -794,7 +796,8 @@ def repred(
             ``None`` from it drops the update.
         id: this replica's source id; a random one by default.
         stamped: pass the entry's stamp to the reducer.
-        key: makes the type last-write-wins per key. ``key(change)`` names
+        last_write_wins: makes the type last-write-wins per key.
+            ``last_write_wins(change)`` names
             what a change writes (it may raise ``ValueError`` to refuse a
             malformed change). Of the entries with the same key, the one with
             the greatest stamp ``(ts, source)`` wins: an older one reaching
@@ -832,7 +835,7 @@ def repred(
         map=map,
         id=id,
         stamped=stamped,
-        key=key,
+        last_write_wins=last_write_wins,
         type_name=type_name,
         max_drift_ms=max_drift_ms,
         max_ahead_ms=max_ahead_ms,

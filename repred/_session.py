@@ -3,14 +3,14 @@
 Theory of operation
 -------------------
 
-A :class:`SyncSession` joins one :class:`~repred.Replica` to one peer. It
+A :class:`Session` joins one :class:`~repred.Replica` to one peer. It
 never does I/O: the caller feeds it what arrived (:meth:`receive_data`) and
 sends what it produces (:meth:`data_to_send`). The trio edge is one such
 caller; tests are another.
 
 Both sides run the same sequence; neither is client or server (the wire
 protocol of JS scuttlebutt). Each side has an outgoing and an incoming
-state, and every change of state happens in :meth:`SyncSession._advance`,
+state, and every change of state happens in :meth:`Session._advance`,
 through the table :data:`TRANSITIONS`::
 
     outgoing:  HELLO --peer digest--> HISTORY --all sent--> LIVE
@@ -109,15 +109,15 @@ __all__ = [
     "TRANSITIONS",
     "Digest",
     "PeerEOF",
+    "Session",
     "SessionState",
     "SessionStatistics",
     "SyncReceived",
-    "SyncSession",
 ]
 
 #: At most this many entries of one source are read from history at a time.
 DEFAULT_BATCH_ENTRIES = 512
-#: :meth:`SyncSession.data_to_send` stops adding entries past this many bytes.
+#: :meth:`Session.data_to_send` stops adding entries past this many bytes.
 DEFAULT_BATCH_BYTES = 64 * 1024
 
 
@@ -178,7 +178,7 @@ class SessionStatistics:
         updates_in: entries received that were new to the replica.
         updates_out: entries sent.
         bytes_in: bytes received.
-        bytes_out: bytes handed out by :meth:`SyncSession.data_to_send`.
+        bytes_out: bytes handed out by :meth:`Session.data_to_send`.
         lines_in: complete lines received (keep-alives included).
         deferred: entries not applied because they were stamped too far
             ahead (they arrive again on a later link).
@@ -200,7 +200,7 @@ def _entry_line(change: Any, ts: float, source: str) -> bytes:
     return snippet(encode_entry(change, ts, source))
 
 
-class SyncSession:
+class Session:
     """One link's side of the protocol, over one replica.
 
     Args:
@@ -259,7 +259,7 @@ class SyncSession:
     def __repr__(self) -> str:
         peer = self.peer.id if self.peer else None
         return (
-            f"<SyncSession {self.replica.id!r}<->{peer!r}"
+            f"<Session {self.replica.id!r}<->{peer!r}"
             f" out={self.our_state.value} in={self.their_state.value}>"
         )
 

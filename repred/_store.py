@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import orjson
 
-from ._errors import ReplicaError
+from ._errors import RepredError
 from ._wire import MAX_SOURCE_LENGTH, MAX_STAMP
 
 if TYPE_CHECKING:
@@ -96,7 +96,7 @@ def _snapshot_crc(payload: bytes, clock: bytes) -> int:
     return _crc32(clock, _crc32(payload))
 
 
-class StoreError(ReplicaError):
+class StoreError(RepredError):
     """The store cannot be used: in use, not a repred store, damaged, or a
     write that could not be made durable."""
 

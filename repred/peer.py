@@ -34,10 +34,10 @@ from typing import Any, NoReturn
 import orjson
 import trio
 
-from ._errors import ReplicaError
+from ._errors import RepredError
 from ._gossip import open_peer, parse_address
+from ._links import single_errors
 from ._store import SqliteStore
-from ._trio import single_errors
 from .types import model
 
 __all__ = ["main"]
@@ -340,7 +340,7 @@ def _command(raw: bytes, data: Any, peer: Any, out: _Output) -> None:
             out({"event": "peers", "peers": peer.members()})
         else:
             out({"event": "error", "message": f"unknown command: {text[:200]}"})
-    except (TypeError, ValueError, ReplicaError) as exc:
+    except (TypeError, ValueError, RepredError) as exc:
         out({"event": "error", "message": f"{cmd}: {exc}"})
 
 
@@ -435,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         raise
     except KeyboardInterrupt:
         return 0
-    except (OSError, ValueError, ReplicaError) as exc:
+    except (OSError, ValueError, RepredError) as exc:
         print(f"repred.peer: {exc}", file=sys.stderr)
         return 1 if isinstance(exc, OSError) else 2
     return 0

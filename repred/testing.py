@@ -309,7 +309,7 @@ def check_reducer(
     initial: Any,
     updates: Any,
     *,
-    key: Callable[[Any], Hashable] | None = None,
+    last_write_wins: Callable[[Any], Hashable] | None = None,
     stamped: bool = False,
     snapshot: Callable[[Any], Any] | None = None,
     max_examples: int = 200,
@@ -334,7 +334,7 @@ def check_reducer(
         reducer: the reducer, as given to :func:`repred.repred`.
         initial: the initial state (deep-copied for every replica).
         updates: a Hypothesis strategy for update payloads.
-        key: the ``key=`` option the type uses, if any.
+        last_write_wins: the ``last_write_wins=`` option the type uses, if any.
         stamped: whether the reducer takes the stamp (``stamped=True``).
         snapshot: the ``snapshot=`` function, if any: also checked that it
             rebuilds the state from ``initial``, through JSON.
@@ -347,7 +347,7 @@ def check_reducer(
         raise ImportError("check_reducer needs hypothesis installed") from exc
 
     from ._replica import Replica
-    from ._session import SyncSession
+    from ._session import Session
 
     config = settings(
         max_examples=max_examples,
@@ -364,7 +364,7 @@ def check_reducer(
             reducer,
             fresh(),
             id=source,
-            key=key,
+            last_write_wins=last_write_wins,
             stamped=stamped,
             type_name="checked",
             wall=lambda: ms,
@@ -393,8 +393,8 @@ def check_reducer(
         one = list(entries)
         two = entries + [rnd.choice(entries) for _ in range(rnd.randrange(3))]
         rnd.shuffle(two)
-        a = _fold(reducer, fresh(), one, key=key, stamped=stamped)
-        b = _fold(reducer, fresh(), two, key=key, stamped=stamped)
+        a = _fold(reducer, fresh(), one, key=last_write_wins, stamped=stamped)
+        b = _fold(reducer, fresh(), two, key=last_write_wins, stamped=stamped)
         if a != b:
             raise ReducerCheckFailed(
                 "the same updates gave two different states, so replicas that"
@@ -452,9 +452,9 @@ def check_reducer(
             if write is not None:
                 replicas[write[0]].update(write[1])
             if step is not None and step[0] != step[1]:
-                _sync(replicas[step[0]], replicas[step[1]], SyncSession, step[2])
+                _sync(replicas[step[0]], replicas[step[1]], Session, step[2])
         for a, b in [(0, 1), (1, 2), (0, 1)]:
-            _sync(replicas[a], replicas[b], SyncSession, None)
+            _sync(replicas[a], replicas[b], Session, None)
         states = [r.state for r in replicas]
         if not states[0] == states[1] == states[2]:
             raise ReducerCheckFailed(

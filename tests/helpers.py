@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from repred import Replica, SyncSession, repred
+from repred import Replica, repred
+from repred.protocol import Session
 
 
 def union(state: set[Any], update: list[Any]) -> list[Any]:
@@ -37,8 +38,8 @@ class SessionPair:
     """Two sessions joined by a fake network that the test pumps by hand."""
 
     def __init__(self, a: Replica, b: Replica, **options: Any) -> None:
-        self.a = SyncSession(a, **options)
-        self.b = SyncSession(b, **options)
+        self.a = Session(a, **options)
+        self.b = Session(b, **options)
         self.a_to_b: list[bytes] = []
         self.b_to_a: list[bytes] = []
 

@@ -69,7 +69,7 @@ def _types_and_writes():
         ("model-nested", types.model, lambda r, v: r.set("k", {"a": [1, v]})),
         ("register", types.register, lambda r, v: r.set(v)),
         ("gset", types.gset, lambda r, v: r.add(v)),
-        ("twophase", types.twophase_set, lambda r, v: r.add(v)),
+        ("twophase", types.two_phase_set, lambda r, v: r.add(v)),
         ("orset", types.orset, lambda r, v: r.add(v)),
         ("counter", types.counter, lambda r, v: r.inc(v)),
         ("events", types.events, lambda r, v: r.emit("e", v)),
@@ -193,7 +193,7 @@ def test_a_reducer_that_raises_on_a_peer_entry_leaves_the_state_as_it_was():
     r = repred.repred(careless_union, set(), id="r")
     r.update(["a"])
     before = snapshot_of(r)
-    s = repred.SyncSession(r)
+    s = repred.protocol.Session(r)
     s.data_to_send()
     with pytest.raises(repred.RemoteProtocolError):
         s.receive_data(b'{"id":"B","clock":{}}\n[["y","boom"],1,"B"]\n')
@@ -210,7 +210,7 @@ def test_an_entry_over_the_line_limit_is_refused_at_update():
     assert m.to_dict() == {}
     assert dict(m.clock) == {}
     # Just under the limit is fine, and a peer with default settings takes it.
-    room = repred.DEFAULT_MAX_LINE_BYTES - 64
+    room = repred.protocol.DEFAULT_MAX_LINE_BYTES - 64
     m.set("big", "x" * room)
     peer = types.model()
     sync(m, peer)
@@ -328,9 +328,9 @@ def test_a_peer_with_a_smaller_line_limit_refuses_only_that_link(caplog):
     big.set("large", "x" * 5000)
     big.set("after", 1)
     pair = SessionPair(big, small)
-    pair.b = repred.SyncSession(small, max_line_bytes=1000)
+    pair.b = repred.protocol.Session(small, max_line_bytes=1000)
     pair.a.close()
-    pair.a = repred.SyncSession(big)
+    pair.a = repred.protocol.Session(big)
     with caplog.at_level("WARNING", logger="repred"):
         with pytest.raises(repred.LocalProtocolError, match="line limit"):
             pair.pump()
@@ -346,7 +346,7 @@ def test_a_peer_with_a_smaller_line_limit_refuses_only_that_link(caplog):
 
 def test_an_entry_too_deep_to_relay_is_refused_on_the_way_in():
     r = types.model(id="r")
-    s = repred.SyncSession(r)
+    s = repred.protocol.Session(r)
     s.data_to_send()
     deep = b"[" * 200 + b"]" * 200
     with pytest.raises(repred.RemoteProtocolError) as info:

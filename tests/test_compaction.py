@@ -4,8 +4,9 @@ import logging
 
 import pytest
 
-from repred import RemoteProtocolError, SqliteStore, SyncSession
-from repred.types import gset, twophase_set
+from repred import RemoteProtocolError, SqliteStore
+from repred.protocol import Session
+from repred.types import gset, two_phase_set
 
 from .helpers import LinePump, SessionPair, assert_complete, sync
 
@@ -69,7 +70,7 @@ def test_snapshots_relay_and_combine():
 
 
 def test_removed_members_stay_removed_through_compaction():
-    a, b = twophase_set(id="a"), twophase_set(id="b")
+    a, b = two_phase_set(id="a"), two_phase_set(id="b")
     a.add("x", "y")
     a.remove("x")
     a.compact()
@@ -83,7 +84,7 @@ def test_a_js_peer_is_not_sent_a_snapshot(caplog):
     a = _filled("a")
     a.compact()
     a.update(["tail"])
-    s = SyncSession(a)
+    s = Session(a)
     s.data_to_send()
     with caplog.at_level(logging.WARNING, logger="repred"):
         s.receive_data(b'{"id":"js","clock":{}}\n')
@@ -149,7 +150,7 @@ def test_a_snapshot_stamped_far_ahead_is_not_applied():
     r = gset(id="a")
     r.add("mine")
     before = (set(r.state), dict(r.clock))
-    s = SyncSession(r)
+    s = Session(r)
     s.data_to_send()
     s.receive_data(b'{"id":"B","clock":{}}\n{"snapshot":["x"],"clock":{"Z":9e15}}\n')
     assert (set(r.state), dict(r.clock)) == before
@@ -176,7 +177,7 @@ def test_bad_snapshots_are_refused(line, reason):
     r = gset(id="a")
     r.add("mine")
     before = (set(r.state), dict(r.clock))
-    s = SyncSession(r)
+    s = Session(r)
     s.data_to_send()
     with pytest.raises(RemoteProtocolError) as info:
         s.receive_data(line)
@@ -188,7 +189,7 @@ def test_a_replica_without_snapshots_refuses_one():
     from .helpers import gset as plain_gset
 
     r = plain_gset("a")
-    s = SyncSession(r)
+    s = Session(r)
     s.data_to_send()
     with pytest.raises(RemoteProtocolError) as info:
         s.receive_data(b'{"id":"B","clock":{}}\n{"snapshot":["x"],"clock":{"Z":1}}\n')

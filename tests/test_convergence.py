@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import repred
-from repred import SyncSession
+from repred.protocol import Session
 from repred.types import model
 
 from .helpers import FakeWall, LinePump, assert_complete, heartbeat, sync, union
@@ -126,7 +126,7 @@ def _run_with_replays(replicas, ops, wall, write):
         elif kind == "replay":
             old = transcripts.get((op[1], op[2]))
             if old:
-                s = SyncSession(replicas[op[2]])
+                s = Session(replicas[op[2]])
                 for chunk in old:
                     s.receive_data(chunk)
                 s.close()

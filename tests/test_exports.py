@@ -1,35 +1,69 @@
-"""The public names the README and users rely on."""
+"""The public names the README and users rely on, and nothing more."""
 
 import repred
+import repred.protocol
 import repred.testing
 import repred.types
 
+TOP_LEVEL = {
+    # the primitive
+    "repred",
+    "Replica",
+    # links
+    "replicate",
+    "serve_tcp",
+    "connect_tcp",
+    "Connection",
+    "subscribe",
+    # gossip
+    "open_peer",
+    "Peer",
+    # durability
+    "SqliteStore",
+    # errors
+    "RepredError",
+    "ProtocolError",
+    "LocalProtocolError",
+    "RemoteProtocolError",
+    "IncompatiblePeerError",
+    "PeerClosed",
+    "SyncTimeout",
+    "StoreError",
+    "SubscriptionOverflow",
+    # submodules
+    "protocol",
+    "types",
+}
 
-def test_public_names():
-    for name in [
-        "repred",
-        "Replica",
-        "replicate",
-        "serve_tcp",
-        "connect_tcp",
-        "subscribe",
-        "open_peer",
-        "SqliteStore",
-        "StoreError",
-        "ReplicaError",
-        "ProtocolError",
-        "LocalProtocolError",
-        "RemoteProtocolError",
-        "IncompatiblePeerError",
-        "PeerClosed",
-        "SyncTimeout",
-        "SyncSession",
-        "Connection",
-    ]:
-        assert name in repred.__all__
+
+def test_the_top_level_is_small_and_exact():
+    assert set(repred.__all__) == TOP_LEVEL
+    for name in repred.__all__:
         assert hasattr(repred, name)
-    for name in repred.types.__all__:
-        assert hasattr(repred.types, name)
+
+
+def test_the_protocol_module_holds_the_sans_io_names():
+    for name in [
+        "Session",
+        "SessionState",
+        "SessionStatistics",
+        "Digest",
+        "SyncReceived",
+        "PeerEOF",
+        "TRANSITIONS",
+        "DEFAULT_MAX_LINE_BYTES",
+        "DEFAULT_MAX_DRIFT_MS",
+        "DEFAULT_MAX_SOURCES",
+        "check_value",
+    ]:
+        assert name in repred.protocol.__all__
+        assert hasattr(repred.protocol, name)
+
+
+def test_submodules_export_what_they_say():
+    for module in (repred.protocol, repred.types):
+        for name in module.__all__:
+            assert hasattr(module, name), (module.__name__, name)
     assert callable(repred.testing.check_reducer)
     assert callable(repred.testing.MemoryNetwork)
 
@@ -38,3 +72,4 @@ def test_replica_methods_named_in_the_design():
     r = repred.repred(lambda s, u: u, None)
     for name in ["update", "state", "id", "clock", "history"]:
         assert hasattr(r, name)
+    assert not hasattr(r, "replicate")  # one way to replicate: repred.replicate

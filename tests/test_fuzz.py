@@ -3,8 +3,9 @@
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from repred import RemoteProtocolError, SyncSession
+from repred import RemoteProtocolError
 from repred._session import SessionState
+from repred.protocol import Session
 from repred.types import model
 
 from .helpers import gset
@@ -39,7 +40,7 @@ messages = st.lists(
 @given(messages, st.integers(1, 7), st.booleans())
 def test_any_input_is_accepted_or_a_remote_protocol_error(parts, chunk, use_model):
     replica = model(id="A") if use_model else gset("A")
-    session = SyncSession(replica, max_line_bytes=64)
+    session = Session(replica, max_line_bytes=64)
     session.data_to_send()
     data = b"".join(parts)
     error = None

@@ -16,10 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import repred
-from repred import SqliteStore, SyncSession
+from repred import SqliteStore
 from repred._wire import LineDecoder
+from repred.protocol import Session
 from repred.testing import Faults, MemoryNetwork
-from repred.types import gset, model, orset, twophase_set
+from repred.types import gset, model, orset, two_phase_set
 
 from .helpers import FakeWall, sync, wait_until
 
@@ -55,7 +56,7 @@ def held(r):
 # -- 1. snapshots cannot erase -------------------------------------------------
 
 
-@pytest.mark.parametrize("factory", [gset, twophase_set, orset])
+@pytest.mark.parametrize("factory", [gset, two_phase_set, orset])
 def test_a_hostile_snapshot_erases_nothing(tmp_path, factory):
     wall = FakeWall()
     victim = factory(id="victim", wall=wall, store=SqliteStore(tmp_path / "v.db"))
@@ -64,7 +65,7 @@ def test_a_hostile_snapshot_erases_nothing(tmp_path, factory):
         victim.add(item)
     before_state, before = repr(victim.state), held(victim)
     assert len(before) == 3
-    s = SyncSession(victim)
+    s = Session(victim)
     s.data_to_send()
     empty = [] if factory is gset else {}
     attack = {"snapshot": empty, "clock": {"victim": wall.now + 60_000}}
@@ -86,7 +87,7 @@ def test_a_snapshot_from_a_peer_joins_and_keeps_what_was_held():
     victim.add("mine")
     victim.apply(["theirs"], wall.now - 10, "other")
     before = held(victim)
-    s = SyncSession(victim)
+    s = Session(victim)
     s.data_to_send()
     snap = {"snapshot": ["x", "y"], "clock": {"other": wall.now, "third": wall.now}}
     s.receive_data(digest_line() + orjson.dumps(snap) + b"\n")
@@ -133,7 +134,7 @@ def test_no_sequence_of_messages_makes_a_replica_lose_an_entry(links):
     victim.apply(["c"], EPOCH - 500, "s1")
     for link in links:
         kept = held(victim)
-        s = SyncSession(victim)
+        s = Session(victim)
         s.data_to_send()
         data = digest_line() + b"".join(m + b"\n" for m in link)
         try:
@@ -151,7 +152,7 @@ def test_no_sequence_of_messages_makes_a_replica_lose_an_entry(links):
 def test_flooding_sources_is_refused_and_the_digest_always_fits():
     wall = FakeWall()
     victim = model(id="victim", wall=wall)
-    s = SyncSession(victim)
+    s = Session(victim)
     s.data_to_send()
     lines = [digest_line()]
     for i in range(5000):
@@ -162,8 +163,8 @@ def test_flooding_sources_is_refused_and_the_digest_always_fits():
     assert info.value.reason == "too-many-sources"
     assert 1000 < len(victim.clock) < 5000
     # Every peer with default settings still takes this replica's digest.
-    digest = SyncSession(victim).data_to_send()
-    assert len(digest) < repred.DEFAULT_MAX_LINE_BYTES
+    digest = Session(victim).data_to_send()
+    assert len(digest) < repred.protocol.DEFAULT_MAX_LINE_BYTES
     other = model(id="other")
     sync(victim, other)
     assert other.to_dict() == victim.to_dict()
@@ -177,9 +178,9 @@ def test_the_source_bound_fits_ten_thousand_short_ids():
     ]
     with pytest.raises(repred.RemoteProtocolError):
         victim.apply_many(entries)
-    assert 10_000 <= len(victim.clock) <= repred.DEFAULT_MAX_SOURCES
-    digest = SyncSession(victim).data_to_send()
-    assert len(digest) < repred.DEFAULT_MAX_LINE_BYTES
+    assert 10_000 <= len(victim.clock) <= repred.protocol.DEFAULT_MAX_SOURCES
+    digest = Session(victim).data_to_send()
+    assert len(digest) < repred.protocol.DEFAULT_MAX_LINE_BYTES
 
 
 def test_many_writers_sync_in_one_pass():
@@ -191,8 +192,8 @@ def test_many_writers_sync_in_one_pass():
     )
     fresh = model(id="fresh", wall=wall, max_sources=30_000)
     pair = [
-        SyncSession(writers, max_line_bytes=8 << 20),
-        SyncSession(fresh, max_line_bytes=8 << 20),
+        Session(writers, max_line_bytes=8 << 20),
+        Session(fresh, max_line_bytes=8 << 20),
     ]
     rounds = 0
     while True:
@@ -215,7 +216,7 @@ async def test_a_relayed_stamp_at_the_bound_never_cuts_honest_writes(autojump_cl
     network = MemoryNetwork()
     offsets = {"a": 0, "b": -1000, "c": 2000}
     data = {n: model(id=n, wall=trio_wall(off)) for n, off in offsets.items()}
-    attacker = model(id="x", wall=trio_wall(repred.DEFAULT_MAX_DRIFT_MS - 100))
+    attacker = model(id="x", wall=trio_wall(repred.protocol.DEFAULT_MAX_DRIFT_MS - 100))
     fast = {"heartbeat_interval": 0.5, "gossip_interval": 1.0, "seed_interval": 1.0}
     async with AsyncExitStack() as stack:
         peers = {}
@@ -235,7 +236,7 @@ async def test_a_relayed_stamp_at_the_bound_never_cuts_honest_writes(autojump_cl
                 replicas={"data": attacker},
                 seeds=[peers["a"].address],
                 transport=network,
-                wall=trio_wall(repred.DEFAULT_MAX_DRIFT_MS - 100),
+                wall=trio_wall(repred.protocol.DEFAULT_MAX_DRIFT_MS - 100),
                 rng=random.Random(9),
                 **fast,
             )
@@ -256,9 +257,9 @@ async def test_a_relayed_stamp_at_the_bound_never_cuts_honest_writes(autojump_cl
 def test_own_clock_runs_at_most_max_ahead_past_the_wall():
     wall = FakeWall()
     r = model(id="r", wall=wall)
-    r.apply(["k", 1], wall.now + repred.DEFAULT_MAX_DRIFT_MS - 1, "fast")
+    r.apply(["k", 1], wall.now + repred.protocol.DEFAULT_MAX_DRIFT_MS - 1, "fast")
     r.set("mine", 1)
-    assert r.clock["r"] <= wall.now + repred.DEFAULT_MAX_AHEAD_MS + 1
+    assert r.clock["r"] <= wall.now + repred.protocol.DEFAULT_MAX_AHEAD_MS + 1
     # A peer 4 minutes behind still takes this replica's writes.
     behind = model(id="behind", wall=lambda: wall.now - 4 * 60_000 + 1000)
     sync(r, behind)
@@ -268,7 +269,7 @@ def test_own_clock_runs_at_most_max_ahead_past_the_wall():
 def test_a_future_entry_ends_no_link_and_blocks_no_other_source():
     wall = FakeWall()
     r = model(id="r", wall=wall)
-    s = SyncSession(r)
+    s = Session(r)
     s.data_to_send()
     s.receive_data(
         digest_line()
@@ -307,7 +308,7 @@ def test_junk_members_are_refused_on_the_link(junk):
     from repred._gossip import members_replica
 
     members = members_replica(wall=FakeWall())
-    s = SyncSession(members)
+    s = Session(members)
     s.data_to_send()
     with pytest.raises(repred.RemoteProtocolError):
         s.receive_data(digest_line() + orjson.dumps([[junk], EPOCH, "evil"]) + b"\n")
@@ -504,7 +505,7 @@ async def test_a_peer_that_trickles_a_line_is_cut(autojump_clock):
     victim = model(id="victim")
 
     async def trickle():
-        peer = SyncSession(model(id="slow"))
+        peer = Session(model(id="slow"))
         await right.send_all(peer.data_to_send())
         await right.send_all(b'"SYNC"\n[["k",')
         for _ in range(1000):
@@ -524,7 +525,7 @@ async def test_a_black_holed_live_link_is_noticed(autojump_clock):
     left, right = trio.testing.memory_stream_pair()
 
     async def hole():
-        peer = SyncSession(model(id="hole"))
+        peer = Session(model(id="hole"))
         await right.send_all(peer.data_to_send() + b'"SYNC"\n')
         await trio.sleep_forever()  # then nothing, not even keep-alives
 
@@ -667,9 +668,9 @@ def test_equivocation_is_refused_on_the_link(caplog):
     a, b = model(id="a", wall=wall), model(id="b", wall=wall)
     a.apply(["k", "one"], wall.now, "liar")
     b.apply(["k", "two"], wall.now, "liar")
-    s = SyncSession(b)
+    s = Session(b)
     s.data_to_send()
-    peer = SyncSession(a)
+    peer = Session(a)
     first = peer.data_to_send()
     peer.receive_data(s.data_to_send() if False else digest_line("b", {}))
     with pytest.raises(repred.RemoteProtocolError) as info:
@@ -683,7 +684,7 @@ def test_an_entry_forged_in_our_own_name_is_refused_but_old_ones_restore():
     wall = FakeWall()
     victim = model(id="victim", wall=wall)
     victim.set("real", 1)
-    s = SyncSession(victim)
+    s = Session(victim)
     s.data_to_send()
     forged = orjson.dumps([["real", "forged"], wall.now + 60_000, "victim"]) + b"\n"
     with pytest.raises(repred.RemoteProtocolError) as info:

@@ -10,9 +10,10 @@ import trio
 import trio.testing
 
 import repred
-from repred import Connection, SyncSession
+from repred import Connection
 from repred._gossip import _Mux, parse_address
-from repred._trio import LinkOptions
+from repred._links import LinkOptions
+from repred.protocol import Session
 from repred.types import model
 
 from .helpers import gset, wait_until
@@ -143,9 +144,7 @@ async def test_reconnects_without_new_data_leave_memory_flat():
             tracemalloc.stop()
         gc.collect()
         alive = [
-            o
-            for o in gc.get_objects()
-            if isinstance(o, SyncSession | Connection | _Mux)
+            o for o in gc.get_objects() if isinstance(o, Session | Connection | _Mux)
         ]
         # Only the two long-lived gossip links (a mux, a connection and two
         # sessions at each end) may remain.

@@ -4,12 +4,9 @@ from repred import (
     IncompatiblePeerError,
     LocalProtocolError,
     RemoteProtocolError,
-    SessionState,
-    SyncSession,
     repred,
 )
-from repred._session import PeerEOF, SyncReceived
-from repred._wire import Digest
+from repred.protocol import Digest, PeerEOF, Session, SessionState, SyncReceived
 from repred.types import model
 
 from .helpers import FakeWall, SessionPair, feed_modes, gset, sync
@@ -18,7 +15,7 @@ from .helpers import FakeWall, SessionPair, feed_modes, gset, sync
 def test_digest_goes_out_first_and_alone():
     a = gset("A")
     a.update(["x"])
-    s = SyncSession(a)
+    s = Session(a)
     assert (
         s.data_to_send()
         == b'{"id":"A","clock":{"A":%d},"repred":1,"type":"union","max_line":1048576}\n'
@@ -32,7 +29,7 @@ def test_history_then_sync_after_the_peer_digest():
     a = gset("A")
     a.apply(["x"], 1, "A")
     a.apply(["y"], 2, "A")
-    s = SyncSession(a)
+    s = Session(a)
     s.data_to_send()
     events = s.receive_data(b'{"id":"B","clock":{"A":1}}\n')
     assert isinstance(events[0], Digest)
@@ -45,7 +42,7 @@ def test_history_then_sync_after_the_peer_digest():
 def test_incoming_history_in_any_chunking(mode):
     data = b'{"id":"B","clock":{"B":2}}\n[["x"],1,"B"]\n[["y"],2,"B"]\n"SYNC"\n'
     a = gset("A")
-    s = SyncSession(a)
+    s = Session(a)
     events = []
     for chunk in feed_modes(data)[mode]:
         events += s.receive_data(chunk)
@@ -57,7 +54,7 @@ def test_incoming_history_in_any_chunking(mode):
 
 def test_trailing_bytes_stay_buffered_until_their_line_ends():
     a = gset("A")
-    s = SyncSession(a)
+    s = Session(a)
     s.receive_data(b'{"id":"B","clock":{}}\n[["x"],1,"B"]\n[["y"],2,')
     assert a.state == {"x"}
     s.receive_data(b'"B"]\n')
@@ -66,7 +63,7 @@ def test_trailing_bytes_stay_buffered_until_their_line_ends():
 
 def test_final_line_without_newline_is_read_at_eof():
     a = gset("A")
-    s = SyncSession(a)
+    s = Session(a)
     s.receive_data(b'{"id":"B","clock":{}}\n[["x"],1,"B"]\n"SYNC"')
     assert not s.sync_received
     events = s.receive_data(b"")
@@ -127,7 +124,7 @@ def test_history_goes_out_in_bounded_batches_most_outstanding_first():
         a.apply([f"b{i}"], i + 1, "B")
     for i in range(3):
         a.apply([f"c{i}"], i + 1, "C")
-    s = SyncSession(a, batch_entries=4, batch_bytes=10)
+    s = Session(a, batch_entries=4, batch_bytes=10)
     s.data_to_send()
     s.receive_data(b'{"id":"Z","clock":{}}\n')
     batches = []
@@ -169,7 +166,7 @@ def test_different_types_are_refused():
 
 def _primed(replica=None):
     replica = replica or gset("A")
-    s = SyncSession(replica)
+    s = Session(replica)
     s.data_to_send()
     return replica, s
 
@@ -224,7 +221,7 @@ def test_model_refuses_wrong_shaped_changes():
 def test_oversized_line_is_refused():
     replica, _s = _primed()
     with pytest.raises(RemoteProtocolError) as info:
-        SyncSession(replica, max_line_bytes=100).receive_data(b"[" + b" " * 200)
+        Session(replica, max_line_bytes=100).receive_data(b"[" + b" " * 200)
     assert info.value.reason == "line-too-long"
 
 
@@ -239,7 +236,7 @@ def test_deep_nesting_is_refused():
 
 def test_bad_options_are_refused():
     with pytest.raises(ValueError):
-        SyncSession(gset("A"), max_line_bytes=1)
+        Session(gset("A"), max_line_bytes=1)
 
 
 def test_a_generic_reducer_without_type_extension_accepts_js_digest():

@@ -11,8 +11,9 @@ import textwrap
 import pytest
 
 import repred
-from repred import SqliteStore, StoreError, SyncSession
-from repred.types import counter, doc, gset, model, orset, twophase_set
+from repred import SqliteStore, StoreError
+from repred.protocol import Session
+from repred.types import counter, doc, gset, model, orset, two_phase_set
 
 from .helpers import SessionPair, sync, union
 
@@ -51,7 +52,7 @@ def test_a_reconnecting_peer_receives_only_what_it_lacks(tmp_path):
 
 
 def test_every_type_takes_a_store(tmp_path):
-    for n, factory in enumerate([gset, twophase_set, orset, counter, doc, model]):
+    for n, factory in enumerate([gset, two_phase_set, orset, counter, doc, model]):
         store = SqliteStore(tmp_path / f"{n}.db")
         r = factory(store=store)
         assert r.store is store
@@ -61,7 +62,7 @@ def test_every_type_takes_a_store(tmp_path):
 def test_remote_entries_are_on_disk_before_apply_returns(tmp_path):
     path = tmp_path / "r.db"
     r = repred.repred(union, set(), store=SqliteStore(path))
-    s = SyncSession(r)
+    s = Session(r)
     s.receive_data(b'{"id":"B","clock":{}}\n[["x"],1,"B"]\n[["y"],2,"B"]\n')
     # A second connection sees them committed, before any reply was sent.
     with sqlite3.connect(path) as db:
@@ -87,14 +88,14 @@ def test_deletes_never_come_back_after_a_reopen_and_a_new_peer(tmp_path):
     d = doc(store=SqliteStore(path))
     d.add({"id": "row", "text": "x"})
     d.rm("row")
-    s = twophase_set(store=SqliteStore(tmp_path / "s.db"))
+    s = two_phase_set(store=SqliteStore(tmp_path / "s.db"))
     s.add("a")
     s.remove("a")
     d.close()
     s.close()
     d2 = doc(store=SqliteStore(path))
-    s2 = twophase_set(store=SqliteStore(tmp_path / "s.db"))
-    fresh_d, fresh_s = doc(), twophase_set()
+    s2 = two_phase_set(store=SqliteStore(tmp_path / "s.db"))
+    fresh_d, fresh_s = doc(), two_phase_set()
     sync(d2, fresh_d)
     sync(s2, fresh_s)
     assert d2.get("row") is None

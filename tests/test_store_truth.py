@@ -17,7 +17,8 @@ import textwrap
 import pytest
 
 import repred
-from repred import SqliteStore, StoreError, SyncSession
+from repred import SqliteStore, StoreError
+from repred.protocol import Session
 from repred.types import model
 
 from .helpers import sync
@@ -66,12 +67,12 @@ def test_a_local_write_that_cannot_commit_is_refused_and_leaves_no_trace(tmp_pat
 def test_remote_entries_that_cannot_commit_close_the_link_and_stay_queued(tmp_path):
     path = tmp_path / "m.db"
     m = model(store=SqliteStore(path, busy_timeout=0))
-    s = SyncSession(m)
+    s = Session(m)
     s.data_to_send()
     with write_locked(path):
         with pytest.raises(StoreError):
             s.receive_data(b'{"id":"B","clock":{}}\n[["x",1],1,"B"]\n')
-        assert s.their_state is repred.SessionState.ERROR
+        assert s.their_state is repred.protocol.SessionState.ERROR
         # Meanwhile a local write is refused: the queued rows come first.
         with pytest.raises(StoreError):
             m.set("mine", 1)
@@ -320,10 +321,11 @@ def test_sigkill_during_writes_keeps_every_acknowledged_write(tmp_path):
 
 RECEIVER = """
 import sys
-from repred import SqliteStore, SyncSession
+from repred import SqliteStore
+from repred.protocol import Session
 from repred.types import model
 m = model(store=SqliteStore(sys.argv[1]))
-s = SyncSession(m)
+s = Session(m)
 s.data_to_send()
 with open(sys.argv[2], "rb") as f:
     data = f.read()
@@ -340,9 +342,9 @@ def test_sigkill_during_a_large_incoming_sync_leaves_a_sound_store(tmp_path):
         others[i % 3].set(f"k{i}", i)
     for o in others:
         sync(o, origin)
-    peer = SyncSession(origin)
+    peer = Session(origin)
     stream = bytearray(peer.data_to_send())  # its digest
-    peer.receive_data(SyncSession(model(id="fake")).data_to_send())
+    peer.receive_data(Session(model(id="fake")).data_to_send())
     while chunk := peer.data_to_send():
         stream += chunk
     (tmp_path / "stream").write_bytes(bytes(stream))

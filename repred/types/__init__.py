@@ -10,7 +10,7 @@ from ._events import Events, events
 from ._lww import Counter, Heartbeats, Register, counter, heartbeats, register
 from ._model import Model, model
 from ._seq import Seq, seq
-from ._sets import GSet, ORSet, TwoPhaseSet, gset, orset, twophase_set
+from ._sets import GSet, ORSet, TwoPhaseSet, gset, orset, two_phase_set
 
 __all__ = [
     "Counter",
@@ -34,5 +34,5 @@ __all__ = [
     "orset",
     "register",
     "seq",
-    "twophase_set",
+    "two_phase_set",
 ]

@@ -176,4 +176,4 @@ class DocSeq(DocSet):
 
 def doc(**options: Any) -> Doc:
     """A document of rows, with live sets and seqs of rows."""
-    return build(Doc, write_field, {}, "doc", key=_field_key, **options)
+    return build(Doc, write_field, {}, "doc", last_write_wins=_field_key, **options)

@@ -1,6 +1,6 @@
 """Last-write-wins types: a register, heartbeats, and a counter.
 
-Each declares ``key=``: of the writes with the same key, the one with the
+Each declares ``last_write_wins=``: of the writes with the same key, the one with the
 greatest stamp ``(ts, source)`` wins, a dominated write never reaches the
 reducer, and the history keeps one entry per key.
 """
@@ -39,7 +39,7 @@ def _value_key(change: Any) -> str:
 def overwrite(state: list[Any], change: list[Any]) -> list[Any]:
     """Keep the value written last.
 
-    Converges because the primitive (``key=``) only hands the reducer a
+    Converges because the primitive (``last_write_wins=``) only hands the reducer a
     write newer, by stamp ``(ts, source)``, than every write it has seen: a
     total order all replicas agree on.
     """
@@ -62,7 +62,14 @@ class Register(Replica):
 
 def register(initial: Any = None, **options: Any) -> Register:
     """A last-write-wins register holding ``initial`` until the first write."""
-    return build(Register, overwrite, [initial], "register", key=_value_key, **options)
+    return build(
+        Register,
+        overwrite,
+        [initial],
+        "register",
+        last_write_wins=_value_key,
+        **options,
+    )
 
 
 def beat(state: dict[str, float], change: list[Any], stamp: Stamp) -> list[Any]:
@@ -89,19 +96,27 @@ class Heartbeats(Replica):
             raise TypeError(f"names are strings, not {type(name).__name__}")
         return self.update([name])
 
-    def alive(self, within_ms: float) -> list[str]:
-        """The names heard from in the last ``within_ms`` milliseconds."""
-        now = self._wall()
-        return sorted(n for n, t in self.state.items() if now - t <= within_ms)
+    def alive(self, within: float) -> list[str]:
+        """The names heard from in the last ``within`` seconds.
 
-    def last_seen(self, name: str) -> float | None:
-        return self.state.get(name)  # type: ignore[no-any-return]
+        >>> h = heartbeats(); _ = h.beat("ann"); h.alive(within=5)
+        ['ann']
+        """
+        now = self._wall()
+        horizon = within * 1000
+        return sorted(n for n, t in self.state.items() if now - t <= horizon)
 
 
 def heartbeats(**options: Any) -> Heartbeats:
     """The newest heartbeat per name."""
     return build(
-        Heartbeats, beat, {}, "heartbeats", key=_first, stamped=True, **options
+        Heartbeats,
+        beat,
+        {},
+        "heartbeats",
+        last_write_wins=_first,
+        stamped=True,
+        **options,
     )
 
 
@@ -150,4 +165,4 @@ class Counter(Replica):
 
 def counter(**options: Any) -> Counter:
     """A PN-counter: increments and decrements from any replica."""
-    return build(Counter, totals, {}, "counter", key=_first, **options)
+    return build(Counter, totals, {}, "counter", last_write_wins=_first, **options)

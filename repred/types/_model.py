@@ -24,7 +24,7 @@ def model_key(change: Any) -> str:
 def lww_set(state: dict[str, Any], change: list[Any]) -> list[Any]:
     """Write ``value`` at ``key``; ``None`` deletes (the key stays, as in JS).
 
-    Converges because the primitive (``key=model_key``) hands the reducer
+    Converges because the primitive (``last_write_wins=model_key``) hands the reducer
     only the write with the greatest stamp ``(ts, source)`` per key, a total
     order every replica agrees on, and a dominated write never reaches it.
     """
@@ -71,4 +71,4 @@ def model(**options: Any) -> Model:
     Takes the options every built-in type takes: ``id``, ``max_drift_ms``,
     ``wall`` and ``store``.
     """
-    return build(Model, lww_set, {}, "model", key=model_key, **options)
+    return build(Model, lww_set, {}, "model", last_write_wins=model_key, **options)

@@ -100,4 +100,4 @@ class Seq(Replica):
 
 def seq(**options: Any) -> Seq:
     """An ordered list with deterministic order for concurrent inserts."""
-    return build(Seq, place, {}, "seq", key=_item_key, **options)
+    return build(Seq, place, {}, "seq", last_write_wins=_item_key, **options)

@@ -11,7 +11,7 @@ from ._base import build, scalar
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-__all__ = ["GSet", "ORSet", "TwoPhaseSet", "gset", "orset", "twophase_set"]
+__all__ = ["GSet", "ORSet", "TwoPhaseSet", "gset", "orset", "two_phase_set"]
 
 
 def union(state: set[Any], update: list[Any]) -> list[Any]:
@@ -116,13 +116,13 @@ def _two_phase_snapshot(state: dict[str, set[Any]]) -> dict[str, list[Any]]:
     return {part: sorted(items, key=repr) for part, items in state.items()}
 
 
-def twophase_set(**options: Any) -> TwoPhaseSet:
+def two_phase_set(**options: Any) -> TwoPhaseSet:
     """A two-phase set: born minus non-virgins (a delete is an update)."""
     return build(
         TwoPhaseSet,
         two_phase,
         {"add": set(), "remove": set()},
-        "twophase_set",
+        "two_phase_set",
         snapshot=_two_phase_snapshot,
         **options,
     )

@@ -1,4 +1,4 @@
-"""The trio edge: drive a :class:`SyncSession` over any ``trio.abc.Stream``.
+"""The trio edge: drive a :class:`Session` over any ``trio.abc.Stream``.
 
 This is the only module of the library that imports trio. A connection is a
 stream, a session and two tasks: a reader that feeds the session what
@@ -21,14 +21,14 @@ import trio
 from ._errors import (
     PeerClosed,
     RemoteProtocolError,
-    ReplicaError,
+    RepredError,
     SyncTimeout,
 )
 from ._session import (
     DEFAULT_BATCH_BYTES,
     DEFAULT_BATCH_ENTRIES,
+    Session,
     SyncReceived,
-    SyncSession,
 )
 from ._wire import DEFAULT_MAX_LINE_BYTES
 
@@ -103,13 +103,13 @@ class ConnectionStatistics:
 class Channel(Protocol):
     """The framing of one link, as a connection drives it.
 
-    :class:`SyncSession`-based framings implement it: the plain one here (one
+    :class:`Session`-based framings implement it: the plain one here (one
     replica, the scuttlebutt lines as they are) and the gossip peer's, which
     carries several named replicas over one stream.
     """
 
     @property
-    def sessions(self) -> list[SyncSession]:
+    def sessions(self) -> list[Session]:
         """The protocol sessions on this link (one per shared replica)."""
         ...
 
@@ -158,7 +158,7 @@ class Channel(Protocol):
 class _Plain:
     """One replica's session, speaking the scuttlebutt lines as they are."""
 
-    def __init__(self, session: SyncSession) -> None:
+    def __init__(self, session: Session) -> None:
         self.session = session
         self.sessions = [session]
         self.feed = session.receive_data
@@ -304,7 +304,7 @@ class Connection:
                         return
                 if idle.cancelled_caught:
                     raise SyncTimeout(f"the peer made no progress for {idle_timeout} s")
-        except ReplicaError as exc:
+        except RepredError as exc:
             self._fail(exc)
 
     async def _receive_once(self) -> bool:
@@ -379,7 +379,7 @@ class Connection:
                     pass
                 await trio.sleep(options.close_timeout)
             self._scope.cancel()
-        except ReplicaError as exc:
+        except RepredError as exc:
             self._fail(exc)
 
 
@@ -426,9 +426,9 @@ class LinkOptions:
         if self.max_line_bytes < 64 or self.batch_entries < 1 or self.batch_bytes < 1:
             raise ValueError("limits must be positive (max_line_bytes >= 64)")
 
-    def session(self, replica: Replica) -> SyncSession:
+    def session(self, replica: Replica) -> Session:
         """A protocol session over ``replica`` with these limits."""
-        return SyncSession(
+        return Session(
             replica,
             max_line_bytes=self.max_line_bytes,
             batch_entries=self.batch_entries,
@@ -568,7 +568,7 @@ async def connect_tcp(
 
     Raises:
         OSError: the connection could not be made.
-        ReplicaError: as :func:`replicate`.
+        RepredError: as :func:`replicate`.
     """
     options = LinkOptions(
         send_timeout=send_timeout,
@@ -648,7 +648,7 @@ async def serve_tcp(
             await _replicate(replica, stream, live, on_start, options)
         except RemoteProtocolError as exc:
             log.warning("repred: refused what a peer sent: %s", _describe(exc))
-        except ReplicaError as exc:
+        except RepredError as exc:
             log.info("repred: connection closed: %s", _describe(exc))
         except Exception:
             # Nothing one peer does may take the server down.
@@ -744,7 +744,7 @@ class Change:
     source: str
 
 
-class SubscriptionOverflow(ReplicaError):
+class SubscriptionOverflow(RepredError):
     """A subscriber fell further behind than its buffer allows."""
 
 
