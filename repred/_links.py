@@ -9,7 +9,6 @@ record the first one, so callers see a single exception, never a group.
 
 from __future__ import annotations
 
-import collections
 import logging
 import math
 from contextlib import asynccontextmanager
@@ -757,16 +756,19 @@ class Subscription:
     """The changes a replica applies, as an async iterator.
 
     Use as ``with repred.subscribe(replica) as changes: async for c in
-    changes: ...``. Only changes with a local effect are delivered; a
-    subscriber that falls more than ``max_buffer`` changes behind gets
-    :class:`SubscriptionOverflow` rather than unbounded memory growth.
+    changes: ...``. Only changes with a local effect are delivered. It is a
+    trio memory channel of ``max_buffer`` changes: a subscriber that falls
+    further behind gets :class:`SubscriptionOverflow` (after the changes
+    already buffered) rather than unbounded memory growth. Leaving the
+    ``with`` block ends the iteration after what was buffered.
     """
 
     def __init__(self, replica: Replica, max_buffer: int) -> None:
         self._replica = replica
         self._max = max_buffer
-        self._buffer: collections.deque[Change] = collections.deque()
-        self._event = trio.Event()
+        send, receive = trio.open_memory_channel[Change](max_buffer)
+        self._send = send
+        self._receive = receive
         self._overflow = False
         self._remove: Callable[[], None] | None = None
 
@@ -778,28 +780,29 @@ class Subscription:
         if self._remove is not None:
             self._remove()
             self._remove = None
+            self._send.close()
 
     def _listener(self, effect: Any, ts: float, source: str, origin: object) -> None:
-        if effect is None or effect == [] or effect == {}:
+        if effect is None or effect == [] or effect == {} or self._overflow:
             return
-        if len(self._buffer) >= self._max:
+        try:
+            self._send.send_nowait(Change(effect, ts, source))
+        except trio.WouldBlock:
             self._overflow = True
-        else:
-            self._buffer.append(Change(effect, ts, source))
-        self._event.set()
+            self._send.close()  # the receiver drains, then hears of it
 
     def __aiter__(self) -> Subscription:
         return self
 
     async def __anext__(self) -> Change:
-        while not self._buffer:
+        try:
+            return await self._receive.receive()
+        except trio.EndOfChannel:
             if self._overflow:
-                raise SubscriptionOverflow(f"more than {self._max} changes behind")
-            if self._remove is None:
-                raise StopAsyncIteration
-            self._event = trio.Event()
-            await self._event.wait()
-        return self._buffer.popleft()
+                raise SubscriptionOverflow(
+                    f"more than {self._max} changes behind"
+                ) from None
+            raise StopAsyncIteration from None
 
     async def receive(self) -> Change:
         """The next change (waits for one)."""
