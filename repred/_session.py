@@ -70,18 +70,15 @@ from ._wire import (
     DEFAULT_MAX_LINE_BYTES,
     KEEPALIVE,
     KEEPALIVE_LINE,
-    MAX_DEPTH,
-    MAX_SOURCE_LENGTH,
-    MAX_STAMP,
     SYNC,
     SYNC_LINE,
     Digest,
     LineDecoder,
     Snapshot,
-    depth_within,
     encode_digest,
     encode_entry,
     encode_snapshot,
+    fast_entry,
     loads_line,
     parse_entry,
     parse_message,
@@ -374,27 +371,13 @@ class Session:
                 self._apply(batch)
                 loads_line(line)  # raises the typed error
                 raise  # pragma: no cover
-            if type(msg) is list and live and len(msg) == 3:
-                ts = msg[1]
-                source = msg[2]
-                kind = type(ts)
-                if (
-                    (kind is int or kind is float)
-                    and 0 <= ts <= MAX_STAMP
-                    and type(source) is str
-                    and 0 < len(source) <= MAX_SOURCE_LENGTH
-                    and source != "__proto__"
-                    # Only a line this long can nest too deep to re-encode.
-                    and (len(line) <= MAX_DEPTH or depth_within(msg[0]))
-                ):
-                    if kind is float and ts.is_integer():
-                        ts = int(ts)
-                    entry = (msg[0], ts, source)
-                else:
+            if type(msg) is list and live:
+                entry = fast_entry(msg, line)
+                if entry is None:
                     self._apply(batch)
                     batch = []
-                    entry = parse_entry(msg, line)
-                    ts, source = entry[1], entry[2]
+                    entry = parse_entry(msg, line)  # raises, or a signed entry
+                ts, source = entry[1], entry[2]
                 batch.append(entry)
                 if sent.get(source, -1) < ts:
                     sent[source] = ts

@@ -40,6 +40,7 @@ __all__ = [
     "encode_digest",
     "encode_entry",
     "encode_snapshot",
+    "fast_entry",
     "loads_line",
     "parse_entry",
     "parse_line",
@@ -359,6 +360,33 @@ def parse_message(msg: Any, line: bytes) -> Any:
     if msg == KEEPALIVE:
         return KEEPALIVE
     raise _bad("unexpected message", "unexpected-message", line)
+
+
+def fast_entry(msg: list[Any], line: bytes) -> tuple[Any, float, str] | None:
+    """An entry ``[change, ts, source]`` that passes every check, normalised;
+    ``None`` for anything else (then :func:`parse_entry` says what is wrong).
+
+    The hot path of every sync: the same rules as :func:`parse_entry`, in
+    one expression.
+    """
+    if len(msg) != 3:
+        return None
+    ts = msg[1]
+    source = msg[2]
+    kind = type(ts)
+    if (
+        (kind is int or kind is float)
+        and 0 <= ts <= MAX_STAMP
+        and type(source) is str
+        and 0 < len(source) <= MAX_SOURCE_LENGTH
+        and source != "__proto__"
+        # Only a line this long can nest too deep to be encoded again.
+        and (len(line) <= MAX_DEPTH or depth_within(msg[0]))
+    ):
+        if kind is float and ts.is_integer():
+            ts = int(ts)
+        return (msg[0], ts, source)
+    return None
 
 
 def parse_entry(msg: list[Any], line: bytes) -> tuple[Any, float, str]:
