@@ -386,32 +386,41 @@ class Replica:
         would make the clock claim the one passed over). A link keeps one
         such set; the entries arrive again on a later link.
         """
-        clock = self._clock
-        state = self.state
-        reducer = self._reducer
-        stamped = self._stamped
-        record = self._history.record
-        key = self._key
-        newest = self._history.newest
-        # The origin's own listener never needs its entries back.
-        listeners = (
-            self._listeners
-            if origin is None
-            else [
-                f for f in self._listeners if getattr(f, "__self__", None) is not origin
-            ]
-        )
-        notify = self._notify
-        now = self._wall()
-        limit = now + self.max_drift_ms if check else math.inf
-        cap = now + self.max_ahead_ms if check else math.inf
-        last = self._last
-        store = self.store
-        own = self.id
-        budget = self.max_line_bytes - DIGEST_OVERHEAD_BYTES
         if skipped is None:
             skipped = set()
-        applied = 0
+        progress = [0, self._last]  # entries applied, the clock's new reading
+        try:
+            self._apply_entries(entries, origin, check, skipped, progress)
+        finally:
+            self._last = progress[1]
+            if self.store is not None and progress[0]:
+                # Recorded before anyone hears of it: the peer's clock for
+                # us only moves on what we send after this returns. If the
+                # commit fails, the rows stay queued and every later commit
+                # retries them, so the clock on disk never covers an entry
+                # the disk lacks.
+                self.store.commit()
+        applied: int = progress[0]
+        return applied
+
+    def _apply_entries(
+        self,
+        entries: Iterable[tuple[Any, float, str]],
+        origin: object,
+        check: bool,
+        skipped: set[str],
+        progress: list[Any],
+    ) -> None:
+        """The loop of :meth:`apply_many` (the hot path of every sync)."""
+        clock, state, reducer = self._clock, self.state, self._reducer
+        stamped, key, store = self._stamped, self._key, self.store
+        record, newest = self._history.record, self._history.newest
+        listeners = self._listeners_for(origin)
+        now = self._wall()
+        limit = now + self.max_drift_ms if check else math.inf
+        # Remote stamps move this replica's clock at most max_ahead_ms ahead.
+        cap = now + self.max_ahead_ms if check else math.inf
+        in_reducer = False
         try:
             for change, ts, source in entries:
                 known = clock.get(source)
@@ -422,72 +431,64 @@ class Replica:
                     skipped.add(source)
                     self.deferred += 1
                     continue
-                if source == own and ts > max(last, now):
-                    raise RemoteProtocolError(
-                        f"an entry in this replica's own name ({own!r}) stamped"
-                        f" {ts!r}, later than it has written",
-                        reason="forged",
-                    )
-                if known is None:
-                    # A new source: within the bound (inline: the hot path of
-                    # a sync from many writers).
-                    cost = len(_dumps(source)) + 26
-                    if (
-                        len(clock) >= self.max_sources
-                        or self._clock_bytes + cost > budget
-                    ):
-                        self._admit(source)  # raises
-                    self._clock_bytes += cost
-                if key is None:
-                    k = old = None
-                else:
+                if known is None or source == self.id:
+                    self._take(source, known, ts, max(progress[1], now))
+                k = old = None
+                if key is not None:
                     k = key(change)
                     old = newest(k)
-                    if old is not None and old >= (ts, source):
-                        # Dominated by what is kept: known, with no effect.
-                        clock[source] = ts
-                        if store is not None:
-                            store.advance(source, ts)
-                        if ts > last:
-                            last = ts if ts <= cap else max(last, cap)
-                        applied += 1
-                        continue
-                try:
+                if old is None or old < (ts, source):
+                    in_reducer = True
                     if stamped:
                         effect = reducer(state, change, (ts, source))
                     else:
                         effect = reducer(state, change)
-                except BaseException:
-                    if not self._checks_first:
-                        self._rebuild()
-                    raise
+                    in_reducer = False
+                    record(change, ts, source, k, old)
+                    if store is not None:
+                        store.add(change, ts, source)
+                        if old is not None:
+                            store.drop(*old)
+                    if listeners:
+                        self._notify(effect, ts, source, origin, listeners)
+                # else dominated by what is kept: known, with no effect.
                 clock[source] = ts
-                if ts > last:
-                    # Never more than max_ahead_ms ahead of the wall clock.
-                    last = ts if ts <= cap else max(last, cap)
-                record(change, ts, source, k, old)
                 if store is not None:
-                    if old is not None:
-                        store.drop(*old)
-                    store.add(change, ts, source)
                     store.advance(source, ts)
-                applied += 1
-                if listeners:
-                    notify(effect, ts, source, origin, listeners)
-        finally:
-            self._last = last
-            if store is not None and applied:
-                # Recorded before anyone hears of it: the peer's clock for
-                # us only moves on what we send after this returns. If the
-                # commit fails, the rows stay queued and every later commit
-                # retries them, so the clock on disk never covers an entry
-                # the disk lacks.
-                store.commit()
-        return applied
+                if ts > progress[1]:
+                    progress[1] = ts if ts <= cap else max(progress[1], cap)
+                progress[0] += 1
+        except BaseException:
+            if in_reducer and not self._checks_first:
+                self._rebuild()  # the reducer may have changed part of it
+            raise
+
+    def _listeners_for(self, origin: object) -> list[Listener]:
+        """The listeners to tell of entries from ``origin`` (never its own)."""
+        if origin is None:
+            return self._listeners
+        return [
+            f for f in self._listeners if getattr(f, "__self__", None) is not origin
+        ]
+
+    def _take(self, source: str, known: float | None, ts: float, latest: float) -> None:
+        """Check an entry of a new source, or in this replica's own name.
+
+        Raises:
+            RemoteProtocolError: past the bound on sources, or a forgery.
+        """
+        if source == self.id and ts > latest:
+            raise RemoteProtocolError(
+                f"an entry in this replica's own name ({source!r}) stamped"
+                f" {ts!r}, later than it has written",
+                reason="forged",
+            )
+        if known is None:
+            self._admit(source)
 
     def _admit(self, source: str) -> None:
         """Take a new source, within the bound on sources and digest size."""
-        cost = clock_cost(source)
+        cost = len(_dumps(source)) + 26
         if (
             len(self._clock) >= self.max_sources
             or self._clock_bytes + cost > self.max_line_bytes - DIGEST_OVERHEAD_BYTES
