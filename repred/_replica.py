@@ -388,7 +388,8 @@ class Replica:
         """
         if skipped is None:
             skipped = set()
-        progress = [0, self._last]  # entries applied, the clock's new reading
+        # Entries applied, and the clock's new reading.
+        progress: list[Any] = [0, self._last]
         try:
             self._apply_entries(entries, origin, check, skipped, progress)
         finally:
