@@ -70,6 +70,7 @@ __all__ = [
     "SUSPECT_AFTER",
     "Members",
     "Peer",
+    "PeerOptions",
     "PeerStatistics",
     "TcpTransport",
     "open_peer",
@@ -442,6 +443,51 @@ class PeerStatistics:
     accepted: int
 
 
+def _seconds(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not (isinstance(value, int | float) and 0 < value < math.inf):
+        raise ValueError(f"{attribute.name} must be a positive number of seconds")
+
+
+def _count(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if type(value) is not int or value < 1:
+        raise ValueError(f"{attribute.name} must be a positive int")
+
+
+@attrs.frozen(kw_only=True)
+class PeerOptions:
+    """How a gossip peer paces itself; see :func:`open_peer` for each."""
+
+    heartbeat_interval: float = attrs.field(default=1.0, validator=_seconds)
+    down_after: float = attrs.field(default=5.0, validator=_seconds)
+    gossip_interval: float = attrs.field(default=3.0, validator=_seconds)
+    seed_interval: float = attrs.field(default=5.0, validator=_seconds)
+    max_backoff: float = attrs.field(default=30.0, validator=_seconds)
+    connect_timeout: float = attrs.field(default=5.0, validator=_seconds)
+    reap_after: float = attrs.field(default=DEFAULT_REAP_AFTER, validator=_seconds)
+    fanout: int = attrs.field(default=DEFAULT_FANOUT, validator=_count)
+    max_members: int = attrs.field(default=DEFAULT_MAX_MEMBERS, validator=_count)
+    max_links: int = attrs.field(default=DEFAULT_MAX_LINKS, validator=_count)
+
+
+def _check_peer(
+    host: str, advertise: str | None, replicas: Mapping[str, Any], seeds: Sequence[str]
+) -> None:
+    """Refuse what a peer cannot run with, at the call."""
+    if host in ("0.0.0.0", "::", "") and not advertise:
+        raise ValueError(
+            f"listening on {host!r} (every interface) needs advertise=, the"
+            " host other nodes should dial"
+        )
+    if MEMBERS in replicas:
+        raise ValueError(f"the replica name {MEMBERS!r} is the peer's own")
+    for name in replicas:
+        bad = "\t" in name or "\n" in name or not 0 < len(name) <= MAX_NAME_LENGTH
+        if bad:
+            raise ValueError(f"bad replica name {name!r}")
+    for seed in seeds:
+        parse_member(seed)
+
+
 @final
 class Peer:
     """A running gossip peer; made by :func:`open_peer`."""
@@ -453,69 +499,29 @@ class Peer:
         port: int,
         replicas: Mapping[str, Any],
         seeds: Sequence[str],
-        heartbeat_interval: float,
-        down_after: float,
-        gossip_interval: float,
-        seed_interval: float,
-        max_backoff: float,
-        connect_timeout: float,
-        reap_after: float,
-        fanout: int,
-        max_members: int,
-        max_links: int,
+        options: PeerOptions,
+        link_options: LinkOptions,
         on_event: Callable[[dict[str, Any]], None] | None,
         rng: random.Random,
         transport: Any,
         wall: Callable[[], float],
         advertise: str | None,
-        options: LinkOptions,
     ) -> None:
-        if host in ("0.0.0.0", "::", "") and not advertise:
-            raise ValueError(
-                f"listening on {host!r} (every interface) needs advertise=, the"
-                " host other nodes should dial"
-            )
-        for name, value in (
-            ("heartbeat_interval", heartbeat_interval),
-            ("down_after", down_after),
-            ("gossip_interval", gossip_interval),
-            ("seed_interval", seed_interval),
-            ("max_backoff", max_backoff),
-            ("connect_timeout", connect_timeout),
-            ("reap_after", reap_after),
-        ):
-            if not (isinstance(value, int | float) and 0 < value < math.inf):
-                raise ValueError(f"{name} must be a positive number of seconds")
-        if type(fanout) is not int or fanout < 1:
-            raise ValueError("fanout must be a positive int")
-        if MEMBERS in replicas:
-            raise ValueError(f"the replica name {MEMBERS!r} is the peer's own")
-        for name in replicas:
-            if not name or "\t" in name or "\n" in name or len(name) > MAX_NAME_LENGTH:
-                raise ValueError(f"bad replica name {name!r}")
-        for seed in seeds:
-            parse_member(seed)
+        _check_peer(host, advertise, replicas, seeds)
         self._advertise = advertise
         self.host = host
         self.port = port
         self.address = ""
+        self.options = options
         self._transport = transport
         self._wall = wall
-        self.membership = members_replica(wall=wall, max_members=max_members)
+        self.membership = members_replica(wall=wall, max_members=options.max_members)
         self.replicas = {**replicas, MEMBERS: self.membership}
         self.seeds = list(seeds)
-        self.heartbeat_interval = heartbeat_interval
-        self.down_after = down_after
-        self.gossip_interval = gossip_interval
-        self.seed_interval = seed_interval
-        self.max_backoff = max_backoff
-        self.connect_timeout = connect_timeout
-        self.reap_after = reap_after
-        self.fanout = fanout
         self._on_event = on_event
         self._rng = rng
-        self._options = options
-        self._inbound = LinkTable(max_links)
+        self._options = link_options
+        self._inbound = LinkTable(options.max_links)
         self._links: dict[Connection, str] = {}
         self._dialling: set[str] = set()
         self._failures: dict[str, int] = {}
@@ -541,7 +547,7 @@ class Peer:
         Suspects (nodes this one failed to reach several times in a row)
         are left out. This node is always in.
         """
-        horizon = (self.down_after if within is None else within) * 1000
+        horizon = (self.options.down_after if within is None else within) * 1000
         now = self._wall()
         failures = self._failures
         return sorted(
@@ -579,7 +585,7 @@ class Peer:
         }
         self._beat()
         nursery.start_soon(self._heartbeats)
-        for _ in range(self.fanout):
+        for _ in range(self.options.fanout):
             nursery.start_soon(self._gossip)
         nursery.start_soon(self._redial)
 
@@ -618,7 +624,7 @@ class Peer:
 
     def _beat(self) -> None:
         self.membership.beat(self.address)
-        self.membership.reap(self._wall() - self.reap_after * 1000)
+        self.membership.reap(self._wall() - self.options.reap_after * 1000)
         alive = {n for n in self.members() if not self.is_self(n)}
         for node in sorted(alive - self._alive):
             self._emit({"event": "up", "peer": node})
@@ -629,7 +635,7 @@ class Peer:
 
     async def _heartbeats(self) -> None:
         while True:
-            await trio.sleep(self.heartbeat_interval)
+            await trio.sleep(self.options.heartbeat_interval)
             self._beat()
 
     async def _run_link(
@@ -685,9 +691,11 @@ class Peer:
             link = conn
 
         try:
-            with trio.fail_after(self.connect_timeout):
+            with trio.fail_after(self.options.connect_timeout):
                 stream = await self._transport.connect(node, source=self.address)
-            with trio.move_on_after(duration if live else self.connect_timeout * 4):
+            with trio.move_on_after(
+                duration if live else self.options.connect_timeout * 4
+            ):
                 await self._run_link(stream, live=live, label=node, started=started)
         except (OSError, ValueError, trio.TooSlowError, RepredError) as exc:
             self._dial_failed(node, exc)
@@ -713,7 +721,8 @@ class Peer:
         failures = self._failures.get(node, 0) + 1
         self._failures[node] = failures
         delay = min(
-            self.max_backoff, self.heartbeat_interval * 2 ** min(failures - 1, 32)
+            self.options.max_backoff,
+            self.options.heartbeat_interval * 2 ** min(failures - 1, 32),
         )
         self._retry_at[node] = trio.current_time() + delay * self._rng.uniform(0.5, 1.5)
         if failures == 1:  # said once; retried quietly with backoff
@@ -753,16 +762,16 @@ class Peer:
         while True:
             node = self._pick()
             if node is None:
-                await trio.sleep(self.heartbeat_interval)
+                await trio.sleep(self.options.heartbeat_interval)
                 continue
             # Stay linked for a while, then move on to another random node.
             jitter = self._rng.uniform(0.75, 1.25)
             linked = await self._dial(
-                node, live=True, duration=self.gossip_interval * jitter
+                node, live=True, duration=self.options.gossip_interval * jitter
             )
             if not linked:
                 # At most ten failed dials per heartbeat from each loop.
-                await trio.sleep(self.heartbeat_interval / 10)
+                await trio.sleep(self.options.heartbeat_interval / 10)
 
     def _quiet_node(self, linked: set[str]) -> str | None:
         """A random known node not heard from lately (or suspect), if any."""
@@ -778,7 +787,10 @@ class Peer:
     def _known_sample(self) -> list[str]:
         """A list of every known node, rebuilt at most once per heartbeat."""
         now = trio.current_time()
-        if self._known_at + self.heartbeat_interval <= now or not self._known_list:
+        if (
+            self._known_at + self.options.heartbeat_interval <= now
+            or not self._known_list
+        ):
             self._known_list = list(self.membership.state)
             self._known_at = now
         return self._known_list
@@ -790,7 +802,7 @@ class Peer:
         partition heals even when every seed is gone.
         """
         while True:
-            await trio.sleep(self.seed_interval * self._rng.uniform(0.75, 1.25))
+            await trio.sleep(self.options.seed_interval * self._rng.uniform(0.75, 1.25))
             linked = set(self._links.values())
             targets = [s for s in self.seeds if self._eligible(s, linked)]
             quiet = self._quiet_node(linked)
@@ -877,11 +889,7 @@ async def open_peer(
         Exception: whatever the ``async with`` block raised, as itself
             (never wrapped in an exception group).
     """
-    peer = Peer(
-        host=host,
-        port=port,
-        replicas=replicas or {},
-        seeds=seeds,
+    options = PeerOptions(
         heartbeat_interval=heartbeat_interval,
         down_after=down_after,
         gossip_interval=gossip_interval,
@@ -892,22 +900,30 @@ async def open_peer(
         fanout=fanout,
         max_members=max_members,
         max_links=max_links,
+    )
+    link_options = LinkOptions(
+        send_timeout=send_timeout,
+        handshake_timeout=min(DEFAULT_HANDSHAKE_TIMEOUT, connect_timeout),
+        close_timeout=1.0,
+        # A stalled link is noticed within three heartbeats (and never
+        # within less than 1.5 s, which a busy machine can take).
+        keepalive_interval=max(heartbeat_interval, 0.5),
+        max_line_bytes=max_line_bytes,
+        batch_entries=batch_entries,
+        batch_bytes=batch_bytes,
+    )
+    peer = Peer(
+        host=host,
+        port=port,
+        replicas=replicas or {},
+        seeds=seeds,
+        options=options,
+        link_options=link_options,
         on_event=on_event,
         rng=rng or random.Random(),
         transport=transport or TcpTransport(),
         wall=wall or wall_ms,
         advertise=advertise,
-        options=LinkOptions(
-            send_timeout=send_timeout,
-            handshake_timeout=min(DEFAULT_HANDSHAKE_TIMEOUT, connect_timeout),
-            close_timeout=1.0,
-            # A stalled link is noticed within three heartbeats (and never
-            # within less than 1.5 s, which a busy machine can take).
-            keepalive_interval=max(heartbeat_interval, 0.5),
-            max_line_bytes=max_line_bytes,
-            batch_entries=batch_entries,
-            batch_bytes=batch_bytes,
-        ),
     )
     async with single_errors():
         async with trio.open_nursery() as nursery:

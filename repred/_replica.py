@@ -185,27 +185,17 @@ class Replica:
         snapshot: Callable[[Any], Any] | None = None,
         checks_first: bool = False,
     ) -> None:
-        if not callable(reducer):
-            raise TypeError(f"reducer must be callable, not {reducer!r}")
-        if map is not None and not callable(map):
-            raise TypeError(f"map must be callable, not {map!r}")
-        if id is not None:
-            check_id(id)
-        if not 0 < max_ahead_ms < max_drift_ms:
-            raise ValueError("need 0 < max_ahead_ms < max_drift_ms")
-        if type(max_sources) is not int or max_sources < 1:
-            raise ValueError("max_sources must be a positive int")
-        if (
-            type(max_line_bytes) is not int
-            or max_line_bytes < 2 * DIGEST_OVERHEAD_BYTES
-        ):
-            raise ValueError(
-                f"max_line_bytes must be an int >= {2 * DIGEST_OVERHEAD_BYTES}"
-            )
-        if snapshot is not None and (stamped or last_write_wins is not None):
-            raise ValueError(
-                "snapshot= is for reducers without last_write_wins= or stamped="
-            )
+        _check_options(
+            reducer,
+            map=map,
+            id=id,
+            max_drift_ms=max_drift_ms,
+            max_ahead_ms=max_ahead_ms,
+            max_sources=max_sources,
+            max_line_bytes=max_line_bytes,
+            superseding=stamped or last_write_wins is not None,
+            snapshot=snapshot,
+        )
         self._reducer = reducer
         self._map = map
         self._stamped = stamped
@@ -749,6 +739,38 @@ class Replica:
 
     def _count_after(self, source: str, ts: float) -> int:
         return self._history.count_after(source, ts)
+
+
+def _check_options(
+    reducer: Any,
+    *,
+    map: Any,
+    id: Any,
+    max_drift_ms: float,
+    max_ahead_ms: float,
+    max_sources: Any,
+    max_line_bytes: Any,
+    superseding: bool,
+    snapshot: Any,
+) -> None:
+    """Refuse a bad option to a replica, at the call."""
+    if not callable(reducer):
+        raise TypeError(f"reducer must be callable, not {reducer!r}")
+    if map is not None and not callable(map):
+        raise TypeError(f"map must be callable, not {map!r}")
+    if id is not None:
+        check_id(id)
+    if not 0 < max_ahead_ms < max_drift_ms:
+        raise ValueError("need 0 < max_ahead_ms < max_drift_ms")
+    if type(max_sources) is not int or max_sources < 1:
+        raise ValueError("max_sources must be a positive int")
+    least = 2 * DIGEST_OVERHEAD_BYTES
+    if type(max_line_bytes) is not int or max_line_bytes < least:
+        raise ValueError(f"max_line_bytes must be an int >= {least}")
+    if snapshot is not None and superseding:
+        raise ValueError(
+            "snapshot= is for reducers without last_write_wins= or stamped="
+        )
 
 
 def _digest(data: bytes) -> str:

@@ -29,7 +29,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
 import trio
@@ -39,6 +39,9 @@ from ._gossip import open_peer, parse_address
 from ._links import single_errors
 from ._store import SqliteStore
 from .types import model
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["main"]
 
@@ -95,6 +98,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "client_port", type=_port, nargs="?", help="port of a peer to join (on --host)"
     )
+    _network_options(p)
+    _pace_options(p)
+    p.add_argument("--json", action="store_true", help="print JSON lines")
+    p.add_argument(
+        "--no-stdin",
+        action="store_true",
+        help="read no commands; run until SIGINT or SIGTERM (for services)",
+    )
+    p.add_argument(
+        "--data",
+        metavar="DIR",
+        help="keep the replicated map in DIR (SQLite), across restarts",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log link errors")
+    return p
+
+
+def _network_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument(
         "--advertise",
@@ -109,54 +130,27 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="a peer to dial first and re-dial now and then (repeatable)",
     )
-    p.add_argument("--json", action="store_true", help="print JSON lines")
-    p.add_argument(
-        "--no-stdin",
-        action="store_true",
-        help="read no commands; run until SIGINT or SIGTERM (for services)",
-    )
-    p.add_argument(
-        "--data",
-        metavar="DIR",
-        help="keep the replicated map in DIR (SQLite), across restarts",
-    )
-    p.add_argument(
-        "--heartbeat",
-        type=_seconds,
-        default=1.0,
-        metavar="S",
-        help="seconds between heartbeats (default 1)",
-    )
-    p.add_argument(
-        "--down-after",
-        type=_seconds,
-        default=5.0,
-        metavar="S",
-        help="a peer silent this long is down (default 5)",
-    )
-    p.add_argument(
-        "--gossip",
-        type=_seconds,
-        default=3.0,
-        metavar="S",
-        help="seconds before moving to another random peer (default 3)",
-    )
-    p.add_argument(
-        "--seed-interval",
-        type=_seconds,
-        default=5.0,
-        metavar="S",
-        help="seconds between re-dials of the seeds (default 5)",
-    )
-    p.add_argument(
-        "--max-backoff",
-        type=_seconds,
-        default=30.0,
-        metavar="S",
-        help="the longest wait before re-dialling a failing peer (default 30)",
-    )
-    p.add_argument("-v", "--verbose", action="store_true", help="log link errors")
-    return p
+
+
+#: The peer's pacing options: flag, default seconds, what it is.
+_PACE = [
+    ("--heartbeat", 1.0, "seconds between heartbeats"),
+    ("--down-after", 5.0, "a peer silent this long is down"),
+    ("--gossip", 3.0, "seconds before moving to another random peer"),
+    ("--seed-interval", 5.0, "seconds between re-dials of the seeds"),
+    ("--max-backoff", 30.0, "the longest wait before re-dialling a failing peer"),
+]
+
+
+def _pace_options(p: argparse.ArgumentParser) -> None:
+    for flag, default, what in _PACE:
+        p.add_argument(
+            flag,
+            type=_seconds,
+            default=default,
+            metavar="S",
+            help=f"{what} (default {default:g})",
+        )
 
 
 # -- output ----------------------------------------------------------------
@@ -329,19 +323,39 @@ def _command(raw: bytes, data: Any, peer: Any, out: _Output) -> None:
     if not words:
         return
     cmd = words[0].lower()
+    run = _COMMANDS.get((cmd, len(words)))
+    if run is None or (len(words) > 1 and not words[1]):
+        out({"event": "error", "message": f"unknown command: {text[:200]}"})
+        return
     try:
-        if cmd == "set" and len(words) == 3 and words[1]:
-            data.set(words[1], _value(words[2]))
-        elif cmd == "get" and len(words) == 2:
-            out({"event": "value", "key": words[1], "value": data.get(words[1])})
-        elif cmd == "del" and len(words) == 2:
-            data.delete(words[1])
-        elif cmd == "peers" and len(words) == 1:
-            out({"event": "peers", "peers": peer.members()})
-        else:
-            out({"event": "error", "message": f"unknown command: {text[:200]}"})
+        run(words[1:], data, peer, out)
     except (TypeError, ValueError, RepredError) as exc:
         out({"event": "error", "message": f"{cmd}: {exc}"})
+
+
+def _set(args: list[str], data: Any, peer: Any, out: _Output) -> None:
+    data.set(args[0], _value(args[1]))
+
+
+def _get(args: list[str], data: Any, peer: Any, out: _Output) -> None:
+    out({"event": "value", "key": args[0], "value": data.get(args[0])})
+
+
+def _del(args: list[str], data: Any, peer: Any, out: _Output) -> None:
+    data.delete(args[0])
+
+
+def _peers(args: list[str], data: Any, peer: Any, out: _Output) -> None:
+    out({"event": "peers", "peers": peer.members()})
+
+
+#: The commands typed on standard input: (name, words) -> what runs.
+_COMMANDS: dict[tuple[str, int], Callable[[list[str], Any, Any, _Output], None]] = {
+    ("set", 3): _set,
+    ("get", 2): _get,
+    ("del", 2): _del,
+    ("peers", 1): _peers,
+}
 
 
 def _show_updates(data: Any, out: _Output) -> None:
