@@ -12,6 +12,8 @@ import attrs
 import trio
 import trio.testing
 
+from ._replica import Replica
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Hashable, Sequence
 
@@ -340,149 +342,205 @@ def check_reducer(
             rebuilds the state from ``initial``, through JSON.
         max_examples: cases to try for each property.
     """
-    try:
-        from hypothesis import HealthCheck, given, settings
-        from hypothesis import strategies as st
-    except ImportError as exc:  # pragma: no cover
-        raise ImportError("check_reducer needs hypothesis installed") from exc
+    laws = _Laws(reducer, initial, updates, last_write_wins, stamped, snapshot)
+    config = laws.settings(max_examples)
+    for law in (laws.commutes, laws.honest, laws.converges):
+        config(law())()
+    if snapshot is not None:
+        config(laws.snapshots())()
 
-    from ._replica import Replica
-    from ._session import Session
 
-    config = settings(
-        max_examples=max_examples,
-        deadline=None,
-        database=None,
-        suppress_health_check=list(HealthCheck),
-    )
+@attrs.frozen
+class _Laws:
+    """The properties :func:`check_reducer` checks, one method each."""
 
-    def fresh() -> Any:
-        return copy.deepcopy(initial)
+    reducer: Callable[..., Any]
+    initial: Any
+    updates: Any
+    last_write_wins: Callable[[Any], Hashable] | None
+    stamped: bool
+    snapshot: Callable[[Any], Any] | None
 
-    def make(source: str, ms: int) -> Replica:
+    @staticmethod
+    def settings(max_examples: int) -> Any:
+        try:
+            from hypothesis import HealthCheck, settings
+        except ImportError as exc:  # pragma: no cover
+            raise ImportError(
+                "check_reducer needs Hypothesis: pip install 'repred[test]'"
+            ) from exc
+        return settings(
+            max_examples=max_examples,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+
+    def fresh(self) -> Any:
+        return copy.deepcopy(self.initial)
+
+    def make(self, source: str, ms: int) -> Replica:
         return Replica(
-            reducer,
-            fresh(),
+            self.reducer,
+            self.fresh(),
             id=source,
-            last_write_wins=last_write_wins,
-            stamped=stamped,
+            last_write_wins=self.last_write_wins,
+            stamped=self.stamped,
             type_name="checked",
             wall=lambda: ms,
         )
 
-    def entries_of(written: list[tuple[Any, int]]) -> list[tuple[Any, float, str]]:
+    def fold(self, entries: Sequence[tuple[Any, float, str]]) -> Any:
+        return _fold(
+            self.reducer,
+            self.fresh(),
+            entries,
+            key=self.last_write_wins,
+            stamped=self.stamped,
+        )
+
+    def entries_of(
+        self, written: list[tuple[Any, int]]
+    ) -> list[tuple[Any, float, str]]:
         """Each update written by its own replica, at a wall time in ms."""
         out = []
         for n, (update, ms) in enumerate(written):
-            origin = make(f"s{n}", ms)
-            change = origin.update(update)
-            if change is not None:
+            origin = self.make(f"s{n}", ms)
+            if origin.update(update) is not None:
                 entry = next(iter(origin.history()))
                 out.append((_over_the_wire(entry.change), entry.ts, entry.source))
         return out
 
-    # Wall times from a small range, so that stamps tie across sources.
-    writes = st.lists(st.tuples(updates, st.integers(0, 2)), min_size=1, max_size=6)
+    def commutes(self) -> Any:
+        """Changes applied in any order, with repeats, give one state."""
+        from hypothesis import given
+        from hypothesis import strategies as st
 
-    @config
-    @given(writes, st.randoms(use_true_random=False))
-    def commutes(written: list[tuple[Any, int]], rnd: Any) -> None:
-        entries = entries_of(written)
-        if not entries:
-            return
-        one = list(entries)
-        two = entries + [rnd.choice(entries) for _ in range(rnd.randrange(3))]
-        rnd.shuffle(two)
-        a = _fold(reducer, fresh(), one, key=last_write_wins, stamped=stamped)
-        b = _fold(reducer, fresh(), two, key=last_write_wins, stamped=stamped)
-        if a != b:
-            raise ReducerCheckFailed(
-                "the same updates gave two different states, so replicas that"
-                " receive them in another order (or twice) diverge:\n"
-                f"  updates: {[u for u, _ in written]!r}\n"
-                f"  applied in this order: {_show(one)}\n"
-                f"    gives: {a!r}\n"
-                f"  applied in this order: {_show(two)}\n"
-                f"    gives: {b!r}"
-            )
+        # Wall times from a small range, so that stamps tie across sources.
+        writes = st.lists(
+            st.tuples(self.updates, st.integers(0, 2)), min_size=1, max_size=6
+        )
 
-    @config
-    @given(st.lists(updates, min_size=1, max_size=6))
-    def honest(ups: list[Any]) -> None:
-        r = make("s", 1)
-        for update in ups:
-            before = copy.deepcopy(r.state)
-            change = r.update(update)
-            if change is None:
-                if r.state != before:
-                    raise ReducerCheckFailed(
-                        f"update {update!r} changed the state from {before!r} to"
-                        f" {r.state!r} but returned no change, so the change"
-                        " is never replicated"
-                    )
-                continue
-            replay = copy.deepcopy(before)
-            recorded = _over_the_wire(change)
-            if stamped:
-                reducer(replay, recorded, (r.clock["s"], "s"))
-            else:
-                reducer(replay, recorded)
-            if replay != r.state:
+        @given(writes, st.randoms(use_true_random=False))
+        def commutes(written: list[tuple[Any, int]], rnd: Any) -> None:
+            one = self.entries_of(written)
+            if not one:
+                return
+            two = one + [rnd.choice(one) for _ in range(rnd.randrange(3))]
+            rnd.shuffle(two)
+            a, b = self.fold(one), self.fold(two)
+            if a != b:
                 raise ReducerCheckFailed(
-                    f"the change is not honest: update {update!r} took the state"
-                    f" from {before!r} to {r.state!r}, but its change"
-                    f" {change!r}, applied to {before!r}, gives {replay!r};"
-                    " replicas that receive the change end in another state"
+                    "the same updates gave two different states, so replicas"
+                    " that receive them in another order (or twice) diverge:\n"
+                    f"  updates: {[u for u, _ in written]!r}\n"
+                    f"  applied in this order: {_show(one)}\n"
+                    f"    gives: {a!r}\n"
+                    f"  applied in this order: {_show(two)}\n"
+                    f"    gives: {b!r}"
                 )
 
-    @config
-    @given(
-        st.lists(st.tuples(st.integers(0, 2), updates), min_size=1, max_size=8),
-        st.lists(
+        return commutes
+
+    def honest(self) -> Any:
+        """The change an update returns has the update's own effect."""
+        from hypothesis import given
+        from hypothesis import strategies as st
+
+        @given(st.lists(self.updates, min_size=1, max_size=6))
+        def honest(ups: list[Any]) -> None:
+            r = self.make("s", 1)
+            for update in ups:
+                before = copy.deepcopy(r.state)
+                change = r.update(update)
+                if change is None:
+                    if r.state != before:
+                        raise ReducerCheckFailed(
+                            f"update {update!r} changed the state from"
+                            f" {before!r} to {r.state!r} but returned no"
+                            " change, so the change is never replicated"
+                        )
+                    continue
+                replay = copy.deepcopy(before)
+                self.apply(replay, _over_the_wire(change), (r.clock["s"], "s"))
+                if replay != r.state:
+                    raise ReducerCheckFailed(
+                        f"the change is not honest: update {update!r} took the"
+                        f" state from {before!r} to {r.state!r}, but its change"
+                        f" {change!r}, applied to {before!r}, gives {replay!r};"
+                        " replicas that receive the change end in another state"
+                    )
+
+        return honest
+
+    def apply(self, state: Any, change: Any, stamp: tuple[float, str]) -> None:
+        if self.stamped:
+            self.reducer(state, change, stamp)
+        else:
+            self.reducer(state, change)
+
+    def converges(self) -> Any:
+        """Replicas synced in random pairs, some syncs cut, end in one state."""
+        from hypothesis import given
+        from hypothesis import strategies as st
+
+        from ._session import Session
+
+        placements = st.lists(
+            st.tuples(st.integers(0, 2), self.updates), min_size=1, max_size=8
+        )
+        pairs = st.lists(
             st.tuples(st.integers(0, 2), st.integers(0, 2), st.integers(0, 12)),
             max_size=6,
-        ),
-    )
-    def converges(placed: list[tuple[int, Any]], syncs: list[Any]) -> None:
-        ms = iter(range(10**6))
-        replicas = [make(f"r{i}", 0) for i in range(3)]
-        for r in replicas:
-            r._wall = lambda: next(ms) // 3
-        for write, step in itertools.zip_longest(placed, syncs):
-            if write is not None:
-                replicas[write[0]].update(write[1])
-            if step is not None and step[0] != step[1]:
-                _sync(replicas[step[0]], replicas[step[1]], Session, step[2])
-        for a, b in [(0, 1), (1, 2), (0, 1)]:
-            _sync(replicas[a], replicas[b], Session, None)
-        states = [r.state for r in replicas]
-        if not states[0] == states[1] == states[2]:
-            raise ReducerCheckFailed(
-                "replicas did not converge after syncing everything:\n"
-                f"  updates (replica, update): {placed!r}\n"
-                f"  syncs (a, b, lines before a cut): {syncs!r}\n"
-                + "".join(f"  replica {i}: {s!r}\n" for i, s in enumerate(states))
-            )
+        )
 
-    @config
-    @given(st.lists(updates, max_size=6))
-    def snapshots(ups: list[Any]) -> None:
+        @given(placements, pairs)
+        def converges(placed: list[tuple[int, Any]], syncs: list[Any]) -> None:
+            ms = iter(range(10**6))
+            replicas = [self.make(f"r{i}", 0) for i in range(3)]
+            for r in replicas:
+                r._wall = lambda: next(ms) // 3
+            for write, step in itertools.zip_longest(placed, syncs):
+                if write is not None:
+                    replicas[write[0]].update(write[1])
+                if step is not None and step[0] != step[1]:
+                    _sync(replicas[step[0]], replicas[step[1]], Session, step[2])
+            for a, b in [(0, 1), (1, 2), (0, 1)]:
+                _sync(replicas[a], replicas[b], Session, None)
+            states = [r.state for r in replicas]
+            if not states[0] == states[1] == states[2]:
+                raise ReducerCheckFailed(
+                    "replicas did not converge after syncing everything:\n"
+                    f"  updates (replica, update): {placed!r}\n"
+                    f"  syncs (a, b, lines before a cut): {syncs!r}\n"
+                    + "".join(f"  replica {i}: {s!r}\n" for i, s in enumerate(states))
+                )
+
+        return converges
+
+    def snapshots(self) -> Any:
+        """A snapshot, sent through JSON, rebuilds the state it was made of."""
+        from hypothesis import given
+        from hypothesis import strategies as st
+
+        snapshot = self.snapshot
         assert snapshot is not None
-        state = fresh()
-        for update in ups:
-            reducer(state, update)
-        rebuilt = fresh()
-        reducer(rebuilt, _over_the_wire(snapshot(state)))
-        if rebuilt != state:
-            raise ReducerCheckFailed(
-                f"the snapshot of {state!r} is {snapshot(state)!r}, which"
-                f" rebuilds {rebuilt!r}: a peer sent the snapshot ends elsewhere"
-            )
 
-    for prop in (commutes, honest, converges):
-        prop()
-    if snapshot is not None:
-        snapshots()
+        @given(st.lists(self.updates, max_size=6))
+        def snapshots(ups: list[Any]) -> None:
+            state = self.fresh()
+            for update in ups:
+                self.reducer(state, update)
+            rebuilt = self.fresh()
+            self.reducer(rebuilt, _over_the_wire(snapshot(state)))
+            if rebuilt != state:
+                raise ReducerCheckFailed(
+                    f"the snapshot of {state!r} is {snapshot(state)!r}, which"
+                    f" rebuilds {rebuilt!r}: a peer sent the snapshot ends"
+                    " elsewhere"
+                )
+
+        return snapshots
 
 
 def _over_the_wire(change: Any) -> Any:
