@@ -815,6 +815,27 @@ class Peer:
                     )
 
 
+def _peer_links(
+    options: PeerOptions,
+    send_timeout: float,
+    max_line_bytes: int,
+    batch_entries: int,
+    batch_bytes: int,
+) -> LinkOptions:
+    """The options of a peer's links, paced by its heartbeat."""
+    return LinkOptions(
+        send_timeout=send_timeout,
+        handshake_timeout=min(DEFAULT_HANDSHAKE_TIMEOUT, options.connect_timeout),
+        close_timeout=1.0,
+        # A stalled link is noticed within three heartbeats (and never
+        # within less than 1.5 s, which a busy machine can take).
+        keepalive_interval=max(options.heartbeat_interval, 0.5),
+        max_line_bytes=max_line_bytes,
+        batch_entries=batch_entries,
+        batch_bytes=batch_bytes,
+    )
+
+
 @asynccontextmanager
 async def open_peer(
     *,
@@ -901,16 +922,8 @@ async def open_peer(
         max_members=max_members,
         max_links=max_links,
     )
-    link_options = LinkOptions(
-        send_timeout=send_timeout,
-        handshake_timeout=min(DEFAULT_HANDSHAKE_TIMEOUT, connect_timeout),
-        close_timeout=1.0,
-        # A stalled link is noticed within three heartbeats (and never
-        # within less than 1.5 s, which a busy machine can take).
-        keepalive_interval=max(heartbeat_interval, 0.5),
-        max_line_bytes=max_line_bytes,
-        batch_entries=batch_entries,
-        batch_bytes=batch_bytes,
+    link_options = _peer_links(
+        options, send_timeout, max_line_bytes, batch_entries, batch_bytes
     )
     peer = Peer(
         host=host,

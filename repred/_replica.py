@@ -201,8 +201,7 @@ class Replica:
         self._stamped = stamped
         self._checks_first = checks_first
         self.state = initial
-        # The state before any entry: what the state is rebuilt from when a
-        # reducer fails halfway, and what snapshots are joined into.
+        # What the state is rebuilt from, and what snapshots are joined into.
         self._initial = copy.deepcopy(initial)
         self.id = new_id() if id is None else id
         self.type_name: str = type_name or str(getattr(reducer, "__name__", "repred"))
@@ -210,8 +209,7 @@ class Replica:
         self.max_ahead_ms = max_ahead_ms
         self.max_sources = max_sources
         self.max_line_bytes = max_line_bytes
-        #: Entries not applied because they were stamped too far ahead.
-        self.deferred = 0
+        self.deferred = 0  # entries not applied: stamped too far ahead
         self._wall = wall
         self._clock: dict[str, float] = {}
         self._clock_bytes = 0
@@ -437,9 +435,7 @@ class Replica:
                     in_reducer = False
                     record(change, ts, source, k, old)
                     if store is not None:
-                        store.add(change, ts, source)
-                        if old is not None:
-                            store.drop(*old)
+                        _stage(store, change, ts, source, old)
                     if listeners:
                         self._notify(effect, ts, source, origin, listeners)
                 # else dominated by what is kept: known, with no effect.
@@ -739,6 +735,19 @@ class Replica:
 
     def _count_after(self, source: str, ts: float) -> int:
         return self._history.count_after(source, ts)
+
+
+def _stage(
+    store: SqliteStore,
+    change: Any,
+    ts: float,
+    source: str,
+    old: tuple[float, str] | None,
+) -> None:
+    """Queue an entry for the store, and the drop of the one it supersedes."""
+    store.add(change, ts, source)
+    if old is not None:
+        store.drop(*old)
 
 
 def _check_options(
