@@ -938,10 +938,9 @@ async def open_peer(
         wall=wall or wall_ms,
         advertise=advertise,
     )
-    async with single_errors():
-        async with trio.open_nursery() as nursery:
-            await peer._start(nursery)
-            try:
-                yield peer
-            finally:
-                nursery.cancel_scope.cancel()
+    async with single_errors(), trio.open_nursery() as nursery:
+        await peer._start(nursery)
+        try:
+            yield peer
+        finally:
+            nursery.cancel_scope.cancel()
