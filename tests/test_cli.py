@@ -2,7 +2,6 @@
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 from functools import partial
@@ -20,16 +19,6 @@ ARGS = [
     "--seed-interval",
     "0.3",
 ]
-
-
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 class Node:
@@ -70,7 +59,9 @@ async def _start(nursery, port, *extra):
         )
     )
     node = Node(process)
-    await node.until(lambda e: e["event"] == "listening")
+    listening = await node.until(lambda e: e["event"] == "listening")
+    node.address = listening["address"]
+    node.port = int(node.address.rsplit(":", 1)[1])
     return node
 
 
@@ -79,13 +70,14 @@ def _has(key, value):
 
 
 async def test_chain_of_five_converges_reports_down_and_catches_up():
-    ports = _free_ports(5)
-    addr = [f"127.0.0.1:{p}" for p in ports]
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
-            nodes = [await _start(nursery, ports[0])]
-            for i in range(1, 5):
-                nodes.append(await _start(nursery, ports[i], str(ports[i - 1])))
+            # Port 0: each node says where it listens; the next joins it.
+            nodes = [await _start(nursery, 0)]
+            for _ in range(1, 5):
+                nodes.append(await _start(nursery, 0, str(nodes[-1].port)))
+            addr = [node.address for node in nodes]
+            ports = [node.port for node in nodes]
             # Every node learns every member, each knowing only the previous.
             for node in nodes:
                 for other in addr:

@@ -3,6 +3,7 @@
 import itertools
 
 import pytest
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import repred
@@ -379,3 +380,24 @@ def test_malformed_changes_from_a_peer_leave_every_type_untouched(factory, bad):
             s.receive_data(b"[" + bad + b',1,"B"]\n')
         assert info.value.reason == "reducer-error"
         assert (r.state, dict(r.clock), list(r.history())) == before
+
+
+position_keys = st.text(alphabet=DIGITS, min_size=1, max_size=6).filter(
+    lambda k: not k.endswith("0")
+)
+
+
+@given(position_keys, position_keys, st.randoms(use_true_random=False))
+@example("1z", "2", None)  # neighbouring digits: the carry branch
+@example("az", "b1", None)
+def test_a_position_key_fits_between_any_two(a, b, rnd):
+    from repred.types._position import between, valid
+
+    if a == b:
+        return
+    lo, hi = min(a, b), max(a, b)
+    key = between(lo, hi, rnd)
+    assert lo < key < hi
+    assert valid(key)
+    assert lo < between(lo, None, rnd)
+    assert between(None, hi, rnd) < hi
