@@ -128,7 +128,29 @@ def check_value(value: Any, what: str = "value") -> None:
         TypeError: naming the path of the first offending part, such as
             ``value[1]['when']``.
     """
+    # Fast path (every local write): a scalar, or a flat list of scalars.
+    kind = type(value)
+    if kind is list:
+        for item in value:
+            if not _plain_scalar(item):
+                break
+        else:
+            return
+    elif _plain_scalar(value):
+        return
     _check(value, what, 0)
+
+
+def _plain_scalar(value: Any) -> bool:
+    """A scalar that is certainly fine (anything else takes the long way)."""
+    kind = type(value)
+    if kind is str:
+        return value.isascii()
+    if kind is int:
+        return -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER
+    if kind is float:
+        return math.isfinite(value)
+    return kind is bool or value is None
 
 
 def _check(value: Any, what: str, depth: int) -> None:
