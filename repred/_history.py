@@ -217,14 +217,6 @@ class History:
         log = self.logs.get(source)
         return None if log is None else log.get(ts)
 
-    def after(self, source: str, ts: float, limit: int) -> list[tuple[float, Any]]:
-        log = self.logs.get(source)
-        return [] if log is None else log.after(ts, limit)
-
-    def count_after(self, source: str, ts: float) -> int:
-        log = self.logs.get(source)
-        return 0 if log is None else log.count_after(ts)
-
     def entries(self, since: Mapping[str, float] | None = None) -> Iterator[Entry]:
         """Every entry newer than ``since``, in per-source stamp order."""
         for source, log in self.logs.items():

@@ -285,7 +285,7 @@ class Replica:
             store.check()  # earlier writes that failed refuse this one
         now = self._wall()
         last = self._last
-        ts = now if now > last else _after(last)
+        ts = now if now > last else _next_stamp(last)
         if ts > MAX_STAMP:
             raise ValueError(f"stamp {ts!r} would be out of range")
         try:
@@ -728,14 +728,6 @@ class Replica:
             except Exception:
                 log.exception("repred listener %r raised", listener)
 
-    # -- used by sessions ------------------------------------------------
-
-    def _after(self, source: str, ts: float, limit: int) -> list[tuple[float, Any]]:
-        return self._history.after(source, ts, limit)
-
-    def _count_after(self, source: str, ts: float) -> int:
-        return self._history.count_after(source, ts)
-
 
 def _stage(
     store: SqliteStore,
@@ -787,7 +779,7 @@ def _digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=8).hexdigest()
 
 
-def _after(ts: float) -> float:
+def _next_stamp(ts: float) -> float:
     """The next stamp above ``ts``: a thousandth of a millisecond later."""
     nxt = ts + 0.001
     if nxt <= ts:

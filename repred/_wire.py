@@ -145,9 +145,9 @@ def _plain_scalar(value: Any) -> bool:
     """A scalar that is certainly fine (anything else takes the long way)."""
     kind = type(value)
     if kind is str:
-        return value.isascii()
+        return bool(value.isascii())
     if kind is int:
-        return -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER
+        return bool(-MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER)
     if kind is float:
         return math.isfinite(value)
     return kind is bool or value is None

@@ -87,7 +87,7 @@ def test_deletes_never_come_back_after_a_reopen_and_a_new_peer(tmp_path):
     path = tmp_path / "d.db"
     d = doc(store=SqliteStore(path))
     d.add({"id": "row", "text": "x"})
-    d.rm("row")
+    d.remove("row")
     s = two_phase_set(store=SqliteStore(tmp_path / "s.db"))
     s.add("a")
     s.remove("a")

@@ -278,7 +278,7 @@ def test_doc_todo_lists_move_rows_between_sets():
     b_todo, b_done = b.create_seq("list", "todo"), b.create_seq("list", "done")
     assert b_todo.ids() == ["drnk"]
     assert b_done.ids() == ["meet"]
-    b.rm("drnk")
+    b.remove("drnk")
     b.set("drnk", {"text": "too late"})
     sync(a, b)
     assert a.get("drnk") is None

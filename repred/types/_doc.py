@@ -80,12 +80,12 @@ class Doc(Replica):
             if type(field) is not str:
                 raise TypeError(f"fields are strings, not {type(field).__name__}")
             if field == DELETED:
-                raise ValueError(f"use rm() to delete a row, not {DELETED!r}")
+                raise ValueError(f"use remove() to delete a row, not {DELETED!r}")
             checked[field] = owned(value, f"the field {field!r}")
         for field, value in checked.items():
             self.update([row, field, value])
 
-    def rm(self, row: str) -> None:
+    def remove(self, row: str) -> None:
         """Delete a row, for good."""
         self.update([row, DELETED, True])
 

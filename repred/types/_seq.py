@@ -58,18 +58,30 @@ class Seq(Replica):
     def insert(
         self, value: Any, *, before: str | None = None, after: str | None = None
     ) -> str:
-        """Insert ``value`` before or after an item (default: at the end)."""
+        """Insert ``value`` before or after an item (``push`` appends).
+
+        Raises:
+            ValueError: neither ``before`` nor ``after`` given, or both, or
+                an unknown item.
+        """
+        if (before is None) == (after is None):
+            raise ValueError("give before= or after= (push() appends)")
+        return self._place(value, before, after)
+
+    def _place(self, value: Any, before: str | None, after: str | None) -> str:
         value = owned(value)
         item = self._new_id()
         self.update([item, slot(self._order(), before=before, after=after), value])
         return item
 
     def push(self, value: Any) -> str:
-        return self.insert(value)
+        """Append ``value``; return its item id."""
+        return self._place(value, None, None)
 
     def unshift(self, value: Any) -> str:
+        """Put ``value`` first; return its item id."""
         order = self._order()
-        return self.insert(value, before=order[0][1]) if order else self.insert(value)
+        return self._place(value, order[0][1] if order else None, None)
 
     def move(
         self, item: str, *, before: str | None = None, after: str | None = None
