@@ -56,7 +56,7 @@ async def main(n: int) -> None:
             replicas={"data": hostile}, seeds=[listening["address"]]
         ) as peer:
             now = time.time() * 1000
-            peer.membership.apply_many(
+            peer.membership.apply(
                 [
                     ([f"127.0.0.1:{20000 + i}"], now + i * 0.001, f"ghost{i}")
                     for i in range(n)

@@ -23,7 +23,7 @@ BIG = 64 << 20  # a digest of 100,000 sources is about 4 MB
 
 def filled(n: int, writers: int) -> object:
     m = model(id="hub", max_sources=n + 10, max_line_bytes=BIG, wall=lambda: EPOCH + n)
-    m.apply_many([([f"k{i}", i], EPOCH + i, f"w{i % writers}") for i in range(n)])
+    m.apply([([f"k{i}", i], EPOCH + i, f"w{i % writers}") for i in range(n)])
     return m
 
 

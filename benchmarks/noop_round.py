@@ -46,8 +46,8 @@ def main() -> None:
     b = repred.repred(union, set(), id="b")
     for i in range(n):
         src = f"s{i % sources}"
-        a.apply([i], i // sources + 1, src)
-        b.apply([i], i // sources + 1, src)
+        a.apply([([i], i // sources + 1, src)])
+        b.apply([([i], i // sources + 1, src)])
     rounds = 1000
     t = time.perf_counter()
     for _ in range(rounds):

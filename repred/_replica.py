@@ -332,29 +332,7 @@ class Replica:
 
     # -- remote entries --------------------------------------------------
 
-    def apply(self, change: Any, ts: float, source: str, origin: object = None) -> bool:
-        """Apply an entry from a peer; ``False`` if it was already known.
-
-        The entry is recorded exactly as given, whatever its local effect,
-        unless the type declares it dominated. ``origin`` is passed on to
-        listeners (a session uses it to avoid echoing an entry back). An
-        entry stamped more than ``max_drift_ms`` ahead is not applied
-        (``False``; counted in :attr:`deferred`).
-
-        Raises:
-            RemoteProtocolError: the entry is refused: a new source beyond
-                the bound (``too-many-sources``), a second, different entry
-                for a stamp already held (``equivocation``), or an entry in
-                this replica's own name stamped later than it could have
-                written (``forged``).
-            StoreError: the store could not write the entry; it stays queued
-                for the next commit, which retries it.
-            Exception: whatever the reducer raised; the replica's state,
-                clock and history are then exactly as they were.
-        """
-        return self.apply_many(((change, ts, source),), origin) == 1
-
-    def apply_many(
+    def apply(
         self,
         entries: Iterable[tuple[Any, float, str]],
         origin: object = None,
@@ -362,17 +340,32 @@ class Replica:
         check: bool = True,
         skipped: set[str] | None = None,
     ) -> int:
-        """Apply entries from a peer in order; return how many were new.
+        """Apply entries ``(change, ts, source)`` from a peer, in order.
 
-        The same as :meth:`apply` for each entry, for a fraction of the cost.
-        If one raises, every entry before it stays applied and it, and every
-        entry after it, changes nothing.
+        Returns how many were new. Each is recorded exactly as given,
+        whatever its local effect, unless the type declares it dominated.
+        ``origin`` is passed on to listeners (a session uses it to avoid
+        echoing an entry back). An entry stamped more than ``max_drift_ms``
+        ahead is not applied (counted in :attr:`deferred`). If one entry
+        raises, every entry before it stays applied and it, and every entry
+        after it, changes nothing.
 
         ``skipped`` is the caller's set of sources whose entries are not
         being applied: an entry stamped too far ahead adds its source to it,
         and later entries of a source in it are passed over (applying them
         would make the clock claim the one passed over). A link keeps one
         such set; the entries arrive again on a later link.
+
+        Raises:
+            RemoteProtocolError: an entry is refused: a new source beyond
+                the bound (``too-many-sources``), a second, different entry
+                for a stamp already held (``equivocation``), or an entry in
+                this replica's own name stamped later than it could have
+                written (``forged``).
+            StoreError: the store could not write the entries; they stay
+                queued for the next commit, which retries them.
+            Exception: whatever the reducer raised; the replica's state,
+                clock and history are then as they were before that entry.
         """
         if skipped is None:
             skipped = set()
@@ -400,7 +393,7 @@ class Replica:
         skipped: set[str],
         progress: list[Any],
     ) -> None:
-        """The loop of :meth:`apply_many` (the hot path of every sync)."""
+        """The loop of :meth:`apply` (the hot path of every sync)."""
         clock, state, reducer = self._clock, self.state, self._reducer
         stamped, key, store = self._stamped, self._key, self.store
         record, newest = self._history.record, self._history.newest
@@ -575,7 +568,7 @@ class Replica:
         # Stored stamps are not checked against the wall clock, which may
         # have moved back since they were written.
         self.store = None
-        self.apply_many(loaded.entries, check=False)
+        self.apply(loaded.entries, check=False)
         for source, ts in loaded.clock.items():
             if ts > self._clock.get(source, -1):
                 self._clock[source] = ts

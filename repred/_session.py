@@ -243,7 +243,7 @@ class Session:
         self._queue: collections.deque[str] = collections.deque()
         self._queued: set[str] = set()
         #: Sources whose entries are passed over on this link (see
-        #: Replica.apply_many).
+        #: Replica.apply).
         self._skipped: set[str] = set()
         self._snapshot_seen = 0
         self._updates_in = 0
@@ -396,7 +396,7 @@ class Session:
         skipped = self._skipped
         deferred = replica.deferred
         try:
-            self._updates_in += replica.apply_many(batch, self, skipped=skipped)
+            self._updates_in += replica.apply(batch, self, skipped=skipped)
         except StoreError:
             raise  # not the peer's fault: the entries stay queued
         except Exception:
@@ -405,7 +405,7 @@ class Session:
             for entry in batch:
                 change, ts, source = entry
                 try:
-                    replica.apply_many((entry,), self, skipped=skipped)
+                    replica.apply((entry,), self, skipped=skipped)
                 except RemoteProtocolError as exc:
                     exc.line = _entry_line(change, ts, source)
                     raise

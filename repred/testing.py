@@ -462,7 +462,7 @@ class _Laws:
                         )
                     continue
                 replay = copy.deepcopy(before)
-                self.apply(replay, _over_the_wire(change), (r.clock["s"], "s"))
+                self.reduce(replay, _over_the_wire(change), (r.clock["s"], "s"))
                 if replay != r.state:
                     raise ReducerCheckFailed(
                         f"the change is not honest: update {update!r} took the"
@@ -473,7 +473,7 @@ class _Laws:
 
         return honest
 
-    def apply(self, state: Any, change: Any, stamp: tuple[float, str]) -> None:
+    def reduce(self, state: Any, change: Any, stamp: tuple[float, str]) -> None:
         if self.stamped:
             self.reducer(state, change, stamp)
         else:

@@ -233,7 +233,7 @@ def test_plain_function_listeners_hear_remote_entries():
     r.add_listener(lambda effect, ts, source, origin: heard.append(source))
     peer = types.model(id="p")
     peer.set("a", 1)
-    r.apply(["b", 2], 1, "q")  # the default origin
+    r.apply([(["b", 2], 1, "q")])  # the default origin
     sync(peer, r)
     r.set("c", 3)
     assert heard == ["q", "p", "r"]

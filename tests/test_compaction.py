@@ -14,7 +14,7 @@ from .helpers import LinePump, SessionPair, assert_complete, sync
 def _filled(name, n=100, sources=3):
     r = gset(id=name)
     for i in range(n):
-        r.apply([f"{name}{i}"], i + 1, f"{name}-src{i % sources}")
+        r.apply([([f"{name}{i}"], i + 1, f"{name}-src{i % sources}")])
     r.update(["own"])
     return r
 
@@ -36,7 +36,7 @@ def test_compact_empties_the_history_and_a_new_peer_gets_the_snapshot():
 def test_a_peer_behind_the_snapshot_gets_it_then_the_tail():
     a, b = _filled("a"), gset(id="b")
     sync(a, b)
-    a.apply(["missed"], 1000, "a-src0")
+    a.apply([(["missed"], 1000, "a-src0")])
     a.compact()
     a.update(["tail1"])
     a.update(["tail2"])

@@ -158,5 +158,5 @@ def test_concurrent_updates_commute_and_duplicates_do_nothing(updates, rnd):
             s = rnd.choice([s for s in queues if queues[s]])
             e = queues[s].pop(0)
             for _ in range(2):
-                target.apply(*e)
+                target.apply([e])
     assert one.state == two.state == {x for _, x in updates}

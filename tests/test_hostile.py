@@ -85,7 +85,7 @@ def test_a_snapshot_from_a_peer_joins_and_keeps_what_was_held():
     wall = FakeWall()
     victim = gset(id="victim", wall=wall)
     victim.add("mine")
-    victim.apply(["theirs"], wall.now - 10, "other")
+    victim.apply([(["theirs"], wall.now - 10, "other")])
     before = held(victim)
     s = Session(victim)
     s.data_to_send()
@@ -131,7 +131,7 @@ def test_no_sequence_of_messages_makes_a_replica_lose_an_entry(links):
     for item in ("a", "b"):
         wall.now += 1
         victim.add(item)
-    victim.apply(["c"], EPOCH - 500, "s1")
+    victim.apply([(["c"], EPOCH - 500, "s1")])
     for link in links:
         kept = held(victim)
         s = Session(victim)
@@ -177,7 +177,7 @@ def test_the_source_bound_fits_ten_thousand_short_ids():
         (["k", i], wall.now - 50_000 + i, f"node-{i:011d}") for i in range(40_000)
     ]
     with pytest.raises(repred.RemoteProtocolError):
-        victim.apply_many(entries)
+        victim.apply(entries)
     assert 10_000 <= len(victim.clock) <= repred.protocol.DEFAULT_MAX_SOURCES
     digest = Session(victim).data_to_send()
     assert len(digest) < repred.protocol.DEFAULT_MAX_LINE_BYTES
@@ -187,9 +187,7 @@ def test_many_writers_sync_in_one_pass():
     """A real queue of sources: a link touches each source once."""
     wall = FakeWall()
     writers = model(id="hub", wall=wall, max_sources=30_000)
-    writers.apply_many(
-        [(["k", i], wall.now - 30_000 + i, f"w{i}") for i in range(20_000)]
-    )
+    writers.apply([(["k", i], wall.now - 30_000 + i, f"w{i}") for i in range(20_000)])
     fresh = model(id="fresh", wall=wall, max_sources=30_000)
     pair = [
         Session(writers, max_line_bytes=8 << 20),
@@ -257,7 +255,7 @@ async def test_a_relayed_stamp_at_the_bound_never_cuts_honest_writes(autojump_cl
 def test_own_clock_runs_at_most_max_ahead_past_the_wall():
     wall = FakeWall()
     r = model(id="r", wall=wall)
-    r.apply(["k", 1], wall.now + repred.protocol.DEFAULT_MAX_DRIFT_MS - 1, "fast")
+    r.apply([(["k", 1], wall.now + repred.protocol.DEFAULT_MAX_DRIFT_MS - 1, "fast")])
     r.set("mine", 1)
     assert r.clock["r"] <= wall.now + repred.protocol.DEFAULT_MAX_AHEAD_MS + 1
     # A peer 4 minutes behind still takes this replica's writes.
@@ -325,7 +323,7 @@ def test_the_membership_map_is_bounded_and_reaped():
         for i in range(150)
     ]
     with pytest.raises(ValueError, match="full"):
-        members.apply_many(entries)
+        members.apply(entries)
     assert len(members.state) == 100
     wall.now += 10_000
     members.beat("127.0.0.1:5")
@@ -344,7 +342,7 @@ async def _junk_members(network, victim, n, address_of):
         wall=trio_wall(),
         heartbeat_interval=0.5,
     ) as hostile:
-        hostile.membership.apply_many(
+        hostile.membership.apply(
             [
                 ([address_of(i)], EPOCH + trio.current_time() * 1000 + 5, f"ghost{i}")
                 for i in range(n)
@@ -433,7 +431,7 @@ async def test_tarpits_and_a_dead_seed_do_not_partition_the_network(autojump_clo
             # Ten tarpits join the membership; the seed dies.
             now = EPOCH + trio.current_time() * 1000
             for i, address in enumerate(tarpits):
-                peers[0].membership.apply([address], now + i, f"tarpit{i}")
+                peers[0].membership.apply([([address], now + i, f"tarpit{i}")])
             seed_scope.cancel()
             for i in range(3):
                 data[0].set(f"w{i}", i)
@@ -666,8 +664,8 @@ def test_a_line_fed_a_byte_at_a_time_costs_linear_work():
 def test_equivocation_is_refused_on_the_link(caplog):
     wall = FakeWall()
     a, b = model(id="a", wall=wall), model(id="b", wall=wall)
-    a.apply(["k", "one"], wall.now, "liar")
-    b.apply(["k", "two"], wall.now, "liar")
+    a.apply([(["k", "one"], wall.now, "liar")])
+    b.apply([(["k", "two"], wall.now, "liar")])
     s = Session(b)
     s.data_to_send()
     peer = Session(a)

@@ -56,7 +56,7 @@ def test_stamps_strictly_increase_even_with_a_frozen_clock():
 def test_stamps_never_go_below_a_seen_stamp_when_the_wall_steps_back():
     wall = FakeWall()
     r = gset("A", wall=wall)
-    r.apply(["far"], wall.now + 60_000, "B")
+    r.apply([(["far"], wall.now + 60_000, "B")])
     wall.now -= 5_000
     r.update(["mine"])
     assert r.clock["A"] > 60_000 + wall.now
@@ -67,7 +67,7 @@ def test_a_future_stamp_is_not_applied_and_changes_nothing():
     r = gset("A", wall=wall)
     r.update(["x"])
     before = (set(r.state), dict(r.clock), list(r.history()))
-    assert not r.apply(["evil"], 9e15, "B")
+    assert not r.apply([(["evil"], 9e15, "B")])
     assert r.deferred == 1
     assert (set(r.state), dict(r.clock), list(r.history())) == before
     assert r.update(["y"]) == ["y"]  # local writes still work
@@ -76,24 +76,24 @@ def test_a_future_stamp_is_not_applied_and_changes_nothing():
 def test_future_bound_is_configurable():
     wall = FakeWall()
     r = gset("A", wall=wall, max_drift_ms=10, max_ahead_ms=5)
-    assert r.apply(["ok"], wall.now + 10, "B")
-    assert not r.apply(["no"], wall.now + 11, "C")
+    assert r.apply([(["ok"], wall.now + 10, "B")])
+    assert not r.apply([(["no"], wall.now + 11, "C")])
     assert "C" not in r.clock
 
 
 def test_apply_drops_what_is_already_known():
     r = gset("A")
-    assert r.apply(["x"], 10, "B")
-    assert not r.apply(["x"], 10, "B")
-    assert not r.apply(["y"], 5, "B")
+    assert r.apply([(["x"], 10, "B")])
+    assert not r.apply([(["x"], 10, "B")])
+    assert not r.apply([(["y"], 5, "B")])
     assert r.state == {"x"}
 
 
 def test_a_second_different_entry_for_a_held_stamp_is_equivocation(caplog):
     r = gset("A")
-    assert r.apply(["x"], 10, "B")
+    assert r.apply([(["x"], 10, "B")])
     with pytest.raises(repred.RemoteProtocolError) as info:
-        r.apply(["y"], 10, "B")
+        r.apply([(["y"], 10, "B")])
     assert info.value.reason == "equivocation"
     assert "equivocation" in caplog.text
     assert r.state == {"x"}
@@ -101,8 +101,8 @@ def test_a_second_different_entry_for_a_held_stamp_is_equivocation(caplog):
 
 def test_relay_records_entry_as_origin_wrote_it_even_with_no_effect():
     r = gset("A")
-    r.apply(["x"], 10, "B")
-    r.apply(["x", "y"], 11, "C")  # local effect only ["y"]
+    r.apply([(["x"], 10, "B")])
+    r.apply([(["x", "y"], 11, "C")])  # local effect only ["y"]
     assert [e.change for e in r.history() if e.source == "C"] == [("x", "y")]
 
 
@@ -114,19 +114,19 @@ def test_reducer_error_leaves_clock_and_history_untouched():
         return update
 
     r = repred.repred(picky, [])
-    r.apply("good", 1, "B")
+    r.apply([("good", 1, "B")])
     with pytest.raises(ValueError, match="no"):
-        r.apply("bad", 2, "B")
+        r.apply([("bad", 2, "B")])
     assert r.clock == {"B": 1}
     assert [e.change for e in r.history()] == ["good"]
 
 
 def test_history_since_returns_only_what_is_missing_in_source_order():
     r = gset("A")
-    r.apply(["a1"], 1, "A")
-    r.apply(["b1"], 1, "B")
-    r.apply(["a2"], 2, "A")
-    r.apply(["b2"], 3, "B")
+    r.apply([(["a1"], 1, "A")])
+    r.apply([(["b1"], 1, "B")])
+    r.apply([(["a2"], 2, "A")])
+    r.apply([(["b2"], 3, "B")])
     assert [e.change for e in r.history({"A": 1})] == [("a2",), ("b1",), ("b2",)]
     assert list(r.history(r.clock)) == []
 
@@ -141,7 +141,7 @@ def test_recorded_entries_cannot_be_changed_through_the_caller_list():
 def test_history_since_is_cheap_on_a_large_history():
     r = gset("A")
     for i in range(50_000):
-        r.apply([i], i + 1, "B")
+        r.apply([([i], i + 1, "B")])
     log = r._history.logs["B"]
     assert log.after(49_999, 10) == [(50_000, (49_999,))]
     assert log.count_after(50_000) == 0
@@ -153,7 +153,7 @@ def test_listener_sees_every_entry_and_a_raising_listener_is_contained(caplog):
     remove = r.add_listener(lambda *args: seen.append(args))
     r.add_listener(lambda *args: 1 / 0)
     r.update(["x"])
-    r.apply(["y"], 5, "B", origin="conn")
+    r.apply([(["y"], 5, "B")], origin="conn")
     assert [(s[0], s[2], s[3]) for s in seen] == [
         (["x"], "A", None),
         (["y"], "B", "conn"),

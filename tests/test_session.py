@@ -27,8 +27,8 @@ def test_digest_goes_out_first_and_alone():
 
 def test_history_then_sync_after_the_peer_digest():
     a = gset("A")
-    a.apply(["x"], 1, "A")
-    a.apply(["y"], 2, "A")
+    a.apply([(["x"], 1, "A")])
+    a.apply([(["y"], 2, "A")])
     s = Session(a)
     s.data_to_send()
     events = s.receive_data(b'{"id":"B","clock":{"A":1}}\n')
@@ -121,9 +121,9 @@ def test_no_op_round_sends_only_digests_and_sync():
 def test_history_goes_out_in_bounded_batches_most_outstanding_first():
     a = gset("A")
     for i in range(10):
-        a.apply([f"b{i}"], i + 1, "B")
+        a.apply([([f"b{i}"], i + 1, "B")])
     for i in range(3):
-        a.apply([f"c{i}"], i + 1, "C")
+        a.apply([([f"c{i}"], i + 1, "C")])
     s = Session(a, batch_entries=4, batch_bytes=10)
     s.data_to_send()
     s.receive_data(b'{"id":"Z","clock":{}}\n')

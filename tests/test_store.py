@@ -22,7 +22,7 @@ def test_reopen_restores_state_clock_and_id(tmp_path):
     path = tmp_path / "names.db"
     a = repred.repred(union, set(), store=SqliteStore(path))
     a.update(["jim"])
-    a.apply(["sue"], 5, "B")
+    a.apply([(["sue"], 5, "B")])
     rid, clock = a.id, dict(a.clock)
     a.close()
     b = repred.repred(union, set(), store=SqliteStore(path))

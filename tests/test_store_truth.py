@@ -238,7 +238,7 @@ def _original(tmp_path):
     for i in range(150):
         m.set(f"key-{i}", {"n": i, "text": "v" * (i % 17)})
     for i in range(60):
-        m.apply([f"remote-{i}", i], 1000 + i, f"src-{i % 3}")
+        m.apply([([f"remote-{i}", i], 1000 + i, f"src-{i % 3}")])
     m.close()
     return path, held(path)
 

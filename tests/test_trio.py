@@ -147,8 +147,8 @@ async def test_subscription_sees_local_and_remote_changes_and_overflows():
     a = gset("A")
     with repred.subscribe(a, max_buffer=2) as changes:
         a.update(["x"])
-        a.apply(["y"], 5, "B")
-        a.apply(["y"], 6, "C")  # no effect: not delivered
+        a.apply([(["y"], 5, "B")])
+        a.apply([(["y"], 6, "C")])  # no effect: not delivered
         assert (await changes.receive()).change == ["x"]
         assert (await changes.receive()).source == "B"
         for i in range(3):
