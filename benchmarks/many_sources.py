@@ -13,6 +13,7 @@ import sys
 import time
 
 from repred.protocol import Session
+from repred.testing import pump
 from repred.types import model
 
 from _common import report
@@ -34,14 +35,7 @@ def sync_seconds(source: object, n: int) -> float:
     a = Session(source, max_line_bytes=BIG)  # type: ignore[arg-type]
     b = Session(fresh, max_line_bytes=BIG)
     t = time.perf_counter()
-    while True:
-        ab, ba = a.data_to_send(), b.data_to_send()
-        if not ab and not ba:
-            break
-        if ab:
-            b.receive_data(ab)
-        if ba:
-            a.receive_data(ba)
+    pump(a, b)
     dt = time.perf_counter() - t
     assert len(fresh.to_dict()) == n
     return dt

@@ -24,10 +24,13 @@ other side has completed the handshake: a listener that accepts and never
 speaks is a failure. Several dials run at once, each in its own task.
 
 The link protocol carries several replicas over one stream. Each side first
-sends a hello line, ``{"repred-peer": 1, "node": "host:port", "replicas":
+sends a hello line, ``{"repred-peer": 2, "node": "host:port", "replicas":
 {name: type}}``; then every line of every replica's scuttlebutt session goes
-as ``name TAB line``. A replica the other side lacks (or holds with another
-type) is skipped; a line for a replica the two did not agree on is refused.
+as ``seq TAB name TAB line``, where ``seq`` counts the lines sent on the link
+(1, 2, ...): a line lost, repeated or reordered on the way ends the link
+before it is applied, so no source's entries are ever taken out of order.
+A replica the other side lacks (or holds with another type) is skipped; a
+line for a replica the two did not agree on is refused.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ from ._links import (
 )
 from ._replica import Replica, new_id, wall_ms
 from ._session import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_ENTRIES, Session
-from ._wire import DEFAULT_MAX_LINE_BYTES, LineDecoder, loads_line
+from ._wire import DEFAULT_MAX_LINE_BYTES, LineDecoder, loads_line, snippet
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -82,7 +85,7 @@ log = logging.getLogger("repred.peer")
 
 #: The name of the membership replica every peer carries.
 MEMBERS = "_members"
-PEER_PROTOCOL = 1
+PEER_PROTOCOL = 2
 #: The most nodes a membership map holds.
 DEFAULT_MAX_MEMBERS = 16_384
 #: Seconds after its last heartbeat that a node is forgotten: an hour.
@@ -159,7 +162,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def _bad(message: str, line: bytes, reason: str = "not-a-peer") -> RemoteProtocolError:
-    return RemoteProtocolError(message, reason=reason, line=line[:200])
+    return RemoteProtocolError(message, reason=reason, line=snippet(line))
 
 
 # -- the membership map ------------------------------------------------------
@@ -254,6 +257,10 @@ class _Mux:
             )
         ]
         self.hello: dict[str, Any] | None = None
+        #: Lines numbered in each direction: a line lost, repeated or
+        #: reordered on the way ends the link before it is applied.
+        self._seq_in = 0
+        self._seq_out = 0
         self.sessions: list[Session] = []
         self._by_name: dict[bytes, Session] = {}
         self._wakeup: Callable[[], None] | None = None
@@ -308,9 +315,22 @@ class _Mux:
         bodies: list[bytes] = []
         by_name = self._by_name
         for line in lines[start:]:
-            name, tab, body = line.partition(b"\t")
-            if not tab:
-                raise _bad("a peer line is NAME TAB LINE", line)
+            seq, tab, rest = line.partition(b"\t")
+            name, tab2, body = rest.partition(b"\t")
+            if not (tab and tab2):
+                raise _bad("a peer line is SEQ TAB NAME TAB LINE", line)
+            self._seq_in += 1
+            if seq != b"%d" % self._seq_in:
+                # A line lost, repeated or out of place on the way (a bad
+                # middlebox, or a peer's bug): nothing after it can be
+                # trusted to keep each source's entries in order.
+                if current is not None and bodies:
+                    events += current.receive_data(b"\n".join(bodies) + b"\n")
+                raise _bad(
+                    f"line {seq[:20]!r} where line {self._seq_in} was due",
+                    line,
+                    "out-of-order",
+                )
             session = by_name.get(name)
             if session is None:
                 raise _bad(
@@ -365,8 +385,10 @@ class _Mux:
         for name, session in self._by_name.items():
             data = session.data_to_send()
             if data:
-                prefix = name + b"\t"
-                out.append(prefix + data[:-1].replace(b"\n", b"\n" + prefix) + b"\n")
+                prefix = b"\t" + name + b"\t"
+                for line in data[:-1].split(b"\n"):
+                    self._seq_out += 1
+                    out.append(b"%d%s%s\n" % (self._seq_out, prefix, line))
         return b"".join(out)
 
 

@@ -23,6 +23,7 @@ from ._errors import (
     RepredError,
     SyncTimeout,
 )
+from ._replica import is_empty
 from ._session import (
     DEFAULT_BATCH_BYTES,
     DEFAULT_BATCH_ENTRIES,
@@ -783,7 +784,7 @@ class Subscription:
             self._send.close()
 
     def _listener(self, effect: Any, ts: float, source: str, origin: object) -> None:
-        if effect is None or effect == [] or effect == {} or self._overflow:
+        if is_empty(effect) or self._overflow:
             return
         try:
             self._send.send_nowait(Change(effect, ts, source))

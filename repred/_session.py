@@ -490,7 +490,8 @@ class Session:
         if theirs is not None and theirs != self.replica.type_name:
             raise IncompatiblePeerError(
                 f"peer replicates {theirs!r}, this replica is"
-                f" {self.replica.type_name!r}",
+                f" {self.replica.type_name!r} (replicas of one type must share"
+                " a type name: pass the same type_name= to both)",
                 reason="incompatible-type",
                 line=snippet(line),
             )

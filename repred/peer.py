@@ -35,15 +35,19 @@ import orjson
 import trio
 
 from ._errors import RepredError
-from ._gossip import open_peer, parse_address
+from ._gossip import PeerOptions, open_peer, parse_address
 from ._links import single_errors
 from ._store import SqliteStore
+from ._wire import LineDecoder
 from .types import model
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
 __all__ = ["main"]
+
+#: The longest command line read from standard input.
+MAX_COMMAND_BYTES = 4 << 20
 
 #: Lines of output held for a reader that does not drain standard output.
 OUTPUT_BUFFER_LINES = 10_000
@@ -132,18 +136,20 @@ def _network_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-#: The peer's pacing options: flag, default seconds, what it is.
+#: The peer's pacing options: flag, the PeerOptions field, what it is.
 _PACE = [
-    ("--heartbeat", 1.0, "seconds between heartbeats"),
-    ("--down-after", 5.0, "a peer silent this long is down"),
-    ("--gossip", 3.0, "seconds before moving to another random peer"),
-    ("--seed-interval", 5.0, "seconds between re-dials of the seeds"),
-    ("--max-backoff", 30.0, "the longest wait before re-dialling a failing peer"),
+    ("--heartbeat", "heartbeat_interval", "seconds between heartbeats"),
+    ("--down-after", "down_after", "a peer silent this long is down"),
+    ("--gossip", "gossip_interval", "seconds before moving to another random peer"),
+    ("--seed-interval", "seed_interval", "seconds between re-dials of the seeds"),
+    ("--max-backoff", "max_backoff", "the longest wait before re-dialling a peer"),
 ]
 
 
 def _pace_options(p: argparse.ArgumentParser) -> None:
-    for flag, default, what in _PACE:
+    defaults = PeerOptions()  # one owner for the defaults: the library's
+    for flag, field, what in _PACE:
+        default = getattr(defaults, field)
         p.add_argument(
             flag,
             type=_seconds,
@@ -302,19 +308,16 @@ async def _commands(
     stdin: trio.lowlevel.FdStream, data: Any, peer: Any, out: _Output
 ) -> None:
     """Run the commands typed on standard input until it ends."""
-    buf = bytearray()
+    decoder = LineDecoder(MAX_COMMAND_BYTES)
     while chunk := await stdin.receive_some(65536):
-        buf += chunk
-        start = 0
-        while (end := buf.find(b"\n", start)) >= 0:
-            _command(bytes(buf[start:end]), data, peer, out)
-            start = end + 1
-        del buf[:start]
-        if len(buf) > 4 << 20:
+        for line in decoder.feed(chunk):
+            _command(line, data, peer, out)
+        if decoder.error is not None:
             out({"event": "error", "message": "input line too long; dropped"})
-            buf.clear()
-    if buf.strip():
-        _command(bytes(buf), data, peer, out)
+            decoder = LineDecoder(MAX_COMMAND_BYTES)
+    rest = decoder.eof()
+    if rest is not None:
+        _command(rest, data, peer, out)
 
 
 def _command(raw: bytes, data: Any, peer: Any, out: _Output) -> None:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Hashable, Sequence
 
     from ._gossip import Peer
+    from ._session import Session
     from .types import Model
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "ReducerCheckFailed",
     "Simulation",
     "check_reducer",
+    "pump",
     "simulate_peers",
 ]
 
@@ -554,20 +556,30 @@ def _show(entries: Sequence[tuple[Any, float, str]]) -> str:
     return ", ".join(f"{change!r}@{ts}/{source}" for change, ts, source in entries)
 
 
+def pump(a: Session, b: Session, *, rounds: int | None = None) -> int:
+    """Move bytes between two sessions until both are quiet.
+
+    Each round hands each side what the other produced. Stops after
+    ``rounds`` rounds if given (a sync cut short). Returns the rounds run.
+    """
+    done = 0
+    while rounds is None or done < rounds:
+        x, y = a.data_to_send(), b.data_to_send()
+        if not x and not y:
+            break
+        if x:
+            b.receive_data(x)
+        if y:
+            a.receive_data(y)
+        done += 1
+    return done
+
+
 def _sync(a: Any, b: Any, session_type: Any, cut: int | None) -> None:
-    """Sync two replicas over sessions, stopping after ``cut`` messages."""
+    """Sync two replicas over sessions, stopping after ``cut`` rounds."""
     sa, sb = session_type(a), session_type(b)
-    moved = 0
     try:
-        while cut is None or moved < cut:
-            x, y = sa.data_to_send(), sb.data_to_send()
-            if not x and not y:
-                break
-            if x:
-                sb.receive_data(x)
-            if y:
-                sa.receive_data(y)
-            moved += 1
+        pump(sa, sb, rounds=cut)
     finally:
         sa.close()
         sb.close()

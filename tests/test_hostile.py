@@ -19,7 +19,7 @@ import repred
 from repred import SqliteStore
 from repred._wire import LineDecoder
 from repred.protocol import Session
-from repred.testing import Faults, MemoryNetwork
+from repred.testing import Faults, MemoryNetwork, pump
 from repred.types import gset, model, orset, two_phase_set
 
 from .helpers import FakeWall, sync, wait_until
@@ -193,16 +193,7 @@ def test_many_writers_sync_in_one_pass():
         Session(writers, max_line_bytes=8 << 20),
         Session(fresh, max_line_bytes=8 << 20),
     ]
-    rounds = 0
-    while True:
-        a, b = pair[0].data_to_send(), pair[1].data_to_send()
-        if not a and not b:
-            break
-        rounds += 1
-        if a:
-            pair[1].receive_data(a)
-        if b:
-            pair[0].receive_data(b)
+    rounds = pump(*pair)
     assert fresh.to_dict() == writers.to_dict()
     assert rounds < 200  # 64 KB batches, not a round per source
 

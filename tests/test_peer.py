@@ -75,19 +75,36 @@ async def test_names_the_other_side_lacks_are_skipped():
 
 async def test_mux_refuses_unknown_names_and_non_peers():
     mux = _Mux({"data": gset("A")}, "127.0.0.1:1", LinkOptions())
-    mux.feed(b'{"repred-peer":1,"node":"x:1","replicas":{"data":"union"}}\n')
+    mux.feed(b'{"repred-peer":2,"node":"x:1","replicas":{"data":"union"}}\n')
     assert mux.peer_id == "x:1"
     assert len(mux.sessions) == 1
     with pytest.raises(repred.RemoteProtocolError) as info:
-        mux.feed(b'other\t{"id":"Z","clock":{}}\n')  # not agreed on
+        mux.feed(b'1\tother\t{"id":"Z","clock":{}}\n')  # not agreed on
     assert info.value.reason == "unknown-replica"
     mux = _Mux({"data": gset("A")}, "127.0.0.1:1", LinkOptions())
-    mux.feed(b'{"repred-peer":1,"node":"x:1","replicas":{"data":"union"}}\n')
+    mux.feed(b'{"repred-peer":2,"node":"x:1","replicas":{"data":"union"}}\n')
     with pytest.raises(repred.RemoteProtocolError) as info:
         mux.feed(b"no tab here\n")
     assert info.value.reason == "not-a-peer"
     with pytest.raises(repred.RemoteProtocolError):
         _Mux({}, "n:1", LinkOptions()).feed(b'{"id":"A","clock":{}}\n')
+
+
+async def test_mux_refuses_lines_lost_repeated_or_reordered():
+    hello = b'{"repred-peer":2,"node":"x:1","replicas":{"data":"union"}}\n'
+    digest = b'{"id":"Z","clock":{}}'
+    for lines in [
+        [b"1", b"1"],  # repeated
+        [b"2"],  # one lost
+        [b"1", b"3"],  # one lost in the middle
+    ]:
+        a = gset("A")
+        mux = _Mux({"data": a}, "127.0.0.1:1", LinkOptions())
+        mux.feed(hello)
+        body = b"".join(seq + b"\tdata\t" + digest + b"\n" for seq in lines)
+        with pytest.raises(repred.RemoteProtocolError) as info:
+            mux.feed(body)
+        assert info.value.reason == "out-of-order"
 
 
 async def test_dead_seeds_and_wrong_protocols_are_retried_quietly(
@@ -226,11 +243,11 @@ async def test_hostile_inbound_connections_do_not_disturb_a_peer():
         host, port = parse_address(peer.address)
         for payload in (
             b"GET / HTTP/1.1\r\n\r\n",
-            b'{"repred-peer":1,"node":"x:1","replicas":{"data":"union"}}\ndata\t[1,2\n',
-            b'{"repred-peer":1,"node":"x:1","replicas":{"data":"union"}}\n'
+            b'{"repred-peer":2,"node":"x:1","replicas":{"data":"union"}}\n1\tdata\t[1,2\n',
+            b'{"repred-peer":2,"node":"x:1","replicas":{"data":"union"}}\n'
             + b"x" * 3_000_000,
             # Nothing shared: the link ends at once, with no error.
-            b'{"repred-peer":1,"node":"x:1","replicas":{"data":"orset"}}\n',
+            b'{"repred-peer":2,"node":"x:1","replicas":{"data":"orset"}}\n',
         ):
             stream = await trio.open_tcp_stream(host, port)
             try:

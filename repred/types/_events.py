@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .._replica import Replica, Stamp
+from .._replica import Replica, Stamp, is_empty
 from ._base import build, owned
 
 __all__ = ["Events", "events"]
@@ -62,7 +62,7 @@ class Events(Replica):
         return [(e[0], e[1]) for _, e in sorted(self.state.items())]
 
     def _dispatch(self, effect: Any, ts: float, source: str, origin: object) -> None:
-        if effect:
+        if not is_empty(effect):
             for handler in tuple(self._handlers.get(effect[0], ())):
                 handler(effect[1])
         self._bound()
