@@ -1,6 +1,7 @@
 """Bytes to messages and back: newline-delimited JSON, as JS scuttlebutt.
 
-Three kinds of message travel, told apart by their JSON type (PROTOCOL.md):
+Three kinds of message travel, told apart by their JSON type, as in JS
+scuttlebutt:
 
 * an object is a :class:`Digest` ``{"id": ..., "clock": {source: ts}}``,
   with repred's extensions in extra keys (JS peers ignore them);

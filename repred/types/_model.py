@@ -57,9 +57,6 @@ class Model(Replica):
     def __contains__(self, key: object) -> bool:
         return self.state.get(key) is not None
 
-    def keys(self) -> list[str]:
-        return [k for k, v in self.state.items() if v is not None]
-
     def to_dict(self) -> dict[str, Any]:
         """The live keys and values (deleted keys left out, as JS ``toJSON``)."""
         return {k: v for k, v in self.state.items() if v is not None}
