@@ -729,3 +729,36 @@ async def test_peers_converge_after_faults_on_the_wire_stop(autojump_clock):
         with trio.fail_after(300):
             for d in data:
                 await wait_until(d, lambda d=d: d.to_dict() == want)
+
+
+async def test_five_thousand_idle_links_cost_bounded_memory():
+    import tracemalloc
+
+    server = model(id="server")
+    server.set("k", 1)
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(repred.serve_tcp, server, 0)
+        port = listeners[0].socket.getsockname()[1]
+        tracemalloc.start()
+        try:
+            idle = []
+            for _ in range(5000):
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                await stream.send_all(b'{"id":"idle","clock":{}}\n')
+                idle.append(stream)
+            await trio.testing.wait_all_tasks_blocked()
+            held = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+        # At most max_links (512) links are held, a few KB each; the client
+        # ends of the 5,000 sockets are counted here too.
+        assert held < 64 << 20
+        client = model(id="client")
+        with trio.fail_after(30):
+            await repred.connect_tcp(
+                client, "127.0.0.1", port, live=False, close_timeout=0
+            )
+        assert client.to_dict() == {"k": 1}
+        for stream in idle:
+            await stream.aclose()
+        nursery.cancel_scope.cancel()
