@@ -75,6 +75,10 @@ DIGEST_OVERHEAD_BYTES = 8192
 
 _dumps = orjson.dumps
 
+#: The most digest bytes one source can take: a 256-character id, each
+#: character escaped as \uXXXX, a stamp and the separators.
+_MAX_CLOCK_COST = 6 * MAX_SOURCE_LENGTH + 2 + 26
+
 
 def clock_cost(source: str) -> int:
     """Bytes one source takes in a digest's clock, at most: ``"id":ts,``."""
@@ -402,6 +406,8 @@ class Replica:
         limit = now + self.max_drift_ms if check else math.inf
         # Remote stamps move this replica's clock at most max_ahead_ms ahead.
         cap = now + self.max_ahead_ms if check else math.inf
+        own = self.id
+        room = self._room()
         in_reducer = False
         try:
             for change, ts, source in entries:
@@ -413,8 +419,15 @@ class Replica:
                     skipped.add(source)
                     self.deferred += 1
                     continue
-                if known is None or source == self.id:
-                    self._take(source, known, ts, max(progress[1], now))
+                if known is None or source == own:
+                    cost = len(_dumps(source)) + 26
+                    if known is None and source != own and room[1] > 0:
+                        room[1] -= 1  # a new source, within the bounds
+                        self._clock_bytes += cost
+                    else:
+                        self._take(source, known, ts, max(progress[1], now))
+                        if known is None:
+                            room[1] = 0  # near the bound: check each exactly
                 k = old = None
                 if key is not None:
                     k = key(change)
@@ -442,6 +455,13 @@ class Replica:
             if in_reducer and not self._checks_first:
                 self._rebuild()  # the reducer may have changed part of it
             raise
+
+    def _room(self) -> list[int]:
+        """``[_, n]``: n new sources surely fit (by count and by the longest
+        id's digest bytes); past that, each is checked by :meth:`_admit`."""
+        budget = self.max_line_bytes - DIGEST_OVERHEAD_BYTES - self._clock_bytes
+        by_bytes = budget // _MAX_CLOCK_COST
+        return [0, max(0, min(self.max_sources - len(self._clock), by_bytes))]
 
     def _listeners_for(self, origin: object) -> list[Listener]:
         """The listeners to tell of entries from ``origin`` (never its own)."""
