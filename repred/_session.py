@@ -40,11 +40,12 @@ first bad message raises :class:`RemoteProtocolError`, after every good
 message before it has been applied, and leaves the replica exactly as it
 was before that message.
 
-Garbage collection: a chunk of 64 lines or more is applied with the cyclic
-collector paused (if it was running), and the collector is restored before
-:meth:`receive_data` returns, whatever happens. Entries are plain JSON
-values, which hold no cycles; pausing saves a full collection every 700
-allocations during a large sync.
+Garbage collection: a chunk of 64 lines or more is applied, and a batch for
+64 sources or more is encoded, with the cyclic collector paused (if it was
+running); the collector is restored before :meth:`receive_data` or
+:meth:`data_to_send` returns, whatever happens. What is allocated meanwhile
+is plain JSON values and lines, which hold no cycles; pausing saves
+collections that would walk the whole history during a large sync.
 """
 
 from __future__ import annotations
@@ -542,7 +543,13 @@ class Session:
         out = self._out
         self._out = []
         if state is SessionState.HISTORY or state is SessionState.LIVE:
-            if self._queue:
+            if len(self._queue) >= _GC_PAUSE_LINES and gc.isenabled():
+                gc.disable()  # see the module docstring
+                try:
+                    self._fill(out)
+                finally:
+                    gc.enable()
+            elif self._queue:
                 self._fill(out)
             if state is SessionState.HISTORY and not self._queue:
                 out.append(SYNC_LINE)
@@ -581,10 +588,14 @@ class Session:
                 queued.discard(source)
                 continue
             stamps = log._stamps
-            start = bisect_right(stamps, sent.get(source, -1))
+            floor = sent.get(source)
+            start = 0 if floor is None else bisect_right(stamps, floor)
             if log._live == len(stamps):  # no dropped entries: slice directly
-                stamps = stamps[start : start + limit]
-                changes = log._changes[start : start + limit]
+                if start == 0 and len(stamps) <= limit:
+                    changes = log._changes  # all of it (read, not changed)
+                else:
+                    stamps = stamps[start : start + limit]
+                    changes = log._changes[start : start + limit]
             else:
                 batch = log.after(sent.get(source, -1), limit)
                 stamps = [ts for ts, _ in batch]
