@@ -263,6 +263,12 @@ class Replica:
         history and store are exactly as they were, and no listener heard
         of it.
 
+        With a store in ``"full"`` durability, this blocks the calling
+        thread (the event loop, in trio code) for one SQLite commit with an
+        fsync, typically a millisecond or a few, and up to the store's
+        ``busy_timeout`` if another process holds the database's write
+        lock; ``"batch"`` durability commits from a thread instead.
+
         Raises:
             TypeError: the change is not a JSON value that every peer will
                 read back exactly (see :func:`repred.protocol.check_value`):
