@@ -146,3 +146,44 @@ async def wait_until(replica: Replica, predicate: Any) -> None:
     with _repred.subscribe(replica) as changes:
         while not predicate():
             await changes.receive()
+
+
+class PeerProcess:
+    """A ``python -m repred.peer --json`` process, read event by event."""
+
+    def __init__(self, process: Any) -> None:
+        self.process = process
+        self.buf = b""
+        self.events: list[dict[str, Any]] = []
+
+    async def send(self, line: str) -> None:
+        await self.process.stdin.send_all(line.encode() + b"\n")
+
+    async def until(self, predicate: Any) -> dict[str, Any]:
+        """Read events until one satisfies ``predicate``; return it."""
+        import json
+
+        for event in self.events:
+            if predicate(event):
+                return event
+        while True:
+            while b"\n" not in self.buf:
+                data = await self.process.stdout.receive_some(65536)
+                assert data, "the peer exited"
+                self.buf += data
+            line, self.buf = self.buf.split(b"\n", 1)
+            event = json.loads(line)
+            self.events.append(event)
+            if predicate(event):
+                return event
+
+
+async def read_until_closed(stream: Any) -> None:
+    """Read a stream until the other side closes it (or breaks it)."""
+    import trio
+
+    try:
+        while await stream.receive_some(65536):
+            pass
+    except trio.BrokenResourceError:
+        pass

@@ -1,12 +1,13 @@
 """``python -m repred.peer`` as separate processes on loopback."""
 
-import json
 import signal
 import subprocess
 import sys
 from functools import partial
 
 import trio
+
+from .helpers import PeerProcess
 
 ARGS = [
     "--json",
@@ -21,32 +22,6 @@ ARGS = [
 ]
 
 
-class Node:
-    def __init__(self, process):
-        self.process = process
-        self.buf = b""
-        self.events = []
-
-    async def send(self, line):
-        await self.process.stdin.send_all(line.encode() + b"\n")
-
-    async def until(self, predicate):
-        """Read events until one satisfies ``predicate``; return it."""
-        for event in self.events:
-            if predicate(event):
-                return event
-        while True:
-            while b"\n" not in self.buf:
-                data = await self.process.stdout.receive_some(65536)
-                assert data, "the peer exited"
-                self.buf += data
-            line, self.buf = self.buf.split(b"\n", 1)
-            event = json.loads(line)
-            self.events.append(event)
-            if predicate(event):
-                return event
-
-
 async def _start(nursery, port, *extra):
     cmd = [sys.executable, "-m", "repred.peer", str(port), *extra, *ARGS]
     process = await nursery.start(
@@ -58,7 +33,7 @@ async def _start(nursery, port, *extra):
             check=False,
         )
     )
-    node = Node(process)
+    node = PeerProcess(process)
     listening = await node.until(lambda e: e["event"] == "listening")
     node.address = listening["address"]
     node.port = int(node.address.rsplit(":", 1)[1])

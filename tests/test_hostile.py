@@ -22,7 +22,7 @@ from repred.protocol import Session
 from repred.testing import Faults, MemoryNetwork, pump
 from repred.types import gset, model, orset, two_phase_set
 
-from .helpers import FakeWall, sync, wait_until
+from .helpers import FakeWall, read_until_closed, sync, wait_until
 
 EPOCH = 1_700_000_000_000
 
@@ -47,6 +47,25 @@ async def start_peer(nursery, **options):
                 await trio.sleep_forever()
 
     return await nursery.start(run), scope
+
+
+async def chain(stack, data, network, **options):
+    """Peers on ``network``, one per replica, each seeded with those before."""
+    peers = []
+    for i, d in enumerate(data):
+        peers.append(
+            await stack.enter_async_context(
+                repred.open_peer(
+                    replicas={"data": d},
+                    seeds=[p.address for p in peers],
+                    transport=network,
+                    wall=trio_wall(),
+                    rng=random.Random(i),
+                    **options,
+                )
+            )
+        )
+    return peers
 
 
 def held(r):
@@ -355,20 +374,7 @@ async def test_ten_thousand_junk_members_do_not_stall_a_peer(autojump_clock):
         "reap_after": 30.0,
     }
     async with AsyncExitStack() as stack:
-        peers = []
-        for i, d in enumerate(data):
-            peers.append(
-                await stack.enter_async_context(
-                    repred.open_peer(
-                        replicas={"data": d},
-                        seeds=[p.address for p in peers],
-                        transport=network,
-                        wall=trio_wall(),
-                        rng=random.Random(i),
-                        **opts,
-                    )
-                )
-            )
+        peers = await chain(stack, data, network, **opts)
         await _junk_members(network, peers[0], 10_000, lambda i: f"ghost{i}:1")
         data[1].set("after", "junk")
         with trio.fail_after(120):
@@ -627,11 +633,7 @@ async def test_an_oversized_hello_is_refused():
         stream = await trio.open_tcp_stream("127.0.0.1", peer.port)
         await stream.send_all(b"{" + b" " * (MAX_HELLO_BYTES + 10))
         with trio.fail_after(10):
-            try:
-                while await stream.receive_some(65536):
-                    pass
-            except trio.BrokenResourceError:
-                pass
+            await read_until_closed(stream)
         await stream.aclose()
 
 
@@ -699,20 +701,7 @@ async def test_peers_converge_after_faults_on_the_wire_stop(autojump_clock):
     data = [model(id=f"n{i}", wall=trio_wall()) for i in range(4)]
     opts = {"heartbeat_interval": 0.5, "gossip_interval": 1.0, "seed_interval": 1.0}
     async with AsyncExitStack() as stack:
-        peers = []
-        for i, d in enumerate(data):
-            peers.append(
-                await stack.enter_async_context(
-                    repred.open_peer(
-                        replicas={"data": d},
-                        seeds=[p.address for p in peers],
-                        transport=network,
-                        wall=trio_wall(),
-                        rng=random.Random(i),
-                        **opts,
-                    )
-                )
-            )
+        await chain(stack, data, network, **opts)
         network.faults = Faults(
             delay=0.2,
             stall=0.02,

@@ -7,7 +7,6 @@ split, and the bridge is healed: everyone converges and ``down`` and ``up``
 events fire. Needs root and ``ip netns``; skipped with the reason otherwise.
 """
 
-import json
 import os
 import shutil
 import subprocess
@@ -17,6 +16,8 @@ from functools import partial
 
 import pytest
 import trio
+
+from .helpers import PeerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -102,36 +103,6 @@ def _heal(side):
         _ip("-n", SWITCH, "link", "set", f"p{name}", "master", "br0")
 
 
-class Node:
-    def __init__(self, process):
-        self.process = process
-        self.buf = b""
-        self.events = []
-
-    async def send(self, line):
-        await self.process.stdin.send_all(line.encode() + b"\n")
-
-    async def until(self, predicate):
-        for event in self.events:
-            if predicate(event):
-                return event
-        while True:
-            while b"\n" not in self.buf:
-                data = await self.process.stdout.receive_some(65536)
-                assert data, "the peer exited"
-                self.buf += data
-            line, self.buf = self.buf.split(b"\n", 1)
-            event = json.loads(line)
-            self.events.append(event)
-            if predicate(event):
-                return event
-
-    async def drain(self):
-        """Keep reading events in the background (so output never backs up)."""
-        while True:
-            await self.until(lambda e: False)
-
-
 async def _start(nursery, i, name):
     command = [
         "ip",
@@ -167,7 +138,7 @@ async def _start(nursery, i, name):
             check=False,
         )
     )
-    node = Node(process)
+    node = PeerProcess(process)
     await node.until(lambda e: e["event"] == "listening")
     return node
 

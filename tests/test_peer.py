@@ -16,7 +16,7 @@ from repred._links import LinkOptions
 from repred.protocol import Session
 from repred.types import model
 
-from .helpers import gset, wait_until
+from .helpers import gset, read_until_closed, wait_until
 
 FAST = {
     "heartbeat_interval": 0.05,
@@ -260,11 +260,7 @@ async def test_hostile_inbound_connections_do_not_disturb_a_peer():
             except trio.BrokenResourceError:
                 pass
             with trio.fail_after(10):
-                try:
-                    while await stream.receive_some(65536):
-                        pass
-                except trio.BrokenResourceError:
-                    pass
+                await read_until_closed(stream)
             await stream.aclose()
         assert d.state == {"kept"}
         other = gset("O")
