@@ -436,6 +436,15 @@ class LinkOptions:
         )
 
 
+#: The options every link function takes, as keywords of its own.
+_LINK_FIELDS = tuple(field.name for field in attrs.fields(LinkOptions))
+
+
+def _link_options(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The LinkOptions fields among a link function's arguments."""
+    return {name: arguments[name] for name in _LINK_FIELDS}
+
+
 async def run_channel(
     channel: Channel,
     stream: trio.abc.Stream,
@@ -519,15 +528,7 @@ async def replicate(
         SyncTimeout: the peer stopped reading, or sent no digest in time.
         StoreError: the replica's store could not keep what arrived.
     """
-    options = LinkOptions(
-        send_timeout=send_timeout,
-        handshake_timeout=handshake_timeout,
-        close_timeout=close_timeout,
-        keepalive_interval=keepalive_interval,
-        max_line_bytes=max_line_bytes,
-        batch_entries=batch_entries,
-        batch_bytes=batch_bytes,
-    )
+    options = LinkOptions(**_link_options(locals()))
     return await _replicate(replica, stream, live, task_status.started, options)
 
 
@@ -570,15 +571,7 @@ async def connect_tcp(
         OSError: the connection could not be made.
         RepredError: as :func:`replicate`.
     """
-    options = LinkOptions(
-        send_timeout=send_timeout,
-        handshake_timeout=handshake_timeout,
-        close_timeout=close_timeout,
-        keepalive_interval=keepalive_interval,
-        max_line_bytes=max_line_bytes,
-        batch_entries=batch_entries,
-        batch_bytes=batch_bytes,
-    )
+    options = LinkOptions(**_link_options(locals()))
     stream = await trio.open_tcp_stream(host, port)
     return await _replicate(replica, stream, live, task_status.started, options)
 
@@ -624,15 +617,7 @@ async def serve_tcp(
 
     The other options are those of :func:`replicate`, for each connection.
     """
-    options = LinkOptions(
-        send_timeout=send_timeout,
-        handshake_timeout=handshake_timeout,
-        close_timeout=close_timeout,
-        keepalive_interval=keepalive_interval,
-        max_line_bytes=max_line_bytes,
-        batch_entries=batch_entries,
-        batch_bytes=batch_bytes,
-    )
+    options = LinkOptions(**_link_options(locals()))
     links = LinkTable(max_links)
 
     async def handler(stream: trio.SocketStream) -> None:
