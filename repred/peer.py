@@ -95,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="python -m repred.peer",
         description="A repred gossip peer replicating a key-value map.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "server_port", type=_listen_port, help="port to listen on (0: any free one)"
@@ -117,6 +119,29 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log link errors")
     return p
+
+
+_EPILOG = """\
+commands on standard input (one per line):
+  set KEY VALUE   write KEY; VALUE is JSON if it parses, else text
+                  e.g.  set colour "blue"    set n 3    set tags ["a","b"]
+  get KEY         print KEY's value             e.g.  get colour
+  del KEY         delete KEY                    e.g.  del colour
+  peers           print the nodes seen alive
+
+events printed with --json (one JSON object per line):
+  listening  {"event":"listening","address":"127.0.0.1:8001","id":"..."}
+  update     {"event":"update","key":"colour","value":"blue","source":"..."}
+  delete     {"event":"delete","key":"colour","source":"..."}
+  value      {"event":"value","key":"colour","value":"blue"}
+             (a deleted key: "value":null,"deleted":true)
+  peers      {"event":"peers","peers":["127.0.0.1:8001","127.0.0.1:8002"]}
+  up / down  {"event":"up","peer":"127.0.0.1:8002"}
+  error      {"event":"error","message":"unknown command: sett x 1"}
+  dropped    {"event":"dropped","count":12} (stdout was not read fast enough)
+
+End of input, Ctrl-C or SIGTERM stops the peer (exit 0); bad options exit 2.
+"""
 
 
 def _network_options(p: argparse.ArgumentParser) -> None:
@@ -194,7 +219,13 @@ def format_event(event: dict[str, Any], as_json: bool) -> str:
     if kind == "listening":
         return f"listening on {event['address']} as {_plain(event['id'])}"
     if kind == "value":
+        if event.get("deleted"):
+            return f"{_plain(event['key'])} was deleted"
+        if event["value"] is None:
+            return f"{_plain(event['key'])} is not set"
         return f"{_plain(event['key'])} = {_value_text(event['value'])}"
+    if kind == "delete":
+        return f"{_plain(event['key'])} deleted  (from {_plain(event['source'])})"
     if kind == "peers":
         return "peers: " + " ".join(_plain(p) for p in event["peers"])
     if kind == "dropped":
@@ -341,7 +372,11 @@ def _set(args: list[str], data: Any, peer: Any, out: _Output) -> None:
 
 
 def _get(args: list[str], data: Any, peer: Any, out: _Output) -> None:
-    out({"event": "value", "key": args[0], "value": data.get(args[0])})
+    key = args[0]
+    event = {"event": "value", "key": key, "value": data.get(key)}
+    if key in data.state and data.state[key] is None:
+        event["deleted"] = True  # a delete, not a key never written
+    out(event)
 
 
 def _del(args: list[str], data: Any, peer: Any, out: _Output) -> None:
@@ -367,7 +402,10 @@ def _show_updates(data: Any, out: _Output) -> None:
     def show(effect: Any, ts: float, source: str, origin: object) -> None:
         if effect:
             key, value = effect
-            out({"event": "update", "key": key, "value": value, "source": source})
+            if value is None:
+                out({"event": "delete", "key": key, "source": source})
+            else:
+                out({"event": "update", "key": key, "value": value, "source": source})
 
     data.add_listener(show)
 

@@ -369,7 +369,7 @@ class _Laws:
             from hypothesis import HealthCheck, settings
         except ImportError as exc:  # pragma: no cover
             raise ImportError(
-                "check_reducer needs Hypothesis: pip install 'repred[test]'"
+                "check_reducer needs Hypothesis: pip install 'repred[testing]'"
             ) from exc
         return settings(
             max_examples=max_examples,

@@ -127,7 +127,9 @@ def test_data_dir_keeps_the_map_across_restarts(tmp_path):
     second = run(input=b"get colour\nget gone\n")
     assert second.returncode == 0, second.stderr
     assert 'colour = "blue"' in second.stdout.decode()
-    assert "gone = null" in second.stdout.decode()
+    assert "gone was deleted" in second.stdout.decode()
+    third = run(input=b"get never\n")
+    assert "never is not set" in third.stdout.decode()
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "data.db").write_bytes(b"garbage" * 100)
     bad = subprocess.run(

@@ -56,6 +56,27 @@ def test_every_option_is_checked_before_anything_listens(args, says):
     assert done.stdout == b""  # never said "listening"
 
 
+def test_help_lists_the_commands_and_the_json_events():
+    done = _run("--help")
+    assert done.returncode == 0
+    text = done.stdout.decode()
+    for word in ["set KEY VALUE", "get KEY", "del KEY", "peers"]:
+        assert word in text
+    for event in ["listening", "update", "delete", "value", "up / down", "error"]:
+        assert event in text
+
+
+def test_deletes_print_as_deletes():
+    done = _run("0", "--json", stdin=b"set k 1\ndel k\nget k\nget never\n")
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    assert {"event": "delete", "key": "k", "source": events[0]["id"]} in events
+    values = [e for e in events if e["event"] == "value"]
+    assert values == [
+        {"event": "value", "key": "k", "value": None, "deleted": True},
+        {"event": "value", "key": "never", "value": None},
+    ]
+
+
 def test_values_that_cannot_be_replicated_print_an_error_and_the_peer_goes_on():
     deep = "[" * 300 + "]" * 300
     done = _run(
