@@ -33,7 +33,7 @@ from ._session import (
 from ._wire import DEFAULT_MAX_LINE_BYTES
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator, Callable, Hashable
 
     from ._replica import Replica
 
@@ -749,8 +749,11 @@ class Subscription:
     ``with`` block ends the iteration after what was buffered.
     """
 
-    def __init__(self, replica: Replica, max_buffer: int) -> None:
+    def __init__(
+        self, replica: Replica, max_buffer: int, key: Hashable | None = None
+    ) -> None:
         self._replica = replica
+        self._key = key
         self._max = max_buffer
         send, receive = trio.open_memory_channel[Change](max_buffer)
         self._send = send
@@ -771,11 +774,23 @@ class Subscription:
     def _listener(self, effect: Any, ts: float, source: str, origin: object) -> None:
         if is_empty(effect) or self._overflow:
             return
+        if self._key is not None and not self._matches(effect):
+            return
         try:
             self._send.send_nowait(Change(effect, ts, source))
         except trio.WouldBlock:
             self._overflow = True
             self._send.close()  # the receiver drains, then hears of it
+
+    def _matches(self, effect: Any) -> bool:
+        """Whether a change is to the watched key (or the watched row)."""
+        key_of = self._replica._key
+        assert key_of is not None
+        try:
+            key = key_of(effect)
+        except ValueError:  # pragma: no cover  (applied changes have keys)
+            return False
+        return key == self._key or (type(key) is tuple and key[0] == self._key)
 
     def __aiter__(self) -> Subscription:
         return self
@@ -796,9 +811,24 @@ class Subscription:
 
 
 def subscribe(
-    replica: Replica, *, max_buffer: int = DEFAULT_SUBSCRIPTION_BUFFER
+    replica: Replica,
+    *,
+    key: Hashable | None = None,
+    max_buffer: int = DEFAULT_SUBSCRIPTION_BUFFER,
 ) -> Subscription:
-    """Subscribe to the changes ``replica`` applies, local and remote."""
-    if max_buffer < 1:
-        raise ValueError("max_buffer must be positive")
-    return Subscription(replica, max_buffer)
+    """Subscribe to the changes ``replica`` applies, local and remote.
+
+    With ``key``, only the changes to that key of a last-write-wins type:
+    a key of ``model()`` (``subscribe(m, key="colour")``), or a row of
+    ``doc()`` (``subscribe(d, key="row-id")``: every field of that row), as
+    ``on('change:key')`` does in JS ``scuttlebutt/model``.
+
+    Raises:
+        ValueError: ``max_buffer`` is not positive, or ``key`` is given for
+            a type that has no keys.
+    """
+    if type(max_buffer) is not int or max_buffer < 1:
+        raise ValueError("max_buffer must be a positive int")
+    if key is not None and replica._key is None:
+        raise ValueError(f"a {replica.type_name!r} replica has no keys")
+    return Subscription(replica, max_buffer, key)

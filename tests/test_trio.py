@@ -10,7 +10,7 @@ import repred
 from repred import PeerClosed, RemoteProtocolError, SyncTimeout
 from repred.types import model
 
-from .helpers import gset
+from .helpers import FakeWall, gset
 
 
 async def test_live_replication_over_memory_streams():
@@ -168,3 +168,24 @@ async def test_subscription_ends_when_left():
     with sub:
         a.update(["x"])
     assert [c.change async for c in sub] == [["x"]]
+
+
+async def test_a_subscription_to_one_key_or_row():
+    from repred.types import doc, model
+
+    wall = FakeWall()
+    m = model(wall=wall)
+    with repred.subscribe(m, key="colour") as changes:
+        m.set("size", 3)
+        m.set("colour", "blue")
+        m.apply([(["colour", "red"], wall.now + 5, "B")])
+        assert (await changes.receive()).change == ["colour", "blue"]
+        assert (await changes.receive()).change == ["colour", "red"]
+    d = doc()
+    with repred.subscribe(d, key="row1") as changes:
+        d.set("row2", {"a": 1})
+        d.set("row1", {"a": 2, "b": 3})
+        got = [(await changes.receive()).change for _ in range(2)]
+        assert got == [["row1", "a", 2], ["row1", "b", 3]]
+    with pytest.raises(ValueError, match="no keys"):
+        repred.subscribe(gset("A"), key="x")
