@@ -375,7 +375,7 @@ class _Mux:
                 _log_type_mismatch(msg["node"], name, theirs[name], replica.type_name)
         self.hello = msg
         # Past the hello, a line may carry a whole entry and its prefix.
-        self._decoder = _continue(self._decoder, self._options.max_line_bytes + 256)
+        self._decoder.set_limit(self._options.max_line_bytes + 256)
         if self._wakeup is not None:
             self._wakeup()
 
@@ -390,12 +390,6 @@ class _Mux:
                     self._seq_out += 1
                     out.append(b"%d%s%s\n" % (self._seq_out, prefix, line))
         return b"".join(out)
-
-
-def _continue(decoder: LineDecoder, limit: int) -> LineDecoder:
-    """The same decoder with a new line limit (what it holds carries over)."""
-    decoder._max = limit
-    return decoder
 
 
 _mismatches_logged: set[tuple[str, str]] = set()

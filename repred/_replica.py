@@ -427,13 +427,13 @@ class Replica:
                     continue
                 if known is None or source == own:
                     cost = len(_dumps(source)) + 26
-                    if known is None and source != own and room[1] > 0:
-                        room[1] -= 1  # a new source, within the bounds
+                    if known is None and source != own and room > 0:
+                        room -= 1  # a new source, within the bounds
                         self._clock_bytes += cost
                     else:
                         self._take(source, known, ts, max(progress[1], now))
                         if known is None:
-                            room[1] = 0  # near the bound: check each exactly
+                            room = 0  # near the bound: check each exactly
                 k = old = None
                 if key is not None:
                     k = key(change)
@@ -462,12 +462,12 @@ class Replica:
                 self._rebuild()  # the reducer may have changed part of it
             raise
 
-    def _room(self) -> list[int]:
-        """``[_, n]``: n new sources surely fit (by count and by the longest
-        id's digest bytes); past that, each is checked by :meth:`_admit`."""
+    def _room(self) -> int:
+        """How many new sources surely fit, by count and by the digest bytes
+        of the longest possible id; past that, :meth:`_admit` checks each."""
         budget = self.max_line_bytes - DIGEST_OVERHEAD_BYTES - self._clock_bytes
         by_bytes = budget // _MAX_CLOCK_COST
-        return [0, max(0, min(self.max_sources - len(self._clock), by_bytes))]
+        return max(0, min(self.max_sources - len(self._clock), by_bytes))
 
     def _listeners_for(self, origin: object) -> list[Listener]:
         """The listeners to tell of entries from ``origin`` (never its own)."""
@@ -494,7 +494,7 @@ class Replica:
 
     def _admit(self, source: str) -> None:
         """Take a new source, within the bound on sources and digest size."""
-        cost = len(_dumps(source)) + 26
+        cost = clock_cost(source)
         if (
             len(self._clock) >= self.max_sources
             or self._clock_bytes + cost > self.max_line_bytes - DIGEST_OVERHEAD_BYTES

@@ -646,8 +646,9 @@ class Session:
     def _on_applied(self, effect: Any, ts: float, source: str, origin: object) -> None:
         if origin is self or self.our_state is SessionState.HELLO:
             return
-        if self._sent.get(source, -1) >= ts and not (
-            self.replica.snapshot_version != self._snapshot_seen
+        if (
+            self._sent.get(source, -1) >= ts
+            and self.replica.snapshot_version == self._snapshot_seen
         ):
             return
         if source not in self._queued:

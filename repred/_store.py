@@ -387,7 +387,9 @@ class SqliteStore:
             if clock:
                 _advance_clock(db, clock)
         self._adds, self._drops, self._clock = [], [], {}
-        self._error = None
+        if self._error is not None:
+            log.info("repred: %s: queued writes are written again", self.path)
+            self._error = None
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -409,8 +411,13 @@ class SqliteStore:
 
     def _failed(self, exc: sqlite3.Error) -> StoreError:
         error = StoreError(f"cannot write to {self.path}: {exc}")
+        # Said once per failure spell (the batch flusher retries every
+        # batch_ms); the spell's end is said too.
+        if self._error is None:
+            log.error("repred: %s (queued writes kept for the next commit)", error)
+        else:
+            log.debug("repred: still %s", error)
         self._error = error
-        log.error("repred: %s (queued writes kept for the next commit)", error)
         return error
 
     def _flush_loop(self) -> None:

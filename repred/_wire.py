@@ -273,6 +273,10 @@ class LineDecoder:
         """Bytes of an unfinished line held."""
         return len(self._buf)
 
+    def set_limit(self, max_line_bytes: int) -> None:
+        """Change the line limit (what is held carries over)."""
+        self._max = max_line_bytes
+
     def feed(self, data: bytes | bytearray) -> list[bytes]:
         """Add bytes; return the lines they completed (without the LF)."""
         if self.error is not None:
