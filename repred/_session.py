@@ -514,7 +514,10 @@ class Session:
         ]
         outstanding.sort(key=itemgetter(0), reverse=True)
         self._queue = collections.deque(map(itemgetter(1), outstanding))
-        self._queued = set(self._queue)
+        # Sources queued since (by new entries): the first queue is not in
+        # it, so a source may stand in the queue twice; its second turn
+        # finds nothing left to send, and costs a lookup.
+        self._queued = set()
         self._send_snapshot()
         self._advance("ours", _Event.DIGEST)
         if self.wakeup is not None:
@@ -585,7 +588,8 @@ class Session:
             source = queue.popleft()
             log = logs.get(source)
             if log is None:
-                queued.discard(source)
+                if queued:
+                    queued.discard(source)
                 continue
             stamps = log._stamps
             floor = sent.get(source)
@@ -611,7 +615,7 @@ class Session:
                 sent_count += len(stamps)
             if len(stamps) == limit:
                 queue.appendleft(source)  # more of it: it goes on first
-            else:
+            elif queued:
                 queued.discard(source)
         self._updates_out += sent_count
 
