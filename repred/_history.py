@@ -135,6 +135,14 @@ class History:
     def __len__(self) -> int:
         return sum(len(log) for log in self.logs.values())
 
+    def new_log(self, source: str) -> SourceLog:
+        """An empty log for ``source``, which holds nothing yet."""
+        log = self.logs[source] = _new_log()
+        log._stamps = []
+        log._changes = []
+        log._live = 0
+        return log
+
     def record(
         self,
         change: Any,

@@ -397,8 +397,11 @@ class LinkOptions:
             goes out; a repred peer that makes no progress for three times
             this (see :attr:`idle_timeout`) is cut.
         max_line_bytes: the longest line accepted from the peer.
-        batch_entries: entries read from one source's history at a time.
+        batch_entries: entries read from one source's history at a time
+            (and the most in one batch).
         batch_bytes: bytes of entries handed to one send.
+        batches: offer batched framing (used only with a repred peer that
+            offers it too).
     """
 
     send_timeout: float = DEFAULT_SEND_TIMEOUT
@@ -408,6 +411,7 @@ class LinkOptions:
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     batch_entries: int = DEFAULT_BATCH_ENTRIES
     batch_bytes: int = DEFAULT_BATCH_BYTES
+    batches: bool = True
 
     @property
     def idle_timeout(self) -> float:
@@ -423,6 +427,8 @@ class LinkOptions:
         for name in ("max_line_bytes", "batch_entries", "batch_bytes"):
             if type(getattr(self, name)) is not int:
                 raise TypeError(f"{name} must be an int")
+        if type(self.batches) is not bool:
+            raise TypeError("batches must be a bool")
         if self.max_line_bytes < 64 or self.batch_entries < 1 or self.batch_bytes < 1:
             raise ValueError("limits must be positive (max_line_bytes >= 64)")
 
@@ -433,6 +439,7 @@ class LinkOptions:
             max_line_bytes=self.max_line_bytes,
             batch_entries=self.batch_entries,
             batch_bytes=self.batch_bytes,
+            batches=self.batches,
         )
 
 
@@ -488,6 +495,7 @@ async def replicate(
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     batch_entries: int = DEFAULT_BATCH_ENTRIES,
     batch_bytes: int = DEFAULT_BATCH_BYTES,
+    batches: bool = True,
     task_status: trio.TaskStatus[Connection] = trio.TASK_STATUS_IGNORED,
 ) -> ConnectionStatistics:
     """Replicate ``replica`` with one peer over ``stream``.
@@ -513,8 +521,12 @@ async def replicate(
             (:class:`SyncTimeout`); a quiet JS peer between lines is not.
         max_line_bytes: the longest line accepted from the peer (announced
             to it in the digest).
-        batch_entries: entries read from one source's history at a time.
+        batch_entries: entries read from one source's history at a time
+            (and the most in one batch).
         batch_bytes: bytes of entries handed to one send.
+        batches: offer batched framing; with a repred peer that offers it
+            too, entries travel one batch of a source per line (fewer bytes,
+            less work). ``False`` sends one entry per line, as JS peers do.
 
     Returns:
         The connection's final statistics.
@@ -561,6 +573,7 @@ async def connect_tcp(
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     batch_entries: int = DEFAULT_BATCH_ENTRIES,
     batch_bytes: int = DEFAULT_BATCH_BYTES,
+    batches: bool = True,
     task_status: trio.TaskStatus[Connection] = trio.TASK_STATUS_IGNORED,
 ) -> ConnectionStatistics:
     """Connect to a peer over TCP and :func:`replicate` with it.
@@ -592,6 +605,7 @@ async def serve_tcp(
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     batch_entries: int = DEFAULT_BATCH_ENTRIES,
     batch_bytes: int = DEFAULT_BATCH_BYTES,
+    batches: bool = True,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Accept peers on a TCP port and replicate with each; runs until cancelled.

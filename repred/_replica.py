@@ -9,6 +9,7 @@ sessions learn that there is something new to send.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import logging
@@ -16,6 +17,7 @@ import math
 import secrets
 import time
 import types
+from bisect import bisect_right
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +43,9 @@ __all__ = [
     "Listener",
     "Replica",
     "Stamp",
+    "Watcher",
     "repred",
+    "runs",
     "wall_ms",
 ]
 
@@ -93,6 +97,35 @@ Stamp = tuple[float, str]
 #: replica applies, local (``origin is None``) or remote (``origin`` is what
 #: the caller of :meth:`Replica.apply` passed, usually a session).
 Listener = Callable[[Any, float, str, object], None]
+
+#: ``watcher(source, ts, origin)``: called once per run of entries of one
+#: source the replica applies (``ts`` the newest), and after every local
+#: update; the links use it to learn that there is something to send.
+Watcher = Callable[[str, float, object], None]
+
+
+def runs(
+    entries: Iterable[tuple[Any, float, str]],
+) -> Iterator[tuple[str, list[float], list[Any]]]:
+    """Group entries into runs ``(source, stamps, changes)``: consecutive
+    entries of one source whose stamps strictly increase. Stamps come out
+    canonical (a whole number as an ``int``)."""
+    source: str | None = None
+    stamps: list[float] = []
+    changes: list[Any] = []
+    last = -1.0
+    for change, ts, src in entries:
+        if type(ts) is float and ts.is_integer():
+            ts = int(ts)
+        if src != source or ts <= last:
+            if source is not None:
+                yield source, stamps, changes
+            source, stamps, changes = src, [], []
+        stamps.append(ts)
+        changes.append(change)
+        last = ts
+    if source is not None:
+        yield source, stamps, changes
 
 
 def is_empty(change: Any) -> bool:
@@ -157,6 +190,7 @@ class Replica:
         "_snapshot_fn",
         "_stamped",
         "_wall",
+        "_watchers",
         "deferred",
         "id",
         "max_ahead_ms",
@@ -222,6 +256,7 @@ class Replica:
         self._history = History()
         self._last: float = 0
         self._listeners: list[Listener] = []
+        self._watchers: list[Watcher] = []
         self._snapshot_fn = snapshot
         #: ``(update, clock)``: the folded history, if compacted.
         self.snapshot: tuple[Any, dict[str, float]] | None = None
@@ -296,6 +331,8 @@ class Replica:
         now = self._wall()
         last = self._last
         ts = now if now > last else _next_stamp(last)
+        if type(ts) is float and ts.is_integer():
+            ts = int(ts)  # canonical: a whole number is written as an integer
         if ts > MAX_STAMP:
             raise ValueError(f"stamp {ts!r} would be out of range")
         try:
@@ -338,6 +375,8 @@ class Replica:
         self._history.record(change, ts, self.id, k, old)
         if self._listeners:
             self._notify(change, ts, self.id, None)
+        for watcher in tuple(self._watchers):
+            watcher(self.id, ts, None)
         return change
 
     # -- remote entries --------------------------------------------------
@@ -377,12 +416,32 @@ class Replica:
             Exception: whatever the reducer raised; the replica's state,
                 clock and history are then as they were before that entry.
         """
+        return self.apply_runs(runs(entries), origin, check=check, skipped=skipped)
+
+    def apply_runs(
+        self,
+        entry_runs: Iterable[tuple[str, list[float], list[Any]]],
+        origin: object = None,
+        *,
+        check: bool = True,
+        skipped: set[str] | None = None,
+    ) -> int:
+        """:meth:`apply`, for entries grouped in runs ``(source, stamps, changes)``.
+
+        Within a run the stamps strictly increase (see :func:`runs`). The
+        work that does not depend on the entry (the clock, the bounds, the
+        store's clock row, telling the links) is done once per run: this is
+        the receive path of every link.
+        """
         if skipped is None:
             skipped = set()
         # Entries applied, and the clock's new reading.
         progress: list[Any] = [0, self._last]
         try:
-            self._apply_entries(entries, origin, check, skipped, progress)
+            for source, stamps, changes in entry_runs:
+                self._apply_run(
+                    source, stamps, changes, origin, check, skipped, progress
+                )
         finally:
             self._last = progress[1]
             if self.store is not None and progress[0]:
@@ -395,79 +454,147 @@ class Replica:
         applied: int = progress[0]
         return applied
 
-    def _apply_entries(
+    def _apply_run(
         self,
-        entries: Iterable[tuple[Any, float, str]],
+        source: str,
+        stamps: list[float],
+        changes: list[Any],
         origin: object,
         check: bool,
         skipped: set[str],
         progress: list[Any],
     ) -> None:
-        """The loop of :meth:`apply` (the hot path of every sync)."""
-        clock, state, reducer = self._clock, self.state, self._reducer
-        stamped, key, store = self._stamped, self._key, self.store
-        record, newest = self._history.record, self._history.newest
-        listeners = self._listeners_for(origin)
+        """Apply one run: entries of one source, stamps increasing."""
+        n = len(stamps)
+        known = self._clock.get(source)
+        start = 0
+        if known is not None and stamps[0] <= known:
+            start = bisect_right(stamps, known)
+            for i in range(start):
+                self._check_known(changes[i], stamps[i], source)
+        if start == n:
+            return
+        if source in skipped:
+            self.deferred += n - start
+            return
+        end = n
         now = self._wall()
-        limit = now + self.max_drift_ms if check else math.inf
-        # Remote stamps move this replica's clock at most max_ahead_ms ahead.
-        cap = now + self.max_ahead_ms if check else math.inf
-        own = self.id
-        room = self._room()
-        in_reducer = False
+        if check:
+            limit = now + self.max_drift_ms
+            # Remote stamps move this replica's clock at most max_ahead_ms ahead.
+            cap = now + self.max_ahead_ms
+            if stamps[-1] > limit:
+                end = bisect_right(stamps, limit, start)
+                skipped.add(source)
+                self.deferred += n - end
+                if start == end:
+                    return
+        else:
+            cap = math.inf
+        refused: RemoteProtocolError | None = None
+        if source == self.id:
+            latest = max(progress[1], now)
+            if stamps[end - 1] > latest:
+                # Entries up to the forged one stand; it and those after it don't.
+                end = bisect_right(stamps, latest, start, end)
+                refused = RemoteProtocolError(
+                    f"an entry in this replica's own name ({source!r}) stamped"
+                    f" {stamps[end]!r}, later than it has written",
+                    reason="forged",
+                )
+        if known is None and start < end:
+            self._admit(source)
+        reached = [start]
         try:
-            for change, ts, source in entries:
-                known = clock.get(source)
-                if known is not None and ts <= known:
-                    self._check_known(change, ts, source)
-                    continue
-                if ts > limit or source in skipped:
-                    skipped.add(source)
-                    self.deferred += 1
-                    continue
-                if known is None or source == own:
-                    cost = len(_dumps(source)) + 26
-                    if known is None and source != own and room > 0:
-                        room -= 1  # a new source, within the bounds
-                        self._clock_bytes += cost
-                    else:
-                        self._take(source, known, ts, max(progress[1], now))
-                        if known is None:
-                            room = 0  # near the bound: check each exactly
-                k = old = None
-                if key is not None:
-                    k = key(change)
-                    old = newest(k)
-                if old is None or old < (ts, source):
-                    in_reducer = True
-                    if stamped:
-                        effect = reducer(state, change, (ts, source))
-                    else:
-                        effect = reducer(state, change)
-                    in_reducer = False
-                    record(change, ts, source, k, old)
-                    if store is not None:
-                        _stage(store, change, ts, source, old)
-                    if listeners:
-                        self._notify(effect, ts, source, origin, listeners)
-                # else dominated by what is kept: known, with no effect.
-                clock[source] = ts
-                if store is not None:
-                    store.advance(source, ts)
+            self._reduce_run(source, stamps, changes, start, end, origin, reached)
+        finally:
+            done = reached[0]
+            if done > start:
+                ts = stamps[done - 1]
+                self._clock[source] = ts
+                if self.store is not None:
+                    self.store.advance(source, ts)
                 if ts > progress[1]:
                     progress[1] = ts if ts <= cap else max(progress[1], cap)
-                progress[0] += 1
+                progress[0] += done - start
+                for watcher in tuple(self._watchers):
+                    watcher(source, ts, origin)
+            elif known is None:
+                self._clock_bytes -= clock_cost(source)  # admitted, not taken
+        if refused is not None:
+            raise refused
+
+    def _reduce_run(
+        self,
+        source: str,
+        stamps: list[float],
+        changes: list[Any],
+        start: int,
+        end: int,
+        origin: object,
+        reached: list[int],
+    ) -> None:
+        """Reduce and record ``changes[start:end]``; ``reached[0]`` is set to
+        the index past the last entry done.
+
+        If the reducer raises, the entries before the one that failed stay
+        recorded (the caller moves the clock over them) and the state is
+        made whole again from the history.
+        """
+        state, reducer, stamped = self.state, self._reducer, self._stamped
+        key, store = self._key, self.store
+        history = self._history
+        logs = history.logs
+        log = logs.get(source)
+        fresh = log is None
+        if log is None:
+            log = history.new_log(source)
+        listeners = self._listeners_for(origin) if self._listeners else None
+        get, index = history.newest, history._index
+        add_ts, add_change = log._stamps.append, log._changes.append
+        in_reducer = False
+        i = start
+        try:
+            for ts, change in zip(stamps[start:end], changes[start:end], strict=True):
+                stamp = (ts, source)
+                if key is not None:
+                    k = key(change)
+                    old = get(k)
+                    if old is not None and old >= stamp:
+                        i += 1
+                        continue  # dominated by what is kept: known, no effect
+                in_reducer = True
+                if stamped:
+                    effect = reducer(state, change, stamp)
+                else:
+                    effect = reducer(state, change)
+                in_reducer = False
+                if key is not None:
+                    index[k] = stamp
+                    if old is not None:
+                        logs[old[1]].discard(old[0])
+                        if store is not None:
+                            store.drop(*old)
+                        # A discard may compact the log's lists.
+                        add_ts, add_change = log._stamps.append, log._changes.append
+                # Kept immutable: a list becomes a tuple (the same JSON
+                # array), which the cyclic collector stops tracking.
+                add_ts(ts)
+                add_change(tuple(change) if type(change) is list else change)
+                log._live += 1
+                if store is not None:
+                    store.add(change, ts, source)
+                if listeners:
+                    self._notify(effect, ts, source, origin, listeners)
+                i += 1
         except BaseException:
             if in_reducer and not self._checks_first:
                 self._rebuild()  # the reducer may have changed part of it
             raise
-
-    def _room(self) -> int:
-        """How many new sources surely fit, by count and by the digest bytes
-        of the longest possible id; past that, :meth:`_admit` checks each."""
-        budget = self.max_line_bytes - DIGEST_OVERHEAD_BYTES - self._clock_bytes
-        by_bytes = budget // _MAX_CLOCK_COST
-        return max(0, min(self.max_sources - len(self._clock), by_bytes))
+        finally:
+            reached[0] = i
+            if fresh and not log._stamps:
+                del logs[source]  # nothing of it was kept
 
     def _listeners_for(self, origin: object) -> list[Listener]:
         """The listeners to tell of entries from ``origin`` (never its own)."""
@@ -476,21 +603,6 @@ class Replica:
         return [
             f for f in self._listeners if getattr(f, "__self__", None) is not origin
         ]
-
-    def _take(self, source: str, known: float | None, ts: float, latest: float) -> None:
-        """Check an entry of a new source, or in this replica's own name.
-
-        Raises:
-            RemoteProtocolError: past the bound on sources, or a forgery.
-        """
-        if source == self.id and ts > latest:
-            raise RemoteProtocolError(
-                f"an entry in this replica's own name ({source!r}) stamped"
-                f" {ts!r}, later than it has written",
-                reason="forged",
-            )
-        if known is None:
-            self._admit(source)
 
     def _admit(self, source: str) -> None:
         """Take a new source, within the bound on sources and digest size."""
@@ -730,6 +842,20 @@ class Replica:
                 self._listeners.remove(listener)
             except ValueError:
                 pass
+
+        return remove
+
+    def watch(self, watcher: Watcher) -> Callable[[], None]:
+        """Call ``watcher(source, ts, origin)`` once per run of entries applied.
+
+        Cheaper than a listener (no effect, one call per run); returns a
+        function that removes it. The links use it; a watcher must not raise.
+        """
+        self._watchers.append(watcher)
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                self._watchers.remove(watcher)
 
         return remove
 

@@ -40,12 +40,24 @@ first bad message raises :class:`RemoteProtocolError`, after every good
 message before it has been applied, and leaves the replica exactly as it
 was before that message.
 
-Garbage collection: a chunk of 64 lines or more is applied, and a batch for
-64 sources or more is encoded, with the cyclic collector paused (if it was
-running); the collector is restored before :meth:`receive_data` or
-:meth:`data_to_send` returns, whatever happens. What is allocated meanwhile
-is plain JSON values and lines, which hold no cycles; pausing saves
-collections that would walk the whole history during a large sync.
+Batches: between two repred peers, history and live entries travel as
+batches, one source per line (see :mod:`repred._wire`); each batch is
+decoded, checked and applied as one run, so the work that does not depend
+on the entry (clock, bounds, store clock row, waking other links) is done
+once per batch. A batch that breaks a wire rule is refused whole, with
+nothing of it applied; an entry the replica refuses (equivocation, a
+forgery, a reducer error) is refused with the entries before it applied,
+exactly as on a one-entry-per-line link.
+
+Garbage collection: the cyclic collector is paused (if it was running) only
+while the library itself allocates and runs no other code: decoding one
+batch line, and encoding the lines of one :meth:`data_to_send` call for 64
+sources or more. It is restored before the call returns, whatever happens.
+Reducers and listeners always run with the collector as the
+application left it. Batches are small (64 entries by default) and applied
+as soon as they are decoded, so decoded values die young and a large sync
+does not promote them into the oldest generation, whose collections walk
+the whole history.
 """
 
 from __future__ import annotations
@@ -68,18 +80,23 @@ from ._errors import (
 )
 from ._store import StoreError
 from ._wire import (
+    BATCH_FORMAT,
+    BATCH_PREFIX,
     DEFAULT_MAX_LINE_BYTES,
     KEEPALIVE,
     KEEPALIVE_LINE,
     SYNC,
     SYNC_LINE,
+    Batch,
     Digest,
     LineDecoder,
     Snapshot,
+    encode_batch,
     encode_digest,
     encode_entry,
     encode_snapshot,
     fast_entry,
+    loads_batch,
     loads_line,
     parse_entry,
     parse_message,
@@ -93,9 +110,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("repred")
 
-#: Chunks with at least this many lines are processed with the cyclic
-#: garbage collector paused (see the module docstring).
-_GC_PAUSE_LINES = 64
+#: A data_to_send() call for at least this many sources encodes with the
+#: cyclic garbage collector paused (see the module docstring).
+_GC_PAUSE_SOURCES = 64
 _loads = orjson.loads
 _dumps = orjson.dumps
 _OPT = orjson.OPT_APPEND_NEWLINE
@@ -114,7 +131,7 @@ __all__ = [
 ]
 
 #: At most this many entries of one source are read from history at a time.
-DEFAULT_BATCH_ENTRIES = 512
+DEFAULT_BATCH_ENTRIES = 64
 #: :meth:`Session.data_to_send` stops adding entries past this many bytes.
 DEFAULT_BATCH_BYTES = 64 * 1024
 
@@ -190,6 +207,18 @@ class SessionStatistics:
     deferred: int = 0
 
 
+def _decode_batch(line: bytes) -> Batch:
+    """:func:`loads_batch` with the cyclic collector paused, if it ran: the
+    decoder allocates a container per change, and nothing else runs."""
+    if not gc.isenabled():
+        return loads_batch(line)
+    gc.disable()
+    try:
+        return loads_batch(line)
+    finally:
+        gc.enable()
+
+
 def _bad(message: str, reason: str, line: bytes) -> RemoteProtocolError:
     return RemoteProtocolError(message, reason=reason, line=snippet(line))
 
@@ -207,6 +236,9 @@ class Session:
             it in the digest).
         batch_entries: entries read from one source's history at a time.
         batch_bytes: :meth:`data_to_send` stops adding entries past this.
+        batches: offer batched framing (a repred extension, used only when
+            the peer offers it too; see :mod:`repred._wire`). Without it,
+            this side sends one entry per line and refuses batches.
 
     Attributes:
         wakeup: called (with no arguments) whenever the session gains
@@ -221,6 +253,7 @@ class Session:
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         batch_entries: int = DEFAULT_BATCH_ENTRIES,
         batch_bytes: int = DEFAULT_BATCH_BYTES,
+        batches: bool = True,
     ) -> None:
         if max_line_bytes < 64 or batch_entries < 1 or batch_bytes < 1:
             raise ValueError("limits must be positive (max_line_bytes >= 64)")
@@ -234,11 +267,20 @@ class Session:
         self._decoder = LineDecoder(max_line_bytes)
         self._batch_entries = batch_entries
         self._batch_bytes = batch_bytes
+        self._batches = batches
         self._out: list[bytes] = [
-            encode_digest(replica.id, replica.clock, replica.type_name, max_line_bytes)
+            encode_digest(
+                replica.id,
+                replica.clock,
+                replica.type_name,
+                max_line_bytes,
+                batches=batches,
+            )
         ]
         #: The longest line the peer takes (with its newline), once known.
         self._peer_max_line = float("inf")
+        #: The peer reads batches (both sides are repred).
+        self._batched = False
         self._sent: dict[str, float] = {}
         #: Sources that may have entries the peer lacks, in sending order.
         self._queue: collections.deque[str] = collections.deque()
@@ -252,7 +294,7 @@ class Session:
         self._bytes_in = 0
         self._bytes_out = 0
         self._deferred = 0
-        self._detach: Callable[[], None] | None = replica.add_listener(self._on_applied)
+        self._detach: Callable[[], None] | None = replica.watch(self._on_applied)
 
     def __repr__(self) -> str:
         peer = self.peer.id if self.peer else None
@@ -334,13 +376,7 @@ class Session:
                 self._bytes_in += len(data)
                 decoder = self._decoder
                 lines = decoder.feed(data)
-                if len(lines) >= _GC_PAUSE_LINES and gc.isenabled():
-                    gc.disable()
-                    try:
-                        self._handle(lines, events)
-                    finally:
-                        gc.enable()
-                elif lines:
+                if lines:
                     self._handle(lines, events)
                 if decoder.error is not None:
                     raise decoder.error
@@ -358,76 +394,111 @@ class Session:
         return events
 
     def _handle(self, lines: list[bytes], events: list[object]) -> None:
-        # The hot path of every sync: entries are checked inline and applied
-        # in batches. Anything that is not a well-formed entry (or comes
-        # before the digest) goes through _handle_message, which raises the
-        # precise error, after the entries before it have been applied.
-        batch: list[tuple[Any, float, str]] = []
-        sent = self._sent
+        # The hot path of every sync. Entries are checked as they are
+        # decoded and grouped into runs (one source, stamps increasing) that
+        # the replica applies in one call; a batch line is a run already.
+        # Anything else goes through _handle_message, after the entries
+        # before it have been applied, as does the precise error for any
+        # line that fails a check.
+        runs: list[tuple[str, list[float], list[Any]]] = []
+        source: str | None = None
+        stamps: list[float] = []
+        changes: list[Any] = []
+        last = -1.0
         live = self.their_state is not SessionState.HELLO
+        batches = self._batches
         for line in lines:
+            if live and batches and line.startswith(BATCH_PREFIX):
+                try:
+                    batch = _decode_batch(line)
+                except RemoteProtocolError:
+                    self._apply(runs)
+                    raise
+                # Applied at once: decoded values die young (see the module
+                # docstring).
+                runs.append((batch.source, batch.stamps, batch.changes))
+                self._apply(runs)
+                runs = []
+                source = None
+                continue
             try:
                 msg = _loads(line)
             except _JSONDecodeError:
-                self._apply(batch)
+                self._apply(runs)
                 loads_line(line)  # raises the typed error
                 raise  # pragma: no cover
             if type(msg) is list and live:
                 entry = fast_entry(msg, line)
                 if entry is None:
-                    self._apply(batch)
-                    batch = []
+                    self._apply(runs)
+                    runs = []
+                    source = None
                     entry = parse_entry(msg, line)  # raises, or a signed entry
-                ts, source = entry[1], entry[2]
-                batch.append(entry)
-                if sent.get(source, -1) < ts:
-                    sent[source] = ts
+                change, ts, src = entry
+                if src == source and ts > last:
+                    stamps.append(ts)
+                    changes.append(change)
+                else:
+                    source, stamps, changes = src, [ts], [change]
+                    runs.append((src, stamps, changes))
+                last = ts
             else:
-                self._apply(batch)
-                batch = []
+                self._apply(runs)
+                runs = []
+                source = None
                 self._handle_message(msg, line, events)
                 live = self.their_state is not SessionState.HELLO
-                sent = self._sent
-        self._apply(batch)
+        self._apply(runs)
 
-    def _apply(self, batch: list[tuple[Any, float, str]]) -> None:
-        if not batch:
+    def _apply(self, runs: list[tuple[str, list[float], list[Any]]]) -> None:
+        if not runs:
             return
+        sent = self._sent
+        for source, stamps, _ in runs:
+            # The peer has these: they are never sent back to it.
+            if sent.get(source, -1) < stamps[-1]:
+                sent[source] = stamps[-1]
         replica = self.replica
         skipped = self._skipped
         deferred = replica.deferred
         try:
-            self._updates_in += replica.apply(batch, self, skipped=skipped)
-        except StoreError:
-            raise  # not the peer's fault: the entries stay queued
-        except Exception:
-            # Find the entry that failed, for the error: those before it are
-            # applied and known, so going through them again changes nothing.
-            for entry in batch:
-                change, ts, source = entry
-                try:
-                    replica.apply((entry,), self, skipped=skipped)
-                except RemoteProtocolError as exc:
-                    exc.line = _entry_line(change, ts, source)
-                    raise
-                except StoreError:
-                    raise
-                except Exception as exc:
-                    raise RemoteProtocolError(
-                        f"the reducer refused an entry from the peer: {exc!r}",
-                        reason="reducer-error",
-                        line=_entry_line(change, ts, source),
-                    ) from exc
-            raise  # pragma: no cover  (the reducer failed only in the batch)
+            self._updates_in += replica.apply_runs(runs, self, skipped=skipped)
+        except (RemoteProtocolError, StoreError):
+            raise  # the replica's refusal names the entry; a store's is ours
+        except Exception as exc:
+            change, ts, source = self._first_unapplied(runs)
+            raise RemoteProtocolError(
+                f"the reducer refused an entry from the peer: {exc!r}",
+                reason="reducer-error",
+                line=_entry_line(change, ts, source),
+            ) from exc
         finally:
             self._deferred += replica.deferred - deferred
+
+    def _first_unapplied(
+        self, runs: list[tuple[str, list[float], list[Any]]]
+    ) -> tuple[Any, float, str]:
+        """The entry a failed apply stopped at: the first one neither
+        covered by the clock nor deferred."""
+        clock = self.replica.clock
+        for source, stamps, changes in runs:
+            i = bisect_right(stamps, clock.get(source, -1))
+            if i < len(stamps) and source not in self._skipped:
+                return changes[i], stamps[i], source
+        raise AssertionError("no entry failed")  # pragma: no cover
 
     def _handle_message(self, raw: Any, line: bytes, events: list[object]) -> None:
         if type(raw) is list and self.their_state is SessionState.HELLO:
             raise _bad("entry before the digest", "no-digest", line)
         msg = parse_message(raw, line)
+        if type(msg) is Batch and self.their_state is SessionState.HELLO:
+            raise _bad("a batch before the digest", "no-digest", line)
         if type(msg) is tuple:
-            self._apply([msg])
+            self._apply([(msg[2], [msg[1]], [msg[0]])])
+        elif type(msg) is Batch:
+            if not self._batches:
+                raise _bad("a batch, which this side did not offer", "bad-batch", line)
+            self._apply([(msg.source, msg.stamps, msg.changes)])
         elif msg is KEEPALIVE:
             pass
         elif type(msg) is Snapshot:
@@ -500,6 +571,7 @@ class Session:
         self.peer = digest
         if digest.max_line is not None:
             self._peer_max_line = digest.max_line + 1  # the LF is not counted
+        self._batched = self._batches and digest.batch == BATCH_FORMAT
         sent = self._sent = dict(digest.clock)
         replica = self.replica
         logs = replica._history.logs
@@ -546,7 +618,7 @@ class Session:
         out = self._out
         self._out = []
         if state is SessionState.HISTORY or state is SessionState.LIVE:
-            if len(self._queue) >= _GC_PAUSE_LINES and gc.isenabled():
+            if len(self._queue) >= _GC_PAUSE_SOURCES and gc.isenabled():
                 gc.disable()  # see the module docstring
                 try:
                     self._fill(out)
@@ -582,6 +654,7 @@ class Session:
         size = 0
         sent_count = 0
         peer_max = self._peer_max_line
+        batched = self._batched
         dumps = _dumps
         opt = _OPT
         while queue and size < budget:
@@ -604,12 +677,21 @@ class Session:
                 batch = log.after(sent.get(source, -1), limit)
                 stamps = [ts for ts, _ in batch]
                 changes = [change for _, change in batch]
-            for ts, change in zip(stamps, changes, strict=True):
-                line = dumps([change, ts, source], option=opt)
+            line = b""
+            if batched and stamps:
+                line = encode_batch(source, stamps, changes)
                 if len(line) > peer_max:
-                    self._too_long_for_peer(change, ts, source, len(line))
+                    line = b""  # too long as one line: entry by entry
+            if line:
                 out.append(line)
                 size += len(line)
+            else:
+                for ts, change in zip(stamps, changes, strict=True):
+                    line = dumps([change, ts, source], option=opt)
+                    if len(line) > peer_max:
+                        self._too_long_for_peer(change, ts, source, len(line))
+                    out.append(line)
+                    size += len(line)
             if stamps:
                 sent[source] = stamps[-1]
                 sent_count += len(stamps)
@@ -647,7 +729,7 @@ class Session:
             f"entry of {size} bytes is over the peer's line limit",
         )
 
-    def _on_applied(self, effect: Any, ts: float, source: str, origin: object) -> None:
+    def _on_applied(self, source: str, ts: float, origin: object) -> None:
         if origin is self or self.our_state is SessionState.HELLO:
             return
         if (

@@ -24,8 +24,13 @@ SETTINGS = settings(
 )
 
 
-def _record_sync(a, b):
-    pump = LinePump(a, b)
+#: The framings links take in turn: one entry per line (as with JS peers),
+#: and batches of one, three and the default 64 entries of a source.
+FRAMINGS = [{"batches": False}, {"batch_entries": 1}, {"batch_entries": 3}, {}]
+
+
+def _record_sync(a, b, framing):
+    pump = LinePump(a, b, **framing)
     got: list[bytes] = []
     orig = pump.pair.b.receive_data
 
@@ -104,7 +109,8 @@ def test_models_converge_to_the_last_write_per_key(schedule):
 
 def _run_with_replays(replicas, ops, wall, write):
     transcripts: dict[tuple[int, int], list[bytes]] = {}
-    for op in ops:
+    for step, op in enumerate(ops):
+        framing = FRAMINGS[step % len(FRAMINGS)]
         kind = op[0]
         if kind == "update":
             write(op[1], op[2])
@@ -116,11 +122,13 @@ def _run_with_replays(replicas, ops, wall, write):
         elif op[1] == op[2]:
             continue
         elif kind == "sync":
-            transcripts[(op[1], op[2])] = _record_sync(replicas[op[1]], replicas[op[2]])
+            transcripts[(op[1], op[2])] = _record_sync(
+                replicas[op[1]], replicas[op[2]], framing
+            )
         elif kind == "cut":
             _, i, j, k, seed = op
             rng = random.Random(seed)
-            pump = LinePump(replicas[i], replicas[j])
+            pump = LinePump(replicas[i], replicas[j], **framing)
             pump.run(k, lambda step, rng=rng: rng.random() < 0.5)
             pump.cut()
         elif kind == "replay":

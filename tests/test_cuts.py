@@ -8,6 +8,14 @@ from repred.types import model
 
 from .helpers import FakeWall, LinePump, assert_complete, gset, sync
 
+#: Links as repred peers make them (batches of two entries, so that a cut
+#: can fall between batches of one source) and as JS peers do (one entry
+#: per line).
+FRAMINGS = {
+    "batched": {"batch_entries": 2},
+    "per-line": {"batches": False},
+}
+
 POLICIES = {
     "a-first": lambda step: True,
     "b-first": lambda step: False,
@@ -29,20 +37,21 @@ def _world():
     return a, b, c
 
 
-def _full_lines():
+def _full_lines(framing):
     a, b, _ = _world()
-    pump = LinePump(a, b)
+    pump = LinePump(a, b, **FRAMINGS[framing])
     assert pump.run(None)
     return pump.moved
 
 
+@pytest.mark.parametrize("framing", sorted(FRAMINGS))
 @pytest.mark.parametrize("policy", sorted(POLICIES))
-def test_cut_at_every_line_then_converge_with_anyone(policy):
-    total = _full_lines()
+def test_cut_at_every_line_then_converge_with_anyone(policy, framing):
+    total = _full_lines(framing)
     assert total > 10
     for k in range(total + 1):
         a, b, c = _world()
-        pump = LinePump(a, b)
+        pump = LinePump(a, b, **FRAMINGS[framing])
         pump.run(k, POLICIES[policy])
         pump.cut()
         assert_complete(a, b, c)
@@ -53,12 +62,13 @@ def test_cut_at_every_line_then_converge_with_anyone(policy):
         assert_complete(a, b, c)
 
 
-def test_cut_then_the_other_side_vanishes():
+@pytest.mark.parametrize("framing", sorted(FRAMINGS))
+def test_cut_then_the_other_side_vanishes(framing):
     """B keeps what it got from A; C, which never saw A, still converges via B."""
-    total = _full_lines()
+    total = _full_lines(framing)
     for k in range(total + 1):
         a, b, c = _world()
-        pump = LinePump(a, b)
+        pump = LinePump(a, b, **FRAMINGS[framing])
         pump.run(k)
         pump.cut()
         expected = set(b.state)
@@ -67,7 +77,8 @@ def test_cut_then_the_other_side_vanishes():
         assert_complete(a, b, c)
 
 
-def test_model_cut_at_every_line_converges_on_resync():
+@pytest.mark.parametrize("framing", sorted(FRAMINGS))
+def test_model_cut_at_every_line_converges_on_resync(framing):
     def world():
         wall = FakeWall()
         a, b = model(id="A", wall=wall), model(id="B", wall=wall)
@@ -79,12 +90,12 @@ def test_model_cut_at_every_line_converges_on_resync():
         return a, b
 
     a, b = world()
-    pump = LinePump(a, b)
+    pump = LinePump(a, b, **FRAMINGS[framing])
     pump.run(None)
     total = pump.moved
     for k, policy in itertools.product(range(total + 1), POLICIES.values()):
         a, b = world()
-        pump = LinePump(a, b)
+        pump = LinePump(a, b, **FRAMINGS[framing])
         pump.run(k, policy)
         pump.cut()
         sync(a, b)

@@ -17,9 +17,8 @@ def test_digest_goes_out_first_and_alone():
     a.update(["x"])
     s = Session(a)
     assert (
-        s.data_to_send()
-        == b'{"id":"A","clock":{"A":%d},"repred":1,"type":"union","max_line":1048576}\n'
-        % a.clock["A"]
+        s.data_to_send() == b'{"id":"A","clock":{"A":%d},"repred":1,"type":"union",'
+        b'"max_line":1048576,"batches":1}\n' % a.clock["A"]
     )
     assert s.data_to_send() == b""
     assert s.our_state is SessionState.HELLO

@@ -34,6 +34,7 @@ def test_digest_round_trip():
         version=1,
         type_name="model",
         max_line=1 << 20,
+        batch=1,
     )
 
 

@@ -13,12 +13,11 @@ __all__ = ["Model", "model"]
 def model_key(change: Any) -> str:
     """A model change is ``[key, value]`` with a string key, as JS sends it."""
     kind = type(change)
-    if (kind is not list and kind is not tuple) or len(change) != 2:
-        raise ValueError(f"a model change is [key, value], not {change!r}")
-    if type(change[0]) is not str:
-        raise ValueError(f"a model change is [key, value], not {change!r}")
-    key: str = change[0]
-    return key
+    if (kind is list or kind is tuple) and len(change) == 2:
+        key = change[0]
+        if type(key) is str:
+            return key
+    raise ValueError(f"a model change is [key, value], not {change!r}")
 
 
 def lww_set(state: dict[str, Any], change: list[Any]) -> list[Any]:

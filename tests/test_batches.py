@@ -1,0 +1,252 @@
+"""Batched framing between repred peers: negotiated, checked, and equal in
+effect to one entry per line."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+import trio
+
+import repred
+from repred import RemoteProtocolError
+from repred.protocol import MAX_DEPTH, Session
+from repred.types import model
+
+from .helpers import FakeWall, SessionPair, gset
+
+
+def _lines(data: bytes) -> list[bytes]:
+    return [line for line in data.split(b"\n") if line]
+
+
+def _filled(n: int = 200, id: str = "A") -> repred.Replica:
+    m = model(id=id)
+    for i in range(n):
+        m.set(f"k{i}", i)
+    return m
+
+
+def _victim() -> tuple[repred.Replica, Session]:
+    """A fresh replica whose session has had a peer's digest."""
+    victim = gset("V")
+    s = Session(victim)
+    s.data_to_send()
+    s.receive_data(b'{"id":"X","clock":{},"repred":1,"batches":1}\n')
+    return victim, s
+
+
+def test_two_repred_sessions_send_batches_and_count_entries():
+    a, b = _filled(), model(id="B")
+    pair = SessionPair(a, b)
+    pair.pump()
+    sent = [line for chunk in pair.a_to_b for line in _lines(chunk)]
+    batches = [line for line in sent if line.startswith(b'{"batch":')]
+    assert len(batches) == 200 // 64 + 1
+    assert b.to_dict() == a.to_dict()
+    assert b.clock == a.clock
+    assert pair.b.statistics().updates_in == 200
+    assert pair.a.statistics().updates_out == 200
+
+
+@pytest.mark.parametrize("side", ["sender", "receiver", "both"])
+def test_either_side_without_batches_gets_one_entry_per_line(side):
+    a, b = _filled(), model(id="B")
+    pair = SessionPair(a, b)
+    pair.a = Session(a, batches=side == "receiver")
+    pair.b = Session(b, batches=side == "sender")
+    pair.pump()
+    sent = [line for chunk in pair.a_to_b for line in _lines(chunk)]
+    assert not [line for line in sent if line.startswith(b"{") and b"batch" in line[:9]]
+    assert len([line for line in sent if line.startswith(b"[")]) == 200
+    assert b.to_dict() == a.to_dict()
+
+
+def test_a_batch_is_smaller_than_its_lines():
+    per_line, batched = SessionPair(_filled(), model(id="B"), batches=False), None
+    per_line.pump()
+    batched = SessionPair(_filled(), model(id="B"))
+    batched.pump()
+    assert sum(map(len, batched.a_to_b)) < 0.9 * sum(map(len, per_line.a_to_b))
+
+
+def test_live_entries_travel_in_batches_and_are_not_echoed():
+    a, b = model(id="A"), model(id="B")
+    pair = SessionPair(a, b)
+    pair.pump()
+    for i in range(5):
+        a.set(f"k{i}", i)
+    data = pair.a.data_to_send()
+    assert _lines(data) == [
+        orjson.dumps(
+            {
+                "batch": "A",
+                "stamps": [e.ts for e in a.history()],
+                "changes": [list(e.change) for e in a.history()],
+            }
+        )
+    ]
+    pair.b.receive_data(data)
+    assert b.to_dict() == a.to_dict()
+    assert pair.b.data_to_send() == b""  # nothing goes back
+
+
+def _batch(**fields) -> bytes:
+    line = {"batch": "X", "stamps": [1, 2], "changes": [["a"], ["b"]]}
+    line.update(fields)
+    return orjson.dumps(line) + b"\n"
+
+
+HOSTILE = {
+    "unknown key": _batch(extra=1),
+    "missing changes": b'{"batch":"X","stamps":[1]}\n',
+    "more stamps than changes": _batch(stamps=[1, 2, 3]),
+    "empty": _batch(stamps=[], changes=[]),
+    "stamps not a list": _batch(stamps=5, changes=5),
+    "stamps that go back": _batch(stamps=[2, 1]),
+    "a repeated stamp": _batch(stamps=[1, 1]),
+    "a whole float stamp": _batch(stamps=[1, 2.0]),
+    "a bool stamp": _batch(stamps=[1, True]),
+    "a string stamp": _batch(stamps=[1, "2"]),
+    "a negative stamp": _batch(stamps=[-1, 2]),
+    "a stamp past 2**53": _batch(stamps=[1, 2**53]),
+    "a bad source": _batch(batch="__proto__"),
+    "an empty source": _batch(batch=""),
+    "a source that is a number": _batch(batch=5),
+    "nested too deep": _batch(
+        changes=[["a"], orjson.loads(b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1))]
+    ),
+    "nested too deep, spelled otherwise": b'{ "batch":"X","stamps":[1],"changes":['
+    + b"[" * (MAX_DEPTH + 1)
+    + b"]" * (MAX_DEPTH + 1)
+    + b"]}\n",
+    # Valid JSON only inside the padding the fast decoder puts around a
+    # line with many brackets: it must still be refused.
+    "two values on one line": b'{"batch":"X","stamps":[1],"changes":[["'
+    + b"[" * 200
+    + b'"]]}],[0\n',
+    "not JSON": b'{"batch":"X","stamps":[1],"changes":[["a"]\n',
+    "a list": b'{"batch":' + b"[" * 300 + b"]" * 300 + b"\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_a_bad_batch_is_refused_whole(case):
+    victim, s = _victim()
+    # A good entry first: it stays applied.
+    good = b'[["before"],1,"Y"]\n'
+    with pytest.raises(RemoteProtocolError) as info:
+        s.receive_data(good + HOSTILE[case])
+    assert info.value.reason in {
+        "bad-batch",
+        "bad-stamp",
+        "bad-source",
+        "too-deep",
+        "malformed-json",
+    }, info.value.reason
+    assert victim.state == {"before"}
+    assert dict(victim.clock) == {"Y": 1}
+
+
+def test_the_depth_limit_is_exact_in_batches():
+    deep = b"[" * MAX_DEPTH + b"]" * MAX_DEPTH
+    line = b'{"batch":"X","stamps":[1],"changes":[' + deep + b"]}\n"
+    victim = repred.repred(lambda state, change: change, None, id="V")
+    s = Session(victim)
+    s.data_to_send()
+    s.receive_data(b'{"id":"X","clock":{},"repred":1,"batches":1}\n' + line)
+    assert victim.clock == {"X": 1}
+
+
+def test_a_batch_before_the_digest_is_refused():
+    s = Session(gset("V"))
+    with pytest.raises(RemoteProtocolError) as info:
+        s.receive_data(_batch())
+    assert info.value.reason in {"no-digest", "bad-digest"}
+
+
+def test_a_batch_to_a_side_that_did_not_offer_is_refused():
+    victim = gset("V")
+    s = Session(victim, batches=False)
+    s.data_to_send()
+    s.receive_data(b'{"id":"X","clock":{},"repred":1,"batches":1}\n')
+    with pytest.raises(RemoteProtocolError) as info:
+        s.receive_data(_batch())
+    assert info.value.reason == "bad-batch"
+    assert victim.state == set()
+
+
+def test_an_entry_refused_inside_a_batch_keeps_the_ones_before_it():
+    wall = FakeWall()
+    a = gset("A", wall=wall)
+    for x in "pqr":
+        a.update([x])
+    victim, s = _victim()
+    stamps = [e.ts for e in a.history()]
+    # The same entries, then a different change for the second stamp.
+    s.receive_data(
+        orjson.dumps({"batch": "A", "stamps": stamps, "changes": [["p"], ["q"], ["r"]]})
+        + b"\n"
+    )
+    assert victim.state == {"p", "q", "r"}
+    with pytest.raises(RemoteProtocolError) as info:
+        s.receive_data(
+            orjson.dumps({"batch": "A", "stamps": [stamps[1]], "changes": [["forged"]]})
+            + b"\n"
+        )
+    assert info.value.reason == "equivocation"
+    assert victim.state == {"p", "q", "r"}
+
+
+def test_a_reducer_error_inside_a_batch_names_the_entry():
+    def picky(state, change):
+        if change == ["bad"]:
+            raise ValueError("no")
+        state.append(change[0])
+        return change
+
+    victim = repred.repred(picky, [], id="V", checks_first=True)
+    s = Session(victim)
+    s.data_to_send()
+    s.receive_data(b'{"id":"X","clock":{},"repred":1,"batches":1}\n')
+    with pytest.raises(RemoteProtocolError) as info:
+        s.receive_data(
+            b'{"batch":"X","stamps":[1,2,3],"changes":[["ok"],["bad"],["late"]]}\n'
+        )
+    assert info.value.reason == "reducer-error"
+    assert b'"bad"' in info.value.line
+    assert victim.state == ["ok"]
+    assert victim.clock == {"X": 1}
+
+
+def test_far_future_entries_in_a_batch_wait_for_a_later_link():
+    wall = FakeWall()
+    victim = gset("V", wall=wall)
+    s = Session(victim)
+    s.data_to_send()
+    s.receive_data(b'{"id":"X","clock":{},"repred":1,"batches":1}\n')
+    soon, late = wall.now, wall.now + 10 * 60 * 1000
+    s.receive_data(
+        orjson.dumps({"batch": "X", "stamps": [soon, late], "changes": [["a"], ["b"]]})
+        + b"\n"
+    )
+    assert victim.state == {"a"}
+    assert victim.clock == {"X": soon}
+    assert s.statistics().deferred == 1
+
+
+async def test_batched_and_per_line_links_over_tcp():
+    a = _filled(2000)
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(repred.serve_tcp, a, 0)
+        port = listeners[0].socket.getsockname()[1]
+        figures = {}
+        for batches in (True, False):
+            b = model(id=f"B{batches}")
+            stats = await repred.connect_tcp(
+                b, "127.0.0.1", port, live=False, batches=batches
+            )
+            assert b.to_dict() == a.to_dict()
+            assert stats.updates_in == 2000
+            figures[batches] = stats.bytes_in
+        nursery.cancel_scope.cancel()
+    assert figures[True] < 0.9 * figures[False]
