@@ -2,15 +2,25 @@
 
 The parent fills a model with N keys and serves it; a child process with an
 empty model connects, syncs (``live=False``) and reports how long it took
-and how many bytes crossed.
+and how many bytes crossed (and the bytes per entry).
 
     python benchmarks/full_sync.py [N ...]     (default: 100000 1000000)
+    python benchmarks/full_sync.py --per-line [N ...]
+        one entry per line (as with JS peers) instead of batches
+    python benchmarks/full_sync.py --compare-js [N]    (default: 100000)
+        JS scuttlebutt (benchmarks/js_full_sync.js, needs tests/js's
+        node_modules) and repred alternately, three times each; prints
+        every figure and the median ratio repred / JS
 """
 
 from __future__ import annotations
 
+import json
+import statistics
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import trio
 
@@ -20,7 +30,7 @@ from repred.types import model
 from _common import report
 
 
-async def serve(n: int) -> None:
+async def serve(n: int, batches: bool = True) -> float:
     m = model(id="server")
     for i in range(n):
         m.set(f"key{i}", i)
@@ -28,34 +38,63 @@ async def serve(n: int) -> None:
         listeners = await nursery.start(repred.serve_tcp, m, 0)
         port = listeners[0].socket.getsockname()[1]
         child = await trio.run_process(
-            [sys.executable, __file__, "--client", str(port), str(n)],
+            [sys.executable, __file__, "--client", str(port), str(n), str(batches)],
             capture_stdout=True,
         )
         sys.stdout.write(child.stdout.decode())
         nursery.cancel_scope.cancel()
+    seconds: float = json.loads(child.stdout)["seconds"]
+    return seconds
 
 
-async def client(port: int, n: int) -> None:
+async def client(port: int, n: int, batches: bool) -> None:
     m = model(id="client")
     t = time.perf_counter()
-    stats = await repred.connect_tcp(m, "127.0.0.1", port, live=False, close_timeout=0)
+    stats = await repred.connect_tcp(
+        m, "127.0.0.1", port, live=False, close_timeout=0, batches=batches
+    )
     dt = time.perf_counter() - t
     assert len(m.to_dict()) == n, len(m.to_dict())
     report(
         "full_sync",
         keys=n,
+        framing="batches" if batches else "per-line",
         seconds=dt,
         bytes=stats.bytes_in + stats.bytes_out,
+        bytes_per_entry=round(stats.bytes_in / n, 2),
         updates_per_second=n / dt,
     )
 
 
+def js(n: int) -> float:
+    script = Path(__file__).with_name("js_full_sync.js")
+    out = subprocess.run(
+        ["node", str(script), str(n)], capture_output=True, check=True, text=True
+    ).stdout
+    sys.stdout.write(out)
+    seconds: float = json.loads(out)["seconds"]
+    return seconds
+
+
 def main() -> None:
-    if sys.argv[1:2] == ["--client"]:
-        trio.run(client, int(sys.argv[2]), int(sys.argv[3]))
+    args = sys.argv[1:]
+    if args[:1] == ["--client"]:
+        trio.run(client, int(args[1]), int(args[2]), args[3] == "True")
         return
-    for n in [int(a) for a in sys.argv[1:]] or [100_000, 1_000_000]:
-        trio.run(serve, n)
+    if args[:1] == ["--compare-js"]:
+        n = int(args[1]) if len(args) > 1 else 100_000
+        ratios = []
+        for _ in range(3):
+            ours = trio.run(serve, n)
+            theirs = js(n)
+            ratios.append(ours / theirs)
+            report("ratio", keys=n, repred_over_js=round(ratios[-1], 3))
+        report("compare_js", keys=n, median_ratio=round(statistics.median(ratios), 3))
+        return
+    batches = "--per-line" not in args
+    sizes = [int(a) for a in args if not a.startswith("--")]
+    for n in sizes or [100_000, 1_000_000]:
+        trio.run(serve, n, batches)
 
 
 if __name__ == "__main__":

@@ -198,6 +198,12 @@ _PROGRESS_BYTES = 16 * 1024
 #: piece, so it measures progress, not the time to send a whole batch.
 _SEND_PIECE = 16 * 1024
 
+#: In the live tail, sends go out at most this often (seconds) while entries
+#: keep coming: what arrives meanwhile goes in the same send, so a producer
+#: that writes entry by entry pays for a syscall per millisecond, not per
+#: entry. A link that has been quiet for longer sends at once.
+_LINGER = 0.001
+
 
 @final
 class Connection:
@@ -216,6 +222,7 @@ class Connection:
         self._scope = trio.CancelScope()
         self._error: BaseException | None = None
         self._sync_flushed = False
+        self._last_send = -math.inf
         #: When the peer last made progress (trio time).
         self.last_progress = trio.current_time()
         self._unproven = 0  # bytes received since the last progress
@@ -351,9 +358,15 @@ class Connection:
         try:
             while True:
                 self._wake = trio.Event()
+                if self._sync_flushed:
+                    # Live: let entries gather for what is left of the linger.
+                    linger = self._last_send + _LINGER - trio.current_time()
+                    if linger > 0:
+                        await trio.sleep(linger)
                 data = channel.data_to_send()
                 if data:
                     await self._send(data, options.send_timeout)
+                    self._last_send = trio.current_time()
                     if (
                         not self._sync_flushed
                         and channel.handshake_done

@@ -163,11 +163,19 @@ def check_value(value: Any, what: str = "value") -> None:
         TypeError: naming the path of the first offending part, such as
             ``value[1]['when']``.
     """
-    # Fast path (every local write): a scalar, or a flat list of scalars.
+    # Fast path (every local write): a scalar, or a flat list of scalars,
+    # checked inline (the rules of _plain_scalar).
     kind = type(value)
     if kind is list:
         for item in value:
-            if not _plain_scalar(item):
+            kind = type(item)
+            if kind is str:
+                if not item.isascii():
+                    break
+            elif kind is int:
+                if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
+                    break
+            elif not (kind is bool or item is None or _plain_scalar(item)):
                 break
         else:
             return
