@@ -706,7 +706,7 @@ class Replica:
         # Stored stamps are not checked against the wall clock, which may
         # have moved back since they were written.
         self.store = None
-        self.apply(loaded.entries, check=False)
+        self.apply_runs(loaded.entries, check=False)
         for source, ts in loaded.clock.items():
             if ts > self._clock.get(source, -1):
                 self._clock[source] = ts
