@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import ssl
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol, final
 
@@ -89,6 +90,8 @@ class ConnectionStatistics:
         bytes_out: bytes sent.
         deferred: entries not applied because they were stamped too far
             ahead of this replica's clock (they come again on a later link).
+        refused: entries not applied because the link does not receive
+            (``receive=False``).
     """
 
     peer_id: str | None
@@ -98,6 +101,7 @@ class ConnectionStatistics:
     bytes_in: int
     bytes_out: int
     deferred: int = 0
+    refused: int = 0
 
 
 class Channel(Protocol):
@@ -264,6 +268,7 @@ class Connection:
             bytes_in=sum(s.bytes_in for s in stats),
             bytes_out=sum(s.bytes_out for s in stats),
             deferred=sum(s.deferred for s in stats),
+            refused=sum(s.refused for s in stats),
         )
 
     def close(self) -> None:
@@ -334,6 +339,11 @@ class Connection:
             self.last_progress = trio.current_time()
             self._unproven = 0
         if not data:
+            if not channel.handshake_done:
+                raise PeerClosed(
+                    "the peer closed the connection before its digest (a TLS"
+                    " peer does so to a client without TLS: pass ssl_context=)"
+                )
             if not self._sync_received():
                 raise PeerClosed("the peer closed the connection before its SYNC")
             self._scope.cancel()
@@ -367,13 +377,16 @@ class Connection:
                 if data:
                     await self._send(data, options.send_timeout)
                     self._last_send = trio.current_time()
-                    if (
-                        not self._sync_flushed
-                        and channel.handshake_done
-                        and all(s.sync_sent for s in channel.sessions)
-                    ):
-                        self._sync_flushed = True
-                        self._check_synced()
+                if (
+                    not self._sync_flushed
+                    and channel.handshake_done
+                    and all(s.sync_sent for s in channel.sessions)
+                ):
+                    # Everything we had at connect is out (or, on a link
+                    # that does not send, there was nothing to send).
+                    self._sync_flushed = True
+                    self._check_synced()
+                if data:
                     continue
                 if not live and self._synced.is_set():
                     break
@@ -415,6 +428,8 @@ class LinkOptions:
         batch_bytes: bytes of entries handed to one send.
         batches: offer batched framing (used only with a repred peer that
             offers it too).
+        send: send entries (``False``: only the digest and keep-alives).
+        receive: apply what the peer sends (``False``: count it as refused).
     """
 
     send_timeout: float = DEFAULT_SEND_TIMEOUT
@@ -425,6 +440,8 @@ class LinkOptions:
     batch_entries: int = DEFAULT_BATCH_ENTRIES
     batch_bytes: int = DEFAULT_BATCH_BYTES
     batches: bool = True
+    send: bool = True
+    receive: bool = True
 
     @property
     def idle_timeout(self) -> float:
@@ -440,8 +457,9 @@ class LinkOptions:
         for name in ("max_line_bytes", "batch_entries", "batch_bytes"):
             if type(getattr(self, name)) is not int:
                 raise TypeError(f"{name} must be an int")
-        if type(self.batches) is not bool:
-            raise TypeError("batches must be a bool")
+        for name in ("batches", "send", "receive"):
+            if type(getattr(self, name)) is not bool:
+                raise TypeError(f"{name} must be a bool")
         if self.max_line_bytes < 64 or self.batch_entries < 1 or self.batch_bytes < 1:
             raise ValueError("limits must be positive (max_line_bytes >= 64)")
 
@@ -453,6 +471,8 @@ class LinkOptions:
             batch_entries=self.batch_entries,
             batch_bytes=self.batch_bytes,
             batches=self.batches,
+            send=self.send,
+            receive=self.receive,
         )
 
 
@@ -496,6 +516,41 @@ async def run_channel(
     return conn.statistics()
 
 
+async def start_tls(
+    stream: trio.abc.Stream,
+    ssl_context: ssl.SSLContext,
+    *,
+    server_hostname: str | None,
+    timeout: float,
+) -> trio.SSLStream[trio.abc.Stream]:
+    """Wrap ``stream`` in TLS and complete the handshake, or fail clearly.
+
+    Raises:
+        PeerClosed: the handshake failed (a certificate the other side does
+            not trust, a peer that does not speak TLS, ...); the stream is
+            closed.
+        SyncTimeout: the handshake took longer than ``timeout``.
+    """
+    tls = trio.SSLStream(
+        stream,
+        ssl_context,
+        server_side=server_hostname is None,
+        server_hostname=server_hostname,
+    )
+    try:
+        with trio.fail_after(timeout):
+            await tls.do_handshake()
+    except trio.TooSlowError:
+        await trio.aclose_forcefully(stream)
+        raise SyncTimeout(f"no TLS handshake within {timeout} s") from None
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        await trio.aclose_forcefully(stream)
+        cause = exc.__cause__ or exc
+        reason = getattr(cause, "reason", None) or str(cause) or type(cause).__name__
+        raise PeerClosed(f"TLS handshake failed: {reason}") from None
+    return tls
+
+
 async def replicate(
     replica: Replica,
     stream: trio.abc.Stream,
@@ -509,6 +564,8 @@ async def replicate(
     batch_entries: int = DEFAULT_BATCH_ENTRIES,
     batch_bytes: int = DEFAULT_BATCH_BYTES,
     batches: bool = True,
+    send: bool = True,
+    receive: bool = True,
     task_status: trio.TaskStatus[Connection] = trio.TASK_STATUS_IGNORED,
 ) -> ConnectionStatistics:
     """Replicate ``replica`` with one peer over ``stream``.
@@ -540,6 +597,12 @@ async def replicate(
         batches: offer batched framing; with a repred peer that offers it
             too, entries travel one batch of a source per line (fewer bytes,
             less work). ``False`` sends one entry per line, as JS peers do.
+        send: send entries to the peer. With ``False`` only the digest and
+            keep-alives go out (a write-only link, JS ``createWriteStream``);
+            the peer never counts the link as synced.
+        receive: apply what the peer sends. With ``False`` its entries are
+            checked and counted in ``refused``, never applied, and the link
+            stays up (a read-only mirror, JS ``createReadStream``).
 
     Returns:
         The connection's final statistics.
@@ -587,18 +650,32 @@ async def connect_tcp(
     batch_entries: int = DEFAULT_BATCH_ENTRIES,
     batch_bytes: int = DEFAULT_BATCH_BYTES,
     batches: bool = True,
+    send: bool = True,
+    receive: bool = True,
+    ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[Connection] = trio.TASK_STATUS_IGNORED,
 ) -> ConnectionStatistics:
     """Connect to a peer over TCP and :func:`replicate` with it.
 
-    The options are those of :func:`replicate`.
+    With ``ssl_context`` (a client-side ``ssl.SSLContext``), the link runs
+    over TLS, and ``host`` is the name the peer's certificate must carry;
+    a context that holds a certificate chain presents it (mutual TLS). The
+    other options are those of :func:`replicate`.
 
     Raises:
         OSError: the connection could not be made.
+        PeerClosed: the TLS handshake failed (the message says why).
         RepredError: as :func:`replicate`.
     """
     options = LinkOptions(**_link_options(locals()))
-    stream = await trio.open_tcp_stream(host, port)
+    stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+    if ssl_context is not None:
+        stream = await start_tls(
+            stream,
+            ssl_context,
+            server_hostname=host,
+            timeout=options.handshake_timeout,
+        )
     return await _replicate(replica, stream, live, task_status.started, options)
 
 
@@ -619,6 +696,9 @@ async def serve_tcp(
     batch_entries: int = DEFAULT_BATCH_ENTRIES,
     batch_bytes: int = DEFAULT_BATCH_BYTES,
     batches: bool = True,
+    send: bool = True,
+    receive: bool = True,
+    ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Accept peers on a TCP port and replicate with each; runs until cancelled.
@@ -641,14 +721,30 @@ async def serve_tcp(
         on_connection: called with each new :class:`Connection`.
         max_links: the most connections served at once; a new one past it
             drops the connection that has been quiet longest.
+        ssl_context: serve over TLS with this server-side
+            ``ssl.SSLContext``. A context that requires client certificates
+            (``verify_mode = ssl.CERT_REQUIRED`` and a CA loaded) makes it
+            mutual TLS. A client whose handshake fails (plain TCP, an
+            untrusted certificate) is logged and dropped; serving goes on.
 
     The other options are those of :func:`replicate`, for each connection.
     """
     options = LinkOptions(**_link_options(locals()))
     links = LinkTable(max_links)
 
-    async def handler(stream: trio.SocketStream) -> None:
+    async def handler(stream: trio.abc.Stream) -> None:
         started: list[Connection] = []
+        if ssl_context is not None:
+            try:
+                stream = await start_tls(
+                    stream,
+                    ssl_context,
+                    server_hostname=None,
+                    timeout=options.handshake_timeout,
+                )
+            except RepredError as exc:
+                log.info("repred: connection refused: %s", exc)
+                return
 
         def on_start(conn: Connection) -> None:
             started.append(conn)

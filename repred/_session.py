@@ -197,6 +197,8 @@ class SessionStatistics:
         lines_in: complete lines received (keep-alives included).
         deferred: entries not applied because they were stamped too far
             ahead (they arrive again on a later link).
+        refused: entries (and snapshots) not applied because this side does
+            not receive on this link (``receive=False``).
     """
 
     updates_in: int
@@ -205,6 +207,7 @@ class SessionStatistics:
     bytes_out: int
     lines_in: int = 0
     deferred: int = 0
+    refused: int = 0
 
 
 def _decode_batch(line: bytes) -> Batch:
@@ -239,6 +242,14 @@ class Session:
         batches: offer batched framing (a repred extension, used only when
             the peer offers it too; see :mod:`repred._wire`). Without it,
             this side sends one entry per line and refuses batches.
+        send: send entries. With ``False``, nothing but the digest (and
+            keep-alives) goes out: no history, no ``"SYNC"``, no live entry
+            (JS scuttlebutt's ``createWriteStream``). The peer therefore never
+            counts this link as synced.
+        receive: apply what the peer sends. With ``False``, its entries and
+            snapshots are checked and counted as refused
+            (:attr:`SessionStatistics.refused`), never applied, and the link
+            stays up: a read-only mirror (JS ``createReadStream``).
 
     Attributes:
         wakeup: called (with no arguments) whenever the session gains
@@ -254,6 +265,8 @@ class Session:
         batch_entries: int = DEFAULT_BATCH_ENTRIES,
         batch_bytes: int = DEFAULT_BATCH_BYTES,
         batches: bool = True,
+        send: bool = True,
+        receive: bool = True,
     ) -> None:
         if max_line_bytes < 64 or batch_entries < 1 or batch_bytes < 1:
             raise ValueError("limits must be positive (max_line_bytes >= 64)")
@@ -268,6 +281,9 @@ class Session:
         self._batch_entries = batch_entries
         self._batch_bytes = batch_bytes
         self._batches = batches
+        self._send = send
+        self._receive = receive
+        self._refused = 0
         self._out: list[bytes] = [
             encode_digest(
                 replica.id,
@@ -347,6 +363,7 @@ class Session:
             bytes_out=self._bytes_out,
             lines_in=self._decoder.lines,
             deferred=self._deferred,
+            refused=self._refused,
         )
 
     # -- incoming ------------------------------------------------------
@@ -458,6 +475,9 @@ class Session:
             # The peer has these: they are never sent back to it.
             if sent.get(source, -1) < stamps[-1]:
                 sent[source] = stamps[-1]
+        if not self._receive:
+            self._refused += sum(len(stamps) for _, stamps, _ in runs)
+            return
         replica = self.replica
         skipped = self._skipped
         deferred = replica.deferred
@@ -513,6 +533,9 @@ class Session:
     def _on_snapshot(self, snapshot: Snapshot, line: bytes) -> None:
         if self.their_state not in (SessionState.HISTORY, SessionState.LIVE):
             raise _bad("a snapshot before the digest", "no-digest", line)
+        if not self._receive:
+            self._refused += 1
+            return
         deferred = self.replica.deferred
         try:
             applied = self.replica.apply_snapshot(snapshot.update, snapshot.clock, self)
@@ -590,6 +613,11 @@ class Session:
         # it, so a source may stand in the queue twice; its second turn
         # finds nothing left to send, and costs a lookup.
         self._queued = set()
+        if not self._send:
+            self._queue.clear()
+            self._advance("ours", _Event.DIGEST)
+            self._advance("ours", _Event.SENT_ALL)  # there is nothing to send
+            return
         self._send_snapshot()
         self._advance("ours", _Event.DIGEST)
         if self.wakeup is not None:
@@ -609,7 +637,8 @@ class Session:
         """
         state = self.our_state
         if (
-            self.replica.snapshot_version != self._snapshot_seen
+            self._send
+            and self.replica.snapshot_version != self._snapshot_seen
             and state is not SessionState.HELLO
             and state is not SessionState.ERROR
         ):
@@ -730,7 +759,7 @@ class Session:
         )
 
     def _on_applied(self, source: str, ts: float, origin: object) -> None:
-        if origin is self or self.our_state is SessionState.HELLO:
+        if origin is self or self.our_state is SessionState.HELLO or not self._send:
             return
         if (
             self._sent.get(source, -1) >= ts
