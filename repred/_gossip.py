@@ -58,12 +58,14 @@ from ._links import (
     LinkTable,
     run_channel,
     single_errors,
+    start_tls,
 )
 from ._replica import Replica, new_id, wall_ms
 from ._session import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_ENTRIES, Session
 from ._wire import DEFAULT_MAX_LINE_BYTES, LineDecoder, loads_line, snippet
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
 __all__ = [
@@ -241,11 +243,19 @@ class _Mux:
     """Framing for a peer link: a hello, then ``name TAB line`` per line."""
 
     def __init__(
-        self, replicas: Mapping[str, Any], node: str, options: LinkOptions
+        self,
+        replicas: Mapping[str, Any],
+        node: str,
+        options: LinkOptions,
+        *,
+        receive_writes: bool = True,
     ) -> None:
         self._replicas = replicas
         self._decoder = LineDecoder(MAX_HELLO_BYTES)
         self._options = options
+        #: Apply what the peer writes to the named replicas (membership is
+        #: always received: heartbeats keep the network whole).
+        self._receive_writes = receive_writes
         self._out = [
             orjson.dumps(
                 {
@@ -367,7 +377,10 @@ class _Mux:
             raise _bad("a hello with too many or bad replica names", line)
         for name, replica in self._replicas.items():
             if theirs.get(name) == replica.type_name:
-                session = self._options.session(replica)
+                options = self._options
+                if not self._receive_writes and name != MEMBERS:
+                    options = attrs.evolve(options, receive=False)
+                session = options.session(replica)
                 session.wakeup = self._wakeup
                 self.sessions.append(session)
                 self._by_name[name.encode()] = session
@@ -413,7 +426,29 @@ def _log_type_mismatch(node: str, name: str, theirs: str, ours: str) -> None:
 
 
 class TcpTransport:
-    """How peers reach each other by default: TCP."""
+    """How peers reach each other by default: TCP, or TLS over TCP.
+
+    Args:
+        ssl_context: the server-side context for inbound links.
+        client_ssl_context: the client-side context for dials (its
+            certificate chain, if any, is presented: mutual TLS).
+        handshake_timeout: seconds a TLS handshake may take.
+    """
+
+    def __init__(
+        self,
+        ssl_context: ssl.SSLContext | None = None,
+        client_ssl_context: ssl.SSLContext | None = None,
+        handshake_timeout: float = 5.0,
+    ) -> None:
+        if (ssl_context is None) != (client_ssl_context is None):
+            raise ValueError(
+                "a TLS peer needs both ssl_context (to serve) and"
+                " client_ssl_context (to dial)"
+            )
+        self._server = ssl_context
+        self._client = client_ssl_context
+        self._timeout = handshake_timeout
 
     async def listen(
         self,
@@ -423,6 +458,20 @@ class TcpTransport:
         nursery: trio.Nursery,
     ) -> str:
         """Serve ``handler`` on ``host:port``; return the address bound."""
+        server = self._server
+        if server is not None:
+            plain = handler
+
+            async def handler(stream: trio.abc.Stream) -> None:
+                try:
+                    tls = await start_tls(
+                        stream, server, server_hostname=None, timeout=self._timeout
+                    )
+                except RepredError as exc:
+                    log.info("inbound connection refused: %s", exc)
+                    return
+                await plain(tls)
+
         listeners = await nursery.start(
             functools.partial(trio.serve_tcp, handler, port, host=host)
         )
@@ -431,7 +480,12 @@ class TcpTransport:
     async def connect(self, address: str, *, source: str) -> trio.abc.Stream:
         """A stream to ``address``; ``source`` is the dialling peer's address."""
         host, port = parse_address(address)
-        return await trio.open_tcp_stream(host, port)
+        stream = await trio.open_tcp_stream(host, port)
+        if self._client is None:
+            return stream
+        return await start_tls(
+            stream, self._client, server_hostname=host, timeout=self._timeout
+        )
 
 
 @attrs.frozen(kw_only=True)
@@ -522,9 +576,11 @@ class Peer:
         transport: Any,
         wall: Callable[[], float],
         advertise: str | None,
+        read_only: bool = False,
     ) -> None:
         _check_peer(host, advertise, replicas, seeds)
         self._advertise = advertise
+        self._read_only = read_only
         self.host = host
         self.port = port
         self.address = ""
@@ -662,7 +718,12 @@ class Peer:
         label: str,
         started: Callable[[Connection], None] | None = None,
     ) -> None:
-        channel = _Mux(self.replicas, self.address, self._options)
+        channel = _Mux(
+            self.replicas,
+            self.address,
+            self._options,
+            receive_writes=not (self._read_only and label == "inbound"),
+        )
         conn_ref: list[Connection] = []
 
         def on_start(conn: Connection) -> None:
@@ -878,6 +939,9 @@ async def open_peer(
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     batch_entries: int = DEFAULT_BATCH_ENTRIES,
     batch_bytes: int = DEFAULT_BATCH_BYTES,
+    ssl_context: ssl.SSLContext | None = None,
+    client_ssl_context: ssl.SSLContext | None = None,
+    read_only: bool = False,
 ) -> AsyncIterator[Peer]:
     """Run a gossip peer inside the caller's trio program.
 
@@ -919,6 +983,16 @@ async def open_peer(
         wall: the wall clock in ms for heartbeats (simulations pass trio's).
         send_timeout, max_line_bytes, batch_entries, batch_bytes: as for
             :func:`repred.replicate`, for every link.
+        ssl_context: link over TLS: the server-side context for inbound
+            links (a context that requires client certificates makes it
+            mutual TLS). Needs ``client_ssl_context`` too.
+        client_ssl_context: the client-side context for dials (trust in the
+            other nodes' certificates, and this node's own chain for mutual
+            TLS). Nodes are dialled by their ``host:port``, so their
+            certificates must name that host.
+        read_only: serve the named replicas but apply nothing that inbound
+            links write to them (membership still flows); what they send is
+            counted as refused.
 
     Raises:
         TypeError, ValueError: a bad option, at the call.
@@ -950,9 +1024,13 @@ async def open_peer(
         link_options=link_options,
         on_event=on_event,
         rng=rng or random.Random(),
-        transport=transport or TcpTransport(),
+        transport=transport
+        or TcpTransport(
+            ssl_context, client_ssl_context, handshake_timeout=connect_timeout
+        ),
         wall=wall or wall_ms,
         advertise=advertise,
+        read_only=read_only,
     )
     async with single_errors(), trio.open_nursery() as nursery:
         await peer._start(nursery)

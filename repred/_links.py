@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import ssl
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol, final
 
@@ -34,6 +33,7 @@ from ._session import (
 from ._wire import DEFAULT_MAX_LINE_BYTES
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import AsyncIterator, Callable, Hashable
 
     from ._replica import Replica
@@ -521,7 +521,7 @@ async def start_tls(
     ssl_context: ssl.SSLContext,
     *,
     server_hostname: str | None,
-    timeout: float,
+    timeout: float,  # noqa: ASYNC109  (the handshake's own bound)
 ) -> trio.SSLStream[trio.abc.Stream]:
     """Wrap ``stream`` in TLS and complete the handshake, or fail clearly.
 

@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import signal
+import ssl
 import sys
 import threading
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -117,8 +118,59 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="keep the replicated map in DIR (SQLite), across restarts",
     )
+    _trust_options(p)
     p.add_argument("-v", "--verbose", action="store_true", help="log link errors")
     return p
+
+
+def _trust_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="link over TLS: this node's certificate chain (PEM); needs --tls-key",
+    )
+    p.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert")
+    p.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="trust peers' certificates signed by this CA (PEM), and require one"
+        " from every inbound peer (mutual TLS)",
+    )
+    p.add_argument(
+        "--read-only",
+        action="store_true",
+        help="serve the map; apply nothing inbound peers write to it",
+    )
+
+
+def tls_contexts(
+    cert: str | None, key: str | None, ca: str | None
+) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
+    """The server- and client-side TLS contexts of a peer, from PEM files.
+
+    With ``ca``, peers must present a certificate signed by it (mutual
+    TLS), and dialled peers are trusted if it signed theirs; without, the
+    system's trusted CAs check the peers this node dials.
+
+    Raises:
+        ValueError: a file is missing or not what it should be.
+    """
+    if cert is None and key is None and ca is None:
+        return None, None
+    if cert is None or key is None:
+        raise ValueError("--tls-cert and --tls-key go together")
+    try:
+        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server.load_cert_chain(cert, key)
+        client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        client.load_cert_chain(cert, key)
+        if ca is not None:
+            server.verify_mode = ssl.CERT_REQUIRED
+            server.load_verify_locations(ca)
+            client.load_verify_locations(ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"cannot use the TLS files: {exc}") from None
+    return server, client
 
 
 _EPILOG = """\
@@ -456,6 +508,9 @@ async def _serve(
         max_backoff=args.max_backoff,
         on_event=out,
         advertise=args.advertise,
+        ssl_context=args.tls[0],
+        client_ssl_context=args.tls[1],
+        read_only=args.read_only,
     ) as peer:
         _show_updates(data, out)
         # Said once the peer is ready for commands.
@@ -473,6 +528,11 @@ def main(argv: list[str] | None = None) -> int:
             "repred.peer: error: --host on every interface needs --advertise HOST",
             file=sys.stderr,
         )
+        return 2
+    try:
+        args.tls = tls_contexts(args.tls_cert, args.tls_key, args.tls_ca)
+    except ValueError as exc:
+        print(f"repred.peer: error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.ERROR,

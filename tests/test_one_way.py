@@ -29,8 +29,10 @@ def test_a_mirror_that_does_not_receive_serves_and_refuses(batches):
     assert writer.to_dict() == {**mirror.to_dict(), **writer.to_dict()}
     assert set(mirror.to_dict()) == {f"M{i}" for i in range(20)}
     stats = pair.a.statistics()
-    assert stats.refused == 20 and stats.updates_in == 0
-    assert pair.a.synced and pair.b.synced
+    assert stats.refused == 20
+    assert stats.updates_in == 0
+    assert pair.a.synced
+    assert pair.b.synced
     # Live writes are refused too, and the link stays up.
     writer.set("late", 1)
     pair.pump()
@@ -47,7 +49,8 @@ def test_a_link_that_does_not_send_sends_only_its_digest():
     pair.a = Session(reader, send=False)
     pair.pump()
     sent = b"".join(pair.a_to_b)
-    assert sent.count(b"\n") == 1 and sent.startswith(b'{"id":"R"')
+    assert sent.count(b"\n") == 1
+    assert sent.startswith(b'{"id":"R"')
     assert set(reader.to_dict()) >= {f"S{i}" for i in range(20)}
     assert set(source.to_dict()) == {f"S{i}" for i in range(20)}
     assert pair.a.synced  # it had nothing to send: done once the peer's SYNC came
@@ -75,7 +78,8 @@ async def test_one_way_links_over_tcp():
         stats = await repred.connect_tcp(
             puller, "127.0.0.1", port, live=False, send=False
         )
-        assert stats.synced and stats.updates_out == 0
+        assert stats.synced
+        assert stats.updates_out == 0
         assert set(puller.to_dict()) >= set(mirror.to_dict())
         nursery.cancel_scope.cancel()
 

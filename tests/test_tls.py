@@ -125,3 +125,56 @@ async def test_a_tls_client_to_a_plain_server_fails_clearly(ca):
                 handshake_timeout=5,
             )
         nursery.cancel_scope.cancel()
+
+
+def _node_contexts(ca, name="127.0.0.1"):
+    cert = ca.issue_cert(name)
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server)
+    server.verify_mode = ssl.CERT_REQUIRED
+    ca.configure_trust(server)
+    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    cert.configure_cert(client)
+    ca.configure_trust(client)
+    return {"ssl_context": server, "client_ssl_context": client}
+
+
+async def test_gossip_peers_over_mutual_tls_and_a_read_only_node(ca):
+    from .helpers import wait_until
+
+    hub, leaf = model(id="hub"), model(id="leaf")
+    hub.set("from-hub", 1)
+    async with repred.open_peer(
+        replicas={"data": hub},
+        read_only=True,
+        heartbeat_interval=0.2,
+        **_node_contexts(ca),
+    ) as a:
+        async with repred.open_peer(
+            replicas={"data": leaf},
+            seeds=[a.address],
+            heartbeat_interval=0.2,
+            **_node_contexts(ca),
+        ) as b:
+            leaf.set("from-leaf", 1)
+            with trio.fail_after(10):
+                await wait_until(leaf, lambda: leaf.get("from-hub") == 1)
+                # Membership still flows to the read-only node...
+                await wait_until(a.membership, lambda: b.address in a.members())
+            # ...but what the leaf writes never lands in the hub.
+            assert "from-leaf" not in hub
+
+
+def test_a_peer_needs_both_tls_contexts(ca):
+    with pytest.raises(ValueError, match="both"):
+        repred._gossip.TcpTransport(ssl_context=_server_context(ca))
+
+
+def test_the_peer_command_checks_its_tls_files(tmp_path, capsys):
+    from repred.peer import main
+
+    assert main(["0", "--no-stdin", "--tls-cert", str(tmp_path / "none.pem")]) == 2
+    assert "--tls-key" in capsys.readouterr().err
+    missing = str(tmp_path / "none.pem")
+    assert main(["0", "--no-stdin", "--tls-cert", missing, "--tls-key", missing]) == 2
+    assert "cannot use the TLS files" in capsys.readouterr().err
