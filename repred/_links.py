@@ -202,11 +202,15 @@ _PROGRESS_BYTES = 16 * 1024
 #: piece, so it measures progress, not the time to send a whole batch.
 _SEND_PIECE = 16 * 1024
 
-#: In the live tail, sends go out at most this often (seconds) while entries
-#: keep coming: what arrives meanwhile goes in the same send, so a producer
-#: that writes entry by entry pays for a syscall per millisecond, not per
-#: entry. A link that has been quiet for longer sends at once.
-_LINGER = 0.001
+#: In the live tail, the writer lets entries gather for at most this many
+#: turns of the scheduler, as long as each turn brings new ones: a producer
+#: that yields after every write pays for one send per many entries, not
+#: one per entry, and a write with nothing after it goes out on the next
+#: turn. No timer is involved, so nothing waits while the program is idle.
+_LINGER_TURNS = 64
+#: Turns in a row without a new entry that end the gathering (tasks run in
+#: no fixed order within a turn, so one quiet turn proves little).
+_QUIET_TURNS = 2
 
 
 @final
@@ -226,7 +230,8 @@ class Connection:
         self._scope = trio.CancelScope()
         self._error: BaseException | None = None
         self._sync_flushed = False
-        self._last_send = -math.inf
+        #: Times the session said it had something new to send.
+        self._wakes = 0
         #: When the peer last made progress (trio time).
         self.last_progress = trio.current_time()
         self._unproven = 0  # bytes received since the last progress
@@ -278,6 +283,7 @@ class Connection:
     # -- internals -----------------------------------------------------
 
     def _wakeup(self) -> None:
+        self._wakes += 1
         self._wake.set()
 
     def _fail(self, exc: BaseException) -> None:
@@ -369,14 +375,17 @@ class Connection:
             while True:
                 self._wake = trio.Event()
                 if self._sync_flushed:
-                    # Live: let entries gather for what is left of the linger.
-                    linger = self._last_send + _LINGER - trio.current_time()
-                    if linger > 0:
-                        await trio.sleep(linger)
+                    # Live: let entries gather while every turn brings more.
+                    quiet = 0
+                    for _ in range(_LINGER_TURNS):
+                        wakes = self._wakes
+                        await trio.lowlevel.cancel_shielded_checkpoint()
+                        quiet = quiet + 1 if self._wakes == wakes else 0
+                        if quiet == _QUIET_TURNS:
+                            break
                 data = channel.data_to_send()
                 if data:
                     await self._send(data, options.send_timeout)
-                    self._last_send = trio.current_time()
                 if (
                     not self._sync_flushed
                     and channel.handshake_done
