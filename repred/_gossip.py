@@ -59,6 +59,7 @@ from ._links import (
     run_channel,
     single_errors,
     start_tls,
+    tls_server,
 )
 from ._replica import Replica, new_id, wall_ms
 from ._session import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_ENTRIES, Session
@@ -433,6 +434,7 @@ class TcpTransport:
         client_ssl_context: the client-side context for dials (its
             certificate chain, if any, is presented: mutual TLS).
         handshake_timeout: seconds a TLS handshake may take.
+        max_handshakes: inbound TLS handshakes at once (more are closed).
     """
 
     def __init__(
@@ -440,6 +442,7 @@ class TcpTransport:
         ssl_context: ssl.SSLContext | None = None,
         client_ssl_context: ssl.SSLContext | None = None,
         handshake_timeout: float = 5.0,
+        max_handshakes: int = DEFAULT_MAX_LINKS,
     ) -> None:
         if (ssl_context is None) != (client_ssl_context is None):
             raise ValueError(
@@ -449,6 +452,7 @@ class TcpTransport:
         self._server = ssl_context
         self._client = client_ssl_context
         self._timeout = handshake_timeout
+        self._max_handshakes = max_handshakes
 
     async def listen(
         self,
@@ -458,20 +462,13 @@ class TcpTransport:
         nursery: trio.Nursery,
     ) -> str:
         """Serve ``handler`` on ``host:port``; return the address bound."""
-        server = self._server
-        if server is not None:
-            plain = handler
-
-            async def handler(stream: trio.abc.Stream) -> None:
-                try:
-                    tls = await start_tls(
-                        stream, server, server_hostname=None, timeout=self._timeout
-                    )
-                except RepredError as exc:
-                    log.info("inbound connection refused: %s", exc)
-                    return
-                await plain(tls)
-
+        if self._server is not None:
+            handler = tls_server(
+                handler,
+                self._server,
+                timeout=self._timeout,
+                max_handshakes=self._max_handshakes,
+            )
         listeners = await nursery.start(
             functools.partial(trio.serve_tcp, handler, port, host=host)
         )
@@ -1026,7 +1023,10 @@ async def open_peer(
         rng=rng or random.Random(),
         transport=transport
         or TcpTransport(
-            ssl_context, client_ssl_context, handshake_timeout=connect_timeout
+            ssl_context,
+            client_ssl_context,
+            handshake_timeout=connect_timeout,
+            max_handshakes=max_links,
         ),
         wall=wall or wall_ms,
         advertise=advertise,

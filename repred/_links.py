@@ -34,7 +34,7 @@ from ._wire import DEFAULT_MAX_LINE_BYTES
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import AsyncIterator, Callable, Hashable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 
     from ._replica import Replica
 
@@ -560,6 +560,46 @@ async def start_tls(
     return tls
 
 
+def tls_server(
+    handler: Callable[[trio.abc.Stream], Awaitable[None]],
+    ssl_context: ssl.SSLContext,
+    *,
+    timeout: float,
+    max_handshakes: int,
+) -> Callable[[trio.abc.Stream], Awaitable[None]]:
+    """``handler``, for streams that must complete a TLS handshake first.
+
+    At most ``max_handshakes`` handshakes run at once: a connection past
+    that is closed at once, so connections that never finish a handshake
+    cost bounded sockets and time. A failed handshake is logged and ends
+    only its connection.
+    """
+    handshakes = trio.CapacityLimiter(max_handshakes)
+
+    async def tls_handler(stream: trio.abc.Stream) -> None:
+        try:
+            handshakes.acquire_nowait()
+        except trio.WouldBlock:
+            log.info(
+                "repred: connection refused: %d TLS handshakes under way",
+                max_handshakes,
+            )
+            await trio.aclose_forcefully(stream)
+            return
+        try:
+            tls = await start_tls(
+                stream, ssl_context, server_hostname=None, timeout=timeout
+            )
+        except RepredError as exc:
+            log.info("repred: connection refused: %s", exc)
+            return
+        finally:
+            handshakes.release()
+        await handler(tls)
+
+    return tls_handler
+
+
 async def replicate(
     replica: Replica,
     stream: trio.abc.Stream,
@@ -743,17 +783,6 @@ async def serve_tcp(
 
     async def handler(stream: trio.abc.Stream) -> None:
         started: list[Connection] = []
-        if ssl_context is not None:
-            try:
-                stream = await start_tls(
-                    stream,
-                    ssl_context,
-                    server_hostname=None,
-                    timeout=options.handshake_timeout,
-                )
-            except RepredError as exc:
-                log.info("repred: connection refused: %s", exc)
-                return
 
         def on_start(conn: Connection) -> None:
             started.append(conn)
@@ -774,9 +803,17 @@ async def serve_tcp(
             for conn in started:
                 links.discard(conn)
 
+    serving: Callable[[trio.abc.Stream], Awaitable[None]] = handler
+    if ssl_context is not None:
+        serving = tls_server(
+            handler,
+            ssl_context,
+            timeout=options.handshake_timeout,
+            max_handshakes=max_links,
+        )
     async with single_errors():
         await trio.serve_tcp(
-            handler,
+            serving,
             port,
             host=host,
             handler_nursery=handler_nursery,

@@ -31,6 +31,7 @@ from ._wire import (
     MAX_STAMP,
     check_value,
     encode_entry,
+    entry_snippet,
 )
 
 if TYPE_CHECKING:
@@ -78,10 +79,6 @@ DIGEST_OVERHEAD_BYTES = 8192
 
 
 _dumps = orjson.dumps
-
-#: The most digest bytes one source can take: a 256-character id, each
-#: character escaped as \uXXXX, a stamp and the separators.
-_MAX_CLOCK_COST = 6 * MAX_SOURCE_LENGTH + 2 + 26
 
 
 def clock_cost(source: str) -> int:
@@ -501,9 +498,10 @@ class Replica:
                     f"an entry in this replica's own name ({source!r}) stamped"
                     f" {stamps[end]!r}, later than it has written",
                     reason="forged",
+                    line=entry_snippet(changes[end], stamps[end], source),
                 )
         if known is None and start < end:
-            self._admit(source)
+            self._admit(source, changes[start], stamps[start])
         reached = [start]
         try:
             self._reduce_run(source, stamps, changes, start, end, origin, reached)
@@ -604,8 +602,9 @@ class Replica:
             f for f in self._listeners if getattr(f, "__self__", None) is not origin
         ]
 
-    def _admit(self, source: str) -> None:
-        """Take a new source, within the bound on sources and digest size."""
+    def _admit(self, source: str, change: Any, ts: float) -> None:
+        """Take a new source (its first entry ``change, ts``), within the
+        bound on sources and digest size."""
         cost = clock_cost(source)
         if (
             len(self._clock) >= self.max_sources
@@ -616,6 +615,7 @@ class Replica:
                 f" takes (max_sources={self.max_sources}, and a digest within"
                 " the line limit); refused a new one",
                 reason="too-many-sources",
+                line=entry_snippet(change, ts, source),
             )
         self._clock_bytes += cost
 
@@ -642,6 +642,7 @@ class Replica:
         raise RemoteProtocolError(
             f"source {source!r} sent two different entries for stamp {ts!r}",
             reason="equivocation",
+            line=entry_snippet(change, ts, source),
         )
 
     # -- keeping the state true ----------------------------------------
@@ -836,14 +837,7 @@ class Replica:
         cannot undo an applied entry.
         """
         self._listeners.append(listener)
-
-        def remove() -> None:
-            try:
-                self._listeners.remove(listener)
-            except ValueError:
-                pass
-
-        return remove
+        return _remover(self._listeners, listener)
 
     def watch(self, watcher: Watcher) -> Callable[[], None]:
         """Call ``watcher(source, ts, origin)`` once per run of entries applied.
@@ -852,12 +846,7 @@ class Replica:
         function that removes it. The links use it; a watcher must not raise.
         """
         self._watchers.append(watcher)
-
-        def remove() -> None:
-            with contextlib.suppress(ValueError):
-                self._watchers.remove(watcher)
-
-        return remove
+        return _remover(self._watchers, watcher)
 
     def _notify(
         self,
@@ -874,17 +863,14 @@ class Replica:
                 log.exception("repred listener %r raised", listener)
 
 
-def _stage(
-    store: SqliteStore,
-    change: Any,
-    ts: float,
-    source: str,
-    old: tuple[float, str] | None,
-) -> None:
-    """Queue an entry for the store, and the drop of the one it supersedes."""
-    store.add(change, ts, source)
-    if old is not None:
-        store.drop(*old)
+def _remover(items: list[Any], item: Any) -> Callable[[], None]:
+    """A function that removes ``item`` from ``items`` (idempotent)."""
+
+    def remove() -> None:
+        with contextlib.suppress(ValueError):
+            items.remove(item)
+
+    return remove
 
 
 def _check_options(

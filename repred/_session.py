@@ -93,8 +93,8 @@ from ._wire import (
     Snapshot,
     encode_batch,
     encode_digest,
-    encode_entry,
     encode_snapshot,
+    entry_snippet,
     fast_entry,
     loads_batch,
     loads_line,
@@ -224,10 +224,6 @@ def _decode_batch(line: bytes) -> Batch:
 
 def _bad(message: str, reason: str, line: bytes) -> RemoteProtocolError:
     return RemoteProtocolError(message, reason=reason, line=snippet(line))
-
-
-def _entry_line(change: Any, ts: float, source: str) -> bytes:
-    return snippet(encode_entry(change, ts, source))
 
 
 class Session:
@@ -490,7 +486,7 @@ class Session:
             raise RemoteProtocolError(
                 f"the reducer refused an entry from the peer: {exc!r}",
                 reason="reducer-error",
-                line=_entry_line(change, ts, source),
+                line=entry_snippet(change, ts, source),
             ) from exc
         finally:
             self._deferred += replica.deferred - deferred

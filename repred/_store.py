@@ -44,7 +44,6 @@ import sqlite3
 import struct
 import threading
 import zlib
-from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -565,8 +564,11 @@ def _load_entries(
         _, raw, blobs, crcs = zip(*group, strict=True)
         if set(map(type, raw)) != {float} or set(map(type, blobs)) != {bytes}:
             raise _damaged(path, f"an entry of {source!r:.80} fails its checksum")
+        # _entry_crc, a column at a time.
         seed = _crc32(source.encode())
-        expected = map(_crc32, blobs, map(_crc32, map(_pack, raw), repeat(seed)))
+        expected = map(
+            _crc32, blobs, map(_crc32, map(_pack, raw), itertools.repeat(seed))
+        )
         if list(expected) != list(crcs):
             raise _damaged(path, f"an entry of {source!r:.80} fails its checksum")
         if not 0 <= raw[0] <= raw[-1] <= MAX_STAMP:

@@ -56,6 +56,7 @@ __all__ = [
     "encode_digest",
     "encode_entry",
     "encode_snapshot",
+    "entry_snippet",
     "fast_entry",
     "loads_batch",
     "loads_line",
@@ -282,6 +283,11 @@ def depth_within(value: Any, limit: int = MAX_DEPTH) -> bool:
 def snippet(line: bytes | bytearray) -> bytes:
     """The start of an offending line, for an error: at most 200 bytes."""
     return bytes(line[:200])
+
+
+def entry_snippet(change: Any, ts: float, source: str) -> bytes:
+    """The start of an offending entry's line, for an error."""
+    return snippet(encode_entry(change, ts, source))
 
 
 class LineDecoder:

@@ -194,6 +194,7 @@ def test_an_entry_refused_inside_a_batch_keeps_the_ones_before_it():
             + b"\n"
         )
     assert info.value.reason == "equivocation"
+    assert b'"forged"' in info.value.line  # the error names the entry
     assert victim.state == {"p", "q", "r"}
 
 

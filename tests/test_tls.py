@@ -178,3 +178,27 @@ def test_the_peer_command_checks_its_tls_files(tmp_path, capsys):
     missing = str(tmp_path / "none.pem")
     assert main(["0", "--no-stdin", "--tls-cert", missing, "--tls-key", missing]) == 2
     assert "cannot use the TLS files" in capsys.readouterr().err
+
+
+async def test_connections_that_never_finish_a_handshake_are_bounded(ca):
+    server = _filled()
+    async with trio.open_nursery() as nursery:
+        port = await _serve(nursery, server, _server_context(ca), max_links=2)
+        # Two connections that say nothing hold both handshake slots...
+        silent = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(2)]
+        await trio.testing.wait_all_tasks_blocked()
+        # ...so a third is closed at once, without waiting for a timeout.
+        third = await trio.open_tcp_stream("127.0.0.1", port)
+        with trio.fail_after(5):
+            assert await third.receive_some(10) == b""
+        await third.aclose()
+        # Once they go, good clients are served again.
+        for stream in silent:
+            await stream.aclose()
+        await trio.testing.wait_all_tasks_blocked()
+        good = model(id="good")
+        await repred.connect_tcp(
+            good, "127.0.0.1", port, live=False, ssl_context=_client_context(ca)
+        )
+        assert good.to_dict() == server.to_dict()
+        nursery.cancel_scope.cancel()
