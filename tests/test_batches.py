@@ -62,7 +62,7 @@ def test_either_side_without_batches_gets_one_entry_per_line(side):
 
 
 def test_a_batch_is_smaller_than_its_lines():
-    per_line, batched = SessionPair(_filled(), model(id="B"), batches=False), None
+    per_line = SessionPair(_filled(), model(id="B"), batches=False)
     per_line.pump()
     batched = SessionPair(_filled(), model(id="B"))
     batched.pump()
