@@ -461,33 +461,42 @@ class Replica:
         skipped: set[str],
         progress: list[Any],
     ) -> None:
-        """Apply one run: entries of one source, stamps increasing."""
+        """Apply one run: entries of one source, stamps increasing.
+
+        The checks that do not depend on the entry (covered, deferred,
+        forged, a new source) are made once for the run; then each entry is
+        reduced and recorded. If the reducer raises, the entries before the
+        one that failed stay recorded, the clock moves over them, and the
+        state is made whole again from the history.
+        """
         n = len(stamps)
-        known = self._clock.get(source)
+        clock = self._clock
+        known = clock.get(source)
         start = 0
         if known is not None and stamps[0] <= known:
             start = bisect_right(stamps, known)
             for i in range(start):
                 self._check_known(changes[i], stamps[i], source)
-        if start == n:
-            return
+            if start == n:
+                return
         if source in skipped:
             self.deferred += n - start
             return
         end = n
-        now = self._wall()
-        if check:
-            limit = now + self.max_drift_ms
-            # Remote stamps move this replica's clock at most max_ahead_ms ahead.
-            cap = now + self.max_ahead_ms
-            if stamps[-1] > limit:
-                end = bisect_right(stamps, limit, start)
-                skipped.add(source)
-                self.deferred += n - end
-                if start == end:
-                    return
-        else:
-            cap = math.inf
+        cap = math.inf
+        if check or source == self.id:
+            now = self._wall()
+            if check:
+                limit = now + self.max_drift_ms
+                # Remote stamps move this replica's clock at most
+                # max_ahead_ms ahead.
+                cap = now + self.max_ahead_ms
+                if stamps[-1] > limit:
+                    end = bisect_right(stamps, limit, start)
+                    skipped.add(source)
+                    self.deferred += n - end
+                    if start == end:
+                        return
         refused: RemoteProtocolError | None = None
         if source == self.id:
             latest = max(progress[1], now)
@@ -502,43 +511,7 @@ class Replica:
                 )
         if known is None and start < end:
             self._admit(source, changes[start], stamps[start])
-        reached = [start]
-        try:
-            self._reduce_run(source, stamps, changes, start, end, origin, reached)
-        finally:
-            done = reached[0]
-            if done > start:
-                ts = stamps[done - 1]
-                self._clock[source] = ts
-                if self.store is not None:
-                    self.store.advance(source, ts)
-                if ts > progress[1]:
-                    progress[1] = ts if ts <= cap else max(progress[1], cap)
-                progress[0] += done - start
-                for watcher in tuple(self._watchers):
-                    watcher(source, ts, origin)
-            elif known is None:
-                self._clock_bytes -= clock_cost(source)  # admitted, not taken
-        if refused is not None:
-            raise refused
 
-    def _reduce_run(
-        self,
-        source: str,
-        stamps: list[float],
-        changes: list[Any],
-        start: int,
-        end: int,
-        origin: object,
-        reached: list[int],
-    ) -> None:
-        """Reduce and record ``changes[start:end]``; ``reached[0]`` is set to
-        the index past the last entry done.
-
-        If the reducer raises, the entries before the one that failed stay
-        recorded (the caller moves the clock over them) and the state is
-        made whole again from the history.
-        """
         state, reducer, stamped = self.state, self._reducer, self._stamped
         key, store = self._key, self.store
         history = self._history
@@ -548,16 +521,20 @@ class Replica:
         if log is None:
             log = history.new_log(source)
         listeners = self._listeners_for(origin) if self._listeners else None
-        get, index = history.newest, history._index
-        add_ts, add_change = log._stamps.append, log._changes.append
+        index = history._index
         in_reducer = False
         i = start
         try:
-            for ts, change in zip(stamps[start:end], changes[start:end], strict=True):
+            whole = start == 0 and end == n
+            for ts, change in zip(
+                stamps if whole else stamps[start:end],
+                changes if whole else changes[start:end],
+                strict=True,
+            ):
                 stamp = (ts, source)
                 if key is not None:
                     k = key(change)
-                    old = get(k)
+                    old = index.get(k)
                     if old is not None and old >= stamp:
                         i += 1
                         continue  # dominated by what is kept: known, no effect
@@ -570,15 +547,15 @@ class Replica:
                 if key is not None:
                     index[k] = stamp
                     if old is not None:
+                        # (This may compact the log's lists: they are looked
+                        # up again below.)
                         logs[old[1]].discard(old[0])
                         if store is not None:
                             store.drop(*old)
-                        # A discard may compact the log's lists.
-                        add_ts, add_change = log._stamps.append, log._changes.append
                 # Kept immutable: a list becomes a tuple (the same JSON
                 # array), which the cyclic collector stops tracking.
-                add_ts(ts)
-                add_change(tuple(change) if type(change) is list else change)
+                log._stamps.append(ts)
+                log._changes.append(tuple(change) if type(change) is list else change)
                 log._live += 1
                 if store is not None:
                     store.add(change, ts, source)
@@ -590,9 +567,22 @@ class Replica:
                 self._rebuild()  # the reducer may have changed part of it
             raise
         finally:
-            reached[0] = i
             if fresh and not log._stamps:
                 del logs[source]  # nothing of it was kept
+            if i > start:
+                ts = stamps[i - 1]
+                clock[source] = ts
+                if store is not None:
+                    store.advance(source, ts)
+                if ts > progress[1]:
+                    progress[1] = ts if ts <= cap else max(progress[1], cap)
+                progress[0] += i - start
+                for watcher in tuple(self._watchers):
+                    watcher(source, ts, origin)
+            elif known is None:
+                self._clock_bytes -= clock_cost(source)  # admitted, not taken
+        if refused is not None:
+            raise refused
 
     def _listeners_for(self, origin: object) -> list[Listener]:
         """The listeners to tell of entries from ``origin`` (never its own)."""

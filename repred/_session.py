@@ -703,7 +703,8 @@ class Session:
                 stamps = [ts for ts, _ in batch]
                 changes = [change for _, change in batch]
             line = b""
-            if batched and stamps:
+            # A lone entry goes as a plain line: cheaper to read than a batch.
+            if batched and len(stamps) > 1:
                 line = encode_batch(source, stamps, changes)
                 if len(line) > peer_max:
                     line = b""  # too long as one line: entry by entry
