@@ -42,6 +42,7 @@ from ._replica import Replica as Replica
 from ._replica import repred as repred
 from ._store import SqliteStore as SqliteStore
 from ._store import StoreError as StoreError
+from ._trust import SigningKey as SigningKey
 
 __all__ = [
     "Connection",
@@ -53,6 +54,7 @@ __all__ = [
     "RemoteProtocolError",
     "Replica",
     "RepredError",
+    "SigningKey",
     "SqliteStore",
     "StoreError",
     "SubscriptionOverflow",

@@ -69,6 +69,8 @@ if TYPE_CHECKING:
     import ssl
     from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
+    from ._trust import SigningKey, Writers
+
 __all__ = [
     "DEFAULT_MAX_MEMBERS",
     "DEFAULT_REAP_AFTER",
@@ -221,10 +223,16 @@ class Members(Replica):
 
 
 def members_replica(
-    *, wall: Callable[[], float], max_members: int = DEFAULT_MAX_MEMBERS
+    *,
+    wall: Callable[[], float],
+    max_members: int = DEFAULT_MAX_MEMBERS,
+    signing_key: SigningKey | None = None,
+    verify: bool = False,
+    writers: Writers | None = None,
 ) -> Members:
-    """A new membership map (type ``"members"``)."""
-    own = new_id()
+    """A new membership map (type ``"members"``); signed heartbeats with
+    ``signing_key``, and only signed ones taken with ``verify``."""
+    own = new_id() if signing_key is None else signing_key.id
     return Members(
         functools.partial(_heard, cap=max_members, own=own),
         {},
@@ -234,6 +242,9 @@ def members_replica(
         type_name="members",
         wall=wall,
         checks_first=True,
+        signing_key=signing_key,
+        verify=verify,
+        writers=writers,
     )
 
 
@@ -574,7 +585,9 @@ class Peer:
         wall: Callable[[], float],
         advertise: str | None,
         read_only: bool = False,
+        trust: Mapping[str, Any] | None = None,
     ) -> None:
+        trust = trust or {}
         _check_peer(host, advertise, replicas, seeds)
         self._advertise = advertise
         self._read_only = read_only
@@ -584,7 +597,9 @@ class Peer:
         self.options = options
         self._transport = transport
         self._wall = wall
-        self.membership = members_replica(wall=wall, max_members=options.max_members)
+        self.membership = members_replica(
+            wall=wall, max_members=options.max_members, **trust
+        )
         self.replicas = {**replicas, MEMBERS: self.membership}
         self.seeds = list(seeds)
         self._on_event = on_event
@@ -939,6 +954,9 @@ async def open_peer(
     ssl_context: ssl.SSLContext | None = None,
     client_ssl_context: ssl.SSLContext | None = None,
     read_only: bool = False,
+    signing_key: SigningKey | None = None,
+    verify: bool = False,
+    writers: Writers | None = None,
 ) -> AsyncIterator[Peer]:
     """Run a gossip peer inside the caller's trio program.
 
@@ -990,6 +1008,10 @@ async def open_peer(
         read_only: serve the named replicas but apply nothing that inbound
             links write to them (membership still flows); what they send is
             counted as refused.
+        signing_key, verify, writers: as for :func:`repred.repred`, for the
+            membership map: heartbeats are signed with the key, and a
+            verifying peer takes only signed ones (from ``writers`` only,
+            if given: then no one else can announce a node up).
 
     Raises:
         TypeError, ValueError: a bad option, at the call.
@@ -1031,6 +1053,7 @@ async def open_peer(
         wall=wall or wall_ms,
         advertise=advertise,
         read_only=read_only,
+        trust={"signing_key": signing_key, "verify": verify, "writers": writers},
     )
     async with single_errors(), trio.open_nursery() as nursery:
         await peer._start(nursery)

@@ -47,11 +47,13 @@ class SourceLog:
     slower: stamps a thousandth of a millisecond apart hash badly.)
     """
 
-    __slots__ = ("_changes", "_live", "_stamps")
+    __slots__ = ("_changes", "_live", "_sigs", "_stamps")
 
     def __init__(self) -> None:
         self._stamps: list[float] = []
         self._changes: list[Any] = []
+        #: Signatures by stamp, for the entries that came signed (or None).
+        self._sigs: dict[float, str] | None = None
         self._live = 0
 
     def __len__(self) -> int:
@@ -64,10 +66,22 @@ class SourceLog:
             return
         self._changes[i] = _GONE
         self._live -= 1
+        if self._sigs:
+            self._sigs.pop(ts, None)
         if len(stamps) > 64 and self._live * 2 < len(stamps):
             keep = [i for i, c in enumerate(self._changes) if c is not _GONE]
             self._stamps = [stamps[i] for i in keep]
             self._changes = [self._changes[i] for i in keep]
+
+    def signature(self, ts: float) -> str | None:
+        """The signature the entry at ``ts`` came with, or ``None``."""
+        return None if self._sigs is None else self._sigs.get(ts)
+
+    def sign(self, ts: float, signature: str) -> None:
+        """Keep the signature of the entry at ``ts`` (just recorded)."""
+        if self._sigs is None:
+            self._sigs = {}
+        self._sigs[ts] = signature
 
     def get(self, ts: float) -> Any:
         """The change held at ``ts``, or ``None``."""
@@ -141,6 +155,7 @@ class History:
         log._stamps = []
         log._changes = []
         log._live = 0
+        log._sigs = None
         return log
 
     def record(
@@ -175,6 +190,7 @@ class History:
             log._stamps = [ts]
             log._changes = [change]
             log._live = 1
+            log._sigs = None
             return
         # Appended in place (the hot path of every sync): the caller has
         # checked that ts is above every stamp already in this log.
@@ -219,6 +235,11 @@ class History:
                 self.logs[stamp[1]].discard(stamp[0])
                 dropped.append(stamp)
         return dropped
+
+    def signature(self, source: str, ts: float) -> str | None:
+        """The signature held with ``(source, ts)``, or ``None``."""
+        log = self.logs.get(source)
+        return None if log is None else log.signature(ts)
 
     def get(self, source: str, ts: float) -> Any:
         """The change held at ``(source, ts)``, or ``None``."""

@@ -25,6 +25,8 @@ import orjson
 
 from ._errors import RemoteProtocolError
 from ._history import Entry, History
+from ._store import StoreError
+from ._trust import SigningKey, Writers, is_key_id, verifier
 from ._wire import (
     DEFAULT_MAX_LINE_BYTES,
     MAX_SOURCE_LENGTH,
@@ -43,6 +45,7 @@ __all__ = [
     "DEFAULT_MAX_SOURCES",
     "Listener",
     "Replica",
+    "Run",
     "Stamp",
     "Watcher",
     "repred",
@@ -101,28 +104,39 @@ Listener = Callable[[Any, float, str, object], None]
 Watcher = Callable[[str, float, object], None]
 
 
-def runs(
-    entries: Iterable[tuple[Any, float, str]],
-) -> Iterator[tuple[str, list[float], list[Any]]]:
-    """Group entries into runs ``(source, stamps, changes)``: consecutive
-    entries of one source whose stamps strictly increase. Stamps come out
-    canonical (a whole number as an ``int``)."""
+#: A run: ``(source, stamps, changes, signatures)``, the entries of one
+#: source with stamps strictly increasing; ``signatures`` is ``None`` when
+#: none came, else a slot per entry (``None`` for an unsigned one).
+Run = tuple[str, list[float], list[Any], list[str | None] | None]
+
+
+def runs(entries: Iterable[tuple[Any, ...]]) -> Iterator[Run]:
+    """Group entries ``(change, ts, source[, signature])`` into runs:
+    consecutive entries of one source whose stamps strictly increase. Stamps
+    come out canonical (a whole number as an ``int``)."""
     source: str | None = None
     stamps: list[float] = []
     changes: list[Any] = []
+    sigs: list[str | None] | None = None
     last = -1.0
-    for change, ts, src in entries:
+    for entry in entries:
+        change, ts, src = entry[0], entry[1], entry[2]
         if type(ts) is float and ts.is_integer():
             ts = int(ts)
         if src != source or ts <= last:
             if source is not None:
-                yield source, stamps, changes
-            source, stamps, changes = src, [], []
+                yield source, stamps, changes, sigs
+            source, stamps, changes, sigs = src, [], [], None
+        signature = entry[3] if len(entry) > 3 else None
+        if signature is not None and sigs is None:
+            sigs = [None] * len(stamps)
+        if sigs is not None:
+            sigs.append(signature)
         stamps.append(ts)
         changes.append(change)
         last = ts
     if source is not None:
-        yield source, stamps, changes
+        yield source, stamps, changes, sigs
 
 
 def is_empty(change: Any) -> bool:
@@ -184,10 +198,13 @@ class Replica:
         "_listeners",
         "_map",
         "_reducer",
+        "_signer",
         "_snapshot_fn",
         "_stamped",
+        "_verify",
         "_wall",
         "_watchers",
+        "_writers",
         "deferred",
         "id",
         "max_ahead_ms",
@@ -219,7 +236,23 @@ class Replica:
         store: SqliteStore | None = None,
         snapshot: Callable[[Any], Any] | None = None,
         checks_first: bool = False,
+        signing_key: SigningKey | None = None,
+        verify: bool = False,
+        writers: Writers | None = None,
     ) -> None:
+        if signing_key is not None:
+            if not isinstance(signing_key, SigningKey):
+                raise TypeError(
+                    f"signing_key must be a SigningKey, not {signing_key!r}"
+                )
+            if id is not None and id != signing_key.id:
+                raise ValueError(
+                    "id= and signing_key= disagree: a signed replica's id is its"
+                    " key's id"
+                )
+            id = signing_key.id
+        if writers is not None and not verify:
+            raise ValueError("writers= needs verify=True")
         _check_options(
             reducer,
             map=map,
@@ -235,6 +268,9 @@ class Replica:
         self._map = map
         self._stamped = stamped
         self._checks_first = checks_first
+        self._signer = signing_key
+        self._verify = verifier() if verify else None
+        self._writers = _writers(writers)
         self.state = initial
         # What the state is rebuilt from, and what snapshots are joined into.
         self._initial = copy.deepcopy(initial)
@@ -345,7 +381,10 @@ class Replica:
             return None
         try:
             check_value(change, "the change")
-            size = len(encode_entry(change, ts, self.id))
+            signature = (
+                None if self._signer is None else self._signer.sign(change, ts, self.id)
+            )
+            size = len(encode_entry(change, ts, self.id, signature))
             if size > self.max_line_bytes:
                 raise ValueError(
                     f"the entry would be {size} bytes, over the"
@@ -359,7 +398,7 @@ class Replica:
             if store is not None:
                 if old is not None:
                     store.drop(*old)
-                store.add(change, ts, self.id)
+                store.add(change, ts, self.id, signature)
                 store.advance(self.id, ts)
                 store.commit(discard_on_error=True)
         except BaseException:
@@ -370,6 +409,8 @@ class Replica:
             self._clock_bytes += clock_cost(self.id)
         self._clock[self.id] = ts
         self._history.record(change, ts, self.id, k, old)
+        if signature is not None:
+            self._history.logs[self.id].sign(ts, signature)
         if self._listeners:
             self._notify(change, ts, self.id, None)
         for watcher in tuple(self._watchers):
@@ -417,13 +458,13 @@ class Replica:
 
     def apply_runs(
         self,
-        entry_runs: Iterable[tuple[str, list[float], list[Any]]],
+        entry_runs: Iterable[Run],
         origin: object = None,
         *,
         check: bool = True,
         skipped: set[str] | None = None,
     ) -> int:
-        """:meth:`apply`, for entries grouped in runs ``(source, stamps, changes)``.
+        """:meth:`apply`, for entries grouped in runs (see :data:`Run`).
 
         Within a run the stamps strictly increase (see :func:`runs`). The
         work that does not depend on the entry (the clock, the bounds, the
@@ -435,9 +476,9 @@ class Replica:
         # Entries applied, and the clock's new reading.
         progress: list[Any] = [0, self._last]
         try:
-            for source, stamps, changes in entry_runs:
+            for source, stamps, changes, sigs in entry_runs:
                 self._apply_run(
-                    source, stamps, changes, origin, check, skipped, progress
+                    source, stamps, changes, sigs, origin, check, skipped, progress
                 )
         finally:
             self._last = progress[1]
@@ -456,6 +497,7 @@ class Replica:
         source: str,
         stamps: list[float],
         changes: list[Any],
+        sigs: list[str | None] | None,
         origin: object,
         check: bool,
         skipped: set[str],
@@ -509,6 +551,8 @@ class Replica:
                     reason="forged",
                     line=entry_snippet(changes[end], stamps[end], source),
                 )
+        if self._verify is not None:
+            self._check_signed(source, stamps, changes, sigs, start, end)
         if known is None and start < end:
             self._admit(source, changes[start], stamps[start])
 
@@ -557,8 +601,11 @@ class Replica:
                 log._stamps.append(ts)
                 log._changes.append(tuple(change) if type(change) is list else change)
                 log._live += 1
+                signature = None if sigs is None else sigs[i]
+                if signature is not None:
+                    log.sign(ts, signature)
                 if store is not None:
-                    store.add(change, ts, source)
+                    store.add(change, ts, source, signature)
                 if listeners:
                     self._notify(effect, ts, source, origin, listeners)
                 i += 1
@@ -591,6 +638,40 @@ class Replica:
         return [
             f for f in self._listeners if getattr(f, "__self__", None) is not origin
         ]
+
+    def _check_signed(
+        self,
+        source: str,
+        stamps: list[float],
+        changes: list[Any],
+        sigs: list[str | None] | None,
+        start: int,
+        end: int,
+    ) -> None:
+        """Refuse the run unless every entry in it is signed by its source,
+        and the source may write (``verify=True``)."""
+        check = self._verify
+        assert check is not None
+        if self._writers is not None and not self._writers(source):
+            raise RemoteProtocolError(
+                f"source {source[:80]!r} is not among this replica's writers",
+                reason="not-a-writer",
+                line=entry_snippet(changes[start], stamps[start], source),
+            )
+        for i in range(start, end):
+            signature = None if sigs is None else sigs[i]
+            if not check(changes[i], stamps[i], source, signature):
+                raise RemoteProtocolError(
+                    f"an entry of source {source[:80]!r} at {stamps[i]!r} is"
+                    " unsigned, or its signature does not match it"
+                    + ("" if is_key_id(source) else " (the source is not a key)"),
+                    reason="bad-signature",
+                    line=entry_snippet(changes[i], stamps[i], source, signature),
+                )
+
+    def signature(self, source: str, ts: float) -> str | None:
+        """The signature held with the entry ``(source, ts)``, if it came signed."""
+        return self._history.signature(source, ts)
 
     def _admit(self, source: str, change: Any, ts: float) -> None:
         """Take a new source (its first entry ``change, ts``), within the
@@ -697,7 +778,14 @@ class Replica:
         # Stored stamps are not checked against the wall clock, which may
         # have moved back since they were written.
         self.store = None
-        self.apply_runs(loaded.entries, check=False)
+        try:
+            self.apply_runs(loaded.entries, check=False)
+        except RemoteProtocolError as exc:
+            # Only a verifying replica refuses what its own store holds.
+            store.close()
+            raise StoreError(
+                f"{store.path} holds an entry this replica refuses: {exc}"
+            ) from None
         for source, ts in loaded.clock.items():
             if ts > self._clock.get(source, -1):
                 self._clock[source] = ts
@@ -750,6 +838,12 @@ class Replica:
         """
         if self._snapshot_fn is None:
             raise ValueError(f"{self.type_name!r} takes no snapshots")
+        if self._verify is not None:
+            raise RemoteProtocolError(
+                "a verifying replica takes no snapshots (a snapshot carries no"
+                " signatures)",
+                reason="bad-signature",
+            )
         clock = {s: ts for s, ts in clock.items() if s != self.id}
         if all(self._clock.get(s, -1) >= ts for s, ts in clock.items()):
             return False
@@ -853,6 +947,17 @@ class Replica:
                 log.exception("repred listener %r raised", listener)
 
 
+def _writers(writers: Writers | None) -> Callable[[str], bool] | None:
+    """``writers=`` as a predicate (a set is copied: later changes to the
+    caller's set do not change who may write)."""
+    if writers is None or callable(writers):
+        return writers
+    if isinstance(writers, str):
+        raise TypeError("writers= is a set of ids, not one id")
+    allowed = frozenset(writers)
+    return allowed.__contains__
+
+
 def _remover(items: list[Any], item: Any) -> Callable[[], None]:
     """A function that removes ``item`` from ``items`` (idempotent)."""
 
@@ -925,6 +1030,9 @@ def repred(
     store: SqliteStore | None = None,
     snapshot: Callable[[Any], Any] | None = None,
     checks_first: bool = False,
+    signing_key: SigningKey | None = None,
+    verify: bool = False,
+    writers: Writers | None = None,
 ) -> Replica:
     """Make a replicated reducer.
 
@@ -974,6 +1082,14 @@ def repred(
             raises makes the replica rebuild its state from the history (a
             cost proportional to the history, paid only on errors), so that
             a refused update or entry never leaves a trace.
+        signing_key: sign every entry this replica writes with this
+            :class:`~repred.SigningKey`; the replica's id is the key's id.
+        verify: refuse any entry that its source did not sign (reason
+            ``bad-signature``), from peers and from the store; also refuse
+            snapshots, which carry no signatures.
+        writers: with ``verify``, the only sources that may write: a set of
+            ids, or a function ``writers(id) -> bool`` (reason
+            ``not-a-writer`` for the others).
     """
     return Replica(
         reducer,
@@ -991,4 +1107,7 @@ def repred(
         store=store,
         snapshot=snapshot,
         checks_first=checks_first,
+        signing_key=signing_key,
+        verify=verify,
+        writers=writers,
     )

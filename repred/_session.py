@@ -106,7 +106,7 @@ from ._wire import (
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ._replica import Replica
+    from ._replica import Replica, Run
 
 log = logging.getLogger("repred")
 
@@ -413,10 +413,11 @@ class Session:
         # Anything else goes through _handle_message, after the entries
         # before it have been applied, as does the precise error for any
         # line that fails a check.
-        runs: list[tuple[str, list[float], list[Any]]] = []
+        runs: list[Run] = []
         source: str | None = None
         stamps: list[float] = []
         changes: list[Any] = []
+        sigs: list[str | None] | None = None
         last = -1.0
         live = self.their_state is not SessionState.HELLO
         batches = self._batches
@@ -429,7 +430,9 @@ class Session:
                     raise
                 # Applied at once: decoded values die young (see the module
                 # docstring).
-                runs.append((batch.source, batch.stamps, batch.changes))
+                runs.append(
+                    (batch.source, batch.stamps, batch.changes, batch.signatures)
+                )
                 self._apply(runs)
                 runs = []
                 source = None
@@ -447,13 +450,21 @@ class Session:
                     runs = []
                     source = None
                     entry = parse_entry(msg, line)  # raises, or a signed entry
-                change, ts, src = entry
-                if src == source and ts > last:
+                change, ts, src = entry[0], entry[1], entry[2]
+                signature = entry[3] if len(entry) > 3 else None
+                if (
+                    src == source
+                    and ts > last
+                    and (signature is None or sigs is not None)
+                ):
                     stamps.append(ts)
                     changes.append(change)
+                    if sigs is not None:
+                        sigs.append(signature)
                 else:
                     source, stamps, changes = src, [ts], [change]
-                    runs.append((src, stamps, changes))
+                    sigs = None if signature is None else [signature]
+                    runs.append((src, stamps, changes, sigs))
                 last = ts
             else:
                 self._apply(runs)
@@ -463,16 +474,16 @@ class Session:
                 live = self.their_state is not SessionState.HELLO
         self._apply(runs)
 
-    def _apply(self, runs: list[tuple[str, list[float], list[Any]]]) -> None:
+    def _apply(self, runs: list[Run]) -> None:
         if not runs:
             return
         sent = self._sent
-        for source, stamps, _ in runs:
+        for source, stamps, _, _ in runs:
             # The peer has these: they are never sent back to it.
             if sent.get(source, -1) < stamps[-1]:
                 sent[source] = stamps[-1]
         if not self._receive:
-            self._refused += sum(len(stamps) for _, stamps, _ in runs)
+            self._refused += sum(len(run[1]) for run in runs)
             return
         replica = self.replica
         skipped = self._skipped
@@ -491,13 +502,11 @@ class Session:
         finally:
             self._deferred += replica.deferred - deferred
 
-    def _first_unapplied(
-        self, runs: list[tuple[str, list[float], list[Any]]]
-    ) -> tuple[Any, float, str]:
+    def _first_unapplied(self, runs: list[Run]) -> tuple[Any, float, str]:
         """The entry a failed apply stopped at: the first one neither
         covered by the clock nor deferred."""
         clock = self.replica.clock
-        for source, stamps, changes in runs:
+        for source, stamps, changes, _ in runs:
             i = bisect_right(stamps, clock.get(source, -1))
             if i < len(stamps) and source not in self._skipped:
                 return changes[i], stamps[i], source
@@ -510,11 +519,12 @@ class Session:
         if type(msg) is Batch and self.their_state is SessionState.HELLO:
             raise _bad("a batch before the digest", "no-digest", line)
         if type(msg) is tuple:
-            self._apply([(msg[2], [msg[1]], [msg[0]])])
+            signatures = None if len(msg) == 3 else [msg[3]]
+            self._apply([(msg[2], [msg[1]], [msg[0]], signatures)])
         elif type(msg) is Batch:
             if not self._batches:
                 raise _bad("a batch, which this side did not offer", "bad-batch", line)
-            self._apply([(msg.source, msg.stamps, msg.changes)])
+            self._apply([(msg.source, msg.stamps, msg.changes, msg.signatures)])
         elif msg is KEEPALIVE:
             pass
         elif type(msg) is Snapshot:
@@ -702,18 +712,27 @@ class Session:
                 batch = log.after(sent.get(source, -1), limit)
                 stamps = [ts for ts, _ in batch]
                 changes = [change for _, change in batch]
+            # Signatures travel with their entries, as they came.
+            held = log._sigs
+            sigs = list(map(held.get, stamps)) if held else None
+            if sigs is not None and not any(sigs):
+                sigs = None
             line = b""
             # A lone entry goes as a plain line: cheaper to read than a batch.
             if batched and len(stamps) > 1:
-                line = encode_batch(source, stamps, changes)
+                line = encode_batch(source, stamps, changes, sigs)
                 if len(line) > peer_max:
                     line = b""  # too long as one line: entry by entry
             if line:
                 out.append(line)
                 size += len(line)
             else:
-                for ts, change in zip(stamps, changes, strict=True):
-                    line = dumps([change, ts, source], option=opt)
+                for i, (ts, change) in enumerate(zip(stamps, changes, strict=True)):
+                    signature = None if sigs is None else sigs[i]
+                    if signature is None:
+                        line = dumps([change, ts, source], option=opt)
+                    else:
+                        line = dumps([change, ts, source, signature], option=opt)
                     if len(line) > peer_max:
                         self._too_long_for_peer(change, ts, source, len(line))
                     out.append(line)

@@ -55,6 +55,8 @@ from ._wire import MAX_SOURCE_LENGTH, MAX_STAMP
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from ._replica import Run
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover  (not POSIX)
@@ -64,8 +66,12 @@ __all__ = ["SqliteStore", "StoreError"]
 
 log = logging.getLogger("repred")
 
-#: The on-disk format this version writes and reads.
-STORE_FORMAT = 2
+#: The on-disk format this version writes. Format 3 is format 2 plus
+#: signatures: a signed entry's change blob is its JSON, a newline, and
+#: its signature (JSON never holds a raw newline). A format-2 store is read
+#: as it is and marked format 3 when opened.
+STORE_FORMAT = 3
+_READABLE_FORMATS = ("2", "3")
 
 _TABLES = (
     "CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL, crc INTEGER NOT NULL)",
@@ -114,7 +120,7 @@ class Loaded:
     id: str
     clock: dict[str, float]
     #: Runs ``(source, stamps, changes)``, each source's in stamp order.
-    entries: list[tuple[str, list[float], list[Any]]]
+    entries: list[Run]
     snapshot: tuple[Any, dict[str, float]] | None
 
 
@@ -192,6 +198,13 @@ class SqliteStore:
                 # Checked before anything is written, even a pragma.
                 loaded = _load(db, self.path, type_name, replica_id)
                 db.execute("PRAGMA journal_mode=WAL")
+                (held,) = db.execute("SELECT v FROM meta WHERE k = 'format'").fetchone()
+                if held != str(STORE_FORMAT):
+                    # A format-2 store is a format-3 store without signatures.
+                    db.execute(
+                        "UPDATE meta SET v = ?, crc = ? WHERE k = 'format'",
+                        (str(STORE_FORMAT), _meta_crc("format", str(STORE_FORMAT))),
+                    )
                 db.execute(
                     "PRAGMA synchronous="
                     + ("FULL" if self.durability == "full" else "NORMAL")
@@ -296,9 +309,14 @@ class SqliteStore:
     # The lock matters only in "batch" mode, where the flusher thread writes
     # these lists; uncontended, it costs next to nothing.
 
-    def add(self, change: Any, ts: float, source: str) -> None:
-        """Queue an entry for the next commit."""
+    def add(
+        self, change: Any, ts: float, source: str, signature: str | None = None
+    ) -> None:
+        """Queue an entry (and its signature, if it came signed) for the
+        next commit."""
         blob = orjson.dumps(change)
+        if signature is not None:
+            blob += b"\n" + signature.encode()
         row = (source, ts, blob, _entry_crc(source, float(ts), blob))
         with self._lock:
             self._adds.append(row)
@@ -505,7 +523,7 @@ def _load(
         if type(k) is not str or type(v) is not str or _meta_crc(k, v) != crc:
             raise _damaged(path, f"meta row {k!r:.40} fails its checksum")
         meta[k] = v
-    if meta.get("format") != str(STORE_FORMAT):
+    if meta.get("format") not in _READABLE_FORMATS:
         raise StoreError(f"{path}: unknown store format {meta.get('format')!r}")
     if meta.get("type") != type_name:
         raise StoreError(
@@ -549,7 +567,7 @@ def _load(
 
 def _load_entries(
     db: sqlite3.Connection, path: str, clock: dict[str, float]
-) -> list[tuple[str, list[float], list[Any]]]:
+) -> list[Run]:
     """Every entry, as runs ``(source, stamps, changes)`` in stamp order.
 
     Read in bulk and checked a column at a time (types, checksums, bounds),
@@ -558,7 +576,7 @@ def _load_entries(
     rows = db.execute(
         "SELECT source, ts, change, crc FROM entries ORDER BY source, ts"
     ).fetchall()
-    out: list[tuple[str, list[float], list[Any]]] = []
+    out: list[Run] = []
     for source, group in itertools.groupby(rows, key=operator.itemgetter(0)):
         _check_source(path, source)
         _, raw, blobs, crcs = zip(*group, strict=True)
@@ -575,11 +593,16 @@ def _load_entries(
             raise _damaged(path, f"stamp of {source!r:.80} out of range")
         if raw[-1] > clock.get(source, -1.0):
             raise _damaged(path, f"an entry of {source!r:.80} lies beyond its clock")
+        sigs: list[str | None] | None = None
+        if any(map(bytes.__contains__, blobs, itertools.repeat(b"\n"))):
+            parts = [blob.partition(b"\n") for blob in blobs]
+            blobs = tuple(part[0] for part in parts)
+            sigs = [part[2].decode("ascii", "replace") or None for part in parts]
         try:
             values = list(map(orjson.loads, blobs))
         except orjson.JSONDecodeError:  # pragma: no cover  (the CRC matched)
             raise _damaged(path, f"an entry of {source!r:.80} is not JSON") from None
         # Stamps are canonical: a whole number as an int.
         stamps = [int(t) if t.is_integer() else t for t in raw]
-        out.append((source, stamps, values))
+        out.append((source, stamps, values, sigs))
     return out

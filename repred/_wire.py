@@ -41,6 +41,7 @@ __all__ = [
     "KEEPALIVE_LINE",
     "MAX_DEPTH",
     "MAX_SAFE_INTEGER",
+    "MAX_SIGNATURE_LENGTH",
     "MAX_SOURCE_LENGTH",
     "MAX_STAMP",
     "PROTOCOL_VERSION",
@@ -72,6 +73,10 @@ DEFAULT_MAX_LINE_BYTES = 1 << 20
 
 #: Longest source id accepted, locally or from a peer.
 MAX_SOURCE_LENGTH = 256
+
+#: Longest signature slot accepted (an ed25519 one takes 86 characters; the
+#: slot is kept and forwarded as it came by replicas that do not verify).
+MAX_SIGNATURE_LENGTH = 1024
 
 #: Largest stamp accepted, locally, from a peer or from a store: the largest
 #: integer a JSON number holds exactly everywhere (JavaScript's
@@ -132,6 +137,8 @@ class Batch:
     source: str
     stamps: list[float] = attrs.field(hash=False)
     changes: list[Any] = attrs.field(hash=False)
+    #: The entries' signatures (``None`` for an unsigned one), if any came.
+    signatures: list[str | None] | None = attrs.field(default=None, hash=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -285,9 +292,11 @@ def snippet(line: bytes | bytearray) -> bytes:
     return bytes(line[:200])
 
 
-def entry_snippet(change: Any, ts: float, source: str) -> bytes:
+def entry_snippet(
+    change: Any, ts: float, source: str, signature: str | None = None
+) -> bytes:
     """The start of an offending entry's line, for an error."""
-    return snippet(encode_entry(change, ts, source))
+    return snippet(encode_entry(change, ts, source, signature))
 
 
 class LineDecoder:
@@ -466,13 +475,29 @@ def fast_entry(msg: list[Any], line: bytes) -> tuple[Any, float, str] | None:
     return None
 
 
-def parse_entry(msg: list[Any], line: bytes) -> tuple[Any, float, str]:
-    """A decoded entry ``[change, ts, source]``, checked and normalised."""
+def parse_entry(msg: list[Any], line: bytes) -> tuple[Any, ...]:
+    """A decoded entry ``[change, ts, source]`` or ``[change, ts, source,
+    signature]``, checked and normalised (a tuple of three or four)."""
     if not 3 <= len(msg) <= 4:
         raise _bad("an entry is [change, ts, source]", "bad-entry", line)
     if len(line) > MAX_DEPTH and not depth_within(msg[0]):
         raise _bad(f"change nested deeper than {MAX_DEPTH} levels", "too-deep", line)
-    return (msg[0], _stamp(msg[1], line), _source(msg[2], line))
+    entry = (msg[0], _stamp(msg[1], line), _source(msg[2], line))
+    if len(msg) == 3:
+        return entry
+    return (*entry, _signature(msg[3], line))
+
+
+def _signature(value: Any, line: bytes) -> str:
+    """A signature slot: any short string (checked only by replicas that
+    verify; others keep and forward it as it came)."""
+    if type(value) is not str or not 0 < len(value) <= MAX_SIGNATURE_LENGTH:
+        raise _bad(
+            f"a signature is a string of at most {MAX_SIGNATURE_LENGTH} characters",
+            "bad-entry",
+            line,
+        )
+    return value
 
 
 def _orjson_depth() -> int:
@@ -494,6 +519,7 @@ def _orjson_depth() -> int:
 _PAD = _orjson_depth() - (MAX_DEPTH + 2)
 _OPEN, _CLOSE = b"[" * max(_PAD, 0), b"]" * max(_PAD, 0)
 _BATCH_KEYS = frozenset(("batch", "stamps", "changes"))
+_SIGNED_BATCH_KEYS = _BATCH_KEYS | {"signatures"}
 _NUMBERS = frozenset((int, float))
 
 
@@ -532,8 +558,11 @@ def loads_batch(line: bytes) -> Batch:
 
 
 def _batch(msg: dict[str, Any], line: bytes, *, depth_checked: bool) -> Batch:
-    if msg.keys() != _BATCH_KEYS:
-        raise _bad("a batch is {batch, stamps, changes}", "bad-batch", line)
+    keys = msg.keys()
+    if keys != _BATCH_KEYS and keys != _SIGNED_BATCH_KEYS:
+        raise _bad(
+            "a batch is {batch, stamps, changes[, signatures]}", "bad-batch", line
+        )
     source = _source(msg["batch"], line)
     stamps, changes = msg["stamps"], msg["changes"]
     if (
@@ -567,12 +596,24 @@ def _batch(msg: dict[str, Any], line: bytes, *, depth_checked: bool) -> Batch:
         )
     if not depth_checked and not all(map(depth_within, changes)):
         raise _bad(f"change nested deeper than {MAX_DEPTH} levels", "too-deep", line)
-    return Batch(source, stamps, changes)
+    signatures = msg.get("signatures")
+    if signatures is not None:
+        if type(signatures) is not list or len(signatures) != len(stamps):
+            raise _bad("a batch holds a signature slot per entry", "bad-batch", line)
+        for sig in signatures:
+            if sig is not None:
+                _signature(sig, line)
+    return Batch(source, stamps, changes, signatures)
 
 
-def encode_batch(source: str, stamps: Any, changes: Any) -> bytes:
+def encode_batch(
+    source: str, stamps: Any, changes: Any, signatures: Any = None
+) -> bytes:
     """One batch line: ``stamps`` canonical and increasing, as a replica holds them."""
-    return _dumps({"batch": source, "stamps": stamps, "changes": changes}, option=_OPT)
+    batch = {"batch": source, "stamps": stamps, "changes": changes}
+    if signatures is not None:
+        batch["signatures"] = signatures
+    return _dumps(batch, option=_OPT)
 
 
 def _clock(clock: Any, line: bytes) -> dict[str, float]:
@@ -666,5 +707,9 @@ def encode_digest(
     return _dumps(digest, option=_OPT)
 
 
-def encode_entry(change: Any, ts: float, source: str) -> bytes:
-    return _dumps([change, ts, source], option=_OPT)
+def encode_entry(
+    change: Any, ts: float, source: str, signature: str | None = None
+) -> bytes:
+    if signature is None:
+        return _dumps([change, ts, source], option=_OPT)
+    return _dumps([change, ts, source, signature], option=_OPT)

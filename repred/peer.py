@@ -39,6 +39,7 @@ from ._errors import RepredError
 from ._gossip import PeerOptions, open_peer, parse_address
 from ._links import single_errors
 from ._store import SqliteStore
+from ._trust import SigningKey, is_key_id
 from ._wire import LineDecoder
 from .types import model
 
@@ -141,6 +142,76 @@ def _trust_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="serve the map; apply nothing inbound peers write to it",
     )
+    p.add_argument(
+        "--key",
+        nargs="?",
+        const="",
+        metavar="FILE",
+        help="sign this node's writes and heartbeats with the ed25519 key in"
+        " FILE (made on first use; without FILE: node.key in --data)",
+    )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="take only entries their sources signed (needs --key)",
+    )
+    p.add_argument(
+        "--writers",
+        metavar="FILE",
+        help="with --verify, take entries only from the key ids in FILE (one per"
+        " line; # starts a comment)",
+    )
+
+
+def signing_key(path: str | None, data: str | None) -> SigningKey | None:
+    """The node's key: loaded from ``path``, or made there on first use.
+
+    Raises:
+        ValueError: no place for the key, or a file that holds no key.
+    """
+    if path is None:
+        return None
+    if path == "":
+        if data is None:
+            raise ValueError("--key without FILE keeps the key in --data: give one")
+        path = os.path.join(data, "node.key")
+    try:
+        return SigningKey.load(path)
+    except FileNotFoundError:
+        key = SigningKey.generate()
+        try:
+            if os.path.dirname(path):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+            key.save(path)
+        except OSError as exc:
+            raise ValueError(f"cannot keep the key in {path}: {exc}") from None
+        return key
+    except OSError as exc:
+        raise ValueError(f"cannot read the key in {path}: {exc}") from None
+
+
+def writer_ids(path: str | None) -> frozenset[str] | None:
+    """The key ids listed in ``path``, one per line.
+
+    Raises:
+        ValueError: the file cannot be read, or a line is not a key id.
+    """
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read(1 << 22).splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read --writers {path}: {exc}") from None
+    ids = set()
+    for number, line in enumerate(lines, 1):
+        word = line.split("#", 1)[0].strip()
+        if not word:
+            continue
+        if not is_key_id(word):
+            raise ValueError(f"{path}:{number}: not a key id: {word[:60]!r}")
+        ids.add(word)
+    return frozenset(ids)
 
 
 def tls_contexts(
@@ -481,7 +552,12 @@ async def run(args: argparse.Namespace) -> None:
     if args.data:
         os.makedirs(args.data, exist_ok=True)
         store = SqliteStore(os.path.join(args.data, "data.db"))
-    data = model(store=store)
+    data = model(
+        store=store,
+        signing_key=args.signing_key,
+        verify=args.verify,
+        writers=args.writer_ids,
+    )
     try:
         async with single_errors(), trio.open_nursery() as nursery:
             with trio.CancelScope() as scope:
@@ -511,6 +587,9 @@ async def _serve(
         ssl_context=args.tls[0],
         client_ssl_context=args.tls[1],
         read_only=args.read_only,
+        signing_key=args.signing_key,
+        verify=args.verify,
+        writers=args.writer_ids,
     ) as peer:
         _show_updates(data, out)
         # Said once the peer is ready for commands.
@@ -531,7 +610,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         args.tls = tls_contexts(args.tls_cert, args.tls_key, args.tls_ca)
-    except ValueError as exc:
+        if args.data:
+            os.makedirs(args.data, exist_ok=True)
+        args.signing_key = signing_key(args.key, args.data)
+        args.writer_ids = writer_ids(args.writers)
+        if args.verify and args.signing_key is None:
+            raise ValueError("--verify needs --key (a verifying network signs)")
+        if args.writer_ids is not None and not args.verify:
+            raise ValueError("--writers needs --verify")
+    except (ValueError, OSError) as exc:
         print(f"repred.peer: error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(

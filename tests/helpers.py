@@ -63,9 +63,9 @@ class SessionPair:
         self.b.close()
 
 
-def sync(a: Replica, b: Replica) -> None:
+def sync(a: Replica, b: Replica, **options: Any) -> None:
     """Sync two replicas completely over a fresh pair of sessions."""
-    pair = SessionPair(a, b)
+    pair = SessionPair(a, b, **options)
     pair.pump()
     assert pair.a.synced
     assert pair.b.synced

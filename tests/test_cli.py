@@ -161,3 +161,80 @@ def test_ctrl_c_stops_the_peer_cleanly():
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert b"Traceback" not in err
+
+
+async def test_a_signed_verifying_tls_network_of_peers(tmp_path):
+    trustme = __import__("pytest").importorskip("trustme")
+    from repred import SigningKey
+
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "node.pem"))
+    keys = {name: SigningKey.generate() for name in ("a", "b", "stranger")}
+    for name, key in keys.items():
+        key.save(tmp_path / f"{name}.key")
+    (tmp_path / "writers").write_text(
+        f"# the network\n{keys['a'].id}\n{keys['b'].id}  # b\n"
+    )
+    tls = ["--tls-cert", str(tmp_path / "node.pem"), "--tls-key"]
+    tls += [str(tmp_path / "node.pem"), "--tls-ca", str(tmp_path / "ca.pem")]
+
+    def trust(name):
+        return [
+            "--key",
+            str(tmp_path / f"{name}.key"),
+            "--verify",
+            "--writers",
+            str(tmp_path / "writers"),
+        ]
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            a = await _start(nursery, 0, *tls, *trust("a"))
+            assert a.events[-1]["id"] == keys["a"].id
+            b = await _start(nursery, 0, str(a.port), *tls, *trust("b"))
+            await a.send("set from-a 1")
+            await b.until(_has("from-a", 1))
+            await b.send("set from-b 2")
+            await a.until(_has("from-b", 2))
+            # A node with a key nobody listed is heard by no one.
+            stranger = await _start(nursery, 0, str(a.port), *tls, *trust("stranger"))
+            await stranger.send("set from-stranger 3")
+            await a.send("set after 4")
+            await b.until(_has("after", 4))
+            await a.send("get from-stranger")
+            answer = await a.until(lambda e: e["event"] == "value")
+            assert answer["value"] is None
+            for node in (a, b, stranger):
+                node.process.send_signal(signal.SIGTERM)
+            nursery.cancel_scope.cancel()
+
+
+def test_trust_options_are_checked(tmp_path, capsys):
+    from repred.peer import main
+
+    assert main(["0", "--no-stdin", "--verify"]) == 2
+    assert "--verify needs --key" in capsys.readouterr().err
+    assert main(["0", "--no-stdin", "--key"]) == 2
+    assert "--data" in capsys.readouterr().err
+    (tmp_path / "w").write_text("not-a-key\n")
+    key = str(tmp_path / "k")
+    assert (
+        main(
+            [
+                "0",
+                "--no-stdin",
+                "--key",
+                key,
+                "--verify",
+                "--writers",
+                str(tmp_path / "w"),
+            ]
+        )
+        == 2
+    )
+    assert "not a key id" in capsys.readouterr().err
+    assert (
+        main(["0", "--no-stdin", "--key", key, "--writers", str(tmp_path / "w")]) == 2
+    )

@@ -19,6 +19,7 @@ TOP_LEVEL = {
     "open_peer",
     "Peer",
     # durability
+    "SigningKey",
     "SqliteStore",
     # errors
     "RepredError",
