@@ -197,8 +197,9 @@ class SessionStatistics:
         lines_in: complete lines received (keep-alives included).
         deferred: entries not applied because they were stamped too far
             ahead (they arrive again on a later link).
-        refused: entries (and snapshots) not applied because this side does
-            not receive on this link (``receive=False``).
+        refused: entries new to the replica (and snapshots) not applied
+            because this side does not receive on this link
+            (``receive=False``).
     """
 
     updates_in: int
@@ -483,7 +484,12 @@ class Session:
             if sent.get(source, -1) < stamps[-1]:
                 sent[source] = stamps[-1]
         if not self._receive:
-            self._refused += sum(len(run[1]) for run in runs)
+            # Counted as refused: what would have been new here.
+            clock = self.replica.clock
+            for source, stamps, _, _ in runs:
+                self._refused += len(stamps) - bisect_right(
+                    stamps, clock.get(source, -1)
+                )
             return
         replica = self.replica
         skipped = self._skipped

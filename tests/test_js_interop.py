@@ -125,3 +125,53 @@ async def test_a_js_peer_connects_to_repred_server():
             assert await js.dump() == ours.to_dict()
         await js.process.stdin.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def test_one_way_links_with_a_js_peer():
+    mirror = model(id="mirror")
+    mirror.set("served", 1)
+    async with trio.open_nursery() as nursery:
+        # A read-only mirror for a JS client: it sends, and refuses.
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        js = await _start_peer(nursery, "jsclient", "connect", str(port))
+        stream = await listeners[0].accept()
+        done = []
+        finished = trio.Event()
+
+        async def serve():
+            done.append(await repred.replicate(mirror, stream, receive=False))
+            finished.set()
+
+        nursery.start_soon(serve)
+        with trio.fail_after(20):
+            await js.event("synced")
+            assert (await js.dump())["served"] == 1
+            await js.send(set=["from_js", "refused"])
+            await js.event("update")  # its own write: on its way to us
+            mirror.set("later", 2)  # the link stays up
+            while (await js.event("update"))["key"] != "later":
+                pass
+            await js.process.stdin.aclose()  # the JS peer exits: the link ends
+            await js.process.wait()
+            await finished.wait()
+        assert done[0].refused == 1
+        assert "from_js" not in mirror
+        await listeners[0].aclose()
+        # A write-only link to a JS listener: it takes, and sends nothing.
+        js2 = await _start_peer(nursery, "jsserver", "listen")
+        port2 = (await js2.event("listening"))["port"]
+        await js2.send(set=["theirs", 3])
+        await js2.event("update")
+        puller = model(id="puller")
+        puller.set("mine", 4)
+        with trio.fail_after(20):
+            stats = await repred.connect_tcp(
+                puller, "127.0.0.1", port2, live=False, send=False, close_timeout=0
+            )
+        assert stats.synced
+        assert stats.updates_out == 0
+        assert puller.get("theirs") == 3
+        assert "mine" not in await js2.dump()
+        await js2.process.stdin.aclose()
+        nursery.cancel_scope.cancel()
