@@ -164,7 +164,7 @@ def test_different_types_are_refused():
 
 
 def _primed(replica=None):
-    replica = replica or gset("A")
+    replica = replica if replica is not None else gset("A")
     s = Session(replica)
     s.data_to_send()
     return replica, s

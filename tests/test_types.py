@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 import repred
 from repred import types
 from repred.testing import ReducerCheckFailed, check_reducer
-from repred.types import _doc, _events, _lww, _model, _seq, _sets
+from repred.types import _doc, _events, _lww, _model, _seq, _sets, model
 from repred.types._position import DIGITS
 
 from .helpers import FakeWall, sync
@@ -401,3 +401,49 @@ def test_a_position_key_fits_between_any_two(a, b, rnd):
     assert valid(key)
     assert lo < between(lo, None, rnd)
     assert between(None, hi, rnd) < hi
+
+
+def test_model_is_a_mutable_mapping():
+    from collections.abc import MutableMapping
+
+    m = model(id="m")
+    assert isinstance(m, MutableMapping)
+    assert not m
+    m["a"] = 1
+    m["b"] = [1, 2]
+    assert m["a"] == 1
+    assert len(m) == 2
+    assert sorted(m) == ["a", "b"]
+    assert m == {"a": 1, "b": [1, 2]}
+    assert dict(m.items()) == m.to_dict()
+    del m["a"]
+    assert "a" not in m
+    assert len(m) == 1
+    with pytest.raises(KeyError):
+        m["a"]
+    with pytest.raises(KeyError):
+        del m["a"]
+    with pytest.raises(ValueError, match="deletes"):
+        m["b"] = None
+    assert m.pop("b") == [1, 2]
+    assert m.setdefault("c", 3) == 3
+    m.update({"d": 4}, e=5)
+    m.update([("f", 6)])
+    assert m.to_dict() == {"c": 3, "d": 4, "e": 5, "f": 6}
+    # The replica's own write of a change still works through update().
+    assert m.update(["g", 7]) == ["g", 7]
+    with pytest.raises(TypeError):
+        m[1] = 2  # type: ignore[index]
+    # Iteration is over a snapshot of the live keys.
+    for key in m:
+        del m[key]
+    assert m.to_dict() == {}
+
+
+def test_model_writes_through_the_mapping_replicate():
+    a, b = model(id="A"), model(id="B")
+    a["x"] = {"deep": [1]}
+    a.update(y=2)
+    del a["y"]
+    sync(a, b)
+    assert b == {"x": {"deep": [1]}}

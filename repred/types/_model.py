@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 from .._replica import Replica
@@ -31,33 +32,118 @@ def lww_set(state: dict[str, Any], change: list[Any]) -> list[Any]:
     return change
 
 
-class Model(Replica):
-    """A last-write-wins map: ``set(key, value)``, ``get(key)``, ``to_dict()``.
+class Model(Replica, MutableMapping[str, Any]):
+    """A last-write-wins map, and a ``collections.abc.MutableMapping``.
 
-    Its history keeps only the newest write per key, so memory follows the
-    number of live keys, not the number of writes.
+    >>> m = model()
+    >>> m["colour"] = "blue"
+    >>> m["colour"], len(m), list(m), "colour" in m
+    ('blue', 1, ['colour'], True)
+    >>> del m["colour"]
+    >>> m.get("colour", "none")
+    'none'
+
+    Every assignment or deletion is one replicated write; a deleted key
+    reads as missing, as in JS ``scuttlebutt/model``. Its history keeps
+    only the newest write per key, so memory follows the number of live
+    keys, not the number of writes. Mappings compare by content
+    (``m == {"colour": "blue"}``) and, like ``dict``, are not hashable.
     """
 
     __slots__ = ()
 
     def set(self, key: str, value: Any) -> Any:
-        """Set ``key`` (``None`` deletes it); returns the change."""
+        """Write ``value`` at ``key`` (``None`` deletes it); return the change,
+        or ``None`` if it changed nothing.
+
+        >>> m = model()
+        >>> m.set("n", 3)
+        ['n', 3]
+        """
         if type(key) is not str:
             raise TypeError(f"model keys are strings, not {type(key).__name__}")
-        return self.update([key, owned(value, f"the value of {key!r}")])
+        return Replica.update(self, [key, owned(value, f"the value of {key!r}")])
 
     def delete(self, key: str) -> Any:
+        """Delete ``key`` (a write of ``None``); return the change.
+
+        >>> m = model(); _ = m.set("n", 3)
+        >>> m.delete("n")
+        ['n', None]
+        >>> "n" in m
+        False
+        """
         return self.set(key, None)
 
     def get(self, key: str, default: Any = None) -> Any:
+        """The value at ``key``, or ``default`` if it is missing or deleted.
+
+        >>> model().get("nothing", 0)
+        0
+        """
         value = self.state.get(key)
         return default if value is None else value
+
+    def update(self, *args: Any, **kwargs: Any) -> Any:
+        """Write several keys, as ``dict.update`` does (one write per key).
+
+        ``m.update({"a": 1}, b=2)`` writes ``a`` and ``b``. Called with one
+        ``[key, value]`` list whose key is a string, it is the replica's own
+        write of that change (:meth:`repred.Replica.update`) and returns
+        the change, so code written for any replica works on a model too.
+
+        >>> m = model()
+        >>> m.update({"a": 1}, b=2)
+        >>> m.to_dict()
+        {'a': 1, 'b': 2}
+        """
+        if (
+            len(args) == 1
+            and not kwargs
+            and type(args[0]) in (list, tuple)
+            and len(args[0]) == 2
+            and type(args[0][0]) is str
+        ):
+            return self.set(args[0][0], args[0][1])
+        MutableMapping.update(self, *args, **kwargs)
+        return None
+
+    def __getitem__(self, key: str) -> Any:
+        value = self.state.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if value is None:
+            raise ValueError(
+                "None deletes a key: use del m[key] (or m.delete(key))"
+            )
+        self.set(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        if key not in self:
+            raise KeyError(key)
+        self.set(key, None)
 
     def __contains__(self, key: object) -> bool:
         return self.state.get(key) is not None
 
+    def __iter__(self) -> Iterator[str]:
+        """The live keys (a snapshot: writes while iterating are fine)."""
+        return iter([k for k, v in self.state.items() if v is not None])
+
+    def __len__(self) -> int:
+        """How many keys are live (counted: linear in the keys ever written)."""
+        return sum(1 for v in self.state.values() if v is not None)
+
     def to_dict(self) -> dict[str, Any]:
-        """The live keys and values (deleted keys left out, as JS ``toJSON``)."""
+        """The live keys and values (deleted keys left out, as JS ``toJSON``).
+
+        >>> m = model(); _ = m.set("a", 1); _ = m.set("b", None)
+        >>> m.to_dict()
+        {'a': 1}
+        """
         return {k: v for k, v in self.state.items() if v is not None}
 
 
