@@ -226,13 +226,15 @@ def members_replica(
     *,
     wall: Callable[[], float],
     max_members: int = DEFAULT_MAX_MEMBERS,
+    node_id: str | None = None,
     signing_key: SigningKey | None = None,
     verify: bool = False,
     writers: Writers | None = None,
 ) -> Members:
-    """A new membership map (type ``"members"``); signed heartbeats with
-    ``signing_key``, and only signed ones taken with ``verify``."""
-    own = new_id() if signing_key is None else signing_key.id
+    """A new membership map (type ``"members"``) whose heartbeats go out
+    under ``node_id``; signed with ``signing_key``, and only signed ones
+    taken with ``verify``."""
+    own = node_id or (new_id() if signing_key is None else signing_key.id)
     return Members(
         functools.partial(_heard, cap=max_members, own=own),
         {},
@@ -699,6 +701,12 @@ class Peer:
         )
         return listens_locally and (_is_loopback(host) or host in ("0.0.0.0", "::"))
 
+    def node_id(self, address: str) -> str | None:
+        """The id the node at ``address`` beats under (its ``node_id``), as
+        last heard; ``None`` if it is not in the membership map."""
+        stamp = self.membership._history.newest(address)
+        return None if stamp is None else stamp[1]
+
     def _emit(self, event: dict[str, Any]) -> None:
         if self._on_event is not None:
             try:
@@ -711,7 +719,7 @@ class Peer:
         self.membership.reap(self._wall() - self.options.reap_after * 1000)
         alive = {n for n in self.members() if not self.is_self(n)}
         for node in sorted(alive - self._alive):
-            self._emit({"event": "up", "peer": node})
+            self._emit({"event": "up", "peer": node, "id": self.node_id(node)})
         for node in sorted(self._alive - alive):
             self._emit({"event": "down", "peer": node})
         self._alive = alive
@@ -957,6 +965,7 @@ async def open_peer(
     signing_key: SigningKey | None = None,
     verify: bool = False,
     writers: Writers | None = None,
+    node_id: str | None = None,
 ) -> AsyncIterator[Peer]:
     """Run a gossip peer inside the caller's trio program.
 
@@ -991,7 +1000,8 @@ async def open_peer(
         max_members: the most nodes the membership map holds.
         max_links: the most inbound links held at once (the quietest is
             dropped to make room).
-        on_event: called with ``{"event": "up"|"down", "peer": "host:port"}``.
+        on_event: called with ``{"event": "up", "peer": "host:port", "id":
+            node_id}`` and ``{"event": "down", "peer": "host:port"}``.
         rng: the source of randomness (tests pass a seeded one).
         transport: how peers reach each other: TCP by default;
             :class:`repred.testing.MemoryNetwork` for simulations.
@@ -1008,6 +1018,11 @@ async def open_peer(
         read_only: serve the named replicas but apply nothing that inbound
             links write to them (membership still flows); what they send is
             counted as refused.
+        node_id: the id this node's heartbeats go out under, and that
+            ``up`` events and :meth:`Peer.node_id` report for it: give the
+            id of the node's own replica (the peer command does), so that
+            the source of an update names its host. The signing key's id
+            with ``signing_key``; a random one otherwise.
         signing_key, verify, writers: as for :func:`repred.repred`, for the
             membership map: heartbeats are signed with the key, and a
             verifying peer takes only signed ones (from ``writers`` only,
@@ -1053,7 +1068,12 @@ async def open_peer(
         wall=wall or wall_ms,
         advertise=advertise,
         read_only=read_only,
-        trust={"signing_key": signing_key, "verify": verify, "writers": writers},
+        trust={
+            "node_id": node_id,
+            "signing_key": signing_key,
+            "verify": verify,
+            "writers": writers,
+        },
     )
     async with single_errors(), trio.open_nursery() as nursery:
         await peer._start(nursery)

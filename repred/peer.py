@@ -259,7 +259,8 @@ events printed with --json (one JSON object per line):
   value      {"event":"value","key":"colour","value":"blue"}
              (a deleted key: "value":null,"deleted":true)
   peers      {"event":"peers","peers":["127.0.0.1:8001","127.0.0.1:8002"]}
-  up / down  {"event":"up","peer":"127.0.0.1:8002"}
+  up / down  {"event":"up","peer":"127.0.0.1:8002","id":"..."}
+             (id: the node's own id, the source of its updates)
   error      {"event":"error","message":"unknown command: sett x 1"}
   dropped    {"event":"dropped","count":12} (stdout was not read fast enough)
 
@@ -337,6 +338,8 @@ def format_event(event: dict[str, Any], as_json: bool) -> str:
             f"{_plain(event['key'])} = {_value_text(event['value'])}"
             f"  (from {_plain(event['source'])})"
         )
+    if kind == "up" and event.get("id"):
+        return f"peer {_plain(event['peer'])} is up as {_plain(event['id'])}"
     if kind in ("up", "down"):
         return f"peer {_plain(event['peer'])} is {kind}"
     if kind == "listening":
@@ -590,6 +593,7 @@ async def _serve(
         signing_key=args.signing_key,
         verify=args.verify,
         writers=args.writer_ids,
+        node_id=data.id,
     ) as peer:
         _show_updates(data, out)
         # Said once the peer is ready for commands.

@@ -36,6 +36,7 @@ async def _start(nursery, port, *extra):
     node = PeerProcess(process)
     listening = await node.until(lambda e: e["event"] == "listening")
     node.address = listening["address"]
+    node.id = listening["id"]
     node.port = int(node.address.rsplit(":", 1)[1])
     return node
 
@@ -54,12 +55,15 @@ async def test_chain_of_five_converges_reports_down_and_catches_up():
             addr = [node.address for node in nodes]
             ports = [node.port for node in nodes]
             # Every node learns every member, each knowing only the previous.
+            ids = {node.address: node.id for node in nodes}
             for node in nodes:
                 for other in addr:
                     if other != addr[nodes.index(node)]:
-                        await node.until(
+                        up = await node.until(
                             lambda e, o=other: e["event"] == "up" and e["peer"] == o
                         )
+                        # The id its updates come from, matched to its host.
+                        assert up["id"] == ids[other]
             # Data set at either end reaches every node.
             await nodes[0].send('set left {"n": 1}')
             await nodes[4].send("set right two")

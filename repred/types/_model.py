@@ -116,9 +116,7 @@ class Model(Replica, MutableMapping[str, Any]):
 
     def __setitem__(self, key: str, value: Any) -> None:
         if value is None:
-            raise ValueError(
-                "None deletes a key: use del m[key] (or m.delete(key))"
-            )
+            raise ValueError("None deletes a key: use del m[key] (or m.delete(key))")
         self.set(key, value)
 
     def __delitem__(self, key: str) -> None:
