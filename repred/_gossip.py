@@ -627,6 +627,10 @@ class Peer:
 
     # -- what a user reads --------------------------------------------
 
+    def connections(self) -> list[Connection]:
+        """The links open now, inbound and outbound."""
+        return list(self._links)
+
     def members(self, within: float | None = None) -> list[str]:
         """Nodes heard from in the last ``within`` s (default: down_after).
 

@@ -34,7 +34,7 @@ from ._wire import DEFAULT_MAX_LINE_BYTES
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable
 
     from ._replica import Replica
 
@@ -92,6 +92,12 @@ class ConnectionStatistics:
             ahead of this replica's clock (they come again on a later link).
         refused: entries not applied because the link does not receive
             (``receive=False``).
+        entries_received: entries received so far, new or not.
+        entries_expected: how many entries the peer announced for its
+            history (a repred peer does; ``None`` for a JS peer, or before
+            the announcement). With ``entries_received``, the progress of a
+            long sync.
+        started: when the connection started (``trio.current_time()``).
     """
 
     peer_id: str | None
@@ -102,6 +108,15 @@ class ConnectionStatistics:
     bytes_out: int
     deferred: int = 0
     refused: int = 0
+    entries_received: int = 0
+    entries_expected: int | None = None
+    started: float = 0.0
+
+
+def _total(counts: Iterable[int | None]) -> int | None:
+    """The sum of the counts that are known; ``None`` if none is."""
+    known = [n for n in counts if n is not None]
+    return sum(known) if known else None
 
 
 class Channel(Protocol):
@@ -232,8 +247,10 @@ class Connection:
         self._sync_flushed = False
         #: Times the session said it had something new to send.
         self._wakes = 0
+        #: When the connection started (trio time).
+        self.started = trio.current_time()
         #: When the peer last made progress (trio time).
-        self.last_progress = trio.current_time()
+        self.last_progress = self.started
         self._unproven = 0  # bytes received since the last progress
         channel.set_wakeup(self._wakeup)
 
@@ -260,6 +277,22 @@ class Connection:
         After it returns, this replica holds everything the peer had when
         the connection opened, and the peer has been sent everything this
         replica had.
+
+        To watch a long sync meanwhile, read :meth:`statistics` from another
+        task: ``entries_received`` of ``entries_expected`` (which a repred
+        peer announces right after its digest)::
+
+            async def watch(conn):
+                while not conn.synced:
+                    s = conn.statistics()
+                    if s.entries_expected:
+                        print(f"{s.entries_received / s.entries_expected:.0%}")
+                    await trio.sleep(1)
+
+            async with trio.open_nursery() as nursery:
+                conn = await nursery.start(repred.connect_tcp, m, host, port)
+                nursery.start_soon(watch, conn)
+                await conn.wait_synced()
         """
         await self._synced.wait()
 
@@ -274,6 +307,9 @@ class Connection:
             bytes_out=sum(s.bytes_out for s in stats),
             deferred=sum(s.deferred for s in stats),
             refused=sum(s.refused for s in stats),
+            entries_received=sum(s.entries_received for s in stats),
+            entries_expected=_total(s.entries_expected for s in stats),
+            started=self.started,
         )
 
     def close(self) -> None:

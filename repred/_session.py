@@ -89,10 +89,12 @@ from ._wire import (
     SYNC_LINE,
     Batch,
     Digest,
+    Expect,
     LineDecoder,
     Snapshot,
     encode_batch,
     encode_digest,
+    encode_expect,
     encode_snapshot,
     entry_snippet,
     fast_entry,
@@ -200,6 +202,10 @@ class SessionStatistics:
         refused: entries new to the replica (and snapshots) not applied
             because this side does not receive on this link
             (``receive=False``).
+        entries_received: entries received, new or not (a measure of a
+            long sync's progress, with ``entries_expected``).
+        entries_expected: how many entries the peer said its history holds,
+            if it said (a repred peer does); ``None`` otherwise.
     """
 
     updates_in: int
@@ -209,6 +215,8 @@ class SessionStatistics:
     lines_in: int = 0
     deferred: int = 0
     refused: int = 0
+    entries_received: int = 0
+    entries_expected: int | None = None
 
 
 def _decode_batch(line: bytes) -> Batch:
@@ -281,6 +289,8 @@ class Session:
         self._send = send
         self._receive = receive
         self._refused = 0
+        self._received = 0
+        self._expected: int | None = None
         self._out: list[bytes] = [
             encode_digest(
                 replica.id,
@@ -361,6 +371,8 @@ class Session:
             lines_in=self._decoder.lines,
             deferred=self._deferred,
             refused=self._refused,
+            entries_received=self._received,
+            entries_expected=self._expected,
         )
 
     # -- incoming ------------------------------------------------------
@@ -483,6 +495,7 @@ class Session:
             # The peer has these: they are never sent back to it.
             if sent.get(source, -1) < stamps[-1]:
                 sent[source] = stamps[-1]
+            self._received += len(stamps)
         if not self._receive:
             # Counted as refused: what would have been new here.
             clock = self.replica.clock
@@ -533,6 +546,13 @@ class Session:
             self._apply([(msg.source, msg.stamps, msg.changes, msg.signatures)])
         elif msg is KEEPALIVE:
             pass
+        elif type(msg) is Expect:
+            if (
+                self.their_state is not SessionState.HISTORY
+                or self._expected is not None
+            ):
+                raise _bad("an announcement out of place", "bad-expect", line)
+            self._expected = msg.entries
         elif type(msg) is Snapshot:
             self._on_snapshot(msg, line)
         elif msg is SYNC:
@@ -620,6 +640,8 @@ class Session:
             if source not in sent or clock[source] > sent[source]
         ]
         outstanding.sort(key=itemgetter(0), reverse=True)
+        if digest.progress and self._send:
+            self._out.append(encode_expect(sum(map(itemgetter(0), outstanding))))
         self._queue = collections.deque(map(itemgetter(1), outstanding))
         # Sources queued since (by new entries): the first queue is not in
         # it, so a source may stand in the queue twice; its second turn

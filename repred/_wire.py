@@ -49,6 +49,7 @@ __all__ = [
     "SYNC_LINE",
     "Batch",
     "Digest",
+    "Expect",
     "LineDecoder",
     "Snapshot",
     "check_value",
@@ -56,6 +57,7 @@ __all__ = [
     "encode_batch",
     "encode_digest",
     "encode_entry",
+    "encode_expect",
     "encode_snapshot",
     "entry_snippet",
     "fast_entry",
@@ -128,6 +130,8 @@ class Digest:
     max_line: int | None = None
     #: The batch format the peer reads (a repred extension), if any.
     batch: int | None = None
+    #: The peer reads ``{"expect": n}`` announcements (a repred extension).
+    progress: bool = False
 
 
 @attrs.frozen
@@ -139,6 +143,16 @@ class Batch:
     changes: list[Any] = attrs.field(hash=False)
     #: The entries' signatures (``None`` for an unsigned one), if any came.
     signatures: list[str | None] | None = attrs.field(default=None, hash=False)
+
+
+@attrs.frozen
+class Expect:
+    """How many entries the peer is about to send as its history (a repred
+    extension, sent only to a peer whose digest says ``"progress": 1``:
+    ``{"expect": entries}``, right after the digest). An upper bound: the
+    peer may send fewer."""
+
+    entries: int
 
 
 @attrs.frozen(kw_only=True)
@@ -440,6 +454,8 @@ def parse_message(msg: Any, line: bytes) -> Any:
             return _batch(msg, line, depth_checked=False)
         if "snapshot" in msg:
             return _snapshot(msg, line)
+        if "expect" in msg:
+            return _expect(msg, line)
         return _digest(msg, line)
     if msg == SYNC:
         return SYNC
@@ -616,6 +632,17 @@ def encode_batch(
     return _dumps(batch, option=_OPT)
 
 
+def _expect(msg: dict[str, Any], line: bytes) -> Expect:
+    entries = msg["expect"]
+    if len(msg) != 1 or type(entries) is not int or entries < 0:
+        raise _bad("an announcement is {expect: entries}", "bad-expect", line)
+    return Expect(entries)
+
+
+def encode_expect(entries: int) -> bytes:
+    return _dumps({"expect": entries}, option=_OPT)
+
+
 def _clock(clock: Any, line: bytes) -> dict[str, float]:
     if type(clock) is not dict:
         raise _bad("a clock is an object", "bad-clock", line)
@@ -674,6 +701,9 @@ def _digest(msg: dict[str, Any], line: bytes) -> Digest:
     max_line = msg.get("max_line")
     if max_line is not None and (type(max_line) is not int or max_line < 64):
         raise _bad("max_line must be an integer >= 64", "bad-digest", line)
+    progress = msg.get("progress")
+    if progress is not None and type(progress) is not int:
+        raise _bad("progress must be an integer", "bad-digest", line)
     batch = msg.get("batches")
     if batch is not None and (type(batch) is not int or batch < 1):
         raise _bad("batches must be a positive integer", "bad-digest", line)
@@ -684,6 +714,7 @@ def _digest(msg: dict[str, Any], line: bytes) -> Digest:
         type_name=type_name,
         max_line=max_line,
         batch=batch,
+        progress=progress == 1,
     )
 
 
@@ -704,6 +735,7 @@ def encode_digest(
     }
     if batches:
         digest["batches"] = BATCH_FORMAT
+    digest["progress"] = 1
     return _dumps(digest, option=_OPT)
 
 

@@ -263,6 +263,9 @@ events printed with --json (one JSON object per line):
              (id: the node's own id, the source of its updates)
   error      {"event":"error","message":"unknown command: sett x 1"}
   dropped    {"event":"dropped","count":12} (stdout was not read fast enough)
+  progress   {"event":"progress","peer":"127.0.0.1:8002","received":5000,
+              "expected":100000,"rate":5000} (each second of a sync that takes
+              longer than one; printed as text only on a terminal)
 
 End of input, Ctrl-C or SIGTERM stops the peer (exit 0); bad options exit 2.
 """
@@ -354,6 +357,15 @@ def format_event(event: dict[str, Any], as_json: bool) -> str:
         return f"{_plain(event['key'])} deleted  (from {_plain(event['source'])})"
     if kind == "peers":
         return "peers: " + " ".join(_plain(p) for p in event["peers"])
+    if kind == "progress":
+        expected = event["expected"]
+        done = f"{event['received']:,}"
+        if expected:
+            share = min(event["received"] / expected, 1.0)
+            done += f" of {expected:,} entries ({share:.0%})"
+        else:
+            done += " entries"
+        return f"sync with {_plain(event['peer'])}: {done}, {event['rate']:,}/s"
     if kind == "dropped":
         return f"note: {event['count']} lines of output dropped (stdout not read)"
     message = str(event.get("message", ""))
@@ -385,6 +397,14 @@ class _Output:
             target=self._write_lines, name="repred-peer-output", daemon=True
         )
         self._thread.start()
+
+    @property
+    def is_terminal(self) -> bool:
+        """Standard output is a terminal (progress lines are for people)."""
+        try:
+            return os.isatty(self._fd)
+        except OSError:  # pragma: no cover
+            return False
 
     def __call__(self, event: dict[str, Any]) -> None:
         line = format_event(event, self.as_json)
@@ -575,33 +595,79 @@ async def run(args: argparse.Namespace) -> None:
 async def _serve(
     args: argparse.Namespace, data: Any, seeds: list[str], out: _Output
 ) -> None:
-    async with open_peer(
-        port=args.server_port,
-        host=args.host,
-        replicas={"data": data},
-        seeds=seeds,
-        heartbeat_interval=args.heartbeat,
-        down_after=args.down_after,
-        gossip_interval=args.gossip,
-        seed_interval=args.seed_interval,
-        max_backoff=args.max_backoff,
-        on_event=out,
-        advertise=args.advertise,
-        ssl_context=args.tls[0],
-        client_ssl_context=args.tls[1],
-        read_only=args.read_only,
-        signing_key=args.signing_key,
-        verify=args.verify,
-        writers=args.writer_ids,
-        node_id=data.id,
-    ) as peer:
+    async with (
+        open_peer(
+            port=args.server_port,
+            host=args.host,
+            replicas={"data": data},
+            seeds=seeds,
+            heartbeat_interval=args.heartbeat,
+            down_after=args.down_after,
+            gossip_interval=args.gossip,
+            seed_interval=args.seed_interval,
+            max_backoff=args.max_backoff,
+            on_event=out,
+            advertise=args.advertise,
+            ssl_context=args.tls[0],
+            client_ssl_context=args.tls[1],
+            read_only=args.read_only,
+            signing_key=args.signing_key,
+            verify=args.verify,
+            writers=args.writer_ids,
+            node_id=data.id,
+        ) as peer,
+        trio.open_nursery() as nursery,
+    ):
         _show_updates(data, out)
         # Said once the peer is ready for commands.
         out({"event": "listening", "address": peer.address, "id": data.id})
+        if out.as_json or out.is_terminal:
+            nursery.start_soon(_watch_syncs, peer, out)
         if args.no_stdin:
             await trio.sleep_forever()
         async with _open_stdin() as stdin:
             await _commands(stdin, data, peer, out)
+        nursery.cancel_scope.cancel()
+
+
+#: A sync that takes longer than this (seconds) reports its progress, once
+#: per this interval.
+PROGRESS_AFTER = 1.0
+
+
+def progress_events(
+    connections: list[Any], now: float, seen: dict[Any, tuple[float, int]]
+) -> list[dict[str, Any]]:
+    """``progress`` events for the links still syncing after
+    :data:`PROGRESS_AFTER` seconds; ``seen`` keeps, per link, the time and
+    count of the last report (for the rate)."""
+    events = []
+    for conn in connections:
+        stats = conn.statistics()
+        if stats.synced or now - stats.started < PROGRESS_AFTER:
+            continue
+        then, before = seen.get(conn, (stats.started, 0))
+        received = stats.entries_received
+        event: dict[str, Any] = {
+            "event": "progress",
+            "peer": stats.peer_id,
+            "received": received,
+            "expected": stats.entries_expected,
+            "rate": round((received - before) / max(now - then, 1e-9)),
+        }
+        seen[conn] = (now, received)
+        events.append(event)
+    for gone in set(seen) - set(connections):
+        del seen[gone]
+    return events
+
+
+async def _watch_syncs(peer: Any, out: _Output) -> None:
+    seen: dict[Any, tuple[float, int]] = {}
+    while True:
+        await trio.sleep(PROGRESS_AFTER)
+        for event in progress_events(peer.connections(), trio.current_time(), seen):
+            out(event)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -251,3 +251,41 @@ async def test_batched_and_per_line_links_over_tcp():
             figures[batches] = stats.bytes_in
         nursery.cancel_scope.cancel()
     assert figures[True] < 0.9 * figures[False]
+
+
+def test_a_repred_peer_announces_how_many_entries_its_history_holds():
+    a, b = _filled(300), model(id="B")
+    b.set("mine", 1)
+    pair = SessionPair(a, b)
+    pair.b.receive_data(pair.a.data_to_send())  # A's digest
+    pair.a.receive_data(pair.b.data_to_send())  # B's digest and announcement
+    announcement, *history = _lines(pair.a.data_to_send())
+    assert announcement == b'{"expect":300}'
+    pair.b.receive_data(announcement + b"\n")
+    assert pair.b.statistics().entries_expected == 300
+    assert pair.b.statistics().entries_received == 0
+    pair.b.receive_data(b"\n".join(history) + b"\n")
+    pair.pump()
+    assert pair.b.statistics().entries_received == 300
+    assert pair.a.statistics().entries_expected == 1
+    # A peer that did not offer it (JS) is never sent one.
+    js_like = Session(model(id="C"))
+    out = js_like.data_to_send()
+    js_like.receive_data(b'{"id":"J","clock":{}}\n')
+    assert b"expect" not in out + js_like.data_to_send()
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"expect":-1}\n',
+        b'{"expect":"many"}\n',
+        b'{"expect":1,"x":2}\n',
+        b'{"expect":1}\n{"expect":1}\n',
+    ],
+)
+def test_a_bad_announcement_is_refused(line):
+    victim, s = _victim()
+    with pytest.raises(RemoteProtocolError) as info:
+        s.receive_data(line)
+    assert info.value.reason == "bad-expect"

@@ -312,3 +312,46 @@ async def test_misspelt_options_fail_at_the_call():
             pass  # pragma: no cover
     with pytest.raises(ValueError):
         await repred.connect_tcp(m, "127.0.0.1", 1, send_timeout=0)
+
+
+def test_long_syncs_report_their_progress():
+    from repred._links import ConnectionStatistics
+    from repred.peer import format_event, progress_events
+
+    class Link:
+        def __init__(self, **figures):
+            self.figures = figures
+
+        def statistics(self):
+            base = dict(
+                peer_id="10.0.0.2:8001",
+                synced=False,
+                updates_in=0,
+                updates_out=0,
+                bytes_in=0,
+                bytes_out=0,
+            )
+            return ConnectionStatistics(**{**base, **self.figures})
+
+    slow = Link(started=0.0, entries_received=5000, entries_expected=100_000)
+    young = Link(started=9.5, entries_received=10)
+    done = Link(started=0.0, synced=True)
+    seen = {}
+    (event,) = progress_events([slow, young, done], 10.0, seen)
+    assert event == {
+        "event": "progress",
+        "peer": "10.0.0.2:8001",
+        "received": 5000,
+        "expected": 100_000,
+        "rate": 500,
+    }
+    assert format_event(event, as_json=False) == (
+        "sync with 10.0.0.2:8001: 5,000 of 100,000 entries (5%), 500/s"
+    )
+    slow.figures["entries_received"] = 7000
+    (event,) = progress_events([slow], 11.0, seen)
+    assert event["rate"] == 2000  # since the last report
+    js = Link(started=0.0, entries_received=42)
+    (event,) = progress_events([js], 11.0, seen)
+    assert format_event(event, as_json=False).endswith(": 42 entries, 4/s")
+    assert slow not in seen  # gone links are forgotten

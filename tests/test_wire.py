@@ -35,6 +35,7 @@ def test_digest_round_trip():
         type_name="model",
         max_line=1 << 20,
         batch=1,
+        progress=True,
     )
 
 
