@@ -61,6 +61,7 @@ from ._links import (
     start_tls,
     tls_server,
 )
+from ._log import RateLimitedLog
 from ._replica import Replica, new_id, wall_ms
 from ._session import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_ENTRIES, Session
 from ._wire import DEFAULT_MAX_LINE_BYTES, LineDecoder, loads_line, snippet
@@ -87,6 +88,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("repred.peer")
+#: Records peers can cause, bounded (see repred._log).
+limited = RateLimitedLog(log)
 
 #: The name of the membership replica every peer carries.
 MEMBERS = "_members"
@@ -772,9 +775,21 @@ class Peer:
         try:
             await self._run_link(stream, live=True, label="inbound")
         except RemoteProtocolError as exc:
-            log.warning("inbound link refused: %s: %s", type(exc).__name__, exc)
+            limited(
+                logging.WARNING,
+                "refused",
+                "inbound link refused: %s: %s",
+                type(exc).__name__,
+                exc,
+            )
         except RepredError as exc:
-            log.debug("inbound link closed: %s: %s", type(exc).__name__, exc)
+            limited(
+                logging.DEBUG,
+                "closed",
+                "inbound link closed: %s: %s",
+                type(exc).__name__,
+                exc,
+            )
         except Exception:
             log.exception("inbound link failed")
 
@@ -813,7 +828,7 @@ class Peer:
             self._dial_failed(node, TimeoutError("no handshake"))
             return False
         if self._failures.pop(node, 0):
-            log.info("reached %s again", node)
+            limited(logging.INFO, "dial", "reached %s again", node)
         self._retry_at.pop(node, None)
         return True
 
@@ -827,9 +842,22 @@ class Peer:
         )
         self._retry_at[node] = trio.current_time() + delay * self._rng.uniform(0.5, 1.5)
         if failures == 1:  # said once; retried quietly with backoff
-            log.info("cannot link to %s: %s: %s", node, type(exc).__name__, exc)
+            limited(
+                logging.INFO,
+                "dial",
+                "cannot link to %s: %s: %s",
+                node,
+                type(exc).__name__,
+                exc,
+            )
         else:
-            log.debug("still cannot link to %s (%d tries)", node, failures)
+            limited(
+                logging.DEBUG,
+                "redial",
+                "still cannot link to %s (%d tries)",
+                node,
+                failures,
+            )
 
     def _ready(self, node: str) -> bool:
         return self._retry_at.get(node, 0.0) <= trio.current_time()

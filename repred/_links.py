@@ -23,6 +23,7 @@ from ._errors import (
     RepredError,
     SyncTimeout,
 )
+from ._log import limited
 from ._replica import is_empty
 from ._session import (
     DEFAULT_BATCH_BYTES,
@@ -616,7 +617,9 @@ def tls_server(
         try:
             handshakes.acquire_nowait()
         except trio.WouldBlock:
-            log.info(
+            limited(
+                logging.INFO,
+                "tls-busy",
                 "repred: connection refused: %d TLS handshakes under way",
                 max_handshakes,
             )
@@ -627,7 +630,7 @@ def tls_server(
                 stream, ssl_context, server_hostname=None, timeout=timeout
             )
         except RepredError as exc:
-            log.info("repred: connection refused: %s", exc)
+            limited(logging.INFO, "tls-failed", "repred: connection refused: %s", exc)
             return
         finally:
             handshakes.release()
@@ -829,9 +832,16 @@ async def serve_tcp(
         try:
             await _replicate(replica, stream, live, on_start, options)
         except RemoteProtocolError as exc:
-            log.warning("repred: refused what a peer sent: %s", _describe(exc))
+            limited(
+                logging.WARNING,
+                "refused",
+                "repred: refused what a peer sent: %s",
+                _describe(exc),
+            )
         except RepredError as exc:
-            log.info("repred: connection closed: %s", _describe(exc))
+            limited(
+                logging.INFO, "closed", "repred: connection closed: %s", _describe(exc)
+            )
         except Exception:
             # Nothing one peer does may take the server down.
             log.exception("repred: connection failed")
@@ -879,7 +889,12 @@ class LinkTable:
         while len(self._links) >= self.limit:
             quietest = min(self._links, key=lambda c: c.last_progress)
             self._links.discard(quietest)
-            log.info("repred: too many links; dropped the quietest: %r", quietest)
+            limited(
+                logging.INFO,
+                "too-many-links",
+                "repred: too many links; dropped the quietest: %r",
+                quietest,
+            )
             quietest.close()
         self._links.add(conn)
 

@@ -25,6 +25,7 @@ import orjson
 
 from ._errors import RemoteProtocolError
 from ._history import Entry, History
+from ._log import limited
 from ._store import StoreError
 from ._trust import SigningKey, Writers, is_key_id, verifier
 from ._wire import (
@@ -702,7 +703,9 @@ class Replica:
         ours, theirs = orjson.dumps(held), orjson.dumps(change)
         if ours == theirs:
             return
-        log.warning(
+        limited(
+            logging.WARNING,
+            "equivocation",
             "repred: equivocation from source %r at stamp %r: held change"
             " %s, received %s",
             source,

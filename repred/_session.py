@@ -78,6 +78,7 @@ from ._errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
+from ._log import limited
 from ._store import StoreError
 from ._wire import (
     BATCH_FORMAT,
@@ -600,8 +601,10 @@ class Session:
             return
         if self.peer.version is None:
             # A JS scuttlebutt peer cannot take a snapshot: it gets the tail.
-            log.warning(
-                "peer %r predates this replica's snapshot and cannot receive"
+            limited(
+                logging.WARNING,
+                "snapshot-to-js",
+                "repred: peer %r predates this replica's snapshot and cannot receive"
                 " one (not a repred peer); it gets only the entries after it",
                 self.peer.id,
             )
@@ -786,7 +789,9 @@ class Session:
             except Exception:  # pragma: no cover  (recorded entries have keys)
                 key = None
         peer = self.peer.id if self.peer is not None else None
-        log.warning(
+        limited(
+            logging.WARNING,
+            "too-long-for-peer",
             "repred: entry (source %r, ts %r, key %r) is %d bytes, over the"
             " %d byte line limit of peer %r; closing the link to it (it cannot"
             " receive this source past that entry)",

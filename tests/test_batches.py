@@ -285,7 +285,7 @@ def test_a_repred_peer_announces_how_many_entries_its_history_holds():
     ],
 )
 def test_a_bad_announcement_is_refused(line):
-    victim, s = _victim()
+    _victim_replica, s = _victim()
     with pytest.raises(RemoteProtocolError) as info:
         s.receive_data(line)
     assert info.value.reason == "bad-expect"
