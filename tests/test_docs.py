@@ -1,0 +1,29 @@
+"""Every Python snippet of the tutorial and the how-to guides runs, in
+order, one namespace per page (the snippets build on each other)."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+DOCS = Path(__file__).parent.parent / "docs"
+BLOCK = re.compile(r"^\.\. code-block:: python\n\n((?:(?:   .*)?\n)+)", re.M)
+
+
+def snippets(page: str) -> list[str]:
+    text = (DOCS / page).read_text()
+    return [textwrap.dedent(block) for block in BLOCK.findall(text)]
+
+
+@pytest.mark.parametrize("page", ["tutorial.rst", "howto.rst"])
+def test_the_snippets_of_a_page_run(page, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    blocks = snippets(page)
+    assert blocks, f"no Python snippets found in {page}"
+    namespace: dict[str, object] = {"__name__": f"docs.{page}"}
+    for number, block in enumerate(blocks, 1):
+        code = compile(block, f"{page} snippet {number}", "exec")
+        exec(code, namespace)
