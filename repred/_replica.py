@@ -359,6 +359,13 @@ class Replica:
             raise TypeError(
                 f"update() takes one update (or a map), got {len(args)} arguments"
             )
+        return self._write(upd, checked=False)
+
+    def _write(self, upd: Any, *, checked: bool) -> Any:
+        """:meth:`update`, after ``map``. ``checked``: the reducer returns
+        ``upd`` itself, or a part of it, and the caller has checked it with
+        :func:`~repred.protocol.check_value` (the built-in types' methods do,
+        with a message that names their argument)."""
         store = self.store
         if store is not None:
             store.check()  # earlier writes that failed refuse this one
@@ -378,10 +385,11 @@ class Replica:
             if not self._checks_first:
                 self._rebuild()
             raise
-        if is_empty(change):
-            return None
+        if change is None or (type(change) in _EMPTY_TYPES and not change):
+            return None  # nothing changed (is_empty, inline: every write)
         try:
-            check_value(change, "the change")
+            if not checked:
+                check_value(change, "the change")
             signature = (
                 None if self._signer is None else self._signer.sign(change, ts, self.id)
             )
@@ -414,8 +422,9 @@ class Replica:
             self._history.logs[self.id].sign(ts, signature)
         if self._listeners:
             self._notify(change, ts, self.id, None)
-        for watcher in tuple(self._watchers):
-            watcher(self.id, ts, None)
+        if self._watchers:
+            for watcher in tuple(self._watchers):
+                watcher(self.id, ts, None)
         return change
 
     # -- remote entries --------------------------------------------------

@@ -53,7 +53,7 @@ class Register(Replica):
     __slots__ = ()
 
     def set(self, value: Any) -> Any:
-        return self.update([owned(value)])
+        return self._write([owned(value)], checked=True)
 
     @property
     def value(self) -> Any:

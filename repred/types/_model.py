@@ -6,6 +6,7 @@ from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 from .._replica import Replica
+from .._wire import check_value
 from ._base import build, owned
 
 __all__ = ["Model", "model"]
@@ -62,7 +63,10 @@ class Model(Replica, MutableMapping[str, Any]):
         """
         if type(key) is not str:
             raise TypeError(f"model keys are strings, not {type(key).__name__}")
-        return Replica.update(self, [key, owned(value, f"the value of {key!r}")])
+        if not key.isascii():
+            check_value(key, "the key")
+        # Key and value are checked: the change need not be checked again.
+        return self._write([key, owned(value, f"the value of {key!r}")], checked=True)
 
     def delete(self, key: str) -> Any:
         """Delete ``key`` (a write of ``None``); return the change.

@@ -53,7 +53,8 @@ class GSet(Replica):
     __slots__ = ()
 
     def add(self, *items: Any) -> list[Any] | None:
-        return self.update([scalar(x) for x in items])  # type: ignore[no-any-return]
+        # Each item is checked: the change (the new ones) need not be again.
+        return self._write([scalar(x) for x in items], checked=True)  # type: ignore[no-any-return]
 
     def __contains__(self, item: object) -> bool:
         return item in self.state
