@@ -7,6 +7,8 @@ and how many bytes crossed (and the bytes per entry).
     python benchmarks/full_sync.py [N ...]     (default: 100000 1000000)
     python benchmarks/full_sync.py --per-line [N ...]
         one entry per line (as with JS peers) instead of batches
+    python benchmarks/full_sync.py --websocket [N ...]
+        over a WebSocket instead of plain TCP
     python benchmarks/full_sync.py --compare-js [N]    (default: 100000)
         JS scuttlebutt (benchmarks/js_full_sync.js, needs tests/js's
         node_modules) and repred alternately, three times each; prints
@@ -30,15 +32,24 @@ from repred.types import model
 from _common import report
 
 
-async def serve(n: int, batches: bool = True) -> float:
+async def serve(n: int, batches: bool = True, websocket: bool = False) -> float:
     m = model(id="server")
     for i in range(n):
         m.set(f"key{i}", i)
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(repred.serve_tcp, m, 0)
+        serving = repred.serve_websocket if websocket else repred.serve_tcp
+        listeners = await nursery.start(serving, m, 0)
         port = listeners[0].socket.getsockname()[1]
         child = await trio.run_process(
-            [sys.executable, __file__, "--client", str(port), str(n), str(batches)],
+            [
+                sys.executable,
+                __file__,
+                "--client",
+                str(port),
+                str(n),
+                str(batches),
+                str(websocket),
+            ],
             capture_stdout=True,
         )
         sys.stdout.write(child.stdout.decode())
@@ -47,18 +58,24 @@ async def serve(n: int, batches: bool = True) -> float:
     return seconds
 
 
-async def client(port: int, n: int, batches: bool) -> None:
+async def client(port: int, n: int, batches: bool, websocket: bool) -> None:
     m = model(id="client")
     t = time.perf_counter()
-    stats = await repred.connect_tcp(
-        m, "127.0.0.1", port, live=False, close_timeout=0, batches=batches
-    )
+    if websocket:
+        stats = await repred.connect_websocket(
+            m, f"ws://127.0.0.1:{port}/", live=False, close_timeout=0, batches=batches
+        )
+    else:
+        stats = await repred.connect_tcp(
+            m, "127.0.0.1", port, live=False, close_timeout=0, batches=batches
+        )
     dt = time.perf_counter() - t
     assert len(m.to_dict()) == n, len(m.to_dict())
     report(
         "full_sync",
         keys=n,
         framing="batches" if batches else "per-line",
+        transport="websocket" if websocket else "tcp",
         seconds=dt,
         bytes=stats.bytes_in + stats.bytes_out,
         bytes_per_entry=round(stats.bytes_in / n, 2),
@@ -79,7 +96,9 @@ def js(n: int) -> float:
 def main() -> None:
     args = sys.argv[1:]
     if args[:1] == ["--client"]:
-        trio.run(client, int(args[1]), int(args[2]), args[3] == "True")
+        trio.run(
+            client, int(args[1]), int(args[2]), args[3] == "True", args[4] == "True"
+        )
         return
     if args[:1] == ["--compare-js"]:
         n = int(args[1]) if len(args) > 1 else 100_000
@@ -92,9 +111,10 @@ def main() -> None:
         report("compare_js", keys=n, median_ratio=round(statistics.median(ratios), 3))
         return
     batches = "--per-line" not in args
+    websocket = "--websocket" in args
     sizes = [int(a) for a in args if not a.startswith("--")]
     for n in sizes or [100_000, 1_000_000]:
-        trio.run(serve, n, batches)
+        trio.run(serve, n, batches, websocket)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,8 @@ from ._replica import repred as repred
 from ._store import SqliteStore as SqliteStore
 from ._store import StoreError as StoreError
 from ._trust import SigningKey as SigningKey
+from ._websocket import connect_websocket as connect_websocket
+from ._websocket import serve_websocket as serve_websocket
 
 __all__ = [
     "Connection",
@@ -60,11 +62,13 @@ __all__ = [
     "SubscriptionOverflow",
     "SyncTimeout",
     "connect_tcp",
+    "connect_websocket",
     "open_peer",
     "protocol",
     "replicate",
     "repred",
     "serve_tcp",
+    "serve_websocket",
     "subscribe",
     "types",
 ]

@@ -818,6 +818,36 @@ async def serve_tcp(
     The other options are those of :func:`replicate`, for each connection.
     """
     options = LinkOptions(**_link_options(locals()))
+    handler = stream_server(replica, live, options, max_links, on_connection)
+    serving: Callable[[trio.abc.Stream], Awaitable[None]] = handler
+    if ssl_context is not None:
+        serving = tls_server(
+            handler,
+            ssl_context,
+            timeout=options.handshake_timeout,
+            max_handshakes=max_links,
+        )
+    async with single_errors():
+        await trio.serve_tcp(
+            serving,
+            port,
+            host=host,
+            handler_nursery=handler_nursery,
+            task_status=task_status,
+        )
+    raise AssertionError("trio.serve_tcp returned")  # pragma: no cover
+
+
+def stream_server(
+    replica: Replica,
+    live: bool,
+    options: LinkOptions,
+    max_links: int,
+    on_connection: Callable[[Connection], None] | None,
+) -> Callable[[trio.abc.Stream], Awaitable[None]]:
+    """A handler that replicates with each stream it is given, keeping at
+    most ``max_links`` at once; whatever one peer does ends only its own
+    connection, and is logged (bounded, see :mod:`repred._log`)."""
     links = LinkTable(max_links)
 
     async def handler(stream: trio.abc.Stream) -> None:
@@ -849,23 +879,7 @@ async def serve_tcp(
             for conn in started:
                 links.discard(conn)
 
-    serving: Callable[[trio.abc.Stream], Awaitable[None]] = handler
-    if ssl_context is not None:
-        serving = tls_server(
-            handler,
-            ssl_context,
-            timeout=options.handshake_timeout,
-            max_handshakes=max_links,
-        )
-    async with single_errors():
-        await trio.serve_tcp(
-            serving,
-            port,
-            host=host,
-            handler_nursery=handler_nursery,
-            task_status=task_status,
-        )
-    raise AssertionError("trio.serve_tcp returned")  # pragma: no cover
+    return handler
 
 
 class LinkTable:

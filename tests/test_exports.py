@@ -12,7 +12,9 @@ TOP_LEVEL = {
     # links
     "replicate",
     "serve_tcp",
+    "serve_websocket",
     "connect_tcp",
+    "connect_websocket",
     "Connection",
     "subscribe",
     # gossip

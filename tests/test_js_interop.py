@@ -26,7 +26,10 @@ pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed")
 
 @pytest.fixture(scope="module", autouse=True)
 def _npm_package():
-    if not (JS / "node_modules" / "scuttlebutt").is_dir():
+    if not all(
+        (JS / "node_modules" / package).is_dir()
+        for package in ("scuttlebutt", "websocket-stream")
+    ):
         npm = shutil.which("npm")
         assert npm, "node is here but npm is not: cannot install scuttlebutt"
         subprocess.run(
@@ -174,4 +177,36 @@ async def test_one_way_links_with_a_js_peer():
         assert puller.get("theirs") == 3
         assert "mine" not in await js2.dump()
         await js2.process.stdin.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_js_model_over_websocket_stream():
+    """JS scuttlebutt piped through websocket-stream, as a browser or Node
+    program would, to repred's WebSocket server."""
+    ours = model(id="py")
+    ours.set("from_py", [1, 2])
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(repred.serve_websocket, ours, 0)
+        port = listeners[0].socket.getsockname()[1]
+        url = f"ws://127.0.0.1:{port}/replicas/data"
+        process = await nursery.start(
+            partial(
+                trio.run_process,
+                [NODE, str(JS / "ws_peer.js"), "jsws", url],
+                check=False,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
+        )
+        js = JSPeer(process)
+        with trio.fail_after(20):
+            await js.event("synced")
+            assert await js.dump() == ours.to_dict()
+            await js.send(set=["from_js", {"x": 1}])
+            await wait_until(ours, lambda: ours.get("from_js") == {"x": 1})
+            ours.set("live_py", "yes")
+            while (await js.event("update"))["key"] != "live_py":
+                pass
+            assert await js.dump() == ours.to_dict()
+        await js.process.stdin.aclose()
         nursery.cancel_scope.cancel()

@@ -1,0 +1,288 @@
+"""Links over WebSockets (trio-websocket): the same line protocol as TCP.
+
+Each WebSocket message, text or binary, carries bytes of the same
+newline-delimited stream; a receiver accepts any split of lines across
+messages (JS ``websocket-stream`` sends each chunk of a Node stream as one
+binary message). This side sends binary messages of at most 16 KiB. Every
+guarantee of TCP links holds, because everything above the framing is the
+same code: digests, histories, the live tail, no echo, hostile input ending
+only its link, statistics, ``wait_synced()`` and the timeouts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+import urllib.parse
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import trio
+import trio_websocket
+
+from ._errors import PeerClosed, SyncTimeout
+from ._links import (
+    DEFAULT_CLOSE_TIMEOUT,
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_KEEPALIVE_INTERVAL,
+    DEFAULT_MAX_LINKS,
+    DEFAULT_SEND_TIMEOUT,
+    Connection,
+    ConnectionStatistics,
+    LinkOptions,
+    _link_options,
+    _replicate,
+    single_errors,
+    start_tls,
+    stream_server,
+)
+from ._log import limited
+from ._session import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_ENTRIES
+from ._wire import DEFAULT_MAX_LINE_BYTES
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Collection
+
+    from ._replica import Replica
+
+__all__ = ["MessageStream", "connect_websocket", "open_websocket", "serve_websocket"]
+
+#: Room a message may take beyond the line limit (a sender may pack a line
+#: and the start of the next into one message).
+_MESSAGE_SLACK = 64 * 1024
+
+
+#: Seconds a WebSocket close handshake may take before the TCP connection
+#: is dropped anyway.
+_CLOSE_WITHIN = 1.0
+
+
+class MessageStream(trio.abc.Stream):
+    """A WebSocket connection as a byte stream: each message is a chunk.
+
+    Sends go as binary messages; text messages received are taken as their
+    UTF-8 bytes. The end of the connection reads as the end of the stream.
+    """
+
+    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
+        self.ws = ws
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            await self.ws.send_message(bytes(data))
+        except trio_websocket.ConnectionClosed as exc:
+            raise trio.BrokenResourceError(f"WebSocket closed: {exc.reason}") from None
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        try:
+            message = await self.ws.get_message()
+        except trio_websocket.ConnectionClosed:
+            return b""
+        if isinstance(message, str):
+            return message.encode()
+        return bytes(message)
+
+    async def aclose(self) -> None:
+        # A WebSocket ends with a close frame each way; the links close their
+        # streams forcefully (cancelled), which would drop the TCP connection
+        # without one. So the close is shielded, and bounded.
+        with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_WITHIN):
+            await self.ws.aclose()
+
+
+def allows_origin(
+    request: trio_websocket.WebSocketRequest, origins: Collection[str] | None
+) -> bool:
+    """Whether a request may open a link: ``origins=None`` allows any;
+    otherwise a browser's request (one with an ``Origin`` header) must
+    come from one of ``origins`` (programs send no ``Origin``)."""
+    if origins is None:
+        return True
+    for name, value in request.headers:
+        if name.lower() == b"origin":
+            return value.decode("latin-1") in origins
+    return True
+
+
+async def serve_websocket(
+    replica: Replica,
+    port: int,
+    *,
+    host: str | None = "127.0.0.1",
+    origins: Collection[str] | None = None,
+    live: bool = True,
+    handler_nursery: trio.Nursery | None = None,
+    on_connection: Callable[[Connection], None] | None = None,
+    max_links: int = DEFAULT_MAX_LINKS,
+    send_timeout: float = DEFAULT_SEND_TIMEOUT,
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+    keepalive_interval: float = DEFAULT_KEEPALIVE_INTERVAL,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    batch_entries: int = DEFAULT_BATCH_ENTRIES,
+    batch_bytes: int = DEFAULT_BATCH_BYTES,
+    batches: bool = True,
+    send: bool = True,
+    receive: bool = True,
+    ssl_context: ssl.SSLContext | None = None,
+    task_status: trio.TaskStatus[list[Any]] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Accept peers over WebSockets and replicate with each (any path).
+
+    Like :func:`repred.serve_tcp` (``await nursery.start(...)`` reports the
+    listeners, port 0 picks a free port, one peer's failure ends only its
+    connection), with WebSocket framing: see :mod:`repred._websocket`.
+
+    Args:
+        origins: the ``Origin`` values a browser's request may carry
+            (``"http://host:port"``); others are refused with 403. ``None``
+            (the default) allows any; requests without an ``Origin`` (from
+            programs, not pages) are always allowed.
+        ssl_context: serve ``wss://`` with this server-side context.
+
+    The other options are those of :func:`repred.serve_tcp`. A message
+    longer than ``max_line_bytes`` (and 64 KiB) ends its connection.
+    """
+    options = LinkOptions(**_link_options(locals()))
+    handler = stream_server(replica, live, options, max_links, on_connection)
+
+    async def on_request(request: trio_websocket.WebSocketRequest) -> None:
+        if not allows_origin(request, origins):
+            limited(
+                logging.INFO, "origin", "repred: WebSocket refused: origin not allowed"
+            )
+            await request.reject(403, body=b"origin not allowed\n")
+            return
+        ws = await request.accept()
+        await handler(MessageStream(ws))
+
+    listeners: list[Any] = await trio.open_tcp_listeners(port, host=host)
+    if ssl_context is not None:
+        listeners = [
+            trio.SSLListener(listener, ssl_context, https_compatible=True)
+            for listener in listeners
+        ]
+    server = trio_websocket.WebSocketServer(
+        on_request,
+        listeners,
+        handler_nursery=handler_nursery,
+        max_message_size=max_line_bytes + _MESSAGE_SLACK,
+        connect_timeout=handshake_timeout,
+        disconnect_timeout=close_timeout or 1.0,
+    )
+    async with single_errors():
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            task_status.started(listeners)
+            await trio.sleep_forever()
+    raise AssertionError("the WebSocket server returned")  # pragma: no cover
+
+
+async def connect_websocket(
+    replica: Replica,
+    url: str,
+    *,
+    live: bool = True,
+    send_timeout: float = DEFAULT_SEND_TIMEOUT,
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+    keepalive_interval: float = DEFAULT_KEEPALIVE_INTERVAL,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    batch_entries: int = DEFAULT_BATCH_ENTRIES,
+    batch_bytes: int = DEFAULT_BATCH_BYTES,
+    batches: bool = True,
+    send: bool = True,
+    receive: bool = True,
+    ssl_context: ssl.SSLContext | None = None,
+    task_status: trio.TaskStatus[Connection] = trio.TASK_STATUS_IGNORED,
+) -> ConnectionStatistics:
+    """Connect to a peer at a ``ws://`` or ``wss://`` URL and replicate.
+
+    The options are those of :func:`repred.connect_tcp`.
+
+    Raises:
+        OSError: the connection could not be made.
+        PeerClosed: the WebSocket handshake failed (the message says why).
+        RepredError: as :func:`repred.replicate`.
+    """
+    options = LinkOptions(**_link_options(locals()))
+    async with open_websocket(
+        url,
+        ssl_context=ssl_context,
+        max_message_size=max_line_bytes + _MESSAGE_SLACK,
+        timeout=handshake_timeout,
+    ) as ws:
+        return await _replicate(
+            replica, MessageStream(ws), live, task_status.started, options
+        )
+
+
+@contextlib.asynccontextmanager
+async def open_websocket(
+    url: str,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    max_message_size: int = DEFAULT_MAX_LINE_BYTES + _MESSAGE_SLACK,
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
+    timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,  # noqa: ASYNC109
+) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+    """A client WebSocket connection to ``url`` (``ws://`` or ``wss://``).
+
+    The TCP (and TLS) stream is this function's own, and it is closed on
+    the way out whatever happened: trio-websocket's client leaves its socket
+    open when the server ends the connection first.
+
+    Raises:
+        ValueError: not a ``ws://`` or ``wss://`` URL.
+        OSError: the connection could not be made.
+        PeerClosed: the handshake failed (the message says why).
+        SyncTimeout: it took longer than ``timeout``.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"not a ws:// or wss:// URL: {url!r}")
+    secure = parts.scheme == "wss"
+    port = parts.port or (443 if secure else 80)
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    host = parts.hostname
+    stream: Any = await trio.open_tcp_stream(host, port)
+    try:
+        async with _handshake_errors(url, timeout), trio.open_nursery() as nursery:
+            with trio.fail_after(timeout):
+                if secure:
+                    stream = await start_tls(
+                        stream,
+                        ssl_context or ssl.create_default_context(),
+                        server_hostname=host,
+                        timeout=timeout,
+                    )
+                ws = await trio_websocket.wrap_client_stream(
+                    nursery,
+                    stream,
+                    parts.netloc,
+                    resource,
+                    extra_headers=extra_headers,
+                    max_message_size=max_message_size,
+                )
+            try:
+                yield ws
+            finally:
+                await MessageStream(ws).aclose()
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+@contextlib.asynccontextmanager
+async def _handshake_errors(url: str, seconds: float) -> AsyncIterator[None]:
+    """The single error that ended a client connection, handshake failures
+    as :class:`PeerClosed` and a slow one as :class:`SyncTimeout`."""
+    try:
+        async with single_errors():
+            yield
+    except trio.TooSlowError:
+        raise SyncTimeout(f"no WebSocket handshake within {seconds} s") from None
+    except trio_websocket.HandshakeError as exc:
+        raise PeerClosed(f"WebSocket handshake with {url} failed: {exc!r}") from None

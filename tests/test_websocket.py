@@ -1,0 +1,155 @@
+"""Links over WebSockets: the line protocol in messages split any way."""
+
+from __future__ import annotations
+
+import functools
+import random
+
+import orjson
+import pytest
+import trio
+import trio_websocket
+
+import repred
+from repred._websocket import open_websocket
+from repred.types import model
+
+from .helpers import wait_until
+
+
+def _filled(n: int = 300, id: str = "server") -> repred.Replica:
+    m = model(id=id)
+    for i in range(n):
+        m.set(f"k{i}", i)
+    return m
+
+
+async def _serve(nursery, replica, **options) -> str:
+    listeners = await nursery.start(
+        functools.partial(repred.serve_websocket, replica, 0, **options)
+    )
+    return f"ws://127.0.0.1:{listeners[0].socket.getsockname()[1]}/replicas/data"
+
+
+@pytest.mark.parametrize("batches", [True, False])
+async def test_a_sync_and_a_live_tail_over_websockets(batches):
+    server = _filled()
+    async with trio.open_nursery() as nursery:
+        url = await _serve(nursery, server)
+        client = model(id="client")
+        client.set("from-client", 1)
+        conn = await nursery.start(
+            functools.partial(repred.connect_websocket, client, url, batches=batches)
+        )
+        with trio.fail_after(10):
+            await conn.wait_synced()
+            assert client.to_dict() == server.to_dict()
+            stats = conn.statistics()
+            assert stats.updates_in == 300
+            assert stats.entries_expected == 300
+            server.set("live", "yes")
+            await wait_until(client, lambda: client.get("live") == "yes")
+            client.set("back", "too")
+            await wait_until(server, lambda: server.get("back") == "too")
+        nursery.cancel_scope.cancel()
+
+
+async def test_lines_split_any_way_across_messages():
+    """A client that sends its digest and entries in messages cut at random
+    places, text and binary mixed, as JS websocket-stream may."""
+    server = model(id="server")
+    source = _filled(50, id="writer")
+    lines = [b'{"id":"raw","clock":{}}\n']
+    lines += [
+        orjson.dumps([list(e.change), e.ts, e.source]) + b"\n" for e in source.history()
+    ]
+    lines.append(b'"SYNC"\n')
+    data = b"".join(lines)
+    rng = random.Random(7)
+    async with trio.open_nursery() as nursery:
+        url = await _serve(nursery, server)
+        async with open_websocket(url) as ws:
+            at = 0
+            while at < len(data):
+                step = rng.randint(1, 40)
+                piece = data[at : at + step]
+                at += step
+                await ws.send_message(piece if rng.random() < 0.5 else piece.decode())
+            with trio.fail_after(10):
+                await wait_until(server, lambda: server.to_dict() == source.to_dict())
+        nursery.cancel_scope.cancel()
+
+
+async def _refused(url: str, payload: bytes | str) -> None:
+    """Send ``payload``; the server must end the connection."""
+    async with open_websocket(url, max_message_size=1 << 22) as ws:
+        with trio.fail_after(10):
+            with pytest.raises(trio_websocket.ConnectionClosed):
+                await ws.send_message(payload)  # may find it closed already
+                while True:
+                    await ws.get_message()
+
+
+async def test_hostile_websocket_clients_end_only_their_link():
+    server = _filled(20)
+    async with trio.open_nursery() as nursery:
+        url = await _serve(nursery, server, max_line_bytes=4096)
+        await _refused(url, b"garbage that is not JSON\n")
+        await _refused(url, b'{"id":"x","clock":{}}\n' + b"[" * 10_000)  # no line end
+        await _refused(url, b"x" * 200_000)  # one message over the limit
+        # A far-future stamp is deferred, and the link stays up.
+        async with open_websocket(url) as ws:
+            await ws.send_message(
+                b'{"id":"x","clock":{}}\n'
+                + orjson.dumps([["far", 1], 2**52, "x"])
+                + b"\n"
+            )
+            await ws.send_message(orjson.dumps([["near", 1], 1, "y"]) + b"\n")
+            with trio.fail_after(10):
+                await wait_until(server, lambda: server.get("near") == 1)
+        assert "far" not in server
+        # And the server still serves.
+        good = model(id="good")
+        await repred.connect_websocket(good, url, live=False)
+        assert good.get("near") == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_client_that_never_sends_its_digest_is_cut(autojump_clock):
+    server = _filled(5)
+    async with trio.open_nursery() as nursery:
+        url = await _serve(nursery, server, handshake_timeout=5)
+        async with open_websocket(url) as ws:
+            with pytest.raises(trio_websocket.ConnectionClosed):
+                while True:
+                    await ws.get_message()
+        nursery.cancel_scope.cancel()
+
+
+async def test_origins_are_checked():
+    server = _filled(5)
+    async with trio.open_nursery() as nursery:
+        url = await _serve(nursery, server, origins={"http://good.example"})
+        with pytest.raises(repred.PeerClosed, match="403"):
+            async with open_websocket(
+                url, extra_headers=[(b"Origin", b"http://evil.example")]
+            ):
+                pass
+        async with open_websocket(
+            url, extra_headers=[(b"Origin", b"http://good.example")]
+        ):
+            pass
+        # A program (no Origin header) is let in.
+        await repred.connect_websocket(model(id="p"), url, live=False)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_refused_handshake_is_a_clear_error():
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(repred.serve_tcp, model(id="tcp"), 0)
+        port = listeners[0].socket.getsockname()[1]
+        with pytest.raises(repred.RepredError):
+            await repred.connect_websocket(
+                model(id="c"), f"ws://127.0.0.1:{port}/", handshake_timeout=1
+            )
+        nursery.cancel_scope.cancel()
