@@ -404,6 +404,32 @@ class Replica:
             if self._key is not None:
                 k = self._key(change)
                 old = self._history.newest(k)
+                if old is not None and old >= (ts, self.id):
+                    # The key holds a write stamped ahead of this clock (a
+                    # peer's clock runs fast, within max_drift_ms): this
+                    # write comes after it, so it must win everywhere, not
+                    # only here. Stamped just above it, and reduced again.
+                    ts = _next_stamp(old[0])
+                    if type(ts) is float and ts.is_integer():
+                        ts = int(ts)
+                    self._rebuild()
+                    change = (
+                        self._reducer(self.state, upd, (ts, self.id))
+                        if self._stamped
+                        else self._reducer(self.state, upd)
+                    )
+                    if change is None or (type(change) in _EMPTY_TYPES and not change):
+                        return None
+                    if not checked:
+                        check_value(change, "the change")
+                    k = self._key(change)
+                    old = self._history.newest(k)
+                    if self._signer is not None:
+                        signature = self._signer.sign(change, ts, self.id)
+                    if len(encode_entry(change, ts, self.id, signature)) > (
+                        self.max_line_bytes
+                    ):
+                        raise ValueError("the entry would be over the line limit")
             if store is not None:
                 if old is not None:
                     store.drop(*old)

@@ -4,7 +4,7 @@ import pytest
 
 import repred
 
-from .helpers import FakeWall, gset, union
+from .helpers import FakeWall, gset, sync, union
 
 
 def test_update_returns_change_or_none():
@@ -180,3 +180,30 @@ def test_bad_ids_are_refused(bad):
 def test_type_name_defaults_to_the_reducer_name():
     assert gset("A").type_name == "union"
     assert gset("A", type_name="names").type_name == "names"
+
+
+def test_a_write_over_one_stamped_minutes_ahead_wins_everywhere():
+    """A peer's clock three minutes fast: its write is taken (within the
+    drift allowed), and a later local write to the same key must still win,
+    here and on every peer, not only here."""
+    from repred.types import heartbeats, model
+
+    wall = FakeWall()
+    ahead = model(id="ahead", wall=lambda: wall.now + 3 * 60 * 1000)
+    ahead.set("x", "from-the-future")
+    me, other = model(id="me", wall=wall), model(id="other", wall=wall)
+    sync(ahead, me)
+    assert me.set("x", "mine, later") == ["x", "mine, later"]
+    sync(me, other)
+    sync(ahead, other)
+    sync(other, ahead)
+    assert me.to_dict() == other.to_dict() == ahead.to_dict() == {"x": "mine, later"}
+    # The same for a type whose reducer takes the stamp.
+    fast = heartbeats(id="fast", wall=lambda: wall.now + 3 * 60 * 1000)
+    fast.beat("n")
+    mine = heartbeats(id="mine", wall=wall)
+    sync(fast, mine)
+    mine.beat("n")
+    sync(mine, fast)
+    assert mine.state == fast.state
+    assert mine.state["n"] > wall.now + 3 * 60 * 1000
