@@ -64,11 +64,19 @@ from ._links import (
 from ._log import RateLimitedLog
 from ._replica import Replica, new_id, wall_ms
 from ._session import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_ENTRIES, Session
+from ._web import serve_web
 from ._wire import DEFAULT_MAX_LINE_BYTES, LineDecoder, loads_line, snippet
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+    from collections.abc import (
+        AsyncIterator,
+        Awaitable,
+        Callable,
+        Collection,
+        Mapping,
+        Sequence,
+    )
 
     from ._trust import SigningKey, Writers
 
@@ -599,6 +607,8 @@ class Peer:
         self.host = host
         self.port = port
         self.address = ""
+        #: Where the web port listens ("host:port"), if open_peer was given one.
+        self.web_address: str | None = None
         self.options = options
         self._transport = transport
         self._wall = wall
@@ -998,6 +1008,8 @@ async def open_peer(
     verify: bool = False,
     writers: Writers | None = None,
     node_id: str | None = None,
+    web_port: int | None = None,
+    web_origins: Collection[str] = (),
 ) -> AsyncIterator[Peer]:
     """Run a gossip peer inside the caller's trio program.
 
@@ -1055,6 +1067,13 @@ async def open_peer(
             id of the node's own replica (the peer command does), so that
             the source of an update names its host. The signing key's id
             with ``signing_key``; a random one otherwise.
+        web_port: also serve, on this port, the pages and a WebSocket link
+            per named replica (see :mod:`repred._web`): ``GET /`` the
+            live page of the replica named ``"data"``, ``GET /todo`` that of
+            the ``doc()`` named ``"todo"``, ``ws://HOST:PORT/replicas/NAME``
+            for each; :attr:`Peer.web_address` says where.
+        web_origins: origins besides the web port's own whose pages may
+            open WebSocket links (``"http://host:port"``).
         signing_key, verify, writers: as for :func:`repred.repred`, for the
             membership map: heartbeats are signed with the key, and a
             verifying peer takes only signed ones (from ``writers`` only,
@@ -1109,6 +1128,19 @@ async def open_peer(
     )
     async with single_errors(), trio.open_nursery() as nursery:
         await peer._start(nursery)
+        if web_port is not None:
+            web = await nursery.start(
+                functools.partial(
+                    serve_web,
+                    replicas or {},
+                    web_port,
+                    host=host,
+                    origins=web_origins,
+                    options=attrs.evolve(link_options, receive=not read_only),
+                    max_links=max_links,
+                )
+            )
+            peer.web_address = f"{host}:{web[0].socket.getsockname()[1]}"
         try:
             yield peer
         finally:

@@ -41,7 +41,7 @@ from ._links import single_errors
 from ._store import SqliteStore
 from ._trust import SigningKey, is_key_id
 from ._wire import LineDecoder
-from .types import model
+from .types import doc, model
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -120,6 +120,20 @@ def _parser() -> argparse.ArgumentParser:
         help="keep the replicated map in DIR (SQLite), across restarts",
     )
     _trust_options(p)
+    p.add_argument(
+        "--web",
+        type=_listen_port,
+        metavar="PORT",
+        help="serve the live pages (/ and /todo) and WebSocket links"
+        " (/replicas/data, /replicas/todo) on PORT",
+    )
+    p.add_argument(
+        "--web-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="another origin (http://host:port) whose pages may link (repeatable)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log link errors")
     return p
 
@@ -254,6 +268,7 @@ commands on standard input (one per line):
 
 events printed with --json (one JSON object per line):
   listening  {"event":"listening","address":"127.0.0.1:8001","id":"..."}
+             (with --web, also "web":"http://127.0.0.1:8080/")
   update     {"event":"update","key":"colour","value":"blue","source":"..."}
   delete     {"event":"delete","key":"colour","source":"..."}
   value      {"event":"value","key":"colour","value":"blue"}
@@ -346,7 +361,8 @@ def format_event(event: dict[str, Any], as_json: bool) -> str:
     if kind in ("up", "down"):
         return f"peer {_plain(event['peer'])} is {kind}"
     if kind == "listening":
-        return f"listening on {event['address']} as {_plain(event['id'])}"
+        text = f"listening on {event['address']} as {_plain(event['id'])}"
+        return text + (f"; pages at {event['web']}" if event.get("web") else "")
     if kind == "value":
         if event.get("deleted"):
             return f"{_plain(event['key'])} was deleted"
@@ -575,31 +591,43 @@ async def run(args: argparse.Namespace) -> None:
     if args.data:
         os.makedirs(args.data, exist_ok=True)
         store = SqliteStore(os.path.join(args.data, "data.db"))
-    data = model(
-        store=store,
-        signing_key=args.signing_key,
-        verify=args.verify,
-        writers=args.writer_ids,
-    )
+    trust = {
+        "signing_key": args.signing_key,
+        "verify": args.verify,
+        "writers": args.writer_ids,
+    }
+    data = model(store=store, **trust)
+    replicas: dict[str, Any] = {"data": data}
+    if args.web is not None:
+        # The todo page's lists, a doc() beside the map.
+        todo_store = None
+        if args.data:
+            todo_store = SqliteStore(os.path.join(args.data, "todo.db"))
+        replicas["todo"] = doc(store=todo_store, **trust)
     try:
         async with single_errors(), trio.open_nursery() as nursery:
             with trio.CancelScope() as scope:
                 nursery.start_soon(_until_signalled, scope)
-                await _serve(args, data, seeds, out)
+                await _serve(args, replicas, seeds, out)
             nursery.cancel_scope.cancel()
     finally:
         out.close()
-        data.close()
+        for replica in replicas.values():
+            replica.close()
 
 
 async def _serve(
-    args: argparse.Namespace, data: Any, seeds: list[str], out: _Output
+    args: argparse.Namespace,
+    replicas: dict[str, Any],
+    seeds: list[str],
+    out: _Output,
 ) -> None:
+    data = replicas["data"]
     async with (
         open_peer(
             port=args.server_port,
             host=args.host,
-            replicas={"data": data},
+            replicas=replicas,
             seeds=seeds,
             heartbeat_interval=args.heartbeat,
             down_after=args.down_after,
@@ -615,12 +643,17 @@ async def _serve(
             verify=args.verify,
             writers=args.writer_ids,
             node_id=data.id,
+            web_port=args.web,
+            web_origins=args.web_origin,
         ) as peer,
         trio.open_nursery() as nursery,
     ):
         _show_updates(data, out)
         # Said once the peer is ready for commands.
-        out({"event": "listening", "address": peer.address, "id": data.id})
+        listening = {"event": "listening", "address": peer.address, "id": data.id}
+        if peer.web_address is not None:
+            listening["web"] = f"http://{peer.web_address}/"
+        out(listening)
         if out.as_json or out.is_terminal:
             nursery.start_soon(_watch_syncs, peer, out)
         if args.no_stdin:

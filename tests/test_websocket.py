@@ -80,14 +80,20 @@ async def test_lines_split_any_way_across_messages():
         nursery.cancel_scope.cancel()
 
 
+async def until_closed(ws, payload: bytes | str | None = None) -> None:
+    """Send ``payload`` (if any), then read until the server closes."""
+    if payload is not None:
+        await ws.send_message(payload)  # may find it closed already
+    while True:
+        await ws.get_message()
+
+
 async def _refused(url: str, payload: bytes | str) -> None:
     """Send ``payload``; the server must end the connection."""
     async with open_websocket(url, max_message_size=1 << 22) as ws:
         with trio.fail_after(10):
             with pytest.raises(trio_websocket.ConnectionClosed):
-                await ws.send_message(payload)  # may find it closed already
-                while True:
-                    await ws.get_message()
+                await until_closed(ws, payload)
 
 
 async def test_hostile_websocket_clients_end_only_their_link():
@@ -121,8 +127,7 @@ async def test_a_client_that_never_sends_its_digest_is_cut(autojump_clock):
         url = await _serve(nursery, server, handshake_timeout=5)
         async with open_websocket(url) as ws:
             with pytest.raises(trio_websocket.ConnectionClosed):
-                while True:
-                    await ws.get_message()
+                await until_closed(ws)
         nursery.cancel_scope.cancel()
 
 
