@@ -26,16 +26,15 @@ import importlib.resources
 import logging
 from typing import TYPE_CHECKING
 
-import h11
 import trio
-import trio_websocket
 
+from ._http import Replay, header, read_request, respond
 from ._links import LinkOptions, stream_server
 from ._log import limited
-from ._websocket import _MESSAGE_SLACK, MessageStream
+from ._websocket import websocket_upgrade
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Iterable, Mapping
+    from collections.abc import Awaitable, Callable, Collection, Mapping
 
     from ._links import Connection
     from ._replica import Replica
@@ -49,62 +48,10 @@ PAGES = {
     "/repred.js": ("repred.js", "text/javascript; charset=utf-8"),
 }
 
-_HEAD_LIMIT = 16 * 1024
-
 
 @functools.cache
 def _page(name: str) -> bytes:
     return importlib.resources.files("repred").joinpath("web", name).read_bytes()
-
-
-class _Replay(trio.abc.Stream):
-    """A stream whose first bytes were already read: they are read again."""
-
-    def __init__(self, stream: trio.abc.Stream, head: bytes) -> None:
-        self._stream = stream
-        self._head = head
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._head:
-            head, self._head = self._head, b""
-            await trio.lowlevel.checkpoint()
-            return head
-        return bytes(await self._stream.receive_some(max_bytes))
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-
-def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    for key, value in headers:
-        if key == name:
-            return value
-    return None
-
-
-async def _respond(
-    stream: trio.abc.Stream,
-    conn: h11.Connection,
-    status: int,
-    body: bytes,
-    content_type: str = "text/plain; charset=utf-8",
-) -> None:
-    headers = [
-        ("content-type", content_type),
-        ("content-length", str(len(body))),
-        ("cache-control", "no-cache"),
-        ("connection", "close"),
-    ]
-    data = conn.send(h11.Response(status_code=status, headers=headers))
-    data = (data or b"") + (conn.send(h11.Data(data=body)) or b"")
-    data += conn.send(h11.EndOfMessage()) or b""
-    await stream.send_all(data)
 
 
 async def serve_web(
@@ -132,67 +79,56 @@ async def serve_web(
         for name, replica in replicas.items()
     }
     allowed = frozenset(origins)
+    prefix = "/replicas/"
+
+    def route(path: str) -> Callable[[trio.abc.Stream], Awaitable[None]] | None:
+        return handlers.get(path[len(prefix) :]) if path.startswith(prefix) else None
+
+    # The origin is checked on the request as h11 read it (which has the
+    # Host header the page's own origin is made of), before the upgrade.
+    upgrade = websocket_upgrade(route, options)
+    requests = trio.CapacityLimiter(max_links)
 
     async def handle(stream: trio.abc.Stream) -> None:
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_HEAD_LIMIT)
-        head = bytearray()
+        # At most max_links requests are read at once (each within the
+        # handshake timeout); more are closed at once.
         try:
-            with trio.fail_after(options.handshake_timeout):
-                while True:
-                    event = conn.next_event()
-                    if event is not h11.NEED_DATA:
-                        break
-                    data = await stream.receive_some(4096)
-                    if not data:
-                        return
-                    head += data
-                    conn.receive_data(bytes(data))
-        except (trio.TooSlowError, h11.RemoteProtocolError, trio.BrokenResourceError):
-            limited(logging.INFO, "web-request", "repred: a bad or slow HTTP request")
+            requests.acquire_nowait()
+        except trio.WouldBlock:
+            limited(logging.INFO, "web-busy", "repred: too many requests under way")
+            await trio.aclose_forcefully(stream)
             return
-        if not isinstance(event, h11.Request):
+        try:
+            read = await read_request(stream, options.handshake_timeout)
+        finally:
+            requests.release()
+        if read is None:
             return
+        conn, event, head = read
         path = event.target.split(b"?", 1)[0].decode("latin-1")
-        upgrade = _header(event.headers, b"upgrade")
-        if upgrade is not None and upgrade.lower() == b"websocket":
-            await _websocket(stream, bytes(head), event, path)
-        elif event.method not in (b"GET", b"HEAD"):
-            await _respond(stream, conn, 405, b"method not allowed\n")
-        elif path in PAGES:
-            name, content_type = PAGES[path]
-            body = _page(name) if event.method == b"GET" else b""
-            await _respond(stream, conn, 200, body, content_type)
-        else:
-            await _respond(stream, conn, 404, b"not found\n")
-
-    async def _websocket(
-        stream: trio.abc.Stream, head: bytes, request: h11.Request, path: str
-    ) -> None:
-        prefix = "/replicas/"
-        handler = handlers.get(path[len(prefix) :]) if path.startswith(prefix) else None
-        origin = _header(request.headers, b"origin")
-        own = _header(request.headers, b"host")
-        async with trio.open_nursery() as nursery:
-            ws_request = await trio_websocket.wrap_server_stream(
-                nursery,
-                _Replay(stream, head),
-                max_message_size=options.max_line_bytes + _MESSAGE_SLACK,
-            )
-            if handler is None:
-                await ws_request.reject(404, body=b"no such replica\n")
-                return
-            if origin is not None and not _allowed(origin, own, allowed):
+        wants = header(event.headers, b"upgrade")
+        if wants is not None and wants.lower() == b"websocket":
+            origin = header(event.headers, b"origin")
+            if origin is not None and not _allowed(
+                origin, header(event.headers, b"host"), allowed
+            ):
                 limited(
                     logging.INFO,
                     "origin",
                     "repred: WebSocket refused: origin %r not allowed",
                     origin[:100],
                 )
-                await ws_request.reject(403, body=b"origin not allowed\n")
-                return
-            ws = await ws_request.accept()
-            await handler(MessageStream(ws))
-            nursery.cancel_scope.cancel()
+                await respond(stream, conn, 403, b"origin not allowed\n")
+            else:
+                await upgrade(Replay(stream, head))
+        elif event.method not in (b"GET", b"HEAD"):
+            await respond(stream, conn, 405, b"method not allowed\n")
+        elif path in PAGES:
+            name, content_type = PAGES[path]
+            body = _page(name) if event.method == b"GET" else b""
+            await respond(stream, conn, 200, body, content_type)
+        else:
+            await respond(stream, conn, 404, b"not found\n")
 
     listeners = await trio.open_tcp_listeners(port, host=host)
     async with trio.open_nursery() as nursery:

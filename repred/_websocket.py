@@ -21,6 +21,7 @@ import trio
 import trio_websocket
 
 from ._errors import PeerClosed, SyncTimeout
+from ._http import Replay, header, read_request, respond
 from ._links import (
     DEFAULT_CLOSE_TIMEOUT,
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -35,13 +36,14 @@ from ._links import (
     single_errors,
     start_tls,
     stream_server,
+    tls_server,
 )
 from ._log import limited
 from ._session import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_ENTRIES
 from ._wire import DEFAULT_MAX_LINE_BYTES
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Collection
+    from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 
     from ._replica import Replica
 
@@ -94,17 +96,15 @@ class MessageStream(trio.abc.Stream):
 
 
 def allows_origin(
-    request: trio_websocket.WebSocketRequest, origins: Collection[str] | None
+    headers: list[tuple[bytes, bytes]], origins: Collection[str] | None
 ) -> bool:
     """Whether a request may open a link: ``origins=None`` allows any;
     otherwise a browser's request (one with an ``Origin`` header) must
     come from one of ``origins`` (programs send no ``Origin``)."""
     if origins is None:
         return True
-    for name, value in request.headers:
-        if name.lower() == b"origin":
-            return value.decode("latin-1") in origins
-    return True
+    origin = header(headers, b"origin")
+    return origin is None or origin.decode("latin-1") in origins
 
 
 async def serve_websocket(
@@ -149,36 +149,120 @@ async def serve_websocket(
     options = LinkOptions(**_link_options(locals()))
     handler = stream_server(replica, live, options, max_links, on_connection)
 
-    async def on_request(request: trio_websocket.WebSocketRequest) -> None:
-        if not allows_origin(request, origins):
-            limited(
-                logging.INFO, "origin", "repred: WebSocket refused: origin not allowed"
-            )
-            await request.reject(403, body=b"origin not allowed\n")
-            return
-        ws = await request.accept()
-        await handler(MessageStream(ws))
+    def check(headers: list[tuple[bytes, bytes]]) -> int | None:
+        return None if allows_origin(headers, origins) else 403
 
-    listeners: list[Any] = await trio.open_tcp_listeners(port, host=host)
-    if ssl_context is not None:
-        listeners = [
-            trio.SSLListener(listener, ssl_context, https_compatible=True)
-            for listener in listeners
-        ]
-    server = trio_websocket.WebSocketServer(
-        on_request,
-        listeners,
-        handler_nursery=handler_nursery,
-        max_message_size=max_line_bytes + _MESSAGE_SLACK,
-        connect_timeout=handshake_timeout,
-        disconnect_timeout=close_timeout or 1.0,
+    serving: Callable[[trio.abc.Stream], Awaitable[None]] = websocket_server(
+        lambda path: handler, check, options, max_links
     )
+    if ssl_context is not None:
+        serving = tls_server(
+            serving,
+            ssl_context,
+            timeout=handshake_timeout,
+            max_handshakes=max_links,
+        )
     async with single_errors():
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.run)
-            task_status.started(listeners)
-            await trio.sleep_forever()
+        await trio.serve_tcp(
+            serving,
+            port,
+            host=host,
+            handler_nursery=handler_nursery,
+            task_status=task_status,
+        )
     raise AssertionError("the WebSocket server returned")  # pragma: no cover
+
+
+#: The reasons a WebSocket request is refused, by status.
+_REFUSALS = {403: b"origin not allowed\n", 404: b"no such replica\n"}
+
+
+def websocket_server(
+    route: Callable[[str], Callable[[trio.abc.Stream], Awaitable[None]] | None],
+    check: Callable[[list[tuple[bytes, bytes]]], int | None],
+    options: LinkOptions,
+    max_pending: int,
+) -> Callable[[trio.abc.Stream], Awaitable[None]]:
+    """A handler that reads a WebSocket request on each stream and hands the
+    connection, as a :class:`MessageStream`, to ``route(path)``.
+
+    ``check(headers)`` refuses a request with an HTTP status (or ``None``);
+    a path that routes nowhere gets 404, a request that is no WebSocket
+    upgrade 400. At most ``max_pending`` requests are read at once (a
+    connection past that is closed at once), each within the handshake
+    timeout and 16 KiB: connections that never finish one cost bounded
+    sockets and time, and one that goes away frees its place at once.
+    """
+    pending = trio.CapacityLimiter(max_pending)
+    upgrade = websocket_upgrade(route, options)
+
+    async def handle(stream: trio.abc.Stream) -> None:
+        try:
+            pending.acquire_nowait()
+        except trio.WouldBlock:
+            limited(
+                logging.INFO,
+                "ws-busy",
+                "repred: WebSocket refused: %d requests under way",
+                max_pending,
+            )
+            await trio.aclose_forcefully(stream)
+            return
+        try:
+            read = await read_request(stream, options.handshake_timeout)
+        finally:
+            pending.release()
+        if read is None:
+            await trio.aclose_forcefully(stream)
+            return
+        conn, request, head = read
+        wants = header(request.headers, b"upgrade")
+        if wants is None or wants.lower() != b"websocket":
+            await respond(stream, conn, 400, b"a WebSocket endpoint\n")
+            await trio.aclose_forcefully(stream)
+            return
+        status = check(list(request.headers))
+        if status is not None:
+            limited(
+                logging.INFO, "ws-refused", "repred: WebSocket refused (%d)", status
+            )
+            await respond(stream, conn, status, _REFUSALS.get(status, b"refused\n"))
+            await trio.aclose_forcefully(stream)
+            return
+        await upgrade(Replay(stream, head))
+
+    return handle
+
+
+def websocket_upgrade(
+    route: Callable[[str], Callable[[trio.abc.Stream], Awaitable[None]] | None],
+    options: LinkOptions,
+) -> Callable[[trio.abc.Stream], Awaitable[None]]:
+    """Take the WebSocket handshake of a request whose head was read (and is
+    replayed in front of ``stream``), and run ``route(path)`` on it."""
+
+    async def upgrade(stream: trio.abc.Stream) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                ws = target = None
+                with trio.move_on_after(options.handshake_timeout):
+                    request = await trio_websocket.wrap_server_stream(
+                        nursery,
+                        stream,
+                        max_message_size=options.max_line_bytes + _MESSAGE_SLACK,
+                    )
+                    target = route(request.path.split("?", 1)[0])
+                    if target is None:
+                        await request.reject(404, body=_REFUSALS[404])
+                    else:
+                        ws = await request.accept()
+                if ws is not None and target is not None:
+                    await target(MessageStream(ws))
+                nursery.cancel_scope.cancel()
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    return upgrade
 
 
 async def connect_websocket(

@@ -158,3 +158,34 @@ async def test_a_refused_handshake_is_a_clear_error():
                 model(id="c"), f"ws://127.0.0.1:{port}/", handshake_timeout=1
             )
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("server", ["serve_websocket", "web port"])
+async def test_connections_that_never_finish_a_handshake_are_bounded(server):
+    replica = _filled(5)
+    async with trio.open_nursery() as nursery:
+        if server == "serve_websocket":
+            listeners = await nursery.start(
+                functools.partial(repred.serve_websocket, replica, 0, max_links=3)
+            )
+        else:
+            from repred._web import serve_web
+
+            listeners = await nursery.start(
+                functools.partial(serve_web, {"data": replica}, 0, max_links=3)
+            )
+        port = listeners[0].socket.getsockname()[1]
+        silent = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(3)]
+        await trio.testing.wait_all_tasks_blocked()
+        extra = await trio.open_tcp_stream("127.0.0.1", port)
+        with trio.fail_after(5):
+            assert await extra.receive_some(10) == b""  # closed at once
+        await extra.aclose()
+        for stream in silent:
+            await stream.aclose()
+        await trio.testing.wait_all_tasks_blocked()
+        path = "/replicas/data" if server == "web port" else "/"
+        good = model(id="good")
+        await repred.connect_websocket(good, f"ws://127.0.0.1:{port}{path}", live=False)
+        assert good.to_dict() == replica.to_dict()
+        nursery.cancel_scope.cancel()
