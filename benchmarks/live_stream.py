@@ -4,11 +4,12 @@ Two model replicas, connected over loopback TCP in one process (so one core
 pays for both ends). The writer sets N keys in bursts, yielding between
 bursts; the figure is wall time until the reader has all N, per update.
 
-    python benchmarks/live_stream.py [N] [BURST]
+    python benchmarks/live_stream.py [N] [BURST] [--websocket]
 """
 
 from __future__ import annotations
 
+import sys
 import time
 
 import trio
@@ -24,9 +25,16 @@ async def main() -> None:
     n, burst = arg(1, 200_000), arg(2, 100)
     writer, reader = model(id="writer"), model(id="reader")
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(repred.serve_tcp, reader, 0)
+        websocket = "--websocket" in sys.argv
+        serving = repred.serve_websocket if websocket else repred.serve_tcp
+        listeners = await nursery.start(serving, reader, 0)
         port = listeners[0].socket.getsockname()[1]
-        conn = await nursery.start(repred.connect_tcp, writer, "127.0.0.1", port)
+        if websocket:
+            conn = await nursery.start(
+                repred.connect_websocket, writer, f"ws://127.0.0.1:{port}/"
+            )
+        else:
+            conn = await nursery.start(repred.connect_tcp, writer, "127.0.0.1", port)
         await conn.wait_synced()
         done = trio.Event()
         last_key = f"k{n - 1}"
@@ -48,6 +56,7 @@ async def main() -> None:
             "live_stream",
             updates=n,
             burst=burst,
+            transport="websocket" if websocket else "tcp",
             us_per_update=dt / n * 1e6,
             bytes_per_update=stats.bytes_out / n,
         )
