@@ -189,3 +189,42 @@ async def test_connections_that_never_finish_a_handshake_are_bounded(server):
         await repred.connect_websocket(good, f"ws://127.0.0.1:{port}{path}", live=False)
         assert good.to_dict() == replica.to_dict()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_thousand_idle_websockets_cost_bounded_links():
+    """Upgraded connections that never send a digest: at most max_links are
+    held (the quietest is dropped for a new one), and the server serves."""
+    server = _filled(5)
+    held = []
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            functools.partial(
+                repred.serve_websocket,
+                server,
+                0,
+                max_links=50,
+                on_connection=held.append,
+            )
+        )
+        url = f"ws://127.0.0.1:{listeners[0].socket.getsockname()[1]}/"
+        async with trio.open_nursery() as idle:
+            for _ in range(1000):
+                await idle.start(_idle_client, url)
+            await trio.testing.wait_all_tasks_blocked()
+            live = [c for c in held if not c._scope.cancel_called]
+            assert len(live) <= 50
+            good = model(id="good")
+            with trio.fail_after(10):
+                await repred.connect_websocket(good, url, live=False)
+            assert good.to_dict() == server.to_dict()
+            idle.cancel_scope.cancel()
+        nursery.cancel_scope.cancel()
+
+
+async def _idle_client(url, task_status=trio.TASK_STATUS_IGNORED):
+    async with open_websocket(url) as ws:
+        task_status.started()
+        try:
+            await until_closed(ws)
+        except trio_websocket.ConnectionClosed:
+            pass
