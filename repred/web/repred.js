@@ -258,6 +258,7 @@
   Link.prototype._line = function (line) {
     var msg = JSON.parse(line)
     if (Array.isArray(msg)) {
+      if (this._peerClock === null) return // (a peer sends its digest first)
       var change = msg[0], ts = msg[1], source = msg[2]
       if (this._skipped[source]) return
       if (!this.replica._apply(change, ts, source)) this._skipped[source] = true
