@@ -17,6 +17,8 @@ checker and the simulated network.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from . import protocol as protocol
 from . import types as types
 from ._errors import IncompatiblePeerError as IncompatiblePeerError
@@ -43,8 +45,6 @@ from ._replica import repred as repred
 from ._store import SqliteStore as SqliteStore
 from ._store import StoreError as StoreError
 from ._trust import SigningKey as SigningKey
-from ._websocket import connect_websocket as connect_websocket
-from ._websocket import serve_websocket as serve_websocket
 
 __all__ = [
     "Connection",
@@ -72,6 +72,21 @@ __all__ = [
     "subscribe",
     "types",
 ]
+
+if TYPE_CHECKING:
+    from ._websocket import connect_websocket as connect_websocket
+    from ._websocket import serve_websocket as serve_websocket
+
+
+def __getattr__(name: str) -> Any:
+    # The WebSocket links load trio-websocket, wsproto and h11: only when
+    # a program asks for them.
+    if name in ("connect_websocket", "serve_websocket"):
+        from . import _websocket
+
+        return getattr(_websocket, name)
+    raise AttributeError(f"module 'repred' has no attribute {name!r}")
+
 
 # Also importable from here, for annotations, though not names one needs to
 # learn: the records the functions above return (Change, ConnectionStatistics,

@@ -64,7 +64,6 @@ from ._links import (
 from ._log import RateLimitedLog
 from ._replica import Replica, new_id, wall_ms
 from ._session import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_ENTRIES, Session
-from ._web import serve_web
 from ._wire import DEFAULT_MAX_LINE_BYTES, LineDecoder, loads_line, snippet
 
 if TYPE_CHECKING:
@@ -1129,6 +1128,8 @@ async def open_peer(
     async with single_errors(), trio.open_nursery() as nursery:
         await peer._start(nursery)
         if web_port is not None:
+            from ._web import serve_web  # (loads the WebSocket and HTTP stack)
+
             web = await nursery.start(
                 functools.partial(
                     serve_web,

@@ -36,11 +36,12 @@ import base64
 import binascii
 import os
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import nacl.exceptions
-import nacl.signing
 import orjson
+
+if TYPE_CHECKING:
+    import nacl.signing
 
 __all__ = [
     "ID_LENGTH",
@@ -103,6 +104,8 @@ class SigningKey:
     def __init__(self, seed: bytes) -> None:
         if type(seed) is not bytes or len(seed) != 32:
             raise ValueError("an ed25519 seed is 32 bytes")
+        import nacl.signing  # (on first use: most programs never sign)
+
         self._key = nacl.signing.SigningKey(seed)
         #: The public key, as the source id of a signed replica.
         self.id: str = _b64(bytes(self._key.verify_key))
@@ -152,6 +155,9 @@ def verifier() -> Callable[[Any, float, str, Any], bool]:
     It keeps the public keys it has decoded (one per source id that passed
     the bounds of the replica that uses it).
     """
+    import nacl.exceptions  # (on first use: most programs never verify)
+    import nacl.signing
+
     # Only keys that verified a signature are kept, so what a peer can make
     # this hold is bounded by the sources the replica admits.
     keys: dict[str, nacl.signing.VerifyKey] = {}
