@@ -63,6 +63,10 @@ Writers = Iterable[str] | Callable[[str], bool]
 
 _KEY_PREFIX = "repred-ed25519-seed:"
 
+#: Public keys a verifier keeps decoded, at most (a replica admits 16,384
+#: sources by default; past this the cache starts afresh).
+_MAX_KEYS = 32_768
+
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
@@ -187,6 +191,8 @@ def verifier() -> Callable[[Any, float, str, Any], bool]:
             key.verify(canonical(change, ts, source), sig)
         except nacl.exceptions.BadSignatureError:
             return False
+        if len(keys) >= _MAX_KEYS:
+            keys.clear()  # (keys anyone can make: a bounded cache, not a ledger)
         keys[source] = key
         return True
 

@@ -329,3 +329,17 @@ async def test_a_signed_sync_over_tcp():
         assert stats.updates_in == 200
         assert end.to_dict() == a.to_dict()
         nursery.cancel_scope.cancel()
+
+
+def test_a_verifier_keeps_a_bounded_number_of_keys(monkeypatch):
+    from repred import _trust
+
+    monkeypatch.setattr(_trust, "_MAX_KEYS", 3)
+    check = _trust.verifier()
+    for i in range(10):
+        key = SigningKey(bytes([i]) * 32)
+        assert check(["k", i], 1, key.id, key.sign(["k", i], 1, key.id))
+    cache = check.__closure__
+    held = [c.cell_contents for c in cache if isinstance(c.cell_contents, dict)]
+    assert held
+    assert all(len(d) <= 3 for d in held)
