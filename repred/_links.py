@@ -242,6 +242,7 @@ class Connection:
         self._channel = channel
         self.stream = stream
         self._synced = trio.Event()
+        self._closed = trio.Event()
         self._wake = trio.Event()
         self._scope = trio.CancelScope()
         self._error: BaseException | None = None
@@ -271,6 +272,21 @@ class Connection:
     @property
     def synced(self) -> bool:
         return self._synced.is_set()
+
+    @property
+    def closed(self) -> bool:
+        """The connection has ended (for whatever reason)."""
+        return self._closed.is_set()
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection has ended, its stream closed.
+
+        Useful beside a server's ``on_connection``: a link ends when the
+        peer closes it, breaks the protocol, stops reading or goes quiet
+        (see the timeouts of :func:`replicate`), or when :meth:`close` is
+        called.
+        """
+        await self._closed.wait()
 
     async def wait_synced(self) -> None:
         """Wait until both sides have exchanged everything they had.
@@ -557,6 +573,7 @@ async def run_channel(
         for session in channel.sessions:
             session.close()
         await trio.aclose_forcefully(stream)
+        conn._closed.set()
     if conn._error is not None:
         raise conn._error
     return conn.statistics()

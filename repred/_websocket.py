@@ -334,8 +334,8 @@ async def open_websocket(
     host = parts.hostname
     stream: Any = await trio.open_tcp_stream(host, port)
     try:
-        async with _handshake_errors(url, timeout), trio.open_nursery() as nursery:
-            with trio.fail_after(timeout):
+        async with _handshake_errors(url), trio.open_nursery() as nursery:
+            with trio.move_on_after(timeout) as handshake:
                 if secure:
                     stream = await start_tls(
                         stream,
@@ -351,6 +351,8 @@ async def open_websocket(
                     extra_headers=extra_headers,
                     max_message_size=max_message_size,
                 )
+            if handshake.cancelled_caught:
+                raise SyncTimeout(f"no WebSocket handshake within {timeout} s")
             try:
                 yield ws
             finally:
@@ -360,13 +362,11 @@ async def open_websocket(
 
 
 @contextlib.asynccontextmanager
-async def _handshake_errors(url: str, seconds: float) -> AsyncIterator[None]:
-    """The single error that ended a client connection, handshake failures
-    as :class:`PeerClosed` and a slow one as :class:`SyncTimeout`."""
+async def _handshake_errors(url: str) -> AsyncIterator[None]:
+    """The single error that ended a client connection, and a failed
+    handshake as :class:`PeerClosed`."""
     try:
         async with single_errors():
             yield
-    except trio.TooSlowError:
-        raise SyncTimeout(f"no WebSocket handshake within {seconds} s") from None
     except trio_websocket.HandshakeError as exc:
         raise PeerClosed(f"WebSocket handshake with {url} failed: {exc!r}") from None

@@ -228,3 +228,38 @@ async def _idle_client(url, task_status=trio.TASK_STATUS_IGNORED):
             await until_closed(ws)
         except trio_websocket.ConnectionClosed:
             pass
+
+
+async def test_a_client_that_stops_reading_is_cut():
+    server = model(id="server")
+    for i in range(4000):  # 16 MB: more than the sockets' buffers hold
+        server.set(f"k{i}", "x" * 4000)
+    conns = []
+    async with trio.open_nursery() as nursery:
+        url = await _serve(nursery, server, send_timeout=1, on_connection=conns.append)
+        async with open_websocket(url) as ws:
+            await ws.send_message(b'{"id":"slow","clock":{}}\n')
+            # It reads nothing: its queue fills, the server's sends stall,
+            # and the server gives up on it after send_timeout.
+            while not conns:
+                await trio.testing.wait_all_tasks_blocked()
+            with trio.fail_after(10):
+                await conns[0].wait_closed()
+        good = model(id="good")
+        await repred.connect_websocket(good, url, live=False)
+        assert len(good.to_dict()) == 4000
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_timeout_inside_a_connection_is_not_a_handshake_timeout():
+    async with trio.open_nursery() as nursery:
+        url = await _serve(nursery, _filled(1))
+        with pytest.raises(trio.TooSlowError):
+            await _slow_inside(url)
+        nursery.cancel_scope.cancel()
+
+
+async def _slow_inside(url):
+    async with open_websocket(url):
+        with trio.fail_after(0.01):
+            await trio.sleep_forever()
