@@ -807,9 +807,16 @@ class Replica:
         """Restore id, clock, history and state from ``store``."""
         loaded = store.open(self.type_name, wanted_id, self.id)
         self.id = loaded.id
+        # The state saved at a clean close stands for the replay of the
+        # whole history, for a type that declares how to save it (its
+        # snapshot function: what compaction relies on too). A verifying
+        # replica replays, to check every signature.
+        resume = self._snapshot_fn is not None and self._verify is None
+        checkpoint = loaded.checkpoint if resume else None
         if loaded.snapshot is not None:
             update, clock = loaded.snapshot
-            self._reduce(update)
+            if checkpoint is None:
+                self._reduce(update)
             self.snapshot = (update, clock)
             self._clock.update(clock)
         # Replay with the store detached: these entries are on disk already.
@@ -817,7 +824,11 @@ class Replica:
         # have moved back since they were written.
         self.store = None
         try:
-            self.apply_runs(loaded.entries, check=False)
+            if checkpoint is not None:
+                self._reduce(checkpoint[0])
+                self._restore(loaded.entries)
+            else:
+                self.apply_runs(loaded.entries, check=False)
         except RemoteProtocolError as exc:
             # Only a verifying replica refuses what its own store holds.
             store.close()
@@ -836,6 +847,24 @@ class Replica:
             min(max(self._clock.values(), default=0), cap),
         )
         self.store = store
+
+    def _restore(self, entry_runs: list[Run]) -> None:
+        """Take the history the store held without replaying it (the state
+        came from its checkpoint)."""
+        logs = self._history.logs
+        for source, stamps, changes, sigs in entry_runs:
+            if source not in self._clock:
+                self._admit(source, changes[0], stamps[0])
+            log = self._history.new_log(source)
+            log._stamps = stamps
+            log._changes = changes
+            log._live = len(stamps)
+            if sigs is not None:
+                log._sigs = {
+                    ts: sig for ts, sig in zip(stamps, sigs, strict=True) if sig
+                }
+            self._clock[source] = stamps[-1]
+            logs[source] = log
 
     # -- compaction ------------------------------------------------------
 
@@ -943,9 +972,21 @@ class Replica:
         self.snapshot_version += 1
 
     def close(self) -> None:
-        """Write anything queued to the store and close it (if any)."""
-        if self.store is not None:
-            self.store.close()
+        """Write anything queued to the store and close it (if any).
+
+        A type that declares a snapshot function leaves its state in the
+        store as that function saves it, so that reopening does not replay
+        the history (unless it was written to since).
+        """
+        if self.store is None:
+            return
+        checkpoint = None
+        if self._snapshot_fn is not None and self._verify is None:
+            try:
+                checkpoint = (self._snapshot_fn(self.state), dict(self._clock))
+            except Exception:
+                log.exception("repred: %s: the state was not saved", self.type_name)
+        self.store.close(checkpoint)
 
     # -- listeners -------------------------------------------------------
 

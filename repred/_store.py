@@ -5,6 +5,19 @@ and every entry it drops as dominated, through to SQLite; reading stays in
 memory. Reopening the file restores the replica's id, clock and history,
 and the state is rebuilt by replaying the history through the reducer.
 
+Reopening fast
+--------------
+
+A store packs its entries when it closes: each source with many rows has
+them moved into segments (thousands of entries as two JSON arrays in one
+row), and an entry dropped from a segment later is written down as a gap
+until the next close rewrites that segment. A type that declares a snapshot
+function (``gset``, ``two_phase_set``, ``orset``, or ``repred(...,
+snapshot=)``) also leaves its state there, with the clock it covers; the
+next open takes that state instead of replaying the history, and the first
+write after it deletes it. A store that was not closed (a crash, ``kill
+-9``) opens from its rows and replays: slower, never different.
+
 The store tells the truth
 -------------------------
 
@@ -36,6 +49,7 @@ fails. Use ``durability="batch"`` to take commits off the calling thread.
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 import logging
 import operator
@@ -68,10 +82,19 @@ log = logging.getLogger("repred")
 
 #: The on-disk format this version writes. Format 3 is format 2 plus
 #: signatures: a signed entry's change blob is its JSON, a newline, and
-#: its signature (JSON never holds a raw newline). A format-2 store is read
-#: as it is and marked format 3 when opened.
-STORE_FORMAT = 3
-_READABLE_FORMATS = ("2", "3")
+#: its signature (JSON never holds a raw newline). Format 4 adds packed
+#: segments, their gaps and the state checkpoint (below). A format-2 or -3
+#: store is read as it is, and given the new tables and marked format 4
+#: when opened.
+STORE_FORMAT = 4
+_READABLE_FORMATS = ("2", "3", "4")
+
+#: A segment packs up to this many entries of one source...
+SEGMENT_ENTRIES = 4096
+#: ...or this many bytes of their changes, whichever comes first.
+SEGMENT_BYTES = 1 << 20
+#: A source's rows are packed into segments when it has at least this many.
+PACK_MIN_ROWS = 256
 
 _TABLES = (
     "CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL, crc INTEGER NOT NULL)",
@@ -82,6 +105,25 @@ _TABLES = (
     " WITHOUT ROWID",
     "CREATE TABLE snapshot (id INTEGER PRIMARY KEY CHECK (id = 1),"
     " payload BLOB NOT NULL, clock BLOB NOT NULL, crc INTEGER NOT NULL)",
+)
+
+# Format 4. A segment holds a run of one source's entries, packed when the
+# store closes: the stamps and the changes as two JSON arrays (and the
+# signatures as a third, if any came signed), so that reopening reads a
+# million entries as a few hundred rows. A gap is an entry dropped from a
+# segment (dominated or forgotten) since it was packed. The checkpoint is
+# the state as the type's snapshot function saved it at a clean close,
+# with the clock it covers; the first write after opening deletes it.
+_TABLES_4 = (
+    "CREATE TABLE IF NOT EXISTS segments (source TEXT NOT NULL,"
+    " first REAL NOT NULL, last REAL NOT NULL, stamps BLOB NOT NULL,"
+    " changes BLOB NOT NULL, sigs BLOB, crc INTEGER NOT NULL,"
+    " PRIMARY KEY (source, first)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS gaps (source TEXT NOT NULL, ts REAL NOT NULL,"
+    " crc INTEGER NOT NULL, PRIMARY KEY (source, ts)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS checkpoint (id INTEGER PRIMARY KEY"
+    " CHECK (id = 1), payload BLOB NOT NULL, clock BLOB NOT NULL,"
+    " crc INTEGER NOT NULL)",
 )
 
 _pack = struct.Struct("<d").pack
@@ -104,6 +146,19 @@ def _snapshot_crc(payload: bytes, clock: bytes) -> int:
     return _crc32(clock, _crc32(payload))
 
 
+def _checkpoint_crc(payload: bytes, clock: bytes) -> int:
+    return _crc32(clock, _crc32(payload) ^ 0x3C3C3C3C)
+
+
+def _segment_crc(source: str, stamps: bytes, changes: bytes, sigs: bytes | None) -> int:
+    crc = _crc32(changes, _crc32(stamps, _crc32(source.encode()) ^ 0x0F0F0F0F))
+    return crc if sigs is None else _crc32(sigs, crc)
+
+
+def _gap_crc(source: str, ts: float) -> int:
+    return _crc32(_pack(ts), _crc32(source.encode()) ^ 0x69696969)
+
+
 class StoreError(RepredError):
     """The store cannot be used: in use, not a repred store, damaged, or a
     write that could not be made durable."""
@@ -119,9 +174,13 @@ class Loaded:
 
     id: str
     clock: dict[str, float]
-    #: Runs ``(source, stamps, changes)``, each source's in stamp order.
+    #: Runs ``(source, stamps, changes, signatures)``, each source's in
+    #: stamp order.
     entries: list[Run]
     snapshot: tuple[Any, dict[str, float]] | None
+    #: The state saved at the last clean close, if nothing was written
+    #: since: ``(payload, clock)``, the clock being the store's.
+    checkpoint: tuple[Any, dict[str, float]] | None = None
 
 
 class SqliteStore:
@@ -167,6 +226,8 @@ class SqliteStore:
         self._drops: list[tuple[str, float]] = []
         self._clock: dict[str, float] = {}
         self._error: StoreError | None = None
+        #: A checkpoint row is on disk (deleted by the next write).
+        self._checkpointed = False
         self._flusher: threading.Thread | None = None
         self._closed = threading.Event()
 
@@ -200,11 +261,19 @@ class SqliteStore:
                 db.execute("PRAGMA journal_mode=WAL")
                 (held,) = db.execute("SELECT v FROM meta WHERE k = 'format'").fetchone()
                 if held != str(STORE_FORMAT):
-                    # A format-2 store is a format-3 store without signatures.
+                    # A format-2 store is a format-3 store without signatures,
+                    # and a format-3 store a format-4 one without segments.
+                    db.execute("BEGIN IMMEDIATE")
+                    for table in _TABLES_4:
+                        db.execute(table)
                     db.execute(
                         "UPDATE meta SET v = ?, crc = ? WHERE k = 'format'",
                         (str(STORE_FORMAT), _meta_crc("format", str(STORE_FORMAT))),
                     )
+                    db.execute("COMMIT")
+                self._checkpointed = (
+                    db.execute("SELECT count(*) FROM checkpoint").fetchone()[0] > 0
+                )
                 db.execute(
                     "PRAGMA synchronous="
                     + ("FULL" if self.durability == "full" else "NORMAL")
@@ -272,7 +341,7 @@ class SqliteStore:
             db = sqlite3.connect(tmp, isolation_level=None)
             try:
                 db.execute("BEGIN")
-                for table in _TABLES:
+                for table in _TABLES + _TABLES_4:
                     db.execute(table)
                 db.executemany(
                     "INSERT INTO meta VALUES (?, ?, ?)",
@@ -384,6 +453,7 @@ class SqliteStore:
                         "DELETE FROM entries WHERE source = ? AND ts <= ?",
                         list(clock.items()),
                     )
+                    _cover_segments(db, clock)
                 db.execute("DELETE FROM snapshot")
                 db.execute(
                     "INSERT INTO snapshot VALUES (1, ?, ?, ?)",
@@ -397,6 +467,8 @@ class SqliteStore:
         if not (adds or drops or clock):
             return
         with self._transaction() as db:
+            if self._checkpointed:
+                db.execute("DELETE FROM checkpoint")  # no longer the state
             # Adds first: an entry added and dominated within one batch is
             # dropped by the same transaction.
             if adds:
@@ -405,9 +477,17 @@ class SqliteStore:
                 )
             if drops:
                 db.executemany("DELETE FROM entries WHERE source = ? AND ts = ?", drops)
+                # An entry packed in a segment leaves a gap.
+                db.executemany(
+                    "INSERT OR IGNORE INTO gaps SELECT ?1, ?2, ?3 WHERE (SELECT"
+                    " last FROM segments WHERE source = ?1 AND first <= ?2"
+                    " ORDER BY first DESC LIMIT 1) >= ?2",
+                    [(s, ts, _gap_crc(s, float(ts))) for s, ts in drops],
+                )
             if clock:
                 _advance_clock(db, clock)
         self._adds, self._drops, self._clock = [], [], {}
+        self._checkpointed = False
         if self._error is not None:
             log.info("repred: %s: queued writes are written again", self.path)
             self._error = None
@@ -458,13 +538,29 @@ class SqliteStore:
         return self._db
 
     def entry_count(self) -> int:
+        """How many entries the store holds (rows and packed)."""
         with self._lock:
-            return int(
-                self._require().execute("SELECT count(*) FROM entries").fetchone()[0]
+            db = self._require()
+            (rows,) = db.execute("SELECT count(*) FROM entries").fetchone()
+            (gaps,) = db.execute("SELECT count(*) FROM gaps").fetchone()
+            packed = sum(
+                len(orjson.loads(blob))
+                for (blob,) in db.execute("SELECT stamps FROM segments")
             )
+            return int(rows) + packed - int(gaps)
 
-    def close(self) -> None:
-        """Write what is queued and close the database. Idempotent.
+    def close(self, checkpoint: tuple[Any, dict[str, float]] | None = None) -> None:
+        """Write what is queued, pack the entries, and close the database.
+        Idempotent.
+
+        Packing moves the rows of every source with at least
+        :data:`PACK_MIN_ROWS` of them into segments, and rewrites the
+        segments that lost entries since they were packed; it is what makes
+        a large store reopen in a fraction of a second. ``checkpoint``, the
+        replica's state as its type's snapshot function saved it and the
+        clock it covers, is kept for the next open (the first write after
+        that deletes it). Packing is an optimisation: if it fails, it is
+        logged and the store opens as it is.
 
         Raises:
             StoreError: what was queued could not be written (it is lost:
@@ -479,10 +575,163 @@ class SqliteStore:
         try:
             with self._lock:
                 self._write()
+                self._pack(checkpoint)
         finally:
             self._db.close()
             self._db = None
             self._release()
+
+    def _pack(self, checkpoint: tuple[Any, dict[str, float]] | None) -> None:
+        db = self._require()
+        try:
+            state = None
+            if checkpoint is not None:
+                payload, clock = (
+                    orjson.dumps(checkpoint[0]),
+                    orjson.dumps(checkpoint[1]),
+                )
+                state = (payload, clock, _checkpoint_crc(payload, clock))
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                _pack_rows(db)
+                _fill_gaps(db)
+                if state is not None:
+                    db.execute("DELETE FROM checkpoint")
+                    db.execute("INSERT INTO checkpoint VALUES (1, ?, ?, ?)", state)
+                db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                raise
+        except (sqlite3.Error, orjson.JSONEncodeError) as exc:
+            log.warning("repred: %s not packed at close: %s", self.path, exc)
+
+
+# -- segments --------------------------------------------------------------
+
+
+def _segment_row(
+    source: str, stamps: list[Any], blobs: list[bytes], sigs: list[str | None] | None
+) -> tuple[Any, ...]:
+    """A segments row for entries whose changes are already JSON (``blobs``)."""
+    stamps_blob = orjson.dumps(stamps)
+    changes_blob = b"[" + b",".join(blobs) + b"]"
+    sigs_blob = None if sigs is None else orjson.dumps(sigs)
+    crc = _segment_crc(source, stamps_blob, changes_blob, sigs_blob)
+    return (
+        source,
+        float(stamps[0]),
+        float(stamps[-1]),
+        stamps_blob,
+        changes_blob,
+        sigs_blob,
+        crc,
+    )
+
+
+def _segments_of(
+    source: str, stamps: list[Any], blobs: list[bytes], sigs: list[str | None] | None
+) -> Iterator[tuple[Any, ...]]:
+    """Cut entries into segments of at most SEGMENT_ENTRIES and (unless
+    one entry is larger) SEGMENT_BYTES."""
+    start, size = 0, 0
+    for i, blob in enumerate(blobs):
+        if i > start and (
+            i - start >= SEGMENT_ENTRIES or size + len(blob) > SEGMENT_BYTES
+        ):
+            yield _segment_row(
+                source, stamps[start:i], blobs[start:i], sigs and sigs[start:i]
+            )
+            start, size = i, 0
+        size += len(blob)
+    if start < len(blobs):
+        yield _segment_row(source, stamps[start:], blobs[start:], sigs and sigs[start:])
+
+
+def _pack_rows(db: sqlite3.Connection) -> None:
+    """Move the rows of each source that has many into segments."""
+    sources = [
+        source
+        for (source,) in db.execute(
+            "SELECT source FROM entries GROUP BY source HAVING count(*) >= ?",
+            (PACK_MIN_ROWS,),
+        )
+    ]
+    for source in sources:
+        rows = db.execute(
+            "SELECT ts, change FROM entries WHERE source = ? ORDER BY ts", (source,)
+        ).fetchall()
+        (packed_to,) = db.execute(
+            "SELECT max(last) FROM segments WHERE source = ?", (source,)
+        ).fetchone()
+        if packed_to is not None and rows[0][0] <= packed_to:
+            continue  # never the case; left as rows, which open as they are
+        stamps = [_num(ts) for ts, _ in rows]
+        blobs = [blob for _, blob in rows]
+        sigs: list[str | None] | None = None
+        if any(b"\n" in blob for blob in blobs):
+            parts = [blob.partition(b"\n") for blob in blobs]
+            blobs = [part[0] for part in parts]
+            sigs = [part[2].decode("ascii", "replace") or None for part in parts]
+        db.executemany(
+            "INSERT INTO segments VALUES (?, ?, ?, ?, ?, ?, ?)",
+            _segments_of(source, stamps, blobs, sigs),
+        )
+        db.execute("DELETE FROM entries WHERE source = ?", (source,))
+
+
+def _rewrite_segments(
+    db: sqlite3.Connection, source: str, low: float, high: float, keep: Any
+) -> None:
+    """Rewrite the segments of ``source`` that overlap ``[low, high]``,
+    keeping the entries for which ``keep(ts)`` holds."""
+    found = db.execute(
+        "SELECT first, stamps, changes, sigs FROM segments WHERE source = ?"
+        " AND last >= ? AND first <= ?",
+        (source, low, high),
+    ).fetchall()
+    for first, stamps_blob, changes_blob, sigs_blob in found:
+        stamps = orjson.loads(stamps_blob)
+        changes = orjson.loads(changes_blob)
+        sigs = None if sigs_blob is None else orjson.loads(sigs_blob)
+        kept = [i for i, ts in enumerate(stamps) if keep(ts)]
+        if len(kept) == len(stamps):
+            continue
+        db.execute(
+            "DELETE FROM segments WHERE source = ? AND first = ?", (source, first)
+        )
+        if kept:
+            db.execute(
+                "INSERT INTO segments VALUES (?, ?, ?, ?, ?, ?, ?)",
+                _segment_row(
+                    source,
+                    [stamps[i] for i in kept],
+                    [orjson.dumps(changes[i]) for i in kept],
+                    None if sigs is None else [sigs[i] for i in kept],
+                ),
+            )
+
+
+def _fill_gaps(db: sqlite3.Connection) -> None:
+    """Rewrite the segments that lost entries, and forget their gaps."""
+    gaps: dict[str, set[float]] = {}
+    for source, ts in db.execute("SELECT source, ts FROM gaps"):
+        gaps.setdefault(source, set()).add(ts)
+    for source, stamps in gaps.items():
+        _rewrite_segments(
+            db, source, min(stamps), max(stamps), lambda ts, s=stamps: ts not in s
+        )
+    db.execute("DELETE FROM gaps")
+
+
+def _cover_segments(db: sqlite3.Connection, clock: dict[str, float]) -> None:
+    """Drop what a snapshot covering ``clock`` holds from the segments."""
+    for source, upto in clock.items():
+        db.execute(
+            "DELETE FROM segments WHERE source = ? AND last <= ?", (source, upto)
+        )
+        _rewrite_segments(db, source, -1.0, upto, lambda ts, u=upto: ts > u)
+        db.execute("DELETE FROM gaps WHERE source = ? AND ts <= ?", (source, upto))
 
 
 def _advance_clock(db: sqlite3.Connection, clock: dict[str, float]) -> None:
@@ -541,7 +790,7 @@ def _load(
         if type(ts) is not float or _clock_crc(source, ts) != crc:
             raise _damaged(path, f"clock row of {source!r:.80} fails its checksum")
         clock[source] = _check_ts(path, ts)
-    entries = _load_entries(db, path, clock)
+    entries = _load_entries(db, path, clock, packed := "segments" in tables)
     row = db.execute("SELECT payload, clock, crc FROM snapshot").fetchone()
     snapshot = None
     if row is not None:
@@ -562,21 +811,131 @@ def _load(
                 raise _damaged(
                     path, f"the snapshot goes beyond the clock of {source!r}"
                 )
-    return Loaded(id=stored_id, clock=clock, entries=entries, snapshot=snapshot)
+    checkpoint = None
+    if packed:
+        row = db.execute("SELECT payload, clock, crc FROM checkpoint").fetchone()
+        if row is not None:
+            payload, clock_blob, crc = row
+            if (
+                type(payload) is not bytes
+                or type(clock_blob) is not bytes
+                or _checkpoint_crc(payload, clock_blob) != crc
+            ):
+                raise _damaged(path, "the checkpoint fails its checksum")
+            covered = orjson.loads(clock_blob)
+            # Only a checkpoint of exactly what the store holds is used.
+            if covered == clock:
+                checkpoint = (orjson.loads(payload), clock)
+    return Loaded(
+        id=stored_id,
+        clock=clock,
+        entries=entries,
+        snapshot=snapshot,
+        checkpoint=checkpoint,
+    )
 
 
 def _load_entries(
-    db: sqlite3.Connection, path: str, clock: dict[str, float]
+    db: sqlite3.Connection, path: str, clock: dict[str, float], packed: bool
 ) -> list[Run]:
-    """Every entry, as runs ``(source, stamps, changes)`` in stamp order.
+    """Every entry, as runs ``(source, stamps, changes, signatures)`` in
+    stamp order: the packed segments (less their gaps), then the rows
+    written since they were packed.
 
-    Read in bulk and checked a column at a time (types, checksums, bounds),
-    so that a million rows cost C-level loops, not a million Python calls.
+    The cyclic collector is paused while this allocates (and restored as it
+    was): a million new containers would otherwise cost dozens of full
+    collections. No user code runs meanwhile.
+    """
+    running = gc.isenabled()
+    gc.disable()
+    try:
+        held: dict[str, tuple[list[Any], list[Any], list[str | None] | None]] = {}
+        if packed:
+            _load_segments(db, path, clock, held)
+        _load_rows(db, path, clock, held)
+        if packed:
+            _drop_gaps(db, path, held)
+        out: list[Run] = []
+        for source, (stamps, changes, sigs) in held.items():
+            if stamps:
+                # Kept immutable: a list becomes a tuple (the same JSON array).
+                changes = [tuple(c) if type(c) is list else c for c in changes]
+                out.append((source, stamps, changes, sigs))
+        return out
+    finally:
+        if running:
+            gc.enable()
+
+
+def _load_segments(
+    db: sqlite3.Connection,
+    path: str,
+    clock: dict[str, float],
+    held: dict[str, tuple[list[Any], list[Any], list[str | None] | None]],
+) -> None:
+    for source, first, last, stamps_blob, changes_blob, sigs_blob, crc in db.execute(
+        "SELECT source, first, last, stamps, changes, sigs, crc FROM segments"
+        " ORDER BY source, first"
+    ):
+        _check_source(path, source)
+        if (
+            type(first) is not float
+            or type(last) is not float
+            or type(stamps_blob) is not bytes
+            or type(changes_blob) is not bytes
+            or (sigs_blob is not None and type(sigs_blob) is not bytes)
+            or _segment_crc(source, stamps_blob, changes_blob, sigs_blob) != crc
+        ):
+            raise _damaged(path, f"a segment of {source!r:.80} fails its checksum")
+        try:
+            stamps = orjson.loads(stamps_blob)
+            changes = orjson.loads(changes_blob)
+            sigs = None if sigs_blob is None else orjson.loads(sigs_blob)
+        except orjson.JSONDecodeError:
+            raise _damaged(path, f"a segment of {source!r:.80} is not JSON") from None
+        n = len(stamps) if type(stamps) is list else 0
+        if (
+            not n
+            or type(changes) is not list
+            or len(changes) != n
+            or (sigs is not None and (type(sigs) is not list or len(sigs) != n))
+            or not set(map(type, stamps)) <= {int, float}
+            or stamps[0] != first
+            or stamps[-1] != last
+            or not all(map(operator.lt, stamps, itertools.islice(stamps, 1, None)))
+            or (sigs is not None and not set(map(type, sigs)) <= {str, type(None)})
+        ):
+            raise _damaged(path, f"a segment of {source!r:.80} is malformed")
+        if not 0 <= first or last > MAX_STAMP:
+            raise _damaged(path, f"stamp of {source!r:.80} out of range")
+        if last > clock.get(source, -1.0):
+            raise _damaged(path, f"an entry of {source!r:.80} lies beyond its clock")
+        mine = held.get(source)
+        if mine is None:
+            held[source] = (stamps, changes, sigs)
+            continue
+        if first <= mine[0][-1]:
+            raise _damaged(path, f"segments of {source!r:.80} overlap")
+        if sigs is not None or mine[2] is not None:
+            merged = (mine[2] or [None] * len(mine[0])) + (sigs or [None] * n)
+            held[source] = (mine[0], mine[1], merged)
+        mine[0].extend(stamps)
+        mine[1].extend(changes)
+
+
+def _load_rows(
+    db: sqlite3.Connection,
+    path: str,
+    clock: dict[str, float],
+    held: dict[str, tuple[list[Any], list[Any], list[str | None] | None]],
+) -> None:
+    """The rows of entries not packed into segments.
+
+    Read in bulk and checked a column at a time (types, checksums, bounds).
     """
     rows = db.execute(
         "SELECT source, ts, change, crc FROM entries ORDER BY source, ts"
     ).fetchall()
-    out: list[Run] = []
     for source, group in itertools.groupby(rows, key=operator.itemgetter(0)):
         _check_source(path, source)
         _, raw, blobs, crcs = zip(*group, strict=True)
@@ -604,5 +963,39 @@ def _load_entries(
             raise _damaged(path, f"an entry of {source!r:.80} is not JSON") from None
         # Stamps are canonical: a whole number as an int.
         stamps = [int(t) if t.is_integer() else t for t in raw]
-        out.append((source, stamps, values, sigs))
-    return out
+        mine = held.get(source)
+        if mine is None:
+            held[source] = (stamps, values, sigs)
+            continue
+        if stamps[0] <= mine[0][-1]:
+            raise _damaged(path, f"an entry of {source!r:.80} overlaps a segment")
+        if sigs is not None or mine[2] is not None:
+            merged = (mine[2] or [None] * len(mine[0])) + (sigs or [None] * len(stamps))
+            held[source] = (mine[0], mine[1], merged)
+        mine[0].extend(stamps)
+        mine[1].extend(values)
+
+
+def _drop_gaps(
+    db: sqlite3.Connection,
+    path: str,
+    held: dict[str, tuple[list[Any], list[Any], list[str | None] | None]],
+) -> None:
+    """Leave out the entries dropped from segments since they were packed."""
+    gone: dict[str, set[float]] = {}
+    for source, ts, crc in db.execute("SELECT source, ts, crc FROM gaps"):
+        _check_source(path, source)
+        if type(ts) is not float or _gap_crc(source, ts) != crc:
+            raise _damaged(path, f"a gap of {source!r:.80} fails its checksum")
+        gone.setdefault(source, set()).add(ts)
+    for source, stamps in gone.items():
+        mine = held.get(source)
+        if mine is None:
+            continue
+        keep = [i for i, t in enumerate(mine[0]) if t not in stamps]
+        sigs = mine[2]
+        held[source] = (
+            [mine[0][i] for i in keep],
+            [mine[1][i] for i in keep],
+            None if sigs is None else [sigs[i] for i in keep],
+        )
