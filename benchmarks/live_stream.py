@@ -1,10 +1,13 @@
 """Live streaming cost per update over TCP.
 
-Two model replicas, connected over loopback TCP in one process (so one core
-pays for both ends). The writer sets N keys in bursts, yielding between
-bursts; the figure is wall time until the reader has all N, per update.
+Two model replicas connected over loopback TCP. The writer sets N keys in
+bursts, yielding between bursts; the figure is wall time until the reader
+has all N, per update. By default both ends run in one process (so one core
+pays for both); with ``--processes 2`` the reader runs in a second process,
+as two peers would, and tells the writer it has everything by writing a key
+back (one round trip, included in the figure).
 
-    python benchmarks/live_stream.py [N] [BURST] [--websocket]
+    python benchmarks/live_stream.py [N] [BURST] [--websocket] [--processes 2]
 """
 
 from __future__ import annotations
@@ -21,47 +24,104 @@ from repred.types import model
 from _common import arg, report
 
 
+async def produce(writer, n: int, burst: int) -> None:
+    for i in range(n):
+        writer.set(f"k{i}", i)
+        if i % burst == burst - 1:
+            await trio.lowlevel.checkpoint()
+
+
+def _last_key_seen(key: str, done: trio.Event):
+    def seen(effect, ts, source, origin):
+        if effect and effect[0] == key:
+            done.set()
+
+    return seen
+
+
 async def main() -> None:
     n, burst = arg(1, 200_000), arg(2, 100)
-    writer, reader = model(id="writer"), model(id="reader")
+    websocket = "--websocket" in sys.argv
+    two = (
+        "--processes" in sys.argv and sys.argv[sys.argv.index("--processes") + 1] == "2"
+    )
+    writer = model(id="writer")
+    produced = 0.0
     async with trio.open_nursery() as nursery:
-        websocket = "--websocket" in sys.argv
         serving = repred.serve_websocket if websocket else repred.serve_tcp
-        listeners = await nursery.start(serving, reader, 0)
-        port = listeners[0].socket.getsockname()[1]
-        if websocket:
-            conn = await nursery.start(
-                repred.connect_websocket, writer, f"ws://127.0.0.1:{port}/"
+        if two:
+            listeners = await nursery.start(serving, writer, 0)
+            port = listeners[0].socket.getsockname()[1]
+            transport = "websocket" if websocket else "tcp"
+            ready = trio.Event()
+            unsubscribe = writer.add_listener(_last_key_seen("ready", ready))
+            await nursery.start(
+                trio.run_process,
+                [sys.executable, __file__, "--reader", transport, str(port), str(n)],
             )
+            await ready.wait()
+            unsubscribe()
+            t = time.perf_counter()
+            await produce(writer, n, burst)
+            produced = time.perf_counter() - t
+            done = trio.Event()
+            writer.add_listener(_last_key_seen("done", done))
+            if writer.get("done") is None:
+                await done.wait()
+            dt = time.perf_counter() - t
         else:
-            conn = await nursery.start(repred.connect_tcp, writer, "127.0.0.1", port)
-        await conn.wait_synced()
-        done = trio.Event()
-        last_key = f"k{n - 1}"
-
-        def seen(effect, ts, source, origin):
-            if effect and effect[0] == last_key:
-                done.set()
-
-        reader.add_listener(seen)
-        t = time.perf_counter()
-        for i in range(n):
-            writer.set(f"k{i}", i)
-            if i % burst == burst - 1:
-                await trio.lowlevel.checkpoint()
-        await done.wait()
-        dt = time.perf_counter() - t
-        stats = conn.statistics()
+            reader = model(id="reader")
+            listeners = await nursery.start(serving, reader, 0)
+            port = listeners[0].socket.getsockname()[1]
+            if websocket:
+                conn = await nursery.start(
+                    repred.connect_websocket, writer, f"ws://127.0.0.1:{port}/"
+                )
+            else:
+                conn = await nursery.start(
+                    repred.connect_tcp, writer, "127.0.0.1", port
+                )
+            await conn.wait_synced()
+            done = trio.Event()
+            reader.add_listener(_last_key_seen(f"k{n - 1}", done))
+            t = time.perf_counter()
+            await produce(writer, n, burst)
+            await done.wait()
+            dt = time.perf_counter() - t
         report(
             "live_stream",
             updates=n,
             burst=burst,
             transport="websocket" if websocket else "tcp",
+            processes=2 if two else 1,
             us_per_update=dt / n * 1e6,
-            bytes_per_update=stats.bytes_out / n,
+            **({"writer_us_per_update": produced / n * 1e6} if two else {}),
         )
         nursery.cancel_scope.cancel()
 
 
+async def read(transport: str, port: int, n: int) -> None:
+    """The reader of ``--processes 2``: say ready, then done at the last key."""
+    reader = model(id="reader")
+    done = trio.Event()
+    reader.add_listener(_last_key_seen(f"k{n - 1}", done))
+    async with trio.open_nursery() as nursery:
+        if transport == "websocket":
+            conn = await nursery.start(
+                repred.connect_websocket, reader, f"ws://127.0.0.1:{port}/"
+            )
+        else:
+            conn = await nursery.start(repred.connect_tcp, reader, "127.0.0.1", port)
+        await conn.wait_synced()
+        reader.set("ready", True)
+        await done.wait()
+        reader.set("done", True)
+        await conn.wait_closed()  # the writer hangs up once it has "done"
+
+
 if __name__ == "__main__":
-    trio.run(main)
+    if "--reader" in sys.argv:
+        i = sys.argv.index("--reader")
+        trio.run(read, sys.argv[i + 1], int(sys.argv[i + 2]), int(sys.argv[i + 3]))
+    else:
+        trio.run(main)

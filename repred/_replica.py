@@ -611,8 +611,18 @@ class Replica:
                 changes if whole else changes[start:end],
                 strict=True,
             ):
-                stamp = (ts, source)
+                # The history keeps an array as a tuple (immutable, and the
+                # collector stops tracking tuples of plain values); the
+                # reducer is handed a list, as JSON decodes it. A link
+                # hands over tuples, made while it decoded (see _session).
+                if type(change) is tuple:
+                    kept, change = change, list(change)
+                elif type(change) is list:
+                    kept = tuple(change)
+                else:
+                    kept = change
                 if key is not None:
+                    stamp = (ts, source)
                     k = key(change)
                     old = index.get(k)
                     if old is not None and old >= stamp:
@@ -620,7 +630,7 @@ class Replica:
                         continue  # dominated by what is kept: known, no effect
                 in_reducer = True
                 if stamped:
-                    effect = reducer(state, change, stamp)
+                    effect = reducer(state, change, (ts, source))
                 else:
                     effect = reducer(state, change)
                 in_reducer = False
@@ -632,10 +642,8 @@ class Replica:
                         logs[old[1]].discard(old[0])
                         if store is not None:
                             store.drop(*old)
-                # Kept immutable: a list becomes a tuple (the same JSON
-                # array), which the cyclic collector stops tracking.
                 log._stamps.append(ts)
-                log._changes.append(tuple(change) if type(change) is list else change)
+                log._changes.append(kept)
                 log._live += 1
                 signature = None if sigs is None else sigs[i]
                 if signature is not None:
@@ -733,6 +741,8 @@ class Replica:
             return  # not held (dominated, compacted) or never sent to us
         if type(held) is tuple:
             held = list(held)
+        if type(change) is tuple:
+            change = list(change)
         if held == change and type(held) is type(change):
             return
         ours, theirs = orjson.dumps(held), orjson.dumps(change)

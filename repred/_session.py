@@ -222,14 +222,24 @@ class SessionStatistics:
 
 def _decode_batch(line: bytes) -> Batch:
     """:func:`loads_batch` with the cyclic collector paused, if it ran: the
-    decoder allocates a container per change, and nothing else runs."""
-    if not gc.isenabled():
-        return loads_batch(line)
+    decoder allocates a container per change, and nothing else runs.
+
+    Each array change becomes a tuple here, as the history keeps it, so
+    that no list per entry is alive while the entries are applied: lists
+    alive when the collector runs would be promoted to its oldest
+    generation and bring on full collections, each of which walks the
+    whole history.
+    """
+    running = gc.isenabled()
     gc.disable()
     try:
-        return loads_batch(line)
+        batch = loads_batch(line)
+        changes = batch.changes
+        changes[:] = [tuple(c) if type(c) is list else c for c in changes]
+        return batch
     finally:
-        gc.enable()
+        if running:
+            gc.enable()
 
 
 def _bad(message: str, reason: str, line: bytes) -> RemoteProtocolError:
