@@ -84,10 +84,11 @@ async def main() -> None:
             await conn.wait_synced()
             done = trio.Event()
             reader.add_listener(_last_key_seen(f"k{n - 1}", done))
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.process_time()
             await produce(writer, n, burst)
             await done.wait()
             dt = time.perf_counter() - t
+            produced = time.process_time() - cpu
         report(
             "live_stream",
             updates=n,
@@ -95,7 +96,11 @@ async def main() -> None:
             transport="websocket" if websocket else "tcp",
             processes=2 if two else 1,
             us_per_update=dt / n * 1e6,
-            **({"writer_us_per_update": produced / n * 1e6} if two else {}),
+            **(
+                {"writer_us_per_update": produced / n * 1e6}
+                if two
+                else {"cpu_us_per_update": produced / n * 1e6}
+            ),
         )
         nursery.cancel_scope.cancel()
 

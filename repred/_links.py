@@ -218,15 +218,21 @@ _PROGRESS_BYTES = 16 * 1024
 #: piece, so it measures progress, not the time to send a whole batch.
 _SEND_PIECE = 16 * 1024
 
-#: In the live tail, the writer lets entries gather for at most this many
-#: turns of the scheduler, as long as each turn brings new ones: a producer
-#: that yields after every write pays for one send per many entries, not
-#: one per entry, and a write with nothing after it goes out on the next
-#: turn. No timer is involved, so nothing waits while the program is idle.
-_LINGER_TURNS = 64
-#: Turns in a row without a new entry that end the gathering (tasks run in
-#: no fixed order within a turn, so one quiet turn proves little).
+#: In the live tail, the writer lets entries gather before a send. It
+#: first watches the scheduler's turns: a write with nothing after it goes
+#: out once _QUIET_TURNS turns in a row bring nothing new (tasks run in no
+#: fixed order within a turn, so one quiet turn proves little).
 _QUIET_TURNS = 2
+#: When _BUSY_TURNS turns bring new writes (a producer that yields after
+#: each write), the writer stops taking a turn each time: it sleeps
+#: _LINGER_SECONDS at a time while each sleep brings more, and sends once
+#: one brings nothing, _LINGER_ENTRIES writes have gathered (they wake it
+#: at once), or _LINGER_MAX_SECONDS have passed. Nothing waits on a timer
+#: unless writes are streaming in.
+_BUSY_TURNS = 4
+_LINGER_SECONDS = 500e-6
+_LINGER_ENTRIES = 256
+_LINGER_MAX_SECONDS = 2e-3
 
 
 @final
@@ -249,6 +255,10 @@ class Connection:
         self._sync_flushed = False
         #: Times the session said it had something new to send.
         self._wakes = 0
+        #: While the writer sleeps to gather writes: the scope of its
+        #: sleep, and the count of wakes that cuts it short.
+        self._lingering: trio.CancelScope | None = None
+        self._linger_until = 0
         #: When the connection started (trio time).
         self.started = trio.current_time()
         #: When the peer last made progress (trio time).
@@ -337,6 +347,8 @@ class Connection:
 
     def _wakeup(self) -> None:
         self._wakes += 1
+        if self._lingering is not None and self._wakes >= self._linger_until:
+            self._lingering.cancel()
         self._wake.set()
 
     def _fail(self, exc: BaseException) -> None:
@@ -421,6 +433,37 @@ class Connection:
             if scope.cancelled_caught:
                 raise SyncTimeout(f"the peer read nothing for {send_timeout} s")
 
+    async def _linger(self) -> None:
+        """Live: let entries gather while writes keep coming (see
+        _QUIET_TURNS and _BUSY_TURNS)."""
+        quiet = busy = 0
+        while quiet < _QUIET_TURNS:
+            wakes = self._wakes
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            if self._wakes == wakes:
+                quiet += 1
+                continue
+            quiet = 0
+            busy += 1
+            if busy == _BUSY_TURNS:
+                break
+        else:
+            return
+        # Writes are streaming in: sleep instead of taking every turn.
+        give_up = trio.current_time() + _LINGER_MAX_SECONDS
+        self._linger_until = self._wakes + _LINGER_ENTRIES
+        try:
+            while self._wakes < self._linger_until:
+                wakes = self._wakes
+                deadline = min(trio.current_time() + _LINGER_SECONDS, give_up)
+                with trio.CancelScope(deadline=deadline, shield=True) as scope:
+                    self._lingering = scope
+                    await trio.sleep_forever()
+                if self._wakes == wakes or trio.current_time() >= give_up:
+                    return
+        finally:
+            self._lingering = None
+
     async def _writer(self, live: bool, options: LinkOptions) -> None:
         channel = self._channel
         stream = self.stream
@@ -428,14 +471,7 @@ class Connection:
             while True:
                 self._wake = trio.Event()
                 if self._sync_flushed:
-                    # Live: let entries gather while every turn brings more.
-                    quiet = 0
-                    for _ in range(_LINGER_TURNS):
-                        wakes = self._wakes
-                        await trio.lowlevel.cancel_shielded_checkpoint()
-                        quiet = quiet + 1 if self._wakes == wakes else 0
-                        if quiet == _QUIET_TURNS:
-                            break
+                    await self._linger()
                 data = channel.data_to_send()
                 if data:
                     await self._send(data, options.send_timeout)
