@@ -290,7 +290,9 @@ class Replica:
         self._history = History()
         self._last: float = 0
         self._listeners: list[Listener] = []
-        self._watchers: list[Watcher] = []
+        #: A tuple, replaced when one comes or goes: it is read on every
+        #: write, and a watcher may remove itself while being called.
+        self._watchers: tuple[Watcher, ...] = ()
         self._snapshot_fn = snapshot
         #: ``(update, clock)``: the folded history, if compacted.
         self.snapshot: tuple[Any, dict[str, float]] | None = None
@@ -361,12 +363,14 @@ class Replica:
             )
         return self._write(upd, checked=False)
 
-    def _write(self, upd: Any, *, checked: bool) -> Any:
+    def _write(self, upd: Any, *, checked: bool, key: Hashable = None) -> Any:
         """:meth:`update`, after ``map``. ``checked``: the reducer returns
         ``upd`` itself, or a part of it, and the caller has checked it with
         :func:`~repred.protocol.check_value` (the built-in types' methods do,
-        with a message that names their argument)."""
-        store = self.store
+        with a message that names their argument). ``key``: for a
+        last-write-wins type, the change's key, if the caller knows it (as
+        ``last_write_wins`` would give it for ``upd``)."""
+        store, me = self.store, self.id
         if store is not None:
             store.check()  # earlier writes that failed refuse this one
         now = self._wall()
@@ -378,7 +382,7 @@ class Replica:
             raise ValueError(f"stamp {ts!r} would be out of range")
         try:
             if self._stamped:
-                change = self._reducer(self.state, upd, (ts, self.id))
+                change = self._reducer(self.state, upd, (ts, me))
             else:
                 change = self._reducer(self.state, upd)
         except BaseException:
@@ -390,10 +394,9 @@ class Replica:
         try:
             if not checked:
                 check_value(change, "the change")
-            signature = (
-                None if self._signer is None else self._signer.sign(change, ts, self.id)
-            )
-            size = len(encode_entry(change, ts, self.id, signature))
+            signer = self._signer
+            signature = None if signer is None else signer.sign(change, ts, me)
+            size = len(encode_entry(change, ts, me, signature))
             if size > self.max_line_bytes:
                 raise ValueError(
                     f"the entry would be {size} bytes, over the"
@@ -402,9 +405,9 @@ class Replica:
                 )
             k = old = None
             if self._key is not None:
-                k = self._key(change)
+                k = self._key(change) if key is None or change is not upd else key
                 old = self._history.newest(k)
-                if old is not None and old >= (ts, self.id):
+                if old is not None and old >= (ts, me):
                     # The key holds a write stamped ahead of this clock (a
                     # peer's clock runs fast, within max_drift_ms): this
                     # write comes after it, so it must win everywhere, not
@@ -414,7 +417,7 @@ class Replica:
                         ts = int(ts)
                     self._rebuild()
                     change = (
-                        self._reducer(self.state, upd, (ts, self.id))
+                        self._reducer(self.state, upd, (ts, me))
                         if self._stamped
                         else self._reducer(self.state, upd)
                     )
@@ -424,33 +427,34 @@ class Replica:
                         check_value(change, "the change")
                     k = self._key(change)
                     old = self._history.newest(k)
-                    if self._signer is not None:
-                        signature = self._signer.sign(change, ts, self.id)
-                    if len(encode_entry(change, ts, self.id, signature)) > (
+                    if signer is not None:
+                        signature = signer.sign(change, ts, me)
+                    if len(encode_entry(change, ts, me, signature)) > (
                         self.max_line_bytes
                     ):
                         raise ValueError("the entry would be over the line limit")
             if store is not None:
                 if old is not None:
                     store.drop(*old)
-                store.add(change, ts, self.id, signature)
-                store.advance(self.id, ts)
+                store.add(change, ts, me, signature)
+                store.advance(me, ts)
                 store.commit(discard_on_error=True)
         except BaseException:
             self._rebuild()
             raise
         self._last = ts
-        if self.id not in self._clock:
-            self._clock_bytes += clock_cost(self.id)
-        self._clock[self.id] = ts
-        self._history.record(change, ts, self.id, k, old)
+        clock = self._clock
+        if me not in clock:
+            self._clock_bytes += clock_cost(me)
+        clock[me] = ts
+        history = self._history
+        history.record(change, ts, me, k, old)
         if signature is not None:
-            self._history.logs[self.id].sign(ts, signature)
+            history.logs[me].sign(ts, signature)
         if self._listeners:
-            self._notify(change, ts, self.id, None)
-        if self._watchers:
-            for watcher in tuple(self._watchers):
-                watcher(self.id, ts, None)
+            self._notify(change, ts, me, None)
+        for watcher in self._watchers:
+            watcher(me, ts, None)
         return change
 
     # -- remote entries --------------------------------------------------
@@ -668,7 +672,7 @@ class Replica:
                 if ts > progress[1]:
                     progress[1] = ts if ts <= cap else max(progress[1], cap)
                 progress[0] += i - start
-                for watcher in tuple(self._watchers):
+                for watcher in self._watchers:
                     watcher(source, ts, origin)
             elif known is None:
                 self._clock_bytes -= clock_cost(source)  # admitted, not taken
@@ -1018,8 +1022,12 @@ class Replica:
         Cheaper than a listener (no effect, one call per run); returns a
         function that removes it. The links use it; a watcher must not raise.
         """
-        self._watchers.append(watcher)
-        return _remover(self._watchers, watcher)
+        self._watchers += (watcher,)
+
+        def remove() -> None:
+            self._watchers = tuple(w for w in self._watchers if w is not watcher)
+
+        return remove
 
     def _notify(
         self,

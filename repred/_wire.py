@@ -186,7 +186,7 @@ def check_value(value: Any, what: str = "value") -> None:
             ``value[1]['when']``.
     """
     # Fast path (every local write): a scalar, or a flat list of scalars,
-    # checked inline (the rules of _plain_scalar).
+    # checked inline (the rules of plain_scalar).
     kind = type(value)
     if kind is list:
         for item in value:
@@ -197,16 +197,16 @@ def check_value(value: Any, what: str = "value") -> None:
             elif kind is int:
                 if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
                     break
-            elif not (kind is bool or item is None or _plain_scalar(item)):
+            elif not (kind is bool or item is None or plain_scalar(item)):
                 break
         else:
             return
-    elif _plain_scalar(value):
+    elif plain_scalar(value):
         return
     _check(value, what, 0)
 
 
-def _plain_scalar(value: Any) -> bool:
+def plain_scalar(value: Any) -> bool:
     """A scalar that is certainly fine (anything else takes the long way)."""
     kind = type(value)
     if kind is str:

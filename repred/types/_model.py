@@ -6,7 +6,7 @@ from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 from .._replica import Replica
-from .._wire import check_value
+from .._wire import check_value, plain_scalar
 from ._base import build, owned
 
 __all__ = ["Model", "model"]
@@ -65,8 +65,10 @@ class Model(Replica, MutableMapping[str, Any]):
             raise TypeError(f"model keys are strings, not {type(key).__name__}")
         if not key.isascii():
             check_value(key, "the key")
+        if not plain_scalar(value):
+            value = owned(value, f"the value of {key!r}")
         # Key and value are checked: the change need not be checked again.
-        return self._write([key, owned(value, f"the value of {key!r}")], checked=True)
+        return self._write([key, value], checked=True, key=key)
 
     def delete(self, key: str) -> Any:
         """Delete ``key`` (a write of ``None``); return the change.
