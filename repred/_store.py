@@ -54,7 +54,6 @@ import itertools
 import logging
 import operator
 import os
-import sqlite3
 import struct
 import threading
 import zlib
@@ -67,6 +66,7 @@ from ._errors import RepredError
 from ._wire import MAX_SOURCE_LENGTH, MAX_STAMP
 
 if TYPE_CHECKING:
+    import sqlite3
     from collections.abc import Iterator
 
     from ._replica import Run
@@ -242,6 +242,8 @@ class SqliteStore:
         ``replica_id`` is the id the caller insists on (``None``: whatever
         the store holds); ``new_id`` is the id a new store gets otherwise.
         """
+        import sqlite3
+
         if self._db is not None:
             raise StoreError(f"{self.path} is already open")
         self._acquire()
@@ -317,6 +319,8 @@ class SqliteStore:
             self._lock_fd = None
 
     def _connect(self, path: str | None = None) -> sqlite3.Connection:
+        import sqlite3
+
         try:
             db = sqlite3.connect(
                 path or self.path,
@@ -334,6 +338,8 @@ class SqliteStore:
 
     def _create(self, type_name: str, replica_id: str) -> None:
         """Build a new store in a temporary file and rename it into place."""
+        import sqlite3
+
         tmp = f"{self.path}.new-{os.getpid()}"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -495,6 +501,8 @@ class SqliteStore:
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One atomic write: committed whole, or rolled back whole."""
+        import sqlite3
+
         db = self._require()
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -582,6 +590,8 @@ class SqliteStore:
             self._release()
 
     def _pack(self, checkpoint: tuple[Any, dict[str, float]] | None) -> None:
+        import sqlite3
+
         db = self._require()
         try:
             state = None
