@@ -76,3 +76,20 @@ def test_replica_methods_named_in_the_design():
     for name in ["update", "state", "id", "clock", "history"]:
         assert hasattr(r, name)
     assert not hasattr(r, "replicate")  # one way to replicate: repred.replicate
+
+
+def test_import_repred_loads_no_optional_stack():
+    """SQLite, ed25519 and the WebSocket stack load when a program first
+    uses them: a replica that needs none of them pays for none of them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, repred, repred.types;"
+        " print(sorted(m for m in ('sqlite3', 'nacl', 'trio_websocket', 'h11')"
+        " if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
