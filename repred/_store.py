@@ -659,7 +659,8 @@ def _segments_of(
 
 
 def _pack_rows(db: sqlite3.Connection) -> None:
-    """Move the rows of each source that has many into segments."""
+    """Move the rows of each source that has many into segments, reading
+    them a segment's worth at a time."""
     sources = [
         source
         for (source,) in db.execute(
@@ -668,25 +669,28 @@ def _pack_rows(db: sqlite3.Connection) -> None:
         )
     ]
     for source in sources:
-        rows = db.execute(
-            "SELECT ts, change FROM entries WHERE source = ? ORDER BY ts", (source,)
-        ).fetchall()
         (packed_to,) = db.execute(
             "SELECT max(last) FROM segments WHERE source = ?", (source,)
         ).fetchone()
-        if packed_to is not None and rows[0][0] <= packed_to:
-            continue  # never the case; left as rows, which open as they are
-        stamps = [_num(ts) for ts, _ in rows]
-        blobs = [blob for _, blob in rows]
-        sigs: list[str | None] | None = None
-        if any(b"\n" in blob for blob in blobs):
-            parts = [blob.partition(b"\n") for blob in blobs]
-            blobs = [part[0] for part in parts]
-            sigs = [part[2].decode("ascii", "replace") or None for part in parts]
-        db.executemany(
-            "INSERT INTO segments VALUES (?, ?, ?, ?, ?, ?, ?)",
-            _segments_of(source, stamps, blobs, sigs),
+        rows = db.execute(
+            "SELECT ts, change FROM entries WHERE source = ? ORDER BY ts", (source,)
         )
+        chunk = rows.fetchmany(SEGMENT_ENTRIES)
+        if packed_to is not None and chunk[0][0] <= packed_to:
+            continue  # never the case; left as rows, which open as they are
+        while chunk:
+            stamps = [_num(ts) for ts, _ in chunk]
+            blobs = [blob for _, blob in chunk]
+            sigs: list[str | None] | None = None
+            if any(b"\n" in blob for blob in blobs):
+                parts = [blob.partition(b"\n") for blob in blobs]
+                blobs = [part[0] for part in parts]
+                sigs = [part[2].decode("ascii", "replace") or None for part in parts]
+            db.executemany(
+                "INSERT INTO segments VALUES (?, ?, ?, ?, ?, ?, ?)",
+                _segments_of(source, stamps, blobs, sigs),
+            )
+            chunk = rows.fetchmany(SEGMENT_ENTRIES)
         db.execute("DELETE FROM entries WHERE source = ?", (source,))
 
 
