@@ -250,6 +250,7 @@ class Connection:
         self._synced = trio.Event()
         self._closed = trio.Event()
         self._wake = trio.Event()
+        self._woken = False
         self._scope = trio.CancelScope()
         self._error: BaseException | None = None
         self._sync_flushed = False
@@ -346,10 +347,13 @@ class Connection:
     # -- internals -----------------------------------------------------
 
     def _wakeup(self) -> None:
+        # (Called on every write: the Event is set once per wait.)
         self._wakes += 1
         if self._lingering is not None and self._wakes >= self._linger_until:
             self._lingering.cancel()
-        self._wake.set()
+        if not self._woken:
+            self._woken = True
+            self._wake.set()
 
     def _fail(self, exc: BaseException) -> None:
         if self._error is None:
@@ -470,6 +474,7 @@ class Connection:
         try:
             while True:
                 self._wake = trio.Event()
+                self._woken = False
                 if self._sync_flushed:
                     await self._linger()
                 data = channel.data_to_send()
