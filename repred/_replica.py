@@ -187,6 +187,12 @@ class Replica:
             refused at the handshake.
     """
 
+    #: The reducer (and last-write-wins key) read an array change without
+    #: keeping or changing it, so a remote one may be handed over as the
+    #: tuple the history keeps rather than as a new list (a built-in type
+    #: says so; a reducer of the user's always gets a list).
+    _reads_tuples = False
+
     __slots__ = (
         "_checks_first",
         "_clock",
@@ -605,6 +611,7 @@ class Replica:
         if log is None:
             log = history.new_log(source)
         listeners = self._listeners_for(origin) if self._listeners else None
+        reads_tuples = self._reads_tuples and not listeners
         index = history._index
         in_reducer = False
         i = start
@@ -620,7 +627,9 @@ class Replica:
                 # reducer is handed a list, as JSON decodes it. A link
                 # hands over tuples, made while it decoded (see _session).
                 if type(change) is tuple:
-                    kept, change = change, list(change)
+                    kept = change
+                    if not reads_tuples:
+                        change = list(change)
                 elif type(change) is list:
                     kept = tuple(change)
                 else:

@@ -235,7 +235,10 @@ def _decode_batch(line: bytes) -> Batch:
     try:
         batch = loads_batch(line)
         changes = batch.changes
-        changes[:] = [tuple(c) if type(c) is list else c for c in changes]
+        if set(map(type, changes)) == {list}:
+            changes[:] = map(tuple, changes)
+        else:
+            changes[:] = [tuple(c) if type(c) is list else c for c in changes]
         return batch
     finally:
         if running:

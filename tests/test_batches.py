@@ -289,3 +289,32 @@ def test_a_bad_announcement_is_refused(line):
     with pytest.raises(RemoteProtocolError) as info:
         s.receive_data(line)
     assert info.value.reason == "bad-expect"
+
+
+def test_a_batch_hands_reducers_and_listeners_lists_and_keeps_tuples():
+    """A link decodes a batch's arrays into the tuples the history keeps;
+    a reducer of the user's, and every listener, still gets lists."""
+    seen = []
+
+    def union(state, update):
+        seen.append(type(update))
+        change = [x for x in update if x not in state]
+        state.update(change)
+        return change
+
+    a = repred.repred(union, set(), id="A")
+    for i in range(50):
+        a.update([i, f"x{i}"])
+    b = repred.repred(union, set(), id="B")
+    SessionPair(a, b).pump()
+    assert seen
+    assert set(seen) == {list}
+    assert {type(e.change) for e in b.history()} == {tuple}
+    # A model reads the tuples themselves, unless a listener is to hear
+    # of the change.
+    m, heard = model(id="M"), []
+    m.add_listener(lambda effect, ts, source, origin: heard.append(effect))
+    SessionPair(_filled(20), m).pump()
+    assert heard
+    assert {type(e) for e in heard} == {list}
+    assert m.to_dict() == _filled(20).to_dict()

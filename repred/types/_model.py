@@ -52,6 +52,7 @@ class Model(Replica, MutableMapping[str, Any]):
     """
 
     __slots__ = ()
+    _reads_tuples = True  # model_key and lww_set only read a change
 
     def set(self, key: str, value: Any) -> Any:
         """Write ``value`` at ``key`` (``None`` deletes it); return the change,
