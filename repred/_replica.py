@@ -19,6 +19,7 @@ import time
 import types
 from bisect import bisect_right
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -192,6 +193,15 @@ class Replica:
     #: tuple the history keeps rather than as a new list (a built-in type
     #: says so; a reducer of the user's always gets a list).
     _reads_tuples = False
+    #: A last-write-wins type's bulk path, ``(keys_of, reduce_all)``:
+    #: ``keys_of(changes)`` is the list of their keys if every change is a
+    #: well-formed tuple (else ``None``), and ``reduce_all(state, changes)``
+    #: does what the reducer does to each in turn, for changes whose keys
+    #: are distinct and new to the replica. ``None``: every entry goes
+    #: through the reducer.
+    _bulk: (
+        tuple[Callable[[Any], list[Any] | None], Callable[[Any, Any], None]] | None
+    ) = None
 
     __slots__ = (
         "_checks_first",
@@ -617,11 +627,40 @@ class Replica:
         i = start
         try:
             whole = start == 0 and end == n
-            for ts, change in zip(
-                stamps if whole else stamps[start:end],
-                changes if whole else changes[start:end],
-                strict=True,
-            ):
+            run_stamps = stamps if whole else stamps[start:end]
+            run_changes = changes if whole else changes[start:end]
+            bulk = self._bulk
+            if bulk is not None and reads_tuples and start < end:
+                keys = bulk[0](run_changes)
+                if (
+                    keys is not None
+                    and index.keys().isdisjoint(keys)
+                    and len(set(keys)) == len(keys)
+                ):
+                    # Every key new here, none twice: no entry dominates
+                    # another, and the loop below would only reduce and
+                    # record each in turn. Done a run at a time.
+                    in_reducer = True
+                    bulk[1](state, run_changes)
+                    in_reducer = False
+                    index.update(
+                        zip(keys, zip(run_stamps, repeat(source)), strict=False)
+                    )
+                    log._stamps.extend(run_stamps)
+                    log._changes.extend(run_changes)
+                    log._live += end - start
+                    run_sigs = repeat(None) if sigs is None else sigs[start:end]
+                    if sigs is not None or store is not None:
+                        for ts, change, signature in zip(
+                            run_stamps, run_changes, run_sigs, strict=False
+                        ):
+                            if signature is not None:
+                                log.sign(ts, signature)
+                            if store is not None:
+                                store.add(change, ts, source, signature)
+                    i = end
+                    run_stamps, run_changes = [], []
+            for ts, change in zip(run_stamps, run_changes, strict=True):
                 # The history keeps an array as a tuple (immutable, and the
                 # collector stops tracking tuples of plain values); the
                 # reducer is handed a list, as JSON decodes it. A link

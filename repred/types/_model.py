@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, MutableMapping
+from operator import itemgetter
 from typing import Any
 
 from .._replica import Replica
@@ -19,7 +20,8 @@ def model_key(change: Any) -> str:
         key = change[0]
         if type(key) is str:
             return key
-    raise ValueError(f"a model change is [key, value], not {change!r}")
+    shown = list(change) if kind is tuple else change  # as it came: JSON
+    raise ValueError(f"a model change is [key, value], not {shown!r}")
 
 
 def lww_set(state: dict[str, Any], change: list[Any]) -> list[Any]:
@@ -31,6 +33,21 @@ def lww_set(state: dict[str, Any], change: list[Any]) -> list[Any]:
     """
     state[change[0]] = change[1]
     return change
+
+
+def model_keys(changes: list[Any]) -> list[str] | None:
+    """The keys of ``changes`` if every one is a tuple ``(key, value)``
+    with a string key (as a link decodes them), checked a column at a
+    time; ``None`` otherwise (each then goes through :func:`model_key`)."""
+    if set(map(type, changes)) != {tuple} or set(map(len, changes)) != {2}:
+        return None
+    keys = list(map(itemgetter(0), changes))
+    return keys if set(map(type, keys)) == {str} else None
+
+
+def lww_set_all(state: dict[str, Any], changes: list[Any]) -> None:
+    """:func:`lww_set` of each of ``changes`` in turn (their keys distinct)."""
+    state.update(changes)
 
 
 class Model(Replica, MutableMapping[str, Any]):
@@ -53,6 +70,7 @@ class Model(Replica, MutableMapping[str, Any]):
 
     __slots__ = ()
     _reads_tuples = True  # model_key and lww_set only read a change
+    _bulk = (model_keys, lww_set_all)
 
     def set(self, key: str, value: Any) -> Any:
         """Write ``value`` at ``key`` (``None`` deletes it); return the change,
