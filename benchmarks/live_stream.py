@@ -31,12 +31,15 @@ async def produce(writer, n: int, burst: int) -> None:
             await trio.lowlevel.checkpoint()
 
 
-def _last_key_seen(key: str, done: trio.Event):
-    def seen(effect, ts, source, origin):
-        if effect and effect[0] == key:
+def _when_held(replica, key: str, done: trio.Event):
+    """Set ``done`` once ``replica`` holds ``key``: a watcher, called once per
+    run of entries (a listener would be called, and cost, per entry)."""
+
+    def watcher(source, ts, origin):
+        if replica.get(key) is not None:
             done.set()
 
-    return seen
+    return replica.watch(watcher)
 
 
 async def main() -> None:
@@ -54,7 +57,7 @@ async def main() -> None:
             port = listeners[0].socket.getsockname()[1]
             transport = "websocket" if websocket else "tcp"
             ready = trio.Event()
-            unsubscribe = writer.add_listener(_last_key_seen("ready", ready))
+            unsubscribe = _when_held(writer, "ready", ready)
             await nursery.start(
                 trio.run_process,
                 [sys.executable, __file__, "--reader", transport, str(port), str(n)],
@@ -65,7 +68,7 @@ async def main() -> None:
             await produce(writer, n, burst)
             produced = time.perf_counter() - t
             done = trio.Event()
-            writer.add_listener(_last_key_seen("done", done))
+            _when_held(writer, "done", done)
             if writer.get("done") is None:
                 await done.wait()
             dt = time.perf_counter() - t
@@ -83,7 +86,7 @@ async def main() -> None:
                 )
             await conn.wait_synced()
             done = trio.Event()
-            reader.add_listener(_last_key_seen(f"k{n - 1}", done))
+            _when_held(reader, f"k{n - 1}", done)
             t, cpu = time.perf_counter(), time.process_time()
             await produce(writer, n, burst)
             await done.wait()
@@ -109,7 +112,7 @@ async def read(transport: str, port: int, n: int) -> None:
     """The reader of ``--processes 2``: say ready, then done at the last key."""
     reader = model(id="reader")
     done = trio.Event()
-    reader.add_listener(_last_key_seen(f"k{n - 1}", done))
+    _when_held(reader, f"k{n - 1}", done)
     async with trio.open_nursery() as nursery:
         if transport == "websocket":
             conn = await nursery.start(
