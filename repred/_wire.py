@@ -592,7 +592,8 @@ def _batch(msg: dict[str, Any], line: bytes, *, depth_checked: bool) -> Batch:
             "bad-batch",
             line,
         )
-    kinds = set(map(type, stamps))
+    types = list(map(type, stamps))
+    kinds = set(types)
     if not kinds <= _NUMBERS:
         for ts in stamps:
             _stamp(ts, line)  # raises for the first that is not a number
@@ -603,7 +604,8 @@ def _batch(msg: dict[str, Any], line: bytes, *, depth_checked: bool) -> Batch:
     if float in kinds and (
         any(map(float.is_integer, stamps))
         if len(kinds) == 1
-        else any(type(t) is float and t.is_integer() for t in stamps)
+        # Mixed: every whole number must be one of the ints.
+        else sum(map(float.is_integer, map(float, stamps))) != types.count(int)
     ):
         raise _bad(
             "a whole-number stamp in a batch is written as an integer",

@@ -105,6 +105,10 @@ HOSTILE = {
     "stamps that go back": _batch(stamps=[2, 1]),
     "a repeated stamp": _batch(stamps=[1, 1]),
     "a whole float stamp": _batch(stamps=[1, 2.0]),
+    "a whole float among fractions": _batch(stamps=[1.5, 2.0]),
+    "a whole float among both": _batch(
+        stamps=[1, 1.5, 3.0], changes=[["a"], ["b"], ["c"]]
+    ),
     "a bool stamp": _batch(stamps=[1, True]),
     "a string stamp": _batch(stamps=[1, "2"]),
     "a negative stamp": _batch(stamps=[-1, 2]),
@@ -318,3 +322,10 @@ def test_a_batch_hands_reducers_and_listeners_lists_and_keeps_tuples():
     assert heard
     assert {type(e) for e in heard} == {list}
     assert m.to_dict() == _filled(20).to_dict()
+
+
+def test_a_batch_mixing_whole_and_fractional_stamps_is_taken():
+    victim, s = _victim()
+    s.receive_data(_batch(stamps=[1, 1.5, 2, 2.25], changes=[[1], [2], [3], [4]]))
+    assert victim.state == {1, 2, 3, 4}
+    assert victim.clock == {"X": 2.25}
