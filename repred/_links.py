@@ -722,6 +722,14 @@ async def replicate(
     they had. Under ``nursery.start`` it reports the :class:`Connection`.
     The stream is closed on return.
 
+    Live writes go out as soon as the program pauses: a write with nothing
+    after it leaves within two turns of the scheduler. While writes keep
+    coming (a loop that writes and yields), they are gathered into one send
+    for up to 2 ms or 256 writes, so a producer pays for one send per many
+    writes. In a test, wait for what should arrive (:func:`subscribe` on the
+    other side), not for every task to block: the end of a gathering is a
+    timer, which ``trio.testing.wait_all_tasks_blocked`` does not wait for.
+
     Args:
         replica: the replica to replicate.
         stream: any ``trio.abc.Stream`` to the peer.

@@ -189,3 +189,55 @@ async def test_a_subscription_to_one_key_or_row():
         assert got == [["row1", "a", 2], ["row1", "b", 3]]
     with pytest.raises(ValueError, match="no keys"):
         repred.subscribe(gset("A"), key="x")
+
+
+async def _linked(autojump_clock):
+    a, b = model(id="A" * 40), model(id="B")
+    left, right = trio.testing.memory_stream_pair()
+    return a, b, left, right
+
+
+async def test_a_lone_write_goes_out_without_waiting_on_a_timer(autojump_clock):
+    a, b, left, right = await _linked(autojump_clock)
+    async with trio.open_nursery() as nursery:
+        ca = await nursery.start(repred.replicate, a, left)
+        await nursery.start(repred.replicate, b, right)
+        await ca.wait_synced()
+        start = trio.current_time()
+        a.set("x", 1)
+        with repred.subscribe(b) as changes:
+            await changes.receive()
+        assert trio.current_time() == start  # no virtual time passed
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_producer_that_never_blocks_still_streams_and_is_coalesced(
+    autojump_clock,
+):
+    """A producer that yields after every write but never blocks: the link
+    must not wait for it to stop (entries flow while it writes), and must
+    not send a message per write either."""
+    a, b, left, right = await _linked(autojump_clock)
+    async with trio.open_nursery() as nursery:
+        ca = await nursery.start(repred.replicate, a, left)
+        await nursery.start(repred.replicate, b, right)
+        await ca.wait_synced()
+        sent_before = ca.statistics().bytes_out
+        seen_midway = None
+        for i in range(3000):
+            a.set(f"k{i}", i)
+            await trio.lowlevel.checkpoint()
+            if i == 2000:
+                seen_midway = len(b.to_dict())
+        assert seen_midway is not None
+        assert seen_midway >= 1000  # it flowed while the producer wrote
+        # The last writes go out when the gathering ends: its timer (virtual
+        # here), not the loop going idle, so wait for them, not for idle.
+        with repred.subscribe(b) as changes:
+            while len(b.to_dict()) < 3000:
+                await changes.receive()
+        # Coalesced into batches: a batch line names its 40-character source
+        # once, where a line per write would name it 3000 times.
+        per_entry = (ca.statistics().bytes_out - sent_before) / 3000
+        assert per_entry < 45, per_entry
+        nursery.cancel_scope.cancel()
