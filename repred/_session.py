@@ -823,6 +823,12 @@ class Session:
         )
 
     def _on_applied(self, source: str, ts: float, origin: object) -> None:
+        if source in self._queued:
+            # Already queued (the hot case of a stream of writes): only the
+            # link's writer needs to hear that more came.
+            if origin is not self and self.wakeup is not None:
+                self.wakeup()
+            return
         if origin is self or self.our_state is SessionState.HELLO or not self._send:
             return
         if (
