@@ -630,7 +630,7 @@ class Replica:
             run_stamps = stamps if whole else stamps[start:end]
             run_changes = changes if whole else changes[start:end]
             bulk = self._bulk
-            if bulk is not None and reads_tuples and start < end:
+            if bulk is not None and reads_tuples and end - start >= _BULK_MIN:
                 keys = bulk[0](run_changes)
                 if (
                     keys is not None
@@ -1148,6 +1148,11 @@ def _check_options(
 def _digest(data: bytes) -> str:
     """A short digest of a change's bytes, for logs."""
     return hashlib.blake2b(data, digest_size=8).hexdigest()
+
+
+#: The shortest run a type's bulk path takes (below it, checking whether
+#: it may costs more than the loop).
+_BULK_MIN = 8
 
 
 def _next_stamp(ts: float) -> float:

@@ -449,34 +449,41 @@ def test_model_writes_through_the_mapping_replicate():
     assert b == {"x": {"deep": [1]}}
 
 
-_bulk_entries = st.lists(
+_bulk_runs = st.lists(
     st.tuples(
-        st.sampled_from(["a", "b", "c", "d", "e", "f"]),  # key
-        st.one_of(st.integers(-5, 5), st.none(), st.lists(st.integers(), max_size=2)),
         st.sampled_from(["s1", "s2", "s3"]),  # source
-        st.booleans(),  # malformed (a non-string key)
+        st.lists(
+            st.tuples(
+                st.sampled_from([f"k{i}" for i in range(30)]),  # key
+                st.one_of(
+                    st.integers(-5, 5), st.none(), st.lists(st.integers(), max_size=2)
+                ),
+                st.integers(0, 9).map(lambda n: n == 0),  # malformed, now and then
+            ),
+            min_size=1,
+            max_size=16,
+            unique_by=lambda entry: entry[0],  # often a run of distinct keys
+        ),
     ),
-    max_size=40,
+    max_size=6,
 )
 
 
-@given(_bulk_entries, st.integers(0, 3))
-def test_a_model_applies_a_run_in_bulk_exactly_as_entry_by_entry(entries, held):
+@given(_bulk_runs, st.integers(0, 3))
+def test_a_model_applies_a_run_in_bulk_exactly_as_entry_by_entry(runs, held):
     """Runs of tuples (as a link decodes them) may take the model's bulk
     path; the result must be what one entry at a time gives, refusals
     included."""
-    runs: dict[str, tuple[list, list]] = {}
-    for n, (key, value, source, bad) in enumerate(entries):
-        stamps, changes = runs.setdefault(source, ([], []))
-        stamps.append(1000 + n)
-        changes.append((1 if bad else key, value))
     bulk, single = model(id="me"), model(id="me")
     for r in (bulk, single):  # some keys already held
         for i in range(held):
-            r.apply([([f"{'abcdef'[i]}", "held"], 10 + i, "s0")])
+            r.apply([([f"k{i}", "held"], 10 + i, "s0")])
+    ts = 1000
     outcomes = []
-    for run in runs.items():
-        source, (stamps, changes) = run
+    for source, entries in runs:
+        stamps = list(range(ts, ts + len(entries)))
+        ts += len(entries)
+        changes = [(1 if bad else key, value) for key, value, bad in entries]
         try:
             bulk.apply_runs([(source, stamps, changes, None)])
             got = None
@@ -484,7 +491,7 @@ def test_a_model_applies_a_run_in_bulk_exactly_as_entry_by_entry(entries, held):
             got = str(exc)
         try:
             single.apply(
-                [(list(c), ts, source) for c, ts in zip(changes, stamps, strict=True)]
+                [(list(c), t, source) for c, t in zip(changes, stamps, strict=True)]
             )
             want = None
         except ValueError as exc:
@@ -501,3 +508,12 @@ def test_a_model_applies_a_run_in_bulk_exactly_as_entry_by_entry(entries, held):
         single.history(), key=by_stamp
     )
     assert bulk._history._index == single._history._index
+
+
+def test_a_run_of_new_keys_goes_through_the_bulk_path():
+    m = model(id="me")
+    changes = [(f"k{i}", i) for i in range(20)]
+    m.apply_runs([("s", list(range(1, 21)), changes, None)])
+    assert m.to_dict() == {f"k{i}": i for i in range(20)}
+    assert [e.change for e in m.history()] == changes  # the tuples themselves
+    assert m._history.newest("k7") == (8, "s")
