@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import repred
 from repred import SigningKey, SqliteStore, StoreError, _store
-from repred.types import gset, model
+from repred.types import events, gset, model
 
 from .helpers import FakeWall, sync, union
 
@@ -330,3 +330,32 @@ def test_any_schedule_of_writes_closes_and_crashes_reopens_the_same(
             assert _view(r)[1:] == _view(mirror)[1:]
         finally:
             r.close()
+
+
+def test_entries_forgotten_from_segments_stay_forgotten_after_a_crash(tmp_path, small):
+    """An events log forgets old events; those already packed leave gaps,
+    which must keep them forgotten when the store reopens (an events log
+    has no last-write-wins to hide a resurrected entry)."""
+    wall = FakeWall()
+    path = tmp_path / "e.db"
+    e = events(id="e", wall=wall, max_events=4, store=SqliteStore(path))
+    for i in range(6):
+        wall.now += 1
+        e.emit("tick", i)
+    e.close()  # packs what is kept
+    e = events(wall=wall, max_events=4, store=SqliteStore(path))
+    for i in range(6, 12):
+        wall.now += 1
+        e.emit("tick", i)  # forgets packed ones: gaps
+    kept = e.recent()
+    assert _rows(path, "gaps") > 0
+    e.store._db.close()  # as if killed: the gaps stay
+    e.store._release()
+    again = events(wall=wall, max_events=4, store=SqliteStore(path))
+    assert again.recent() == kept
+    assert again.store.entry_count() == len(kept)
+    again.close()  # rewrites the segments with gaps
+    assert _rows(path, "gaps") == 0
+    third = events(wall=wall, max_events=4, store=SqliteStore(path))
+    assert third.recent() == kept
+    third.close()
