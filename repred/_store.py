@@ -680,12 +680,7 @@ def _pack_rows(db: sqlite3.Connection) -> None:
             continue  # never the case; left as rows, which open as they are
         while chunk:
             stamps = [_num(ts) for ts, _ in chunk]
-            blobs = [blob for _, blob in chunk]
-            sigs: list[str | None] | None = None
-            if any(b"\n" in blob for blob in blobs):
-                parts = [blob.partition(b"\n") for blob in blobs]
-                blobs = [part[0] for part in parts]
-                sigs = [part[2].decode("ascii", "replace") or None for part in parts]
+            blobs, sigs = _split_signatures([blob for _, blob in chunk])
             db.executemany(
                 "INSERT INTO segments VALUES (?, ?, ?, ?, ?, ?, ?)",
                 _segments_of(source, stamps, blobs, sigs),
@@ -805,41 +800,16 @@ def _load(
             raise _damaged(path, f"clock row of {source!r:.80} fails its checksum")
         clock[source] = _check_ts(path, ts)
     entries = _load_entries(db, path, clock, packed := "segments" in tables)
-    row = db.execute("SELECT payload, clock, crc FROM snapshot").fetchone()
-    snapshot = None
-    if row is not None:
-        payload, clock_blob, crc = row
-        if (
-            type(payload) is not bytes
-            or type(clock_blob) is not bytes
-            or _snapshot_crc(payload, clock_blob) != crc
-        ):
-            raise _damaged(path, "the snapshot fails its checksum")
-        covered = orjson.loads(clock_blob)
-        snapshot = (
-            orjson.loads(payload),
-            {_check_source(path, s): _check_ts(path, t) for s, t in covered.items()},
-        )
+    snapshot = _state_row(db, path, "snapshot", _snapshot_crc)
+    if snapshot is not None:
         for source, ts in snapshot[1].items():
             if clock.get(source, -1) < ts:
                 raise _damaged(
                     path, f"the snapshot goes beyond the clock of {source!r}"
                 )
-    checkpoint = None
-    if packed:
-        row = db.execute("SELECT payload, clock, crc FROM checkpoint").fetchone()
-        if row is not None:
-            payload, clock_blob, crc = row
-            if (
-                type(payload) is not bytes
-                or type(clock_blob) is not bytes
-                or _checkpoint_crc(payload, clock_blob) != crc
-            ):
-                raise _damaged(path, "the checkpoint fails its checksum")
-            covered = orjson.loads(clock_blob)
-            # Only a checkpoint of exactly what the store holds is used.
-            if covered == clock:
-                checkpoint = (orjson.loads(payload), clock)
+    checkpoint = _state_row(db, path, "checkpoint", _checkpoint_crc) if packed else None
+    if checkpoint is not None and checkpoint[1] != clock:
+        checkpoint = None  # only a checkpoint of exactly what the store holds
     return Loaded(
         id=stored_id,
         clock=clock,
@@ -847,6 +817,61 @@ def _load(
         snapshot=snapshot,
         checkpoint=checkpoint,
     )
+
+
+def _state_row(
+    db: sqlite3.Connection, path: str, table: str, crc_of: Any
+) -> tuple[Any, dict[str, float]] | None:
+    """The ``(payload, clock)`` row of ``table`` (the snapshot or the
+    checkpoint), checked, or ``None``."""
+    row = db.execute(f"SELECT payload, clock, crc FROM {table}").fetchone()
+    if row is None:
+        return None
+    payload, clock_blob, crc = row
+    if (
+        type(payload) is not bytes
+        or type(clock_blob) is not bytes
+        or crc_of(payload, clock_blob) != crc
+    ):
+        raise _damaged(path, f"the {table} fails its checksum")
+    covered = orjson.loads(clock_blob)
+    return (
+        orjson.loads(payload),
+        {_check_source(path, s): _check_ts(path, t) for s, t in covered.items()},
+    )
+
+
+def _split_signatures(blobs: Any) -> tuple[Any, list[str | None] | None]:
+    """Stored change blobs, and their signatures: a signed entry's blob is
+    its JSON, a newline and its signature (format 3)."""
+    if not any(map(bytes.__contains__, blobs, itertools.repeat(b"\n"))):
+        return blobs, None
+    parts = [blob.partition(b"\n") for blob in blobs]
+    return (
+        [part[0] for part in parts],
+        [part[2].decode("ascii", "replace") or None for part in parts],
+    )
+
+
+def _held_run(
+    held: dict[str, tuple[list[Any], list[Any], list[str | None] | None]],
+    path: str,
+    source: str,
+    run: tuple[list[Any], list[Any], list[str | None] | None],
+) -> None:
+    """Add a source's next entries (a segment, or its rows) to ``held``."""
+    mine = held.get(source)
+    if mine is None:
+        held[source] = run
+        return
+    stamps, changes, sigs = run
+    if stamps[0] <= mine[0][-1]:
+        raise _damaged(path, f"entries of {source!r:.80} overlap")
+    if sigs is not None or mine[2] is not None:
+        merged = (mine[2] or [None] * len(mine[0])) + (sigs or [None] * len(stamps))
+        held[source] = (mine[0], mine[1], merged)
+    mine[0].extend(stamps)
+    mine[1].extend(changes)
 
 
 def _load_entries(
@@ -924,17 +949,7 @@ def _load_segments(
             raise _damaged(path, f"stamp of {source!r:.80} out of range")
         if last > clock.get(source, -1.0):
             raise _damaged(path, f"an entry of {source!r:.80} lies beyond its clock")
-        mine = held.get(source)
-        if mine is None:
-            held[source] = (stamps, changes, sigs)
-            continue
-        if first <= mine[0][-1]:
-            raise _damaged(path, f"segments of {source!r:.80} overlap")
-        if sigs is not None or mine[2] is not None:
-            merged = (mine[2] or [None] * len(mine[0])) + (sigs or [None] * n)
-            held[source] = (mine[0], mine[1], merged)
-        mine[0].extend(stamps)
-        mine[1].extend(changes)
+        _held_run(held, path, source, (stamps, changes, sigs))
 
 
 def _load_rows(
@@ -966,28 +981,14 @@ def _load_rows(
             raise _damaged(path, f"stamp of {source!r:.80} out of range")
         if raw[-1] > clock.get(source, -1.0):
             raise _damaged(path, f"an entry of {source!r:.80} lies beyond its clock")
-        sigs: list[str | None] | None = None
-        if any(map(bytes.__contains__, blobs, itertools.repeat(b"\n"))):
-            parts = [blob.partition(b"\n") for blob in blobs]
-            blobs = tuple(part[0] for part in parts)
-            sigs = [part[2].decode("ascii", "replace") or None for part in parts]
+        blobs, sigs = _split_signatures(blobs)
         try:
             values = list(map(orjson.loads, blobs))
         except orjson.JSONDecodeError:  # pragma: no cover  (the CRC matched)
             raise _damaged(path, f"an entry of {source!r:.80} is not JSON") from None
         # Stamps are canonical: a whole number as an int.
         stamps = [int(t) if t.is_integer() else t for t in raw]
-        mine = held.get(source)
-        if mine is None:
-            held[source] = (stamps, values, sigs)
-            continue
-        if stamps[0] <= mine[0][-1]:
-            raise _damaged(path, f"an entry of {source!r:.80} overlaps a segment")
-        if sigs is not None or mine[2] is not None:
-            merged = (mine[2] or [None] * len(mine[0])) + (sigs or [None] * len(stamps))
-            held[source] = (mine[0], mine[1], merged)
-        mine[0].extend(stamps)
-        mine[1].extend(values)
+        _held_run(held, path, source, (stamps, values, sigs))
 
 
 def _drop_gaps(
