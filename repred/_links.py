@@ -885,12 +885,38 @@ async def serve_tcp(
     """
     options = LinkOptions(**_link_options(locals()))
     handler = stream_server(replica, live, options, max_links, on_connection)
-    serving: Callable[[trio.abc.Stream], Awaitable[None]] = handler
+    await serve_streams(
+        handler,
+        port,
+        host=host,
+        ssl_context=ssl_context,
+        handshake_timeout=options.handshake_timeout,
+        max_links=max_links,
+        handler_nursery=handler_nursery,
+        task_status=task_status,
+    )
+
+
+async def serve_streams(
+    handler: Callable[[trio.abc.Stream], Awaitable[None]],
+    port: int,
+    *,
+    host: str | None,
+    ssl_context: ssl.SSLContext | None,
+    handshake_timeout: float,
+    max_links: int,
+    handler_nursery: trio.Nursery | None,
+    task_status: trio.TaskStatus[list[Any]],
+) -> NoReturn:
+    """Serve TCP on ``port``, each stream to ``handler`` (over TLS, with
+    ``ssl_context``: at most ``max_links`` handshakes at once, each within
+    ``handshake_timeout``)."""
+    serving = handler
     if ssl_context is not None:
         serving = tls_server(
             handler,
             ssl_context,
-            timeout=options.handshake_timeout,
+            timeout=handshake_timeout,
             max_handshakes=max_links,
         )
     async with single_errors():

@@ -33,10 +33,10 @@ from ._links import (
     LinkOptions,
     _link_options,
     _replicate,
+    serve_streams,
     single_errors,
     start_tls,
     stream_server,
-    tls_server,
 )
 from ._log import limited
 from ._session import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_ENTRIES
@@ -152,25 +152,16 @@ async def serve_websocket(
     def check(headers: list[tuple[bytes, bytes]]) -> int | None:
         return None if allows_origin(headers, origins) else 403
 
-    serving: Callable[[trio.abc.Stream], Awaitable[None]] = websocket_server(
-        lambda path: handler, check, options, max_links
+    await serve_streams(
+        websocket_server(lambda path: handler, check, options, max_links),
+        port,
+        host=host,
+        ssl_context=ssl_context,
+        handshake_timeout=handshake_timeout,
+        max_links=max_links,
+        handler_nursery=handler_nursery,
+        task_status=task_status,
     )
-    if ssl_context is not None:
-        serving = tls_server(
-            serving,
-            ssl_context,
-            timeout=handshake_timeout,
-            max_handshakes=max_links,
-        )
-    async with single_errors():
-        await trio.serve_tcp(
-            serving,
-            port,
-            host=host,
-            handler_nursery=handler_nursery,
-            task_status=task_status,
-        )
-    raise AssertionError("the WebSocket server returned")  # pragma: no cover
 
 
 #: The reasons a WebSocket request is refused, by status.
