@@ -136,7 +136,7 @@ __all__ = [
 ]
 
 #: At most this many entries of one source are read from history at a time.
-DEFAULT_BATCH_ENTRIES = 64
+DEFAULT_BATCH_ENTRIES = 1024
 #: :meth:`Session.data_to_send` stops adding entries past this many bytes.
 DEFAULT_BATCH_BYTES = 64 * 1024
 
@@ -763,12 +763,21 @@ class Session:
             sigs = list(map(held.get, stamps)) if held else None
             if sigs is not None and not any(sigs):
                 sigs = None
+            more = len(stamps) == limit  # more of it after these
             line = b""
             # A lone entry goes as a plain line: cheaper to read than a batch.
             if batched and len(stamps) > 1:
                 line = encode_batch(source, stamps, changes, sigs)
-                if len(line) > peer_max:
-                    line = b""  # too long as one line: entry by entry
+                longest = int(min(peer_max, budget))
+                while len(line) > longest and len(stamps) > 1:
+                    # Too long: at most half the entries, fewer if their
+                    # size says so; the rest go next.
+                    n = len(stamps)
+                    n = min(n // 2, n * longest // len(line)) or 1
+                    stamps, changes = stamps[:n], changes[:n]
+                    sigs = None if sigs is None else sigs[:n]
+                    more = True
+                    line = encode_batch(source, stamps, changes, sigs) if n > 1 else b""
             if line:
                 out.append(line)
                 size += len(line)
@@ -783,11 +792,15 @@ class Session:
                         self._too_long_for_peer(change, ts, source, len(line))
                     out.append(line)
                     size += len(line)
+                    if size >= budget and i + 1 < len(stamps):
+                        stamps = stamps[: i + 1]  # the budget is spent
+                        more = True
+                        break
             if stamps:
                 sent[source] = stamps[-1]
                 sent_count += len(stamps)
-            if len(stamps) == limit:
-                queue.appendleft(source)  # more of it: it goes on first
+            if more:
+                queue.appendleft(source)  # it goes on first
             elif queued:
                 queued.discard(source)
         self._updates_out += sent_count

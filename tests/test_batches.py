@@ -41,7 +41,7 @@ def test_two_repred_sessions_send_batches_and_count_entries():
     pair.pump()
     sent = [line for chunk in pair.a_to_b for line in _lines(chunk)]
     batches = [line for line in sent if line.startswith(b'{"batch":')]
-    assert len(batches) == 200 // 64 + 1
+    assert len(batches) == 1  # 200 entries: one line
     assert b.to_dict() == a.to_dict()
     assert b.clock == a.clock
     assert pair.b.statistics().updates_in == 200
@@ -58,6 +58,49 @@ def test_either_side_without_batches_gets_one_entry_per_line(side):
     sent = [line for chunk in pair.a_to_b for line in _lines(chunk)]
     assert not [line for line in sent if line.startswith(b"{") and b"batch" in line[:9]]
     assert len([line for line in sent if line.startswith(b"[")]) == 200
+    assert b.to_dict() == a.to_dict()
+
+
+def test_a_batch_too_long_for_the_peer_is_sent_as_shorter_batches():
+    # 100 entries of about 300 bytes: one batch would be 30 KB, over the
+    # receiver's 4 KB line limit. They go as batches that fit, not as 100
+    # lines, and nothing is refused.
+    a, b = model(id="A"), model(id="B")
+    for i in range(100):
+        a.set(f"k{i}", "x" * 300)
+    pair = SessionPair(a, b)
+    pair.b = Session(b, max_line_bytes=4096)
+    pair.pump()
+    sent = [line for chunk in pair.a_to_b for line in _lines(chunk)]
+    batches = [line for line in sent if line.startswith(b'{"batch":')]
+    assert batches
+    assert all(len(line) < 4096 for line in sent)
+    assert len(sent) < 100 // 4
+    assert b.to_dict() == a.to_dict()
+    assert b.clock == a.clock
+
+
+@pytest.mark.parametrize("batches", [True, False])
+def test_one_call_sends_about_batch_bytes(batches):
+    # Entries of about 1 KB, batch_bytes 8 KB: however many entries one
+    # read takes, a batch line holds at most 8 KB of them (or one entry),
+    # and a call stops at the first line past the budget.
+    a, b = model(id="A"), model(id="B")
+    for i in range(200):
+        a.set(f"k{i}", "x" * 1000)
+    pair = SessionPair(a, b, batches=batches)
+    pair.a = Session(a, batches=batches, batch_bytes=8192)
+    chunks = []
+    while True:
+        x, y = pair.a.data_to_send(), pair.b.data_to_send()
+        if not x and not y:
+            break
+        if x:
+            chunks.append(x)
+            pair.b.receive_data(x)
+        if y:
+            pair.a.receive_data(y)
+    assert max(map(len, chunks)) < 2 * 8192 + 1100
     assert b.to_dict() == a.to_dict()
 
 

@@ -25,7 +25,7 @@ SETTINGS = settings(
 
 
 #: The framings links take in turn: one entry per line (as with JS peers),
-#: and batches of one, three and the default 64 entries of a source.
+#: and batches of one, three and the default (1024) entries of a source.
 FRAMINGS = [{"batches": False}, {"batch_entries": 1}, {"batch_entries": 3}, {}]
 
 
