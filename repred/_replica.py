@@ -193,14 +193,15 @@ class Replica:
     #: tuple the history keeps rather than as a new list (a built-in type
     #: says so; a reducer of the user's always gets a list).
     _reads_tuples = False
-    #: A last-write-wins type's bulk path, ``(keys_of, reduce_all)``:
-    #: ``keys_of(changes)`` is the list of their keys if every change is a
-    #: well-formed tuple (else ``None``), and ``reduce_all(state, changes)``
-    #: does what the reducer does to each in turn, for changes whose keys
-    #: are distinct and new to the replica. ``None``: every entry goes
-    #: through the reducer.
+    #: A last-write-wins type's bulk path, ``(by_key, reduce_all)``:
+    #: ``by_key(changes)`` is a dict keyed by their keys, in order (a key
+    #: given twice is there once), if every change is a well-formed tuple
+    #: (else ``None``); ``reduce_all(state, by_key(changes))`` does what the
+    #: reducer does to each change in turn, for changes whose keys are
+    #: distinct and new to the replica. ``None``: every entry goes through
+    #: the reducer.
     _bulk: (
-        tuple[Callable[[Any], list[Any] | None], Callable[[Any, Any], None]] | None
+        tuple[Callable[[Any], dict[Any, Any] | None], Callable[[Any, Any], None]] | None
     ) = None
 
     __slots__ = (
@@ -634,14 +635,14 @@ class Replica:
                 keys = bulk[0](run_changes)
                 if (
                     keys is not None
+                    and len(keys) == end - start
                     and index.keys().isdisjoint(keys)
-                    and len(set(keys)) == len(keys)
                 ):
                     # Every key new here, none twice: no entry dominates
                     # another, and the loop below would only reduce and
                     # record each in turn. Done a run at a time.
                     in_reducer = True
-                    bulk[1](state, run_changes)
+                    bulk[1](state, keys)
                     in_reducer = False
                     index.update(
                         zip(keys, zip(run_stamps, repeat(source)), strict=False)

@@ -458,7 +458,9 @@ _bulk_runs = st.lists(
                 st.one_of(
                     st.integers(-5, 5), st.none(), st.lists(st.integers(), max_size=2)
                 ),
-                st.integers(0, 9).map(lambda n: n == 0),  # malformed, now and then
+                # Malformed now and then: 1, a key that is not a string;
+                # 2, three elements; 3, a key that cannot be hashed.
+                st.integers(0, 29).map(lambda n: n if n < 4 else 0),
             ),
             min_size=1,
             max_size=16,
@@ -483,7 +485,13 @@ def test_a_model_applies_a_run_in_bulk_exactly_as_entry_by_entry(runs, held):
     for source, entries in runs:
         stamps = list(range(ts, ts + len(entries)))
         ts += len(entries)
-        changes = [(1 if bad else key, value) for key, value, bad in entries]
+        shapes = {
+            0: lambda key, value: (key, value),
+            1: lambda key, value: (1, value),
+            2: lambda key, value: (key, value, 0),
+            3: lambda key, value: ([key], value),
+        }
+        changes = [shapes[bad](key, value) for key, value, bad in entries]
         try:
             bulk.apply_runs([(source, stamps, changes, None)])
             got = None
@@ -508,6 +516,39 @@ def test_a_model_applies_a_run_in_bulk_exactly_as_entry_by_entry(runs, held):
         single.history(), key=by_stamp
     )
     assert bulk._history._index == single._history._index
+
+
+@pytest.mark.parametrize(
+    "bad", [(1, "v"), ("k5", "v", 0), (["k5"], "v"), ("k5",), "ab", None]
+)
+def test_a_malformed_change_in_a_long_run_is_refused_as_alone(bad):
+    # A run long enough for the bulk path, every key new, one change
+    # malformed: the entries before it are applied, it and those after
+    # it are not, and the error is the one a lone entry gets.
+    changes = [(f"k{i}", i) for i in range(10)]
+    changes[5] = bad
+    m = model(id="me")
+    with pytest.raises(ValueError, match="a model change is") as refused:
+        m.apply_runs([("s", list(range(1, 11)), changes, None)])
+    alone = model(id="me")
+    with pytest.raises(ValueError) as expected:
+        alone.apply([(bad, 1, "s")])
+    assert str(refused.value) == str(expected.value)
+    assert m.to_dict() == {f"k{i}": i for i in range(5)}
+    assert dict(m.clock) == {"s": 5}
+
+
+def test_a_long_run_that_writes_a_key_twice_keeps_the_later_write():
+    changes = [(f"k{i}", i) for i in range(10)]
+    changes[7] = ("k3", "later")
+    m = model(id="me")
+    m.apply_runs([("s", list(range(1, 11)), changes, None)])
+    alone = model(id="me")
+    alone.apply([(list(c), ts, "s") for ts, c in enumerate(changes, 1)])
+    assert m.to_dict() == alone.to_dict()
+    assert m.get("k3") == "later"
+    assert list(m.history()) == list(alone.history())
+    assert m._history._index == alone._history._index
 
 
 def test_a_run_of_new_keys_goes_through_the_bulk_path():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, MutableMapping
-from operator import itemgetter
 from typing import Any
 
 from .._replica import Replica
@@ -35,19 +34,23 @@ def lww_set(state: dict[str, Any], change: list[Any]) -> list[Any]:
     return change
 
 
-def model_keys(changes: list[Any]) -> list[str] | None:
-    """The keys of ``changes`` if every one is a tuple ``(key, value)``
-    with a string key (as a link decodes them), checked a column at a
-    time; ``None`` otherwise (each then goes through :func:`model_key`)."""
-    if set(map(type, changes)) != {tuple} or set(map(len, changes)) != {2}:
+def model_pairs(changes: list[Any]) -> dict[str, Any] | None:
+    """``{key: value}`` of ``changes`` if every one is a tuple ``(key,
+    value)`` with a string key (as a link decodes them), checked a column
+    at a time; ``None`` otherwise (each then goes through
+    :func:`model_key`). A key written twice is there once."""
+    if set(map(type, changes)) != {tuple}:
         return None
-    keys = list(map(itemgetter(0), changes))
-    return keys if set(map(type, keys)) == {str} else None
+    try:
+        pairs = dict(changes)
+    except (TypeError, ValueError):  # not all pairs, or an unhashable key
+        return None
+    return pairs if set(map(type, pairs)) <= {str} else None
 
 
-def lww_set_all(state: dict[str, Any], changes: list[Any]) -> None:
-    """:func:`lww_set` of each of ``changes`` in turn (their keys distinct)."""
-    state.update(changes)
+def lww_set_all(state: dict[str, Any], pairs: dict[str, Any]) -> None:
+    """:func:`lww_set` of each of ``pairs`` (from :func:`model_pairs`)."""
+    state.update(pairs)
 
 
 class Model(Replica, MutableMapping[str, Any]):
@@ -70,7 +73,7 @@ class Model(Replica, MutableMapping[str, Any]):
 
     __slots__ = ()
     _reads_tuples = True  # model_key and lww_set only read a change
-    _bulk = (model_keys, lww_set_all)
+    _bulk = (model_pairs, lww_set_all)
 
     def set(self, key: str, value: Any) -> Any:
         """Write ``value`` at ``key`` (``None`` deletes it); return the change,
