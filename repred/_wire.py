@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import operator
+from itertools import compress, repeat
 from typing import Any
 
 import attrs
@@ -543,34 +544,75 @@ def loads_batch(line: bytes) -> Batch:
     """A batch line (one that starts with :data:`BATCH_PREFIX`), checked.
 
     The hot path of a sync between repred peers. The depth of every change
-    is checked by the decoder itself: a line with few brackets cannot nest
-    too deep, and a longer one is decoded inside padding that brings
-    orjson's depth limit down to the batch's, so no change is walked in
-    Python.
+    is checked without walking changes in Python: a line with few brackets
+    cannot nest too deep; a batch of flat changes (no object inside the
+    batch's own, no array three deep) is told by counting its arrays; any
+    other line is decoded inside padding that brings orjson's own depth
+    limit down to the batch's.
 
     Raises:
         RemoteProtocolError: the line is not a valid batch.
     """
-    if line.count(b"[") + line.count(b"{") <= MAX_DEPTH + 2:
-        msg = loads_line(line)
-    elif _PAD > 0:
-        try:
-            msg = _loads(_OPEN + line + _CLOSE)
-        except _JSONDecodeError:
-            msg = None
-        # Only the line's own value, as nested singletons, decodes to this.
-        for _ in range(_PAD):
-            if type(msg) is not list or len(msg) != 1:
-                loads_line(line)  # malformed: raises the typed error
-                raise _bad(  # well-formed, so nested too deep
-                    f"change nested deeper than {MAX_DEPTH} levels", "too-deep", line
-                )
-            msg = msg[0]
-    else:  # pragma: no cover  (an orjson that decodes only shallow values)
-        return parse_line(line)  # type: ignore[no-any-return]
+    brackets = line.count(b"[")
+    if brackets + line.count(b"{") <= MAX_DEPTH + 2:
+        msg = loads_line(line)  # too few brackets to nest too deep
+    else:
+        msg = None
+        if line.count(b"{") == 1:  # no object inside the batch's own
+            msg = loads_line(line)
+            if not _flat(msg, brackets):
+                msg = None
+        if msg is None:
+            msg = _loads_within_depth(line)
     if type(msg) is not dict:
         raise _bad("a batch is an object", "bad-batch", line)
     return _batch(msg, line, depth_checked=True)
+
+
+def _flat(msg: Any, brackets: int) -> bool:
+    """Whether a decoded batch line, which holds ``brackets`` ``[`` and
+    one ``{`` (so no object inside the batch's own), nests at most three
+    deep (the object, an array, an array of scalars): so it does if every
+    array in it accounts for one of the line's ``[``, the stamps, the
+    changes, each change that is an array (and the signatures). Told in a
+    pass over the changes, where a walk would visit every value."""
+    if type(msg) is not dict:
+        return False
+    changes = msg.get("changes")
+    if type(changes) is not list:
+        return False
+    arrays = sum(type(value) is list for value in msg.values())
+    return brackets == arrays + list(map(type, changes)).count(list)
+
+
+def _loads_within_depth(line: bytes) -> Any:
+    """The JSON value of a line that may nest too deep: decoded inside
+    padding that brings orjson's own depth limit down to a batch's, so no
+    change is walked in Python.
+
+    Raises:
+        RemoteProtocolError: malformed, or nested too deep.
+    """
+    if _PAD <= 0:  # pragma: no cover  (an orjson that decodes only shallow values)
+        msg = loads_line(line)
+        if not depth_within(msg, MAX_DEPTH + 2):
+            raise _bad(
+                f"change nested deeper than {MAX_DEPTH} levels", "too-deep", line
+            )
+        return msg
+    try:
+        msg = _loads(_OPEN + line + _CLOSE)
+    except _JSONDecodeError:
+        msg = None
+    # Only the line's own value, as nested singletons, decodes to this.
+    for _ in range(_PAD):
+        if type(msg) is not list or len(msg) != 1:
+            loads_line(line)  # malformed: raises the typed error
+            raise _bad(  # well-formed, so nested too deep
+                f"change nested deeper than {MAX_DEPTH} levels", "too-deep", line
+            )
+        msg = msg[0]
+    return msg
 
 
 def _batch(msg: dict[str, Any], line: bytes, *, depth_checked: bool) -> Batch:
@@ -601,11 +643,14 @@ def _batch(msg: dict[str, Any], line: bytes, *, depth_checked: bool) -> Batch:
         raise _bad("the stamps of a batch must increase", "bad-batch", line)
     if stamps[0] < 0 or stamps[-1] > MAX_STAMP:
         raise _bad("stamp out of range", "bad-stamp", line)
-    if float in kinds and (
-        any(map(float.is_integer, stamps))
-        if len(kinds) == 1
-        # Mixed: every whole number must be one of the ints.
-        else sum(map(float.is_integer, map(float, stamps))) != types.count(int)
+    if float in kinds and any(
+        map(
+            float.is_integer,
+            stamps
+            if len(kinds) == 1
+            # Mixed: the floats among them.
+            else compress(stamps, map(operator.is_, types, repeat(float))),
+        )
     ):
         raise _bad(
             "a whole-number stamp in a batch is written as an integer",

@@ -204,6 +204,69 @@ def test_the_depth_limit_is_exact_in_batches():
     assert victim.clock == {"X": 1}
 
 
+def _long_batch(last: object, strings: str = "") -> bytes:
+    """A batch of 300 flat changes (more brackets than a short line may
+    hold), then ``last``; ``strings`` goes into the first 150 strings."""
+    changes: list[object] = [[f"k{strings}{i}", strings] for i in range(150)]
+    changes += [[f"k{i}", i] for i in range(150)]
+    changes.append(last)
+    stamps = list(range(1, len(changes) + 1))
+    line = orjson.dumps({"batch": "X", "stamps": stamps, "changes": changes})
+    return line + b"\n"
+
+
+def _nested(depth: int, inside: str) -> object:
+    """A change nested ``depth`` levels: arrays, an object around arrays,
+    or an array around objects."""
+    if inside == "object around arrays":
+        return {"k": _nested(depth - 1, "arrays")}
+    if inside == "array around objects":
+        value: object = 1
+        for _ in range(depth - 1):
+            value = {"k": value}
+        return ["x", value]
+    return orjson.loads(b"[" * depth + b"]" * depth)
+
+
+@pytest.mark.parametrize(
+    "inside", ["arrays", "object around arrays", "array around objects"]
+)
+@pytest.mark.parametrize(
+    ("depth", "taken"),
+    [(2, True), (3, True), (MAX_DEPTH, True), (MAX_DEPTH + 1, False)],
+)
+@pytest.mark.parametrize("strings", ["", "[", "{"])
+def test_the_depth_limit_is_exact_in_long_batches(depth, taken, inside, strings):
+    # A long batch is checked for depth without walking its changes:
+    # counted when every change is flat, decoded again otherwise. Either
+    # way, exactly MAX_DEPTH levels pass and one more is refused whole.
+    victim = repred.repred(lambda state, change: change, None, id="V")
+    s = Session(victim)
+    s.data_to_send()
+    s.receive_data(b'{"id":"X","clock":{},"repred":1,"batches":1}\n')
+    line = _long_batch(_nested(depth, inside), strings)
+    if taken:
+        s.receive_data(line)
+        assert victim.clock == {"X": 301}
+    else:
+        with pytest.raises(RemoteProtocolError) as info:
+            s.receive_data(line)
+        assert info.value.reason == "too-deep"
+        assert victim.clock == {}
+
+
+def test_a_long_batch_of_flat_changes_is_taken_whole():
+    m = model(id="V")
+    s = Session(m)
+    s.data_to_send()
+    s.receive_data(b'{"id":"X","clock":{},"repred":1,"batches":1}\n')
+    s.receive_data(_long_batch(["last", [1]], "]["))
+    assert m.get("k][0") == "]["
+    assert m.get("k149") == 149
+    assert m.get("last") == [1]
+    assert len(m) == 301
+
+
 def test_a_batch_before_the_digest_is_refused():
     s = Session(gset("V"))
     with pytest.raises(RemoteProtocolError) as info:
