@@ -1,5 +1,6 @@
 """Durable replicas: SQLite stores, reopening, bad files, crashes."""
 
+import contextlib
 import os
 import random
 import signal
@@ -65,7 +66,7 @@ def test_remote_entries_are_on_disk_before_apply_returns(tmp_path):
     s = Session(r)
     s.receive_data(b'{"id":"B","clock":{}}\n[["x"],1,"B"]\n[["y"],2,"B"]\n')
     # A second connection sees them committed, before any reply was sent.
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
         assert db.execute("SELECT count(*) FROM entries").fetchone()[0] == 2
         assert db.execute("SELECT ts FROM clock WHERE source='B'").fetchone()[0] == 2
     r.close()
@@ -110,7 +111,9 @@ def test_a_file_that_is_not_a_store_is_refused_and_left_alone(tmp_path):
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"not a database at all" * 100)
     other = tmp_path / "other.db"
-    with sqlite3.connect(other) as db:
+    # Closed at once: an open connection keeps a write in the WAL, and the
+    # last one to close moves it into the file, whenever it is collected.
+    with contextlib.closing(sqlite3.connect(other)) as db, db:
         db.execute("CREATE TABLE t (x)")
     for path in (junk, other):
         before = path.read_bytes()

@@ -171,7 +171,7 @@ def test_creating_a_store_is_atomic(tmp_path):
     m = model(store=SqliteStore(path))
     m.close()
     assert sorted(os.listdir(tmp_path)) == ["m.db", "m.db.lock"]
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
         assert {r[0] for r in db.execute("SELECT k FROM meta")} == {
             "format",
             "type",
@@ -180,7 +180,9 @@ def test_creating_a_store_is_atomic(tmp_path):
 
 
 def _tamper(path, sql, *args):
-    with sqlite3.connect(path) as db:
+    # Closed at once: an open connection keeps a write in the WAL, and the
+    # last one to close moves it into the file, whenever it is collected.
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
         db.execute(sql, args)
 
 
