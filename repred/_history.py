@@ -20,6 +20,8 @@ from the stamp list lazily, in amortised O(1).
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from itertools import compress, repeat
+from operator import is_not
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
@@ -69,9 +71,9 @@ class SourceLog:
         if self._sigs:
             self._sigs.pop(ts, None)
         if len(stamps) > 64 and self._live * 2 < len(stamps):
-            keep = [i for i, c in enumerate(self._changes) if c is not _GONE]
-            self._stamps = [stamps[i] for i in keep]
-            self._changes = [self._changes[i] for i in keep]
+            changes = self._changes
+            self._stamps = list(compress(stamps, map(is_not, changes, repeat(_GONE))))
+            self._changes = list(compress(changes, map(is_not, changes, repeat(_GONE))))
 
     def signature(self, ts: float) -> str | None:
         """The signature the entry at ``ts`` came with, or ``None``."""
