@@ -9,6 +9,7 @@ from repred._wire import (
     encode_entry,
     parse_line,
 )
+from repred.types import model
 
 
 def test_entry_round_trip_matches_js_bytes():
@@ -130,3 +131,17 @@ def test_decoder_refuses_endless_line_without_buffering_it():
     assert d.error is not None
     assert d.error.reason == "line-too-long"
     assert d.feed(b"x" * 400) == []
+
+
+def test_a_model_write_near_the_line_limit_is_measured_exactly():
+    # A line of exactly the limit is taken and one a byte longer refused.
+    limit, now = 20_000, 1795692308381
+    m = model(id="A", max_line_bytes=limit, wall=lambda: now)
+    fits = limit - len(encode_entry(["k", ""], now, "A"))
+    m.set("k", "x" * fits)  # stamped now
+    over = limit + 1 - len(encode_entry(["k", ""], now + 0.001, "A"))
+    with pytest.raises(ValueError, match="line limit"):
+        m.set("k", "x" * over)  # stamped a thousandth of a ms later
+    assert m.get("k") == "x" * fits
+    m.set("k", "x" * (over - 1))
+    assert m.get("k") == "x" * (over - 1)
