@@ -351,6 +351,7 @@ class Connection:
         self._wakes += 1
         if self._lingering is not None and self._wakes >= self._linger_until:
             self._lingering.cancel()
+            self._lingering = None  # once: cancelling costs a few us in trio
         if not self._woken:
             self._woken = True
             self._wake.set()
