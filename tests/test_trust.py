@@ -96,6 +96,25 @@ def test_signed_entries_reach_a_verifier_through_a_relay_that_does_not_verify(
         assert relay.signature(e.source, e.ts) is not None
 
 
+def test_signed_batches_cut_to_fit_keep_each_signature_with_its_entry():
+    # 200 signed entries of about 500 bytes: too many for one line under
+    # an 8 KB line limit, so the batches are cut; every signature must stay
+    # with its own entry for the verifier to take them all.
+    a = model(signing_key=KEY)
+    for i in range(200):
+        a.set(f"k{i}", "x" * 500)
+    end = model(id="end", verify=True)
+    pair = SessionPair(a, end)
+    pair.b = Session(end, max_line_bytes=16384)
+    pair.a = Session(a, batch_bytes=8192)
+    pair.pump()
+    lines = [x for chunk in pair.a_to_b for x in chunk.split(b"\n") if x]
+    assert sum(x.startswith(b'{"batch":') for x in lines) > 10
+    assert end.to_dict() == a.to_dict()
+    for e in a.history():
+        assert end.signature(e.source, e.ts) == a.signature(e.source, e.ts)
+
+
 def test_a_signed_entry_goes_on_the_wire_with_its_signature():
     a = _signed(1)
     e = next(a.history())
