@@ -6,9 +6,13 @@ from __future__ import annotations
 import orjson
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 import repred
 from repred import RemoteProtocolError
+from repred._wire import _batch as checked_batch
+from repred._wire import _loads_within_depth, loads_batch
 from repred.protocol import MAX_DEPTH, Session
 from repred.types import model
 
@@ -253,6 +257,39 @@ def test_the_depth_limit_is_exact_in_long_batches(depth, taken, inside, strings)
             s.receive_data(line)
         assert info.value.reason == "too-deep"
         assert victim.clock == {}
+
+
+@given(
+    depth=st.sampled_from([1, 2, 3, 4, MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1]),
+    # Which levels are objects: none, all (but the change itself), or some.
+    shape=st.one_of(st.just(0), st.just(2**140 - 1), st.integers(0, 2**140)),
+    at=st.integers(0, 300),
+    strings=st.sampled_from(["", "[", "{", "]", "}"]),
+)
+def test_a_long_batch_is_checked_as_the_padded_decoding_would(
+    depth, shape, at, strings
+):
+    # Whichever way a long line is checked for depth, the outcome is the
+    # one the padded decoding gives: the same batch, or the same refusal.
+    value: object = "v"
+    for level in reversed(range(depth)):  # level 0: the change itself
+        value = {"k": value} if shape >> level & 1 and level else [value]
+    changes: list[object] = [[f"k{strings}{i}", i] for i in range(300)]
+    changes.insert(at, value)
+    stamps = list(range(1, len(changes) + 1))
+    line = orjson.dumps({"batch": "X", "stamps": stamps, "changes": changes})
+
+    def outcome(decode):
+        try:
+            batch = decode(line)
+        except RemoteProtocolError as exc:
+            return exc.reason
+        return (batch.source, batch.stamps, batch.changes)
+
+    def padded(line):
+        return checked_batch(_loads_within_depth(line), line, depth_checked=True)
+
+    assert outcome(loads_batch) == outcome(padded)
 
 
 def test_a_long_batch_of_flat_changes_is_taken_whole():
