@@ -71,6 +71,8 @@ class SourceLog:
         if self._sigs:
             self._sigs.pop(ts, None)
         if len(stamps) > 64 and self._live * 2 < len(stamps):
+            # The selector is made twice, not kept in a list: a list of it
+            # would add a pointer per entry to the peak memory.
             changes = self._changes
             self._stamps = list(compress(stamps, map(is_not, changes, repeat(_GONE))))
             self._changes = list(compress(changes, map(is_not, changes, repeat(_GONE))))

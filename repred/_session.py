@@ -732,9 +732,11 @@ class Session:
         logs = self.replica._history.logs
         limit = self._batch_entries
         budget = self._batch_bytes
+        peer_max = self._peer_max_line
+        # No batch line longer than the peer takes or the budget allows.
+        longest = int(min(peer_max, budget))
         size = 0
         sent_count = 0
-        peer_max = self._peer_max_line
         batched = self._batched
         dumps = _dumps
         opt = _OPT
@@ -768,7 +770,6 @@ class Session:
             # A lone entry goes as a plain line: cheaper to read than a batch.
             if batched and len(stamps) > 1:
                 line = encode_batch(source, stamps, changes, sigs)
-                longest = int(min(peer_max, budget))
                 while len(line) > longest and len(stamps) > 1:
                     # Too long: at most half the entries, fewer if their
                     # size says so; the rest go next.

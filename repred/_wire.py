@@ -553,12 +553,12 @@ def loads_batch(line: bytes) -> Batch:
     Raises:
         RemoteProtocolError: the line is not a valid batch.
     """
-    brackets = line.count(b"[")
-    if brackets + line.count(b"{") <= MAX_DEPTH + 2:
+    brackets, braces = line.count(b"["), line.count(b"{")
+    if brackets + braces <= MAX_DEPTH + 2:
         msg = loads_line(line)  # too few brackets to nest too deep
     else:
         msg = None
-        if line.count(b"{") == 1:  # no object inside the batch's own
+        if braces == 1:  # no object inside the batch's own
             msg = loads_line(line)
             if not _flat(msg, brackets):
                 msg = None

@@ -288,6 +288,11 @@ def test_any_schedule_of_writes_closes_and_crashes_reopens_the_same(
     path = tmp_path_factory.mktemp("s") / "r.db"
     wall = FakeWall()
     make = model if kind == "model" else gset
+
+    def seen(r):
+        state = sorted(r.state.items()) if kind == "model" else sorted(r.state)
+        return _view(r), repr(state)
+
     mirror = make(id="me", wall=wall)
     ts = iter(range(1, 10**6))
     with small_segments(pack_min=2, entries=3):
@@ -304,28 +309,14 @@ def test_any_schedule_of_writes_closes_and_crashes_reopens_the_same(
                     r.apply(entry)
                     mirror.apply(entry)
                 else:
-                    before = (
-                        _view(r),
-                        repr(
-                            sorted(r.state.items())
-                            if kind == "model"
-                            else sorted(r.state)
-                        ),
-                    )
+                    before = seen(r)
                     if op == "close":
                         r.close()
                     else:
                         r.store._db.close()
                         r.store._release()
                     r = make(wall=wall, store=SqliteStore(path))
-                    after = (
-                        _view(r),
-                        repr(
-                            sorted(r.state.items())
-                            if kind == "model"
-                            else sorted(r.state)
-                        ),
-                    )
+                    after = seen(r)
                     assert after == before
             assert _view(r)[1:] == _view(mirror)[1:]
         finally:
