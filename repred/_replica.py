@@ -30,7 +30,9 @@ from ._log import limited
 from ._store import StoreError
 from ._trust import SigningKey, Writers, is_key_id, verifier
 from ._wire import (
+    CHAR_BYTES,
     DEFAULT_MAX_LINE_BYTES,
+    ENTRY_FRAME_BYTES,
     MAX_SOURCE_LENGTH,
     MAX_STAMP,
     check_value,
@@ -380,13 +382,18 @@ class Replica:
             )
         return self._write(upd, checked=False)
 
-    def _write(self, upd: Any, *, checked: bool, key: Hashable = None) -> Any:
+    def _write(
+        self, upd: Any, *, checked: bool, key: Hashable = None, size: int = 0
+    ) -> Any:
         """:meth:`update`, after ``map``. ``checked``: the reducer returns
         ``upd`` itself, or a part of it, and the caller has checked it with
         :func:`~repred.protocol.check_value` (the built-in types' methods do,
         with a message that names their argument). ``key``: for a
         last-write-wins type, the change's key, if the caller knows it (as
-        ``last_write_wins`` would give it for ``upd``)."""
+        ``last_write_wins`` would give it for ``upd``). ``size``: with
+        ``checked``, at least the encoded size of any change the reducer
+        returns, if the caller knows a bound (see ``CHAR_BYTES``): an entry
+        certainly within the line limit is not encoded to measure it."""
         store, me = self.store, self.id
         if store is not None:
             store.check()  # earlier writes that failed refuse this one
@@ -413,7 +420,13 @@ class Replica:
                 check_value(change, "the change")
             signer = self._signer
             signature = None if signer is None else signer.sign(change, ts, me)
-            size = len(encode_entry(change, ts, me, signature))
+            if (
+                not checked
+                or not size
+                or signature is not None
+                or size + CHAR_BYTES * len(me) + ENTRY_FRAME_BYTES > self.max_line_bytes
+            ):
+                size = len(encode_entry(change, ts, me, signature))
             if size > self.max_line_bytes:
                 raise ValueError(
                     f"the entry would be {size} bytes, over the"

@@ -90,6 +90,17 @@ MAX_STAMP = 2**53 - 1
 #: included, reads back exactly the number that was written.
 MAX_SAFE_INTEGER = 2**53 - 1
 
+#: Bounds on the encoded size of checked values, so that a writer can tell
+#: an entry is within a line limit without encoding it: a character of a
+#: string takes at most ``CHAR_BYTES`` in JSON (``\u001f``), a number,
+#: ``true``, ``false`` or ``null`` at most ``SCALAR_BYTES``
+#: (``-1.7976931348623157e+308``), and an unsigned entry's frame (brackets,
+#: commas, its stamp, the source's quotes and the newline) at most
+#: ``ENTRY_FRAME_BYTES`` around its change and source.
+CHAR_BYTES = 6
+SCALAR_BYTES = 24
+ENTRY_FRAME_BYTES = 4 + SCALAR_BYTES + 2 + 1
+
 #: Deepest nesting of lists and objects in a change. Deeper values are
 #: refused on the way in, locally and from peers, so that every entry a
 #: replica holds can be encoded again (orjson stops at 255 levels).

@@ -1,7 +1,11 @@
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from repred import IncompatiblePeerError, RemoteProtocolError
 from repred._wire import (
+    MAX_SAFE_INTEGER,
+    MAX_STAMP,
     SYNC,
     Digest,
     LineDecoder,
@@ -145,3 +149,50 @@ def test_a_model_write_near_the_line_limit_is_measured_exactly():
     assert m.get("k") == "x" * fits
     m.set("k", "x" * (over - 1))
     assert m.get("k") == "x" * (over - 1)
+
+
+# Any character a value may hold: control characters (six bytes each in
+# JSON), quotes, and characters of up to four bytes in UTF-8.
+_chars = st.characters(exclude_categories=["Cs"])
+_scalars = st.one_of(
+    st.text(_chars, max_size=40),
+    st.integers(-MAX_SAFE_INTEGER, MAX_SAFE_INTEGER),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+    st.none(),
+)
+
+
+@given(
+    key=st.text(_chars, max_size=40),
+    filler=_chars,
+    value=_scalars,
+    source=st.text(_chars, min_size=1, max_size=40),
+    now=st.one_of(st.integers(1, MAX_STAMP), st.floats(1, MAX_STAMP)),
+    slack=st.sampled_from([-1, 0, 1, 1000]),
+)
+@example(key="", filler="\x00", value="", source="\x1f", now=MAX_STAMP, slack=-1)
+@example(
+    key="", filler="a", value=-1.7976931348623157e308, source="A", now=0.5, slack=-1
+)
+def test_a_model_write_is_taken_exactly_when_its_line_fits(
+    key, filler, value, source, now, slack
+):
+    # A writer that knows its entry is small need not encode it to measure
+    # it: it must still take a write exactly when the line fits, whatever
+    # the characters (control characters take six bytes), the value or
+    # the stamp. The key is filled out to about the least line limit.
+    if source == "__proto__":
+        return
+    key += filler * 16_384
+    stamp = int(now) if float(now).is_integer() else now
+    size = len(encode_entry([key, value], stamp, source))
+    limit = size + slack
+    m = model(id=source, max_line_bytes=limit, wall=lambda: now)
+    if slack >= 0:
+        assert m.set(key, value) == [key, value]
+        assert next(m.history()).ts == stamp
+    else:
+        with pytest.raises(ValueError, match="line limit"):
+            m.set(key, value)
+        assert key not in m

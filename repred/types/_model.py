@@ -6,7 +6,7 @@ from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 from .._replica import Replica
-from .._wire import check_value, plain_scalar
+from .._wire import CHAR_BYTES, SCALAR_BYTES, check_value, plain_scalar
 from ._base import build, owned
 
 __all__ = ["Model", "model"]
@@ -87,10 +87,16 @@ class Model(Replica, MutableMapping[str, Any]):
             raise TypeError(f"model keys are strings, not {type(key).__name__}")
         if not key.isascii():
             check_value(key, "the key")
-        if not plain_scalar(value):
+        if plain_scalar(value):
+            # At least the encoded size of ["key",value] (see CHAR_BYTES):
+            # the brackets, comma and quotes, and each part.
+            size = 7 + CHAR_BYTES * len(key)
+            size += CHAR_BYTES * len(value) if type(value) is str else SCALAR_BYTES
+        else:
             value = owned(value, f"the value of {key!r}")
+            size = 0  # measured by encoding
         # Key and value are checked: the change need not be checked again.
-        return self._write([key, value], checked=True, key=key)
+        return self._write([key, value], checked=True, key=key, size=size)
 
     def delete(self, key: str) -> Any:
         """Delete ``key`` (a write of ``None``); return the change.
