@@ -400,78 +400,64 @@ class Replica:
         now = self._wall()
         last = self._last
         ts = now if now > last else _next_stamp(last)
-        if type(ts) is float and ts.is_integer():
-            ts = int(ts)  # canonical: a whole number is written as an integer
-        if ts > MAX_STAMP:
-            raise ValueError(f"stamp {ts!r} would be out of range")
-        try:
-            if self._stamped:
-                change = self._reducer(self.state, upd, (ts, me))
-            else:
-                change = self._reducer(self.state, upd)
-        except BaseException:
-            if not self._checks_first:
-                self._rebuild()
-            raise
-        if change is None or (type(change) in _EMPTY_TYPES and not change):
-            return None  # nothing changed (is_empty, inline: every write)
-        try:
-            if not checked:
-                check_value(change, "the change")
-            signer = self._signer
-            signature = None if signer is None else signer.sign(change, ts, me)
-            if (
-                not checked
-                or not size
-                or signature is not None
-                or size + CHAR_BYTES * len(me) + ENTRY_FRAME_BYTES > self.max_line_bytes
-            ):
-                size = len(encode_entry(change, ts, me, signature))
-            if size > self.max_line_bytes:
-                raise ValueError(
-                    f"the entry would be {size} bytes, over the"
-                    f" {self.max_line_bytes} byte line limit peers apply;"
-                    " split the value"
-                )
-            k = old = None
-            if self._key is not None:
-                k = self._key(change) if key is None or change is not upd else key
-                old = self._history.newest(k)
-                if old is not None and old >= (ts, me):
-                    # The key holds a write stamped ahead of this clock (a
-                    # peer's clock runs fast, within max_drift_ms): this
-                    # write comes after it, so it must win everywhere, not
-                    # only here. Stamped just above it, and reduced again.
-                    ts = _next_stamp(old[0])
-                    if type(ts) is float and ts.is_integer():
-                        ts = int(ts)
+        while True:  # a second time only if the key holds a write stamped ahead
+            if type(ts) is float and ts.is_integer():
+                ts = int(ts)  # canonical: a whole number is written as an integer
+            if ts > MAX_STAMP:
+                raise ValueError(f"stamp {ts!r} would be out of range")
+            try:
+                if self._stamped:
+                    change = self._reducer(self.state, upd, (ts, me))
+                else:
+                    change = self._reducer(self.state, upd)
+            except BaseException:
+                if not self._checks_first:
                     self._rebuild()
-                    change = (
-                        self._reducer(self.state, upd, (ts, me))
-                        if self._stamped
-                        else self._reducer(self.state, upd)
-                    )
-                    if change is None or (type(change) in _EMPTY_TYPES and not change):
-                        return None
-                    if not checked:
-                        check_value(change, "the change")
-                    k = self._key(change)
+                raise
+            if change is None or (type(change) in _EMPTY_TYPES and not change):
+                return None  # nothing changed (is_empty, inline: every write)
+            try:
+                if not checked:
+                    check_value(change, "the change")
+                signer = self._signer
+                signature = None if signer is None else signer.sign(change, ts, me)
+                if (
+                    not checked
+                    or not size
+                    or signature is not None
+                    or size + CHAR_BYTES * len(me) + ENTRY_FRAME_BYTES
+                    > self.max_line_bytes
+                ):
+                    measured = len(encode_entry(change, ts, me, signature))
+                    if measured > self.max_line_bytes:
+                        raise ValueError(
+                            f"the entry would be {measured} bytes, over the"
+                            f" {self.max_line_bytes} byte line limit peers apply;"
+                            " split the value"
+                        )
+                k = old = None
+                if self._key is not None:
+                    k = self._key(change) if key is None or change is not upd else key
                     old = self._history.newest(k)
-                    if signer is not None:
-                        signature = signer.sign(change, ts, me)
-                    if len(encode_entry(change, ts, me, signature)) > (
-                        self.max_line_bytes
-                    ):
-                        raise ValueError("the entry would be over the line limit")
-            if store is not None:
-                if old is not None:
-                    store.drop(*old)
-                store.add(change, ts, me, signature)
-                store.advance(me, ts)
-                store.commit(discard_on_error=True)
-        except BaseException:
-            self._rebuild()
-            raise
+                    if old is not None and old >= (ts, me):
+                        # The key holds a write stamped ahead of this clock
+                        # (a peer's clock runs fast, within max_drift_ms):
+                        # this write comes after it, so it must win
+                        # everywhere, not only here. Stamped just above it,
+                        # and reduced again.
+                        ts = _next_stamp(old[0])
+                        self._rebuild()
+                        continue
+                if store is not None:
+                    if old is not None:
+                        store.drop(*old)
+                    store.add(change, ts, me, signature)
+                    store.advance(me, ts)
+                    store.commit(discard_on_error=True)
+            except BaseException:
+                self._rebuild()
+                raise
+            break
         self._last = ts
         clock = self._clock
         if me not in clock:

@@ -207,3 +207,23 @@ def test_a_write_over_one_stamped_minutes_ahead_wins_everywhere():
     sync(mine, fast)
     assert mine.state == fast.state
     assert mine.state["n"] > wall.now + 3 * 60 * 1000
+
+
+def test_a_write_over_one_stamped_at_the_last_stamp_is_refused_whole():
+    """Stamping a write just above a peer's write held for the same key
+    must not go past the largest stamp peers accept: the write is refused,
+    and changes nothing."""
+    from repred._wire import MAX_STAMP
+    from repred.types import model
+
+    now = MAX_STAMP - 2 * 60 * 1000  # the peer's write is two minutes ahead
+    ahead = model(id="ahead", wall=lambda: MAX_STAMP)
+    ahead.set("x", "from-the-future")
+    me = model(id="me", wall=lambda: now)
+    sync(ahead, me)
+    assert me.clock["ahead"] == MAX_STAMP
+    with pytest.raises(ValueError, match="out of range"):
+        me.set("x", "mine, later")
+    assert me.to_dict() == {"x": "from-the-future"}
+    assert [e.ts for e in me.history()] == [MAX_STAMP]
+    assert "me" not in me.clock
