@@ -13,6 +13,10 @@ and how many bytes crossed (and the bytes per entry).
         JS scuttlebutt (benchmarks/js_full_sync.js, needs tests/js's
         node_modules) and repred alternately, three times each; prints
         every figure and the median ratio repred / JS
+    python benchmarks/full_sync.py --scaling [SMALL LARGE]
+        (default: 100000 1000000) both sizes alternately, three times
+        each; prints every figure and the median ratio of their times
+        (one run of the small size is too short to compare on its own)
 """
 
 from __future__ import annotations
@@ -109,6 +113,18 @@ def main() -> None:
             ratios.append(ours / theirs)
             report("ratio", keys=n, repred_over_js=round(ratios[-1], 3))
         report("compare_js", keys=n, median_ratio=round(statistics.median(ratios), 3))
+        return
+    if args[:1] == ["--scaling"]:
+        small, large = map(int, args[1:3]) if len(args) > 2 else (100_000, 1_000_000)
+        ratios = []
+        for _ in range(3):
+            ratios.append(trio.run(serve, large) / trio.run(serve, small))
+            report("scaling", keys=[small, large], ratio=round(ratios[-1], 2))
+        report(
+            "scaling",
+            keys=[small, large],
+            median_ratio=round(statistics.median(ratios), 2),
+        )
         return
     batches = "--per-line" not in args
     websocket = "--websocket" in args
