@@ -913,7 +913,6 @@ class Replica:
     def _restore(self, entry_runs: list[Run]) -> None:
         """Take the history the store held without replaying it (the state
         came from its checkpoint)."""
-        logs = self._history.logs
         for source, stamps, changes, sigs in entry_runs:
             if source not in self._clock:
                 self._admit(source, changes[0], stamps[0])
@@ -926,7 +925,6 @@ class Replica:
                     ts: sig for ts, sig in zip(stamps, sigs, strict=True) if sig
                 }
             self._clock[source] = stamps[-1]
-            logs[source] = log
 
     # -- compaction ------------------------------------------------------
 

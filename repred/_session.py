@@ -850,9 +850,8 @@ class Session:
             and self.replica.snapshot_version == self._snapshot_seen
         ):
             return
-        if source not in self._queued:
-            self._queued.add(source)
-            self._queue.append(source)
+        self._queued.add(source)  # (not queued: see the top)
+        self._queue.append(source)
         if self.wakeup is not None:
             self.wakeup()
 

@@ -853,8 +853,12 @@ def _split_signatures(blobs: Any) -> tuple[Any, list[str | None] | None]:
     )
 
 
+#: The entries read at open, per source: ``(stamps, changes, signatures)``.
+_Held = dict[str, tuple[list[Any], list[Any], list[str | None] | None]]
+
+
 def _held_run(
-    held: dict[str, tuple[list[Any], list[Any], list[str | None] | None]],
+    held: _Held,
     path: str,
     source: str,
     run: tuple[list[Any], list[Any], list[str | None] | None],
@@ -888,7 +892,7 @@ def _load_entries(
     running = gc.isenabled()
     gc.disable()
     try:
-        held: dict[str, tuple[list[Any], list[Any], list[str | None] | None]] = {}
+        held: _Held = {}
         if packed:
             _load_segments(db, path, clock, held)
         _load_rows(db, path, clock, held)
@@ -910,7 +914,7 @@ def _load_segments(
     db: sqlite3.Connection,
     path: str,
     clock: dict[str, float],
-    held: dict[str, tuple[list[Any], list[Any], list[str | None] | None]],
+    held: _Held,
 ) -> None:
     for source, first, last, stamps_blob, changes_blob, sigs_blob, crc in db.execute(
         "SELECT source, first, last, stamps, changes, sigs, crc FROM segments"
@@ -956,7 +960,7 @@ def _load_rows(
     db: sqlite3.Connection,
     path: str,
     clock: dict[str, float],
-    held: dict[str, tuple[list[Any], list[Any], list[str | None] | None]],
+    held: _Held,
 ) -> None:
     """The rows of entries not packed into segments.
 
@@ -994,7 +998,7 @@ def _load_rows(
 def _drop_gaps(
     db: sqlite3.Connection,
     path: str,
-    held: dict[str, tuple[list[Any], list[Any], list[str | None] | None]],
+    held: _Held,
 ) -> None:
     """Leave out the entries dropped from segments since they were packed."""
     gone: dict[str, set[float]] = {}
