@@ -64,7 +64,7 @@ from ._links import (
 from ._log import RateLimitedLog
 from ._replica import Replica, new_id, wall_ms
 from ._session import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_ENTRIES, Session
-from ._wire import DEFAULT_MAX_LINE_BYTES, LineDecoder, loads_line, snippet
+from ._wire import DEFAULT_MAX_LINE_BYTES, LineDecoder, loads_strict, snippet
 
 if TYPE_CHECKING:
     import ssl
@@ -381,7 +381,7 @@ class _Mux:
             events += current.receive_data(b"\n".join(bodies) + b"\n")
 
     def _on_hello(self, line: bytes) -> None:
-        msg = loads_line(line)
+        msg = loads_strict(line, "replicas")
         if (
             type(msg) is not dict
             or msg.get("repred-peer") != PEER_PROTOCOL
