@@ -93,6 +93,15 @@ def _address(text: str) -> str:
     return text
 
 
+def _web_host(text: str) -> str:
+    from ._http import host_name  # (only with --web-host)
+
+    try:
+        return text if text == "*" else host_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="python -m repred.peer",
@@ -133,6 +142,15 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="ORIGIN",
         help="another origin (http://host:port) whose pages may link (repeatable)",
+    )
+    p.add_argument(
+        "--web-host",
+        action="append",
+        default=[],
+        type=_web_host,
+        metavar="NAME",
+        help="another name the web port may be reached by (a proxy's; '*': any)"
+        " besides --host, --advertise and localhost (repeatable)",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log link errors")
     return p
@@ -645,6 +663,7 @@ async def _serve(
             node_id=data.id,
             web_port=args.web,
             web_origins=args.web_origin,
+            web_hosts=args.web_host,
         ) as peer,
         trio.open_nursery() as nursery,
     ):
