@@ -24,6 +24,7 @@ from ._errors import (
     SyncTimeout,
 )
 from ._log import limited
+from ._pending import PendingTable
 from ._replica import is_empty
 from ._session import (
     DEFAULT_BATCH_BYTES,
@@ -665,34 +666,29 @@ def tls_server(
 ) -> Callable[[trio.abc.Stream], Awaitable[None]]:
     """``handler``, for streams that must complete a TLS handshake first.
 
-    At most ``max_handshakes`` handshakes run at once: a connection past
-    that is closed at once, so connections that never finish a handshake
-    cost bounded sockets and time. A failed handshake is logged and ends
-    only its connection.
+    At most ``max_handshakes`` handshakes run at once, and 16 from one
+    client address: one more pushes out the oldest (of that address, or of
+    all; see :mod:`repred._pending`), so connections that never finish a
+    handshake cost bounded sockets and time, and never keep others out. A
+    failed handshake is logged and ends only its connection.
     """
-    handshakes = trio.CapacityLimiter(max_handshakes)
+    handshakes = PendingTable(max_handshakes)
 
     async def tls_handler(stream: trio.abc.Stream) -> None:
-        try:
-            handshakes.acquire_nowait()
-        except trio.WouldBlock:
-            limited(
-                logging.INFO,
-                "tls-busy",
-                "repred: connection refused: %d TLS handshakes under way",
-                max_handshakes,
-            )
+        tls = None
+        with handshakes.hold(stream):
+            try:
+                tls = await start_tls(
+                    stream, ssl_context, server_hostname=None, timeout=timeout
+                )
+            except RepredError as exc:
+                limited(
+                    logging.INFO, "tls-failed", "repred: connection refused: %s", exc
+                )
+                return
+        if tls is None:  # pushed out by newer ones
             await trio.aclose_forcefully(stream)
             return
-        try:
-            tls = await start_tls(
-                stream, ssl_context, server_hostname=None, timeout=timeout
-            )
-        except RepredError as exc:
-            limited(logging.INFO, "tls-failed", "repred: connection refused: %s", exc)
-            return
-        finally:
-            handshakes.release()
         await handler(tls)
 
     return tls_handler

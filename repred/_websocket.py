@@ -12,7 +12,6 @@ only its link, statistics, ``wait_synced()`` and the timeouts.
 from __future__ import annotations
 
 import contextlib
-import logging
 import ssl
 import urllib.parse
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -38,12 +37,14 @@ from ._links import (
     start_tls,
     stream_server,
 )
-from ._log import limited
+from ._pending import PendingTable
 from ._session import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_ENTRIES
 from ._wire import DEFAULT_MAX_LINE_BYTES
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+
+    import h11
 
     from ._replica import Replica
 
@@ -181,48 +182,46 @@ def websocket_server(
     connection, as a :class:`MessageStream`, to ``route(path)``.
 
     A request ``policy`` refuses gets 403; a path that routes nowhere gets
-    404, a request that is no WebSocket upgrade 400. At most
-    ``max_pending`` requests are read at once (a connection past that is
-    closed at once), each within the handshake timeout and 16 KiB:
-    connections that never finish one cost bounded sockets and time, and
-    one that goes away frees its place at once.
+    404, a request that is no WebSocket upgrade 400. Each request is read
+    within the handshake timeout and 16 KiB; at most ``max_pending`` are
+    read at once, and 16 from one client address: one more pushes out the
+    oldest (see :mod:`repred._pending`), so connections that never finish
+    a request cost bounded sockets and time, and never keep others out.
     """
-    pending = trio.CapacityLimiter(max_pending)
+    pending = PendingTable(max_pending)
     upgrade = websocket_upgrade(route, options)
 
     async def handle(stream: trio.abc.Stream) -> None:
-        try:
-            pending.acquire_nowait()
-        except trio.WouldBlock:
-            limited(
-                logging.INFO,
-                "ws-busy",
-                "repred: WebSocket refused: %d requests under way",
-                max_pending,
-            )
-            await trio.aclose_forcefully(stream)
-            return
-        try:
+        head = None
+        with pending.hold(stream):
             read = await read_request(stream, options.handshake_timeout)
-        finally:
-            pending.release()
-        if read is None:
+            if read is not None:
+                head = await _answer(stream, read, policy)
+        if head is None:
             await trio.aclose_forcefully(stream)
-            return
-        conn, request, head = read
-        wants = header(request.headers, b"upgrade")
-        if wants is None or wants.lower() != b"websocket":
-            await respond(stream, conn, 400, b"a WebSocket endpoint\n")
-            await trio.aclose_forcefully(stream)
-            return
-        refused = policy.refusal(request.headers)
-        if refused is not None:
-            await respond(stream, conn, 403, refused)
-            await trio.aclose_forcefully(stream)
-            return
-        await upgrade(Replay(stream, head))
+        else:
+            await upgrade(Replay(stream, head))
 
     return handle
+
+
+async def _answer(
+    stream: trio.abc.Stream,
+    read: tuple[h11.Connection, h11.Request, bytes],
+    policy: RequestPolicy,
+) -> bytes | None:
+    """The bytes read of a WebSocket request ``policy`` takes (to replay to
+    the upgrade), or ``None`` once another request is answered."""
+    conn, request, head = read
+    wants = header(request.headers, b"upgrade")
+    if wants is None or wants.lower() != b"websocket":
+        await respond(stream, conn, 400, b"a WebSocket endpoint\n")
+        return None
+    refused = policy.refusal(request.headers)
+    if refused is not None:
+        await respond(stream, conn, 403, refused)
+        return None
+    return head
 
 
 def websocket_upgrade(
