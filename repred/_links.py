@@ -615,11 +615,22 @@ async def run_channel(
     finally:
         for session in channel.sessions:
             session.close()
+            session.wakeup = None
+        channel.set_wakeup(_no_wakeup)
         await trio.aclose_forcefully(stream)
         conn._closed.set()
-    if conn._error is not None:
-        raise conn._error
-    return conn.statistics()
+    # What a link held goes back as it ends, by reference counting alone:
+    # nothing may point back at the connection (the sessions' wakeups did)
+    # or at the error (held by the connection, and its traceback by the
+    # frames that hold the connection), or a cut link would wait for a
+    # full collection, its unfinished line and all.
+    error, conn._error = conn._error, None
+    if error is None:
+        return conn.statistics()
+    try:
+        raise error
+    finally:
+        del error
 
 
 async def start_tls(
@@ -1018,10 +1029,18 @@ async def single_errors() -> AsyncIterator[None]:
         yield
     except BaseExceptionGroup as group:
         leaves = _leaves(group)
-        if len(leaves) != 1:
+        # A cancellation stays in its group, which trio's cancel scopes
+        # take as they take the leaf: raised here, the leaf would get the
+        # group as its context while the group holds it, a cycle that keeps
+        # every frame of the ended task (and what they hold) until a full
+        # collection. Every link ends with one.
+        if len(leaves) != 1 or isinstance(leaves[0], trio.Cancelled):
             raise
         leaf = leaves[0]
-        raise leaf from leaf.__cause__
+        try:
+            raise leaf from leaf.__cause__
+        finally:
+            del leaf, leaves  # (this frame is in the traceback: no cycle)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -1031,6 +1050,10 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 
 
 def _ignore(conn: Connection) -> None:
+    pass
+
+
+def _no_wakeup() -> None:
     pass
 
 

@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import operator
+import weakref
 from itertools import compress, repeat
 from typing import Any
 
@@ -74,6 +76,7 @@ __all__ = [
     "loads_batch",
     "loads_line",
     "loads_strict",
+    "mapped_bytes",
     "parse_entry",
     "parse_line",
     "parse_message",
@@ -83,6 +86,10 @@ __all__ = [
 #: Longest line accepted from a peer: 1 MiB. JS scuttlebutt has no limit, so
 #: a peer that never sends a newline grows its buffer without bound.
 DEFAULT_MAX_LINE_BYTES = 1 << 20
+
+#: An unfinished line longer than this is kept in pages of its own, which
+#: go back to the system as soon as it is complete (see LineDecoder).
+SPILL_BYTES = 64 * 1024
 
 #: Longest source id accepted, locally or from a peer.
 MAX_SOURCE_LENGTH = 256
@@ -343,9 +350,16 @@ class LineDecoder:
     lines before it have been returned, so those are still processed.
 
     Work is linear in the bytes fed, however they are chunked: an unfinished
-    line is kept in a ``bytearray`` with the offset up to which it has been
-    searched for a line break (as h11's receive buffer does), so a long line
-    fed a byte at a time is not searched again from its start.
+    line is kept with the offset up to which it has been searched for a
+    line break (as h11's receive buffer does), so a long line fed a byte at
+    a time is not searched again from its start.
+
+    Memory follows what is held. An unfinished line of up to
+    :data:`SPILL_BYTES` is kept in a ``bytearray``; a longer one in pages
+    mapped for it alone (``mmap``, doubled as it grows), which go back to
+    the system the moment the line is complete, refused, or dropped with
+    its decoder, whatever else the process allocated meanwhile: a peer that
+    held long unfinished lines leaves nothing behind.
 
     Attributes:
         lines: complete lines returned so far.
@@ -353,10 +367,22 @@ class LineDecoder:
             fed: the measure of the work done).
     """
 
-    __slots__ = ("_buf", "_max", "error", "lines", "scanned")
+    __slots__ = (
+        "__weakref__",
+        "_buf",
+        "_held",
+        "_map",
+        "_max",
+        "error",
+        "lines",
+        "scanned",
+    )
 
     def __init__(self, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
         self._buf = bytearray()
+        #: A long unfinished line: its pages, and the bytes written to them.
+        self._map: mmap.mmap | None = None
+        self._held = 0
         self._max = max_line_bytes
         self.error: RemoteProtocolError | None = None
         self.lines = 0
@@ -365,7 +391,7 @@ class LineDecoder:
     @property
     def buffered(self) -> int:
         """Bytes of an unfinished line held."""
-        return len(self._buf)
+        return len(self._buf) if self._map is None else self._held
 
     def set_limit(self, max_line_bytes: int) -> None:
         """Change the line limit (what is held carries over)."""
@@ -375,18 +401,18 @@ class LineDecoder:
         """Add bytes; return the lines they completed (without the LF)."""
         if self.error is not None:
             return []
-        buf = self._buf
         self.scanned += len(data)
         if b"\n" not in data:
-            if len(buf) + len(data) > self._max:
-                self._too_long(bytes(buf[:256]) + bytes(data[:256]))
-                return []
-            buf += data
+            held = len(self._buf) if self._map is None else self._held
+            if held + len(data) > self._max:
+                self._too_long(self._start() + bytes(data[:256]))
+            elif self._map is None and held + len(data) <= SPILL_BYTES:
+                self._buf += data  # (the common case, inline)
+            else:
+                self._hold(data)
             return []
-        if buf:
-            buf += data
-            lines = bytes(buf).split(b"\n")
-            buf.clear()
+        if self._buf or self._map is not None:
+            lines = (self._take() + data).split(b"\n")
         else:
             lines = bytes(data).split(b"\n")
         rest = lines.pop()
@@ -399,26 +425,81 @@ class LineDecoder:
         if len(rest) > limit:
             self._too_long(rest)
         else:
-            buf += rest
+            self._hold(rest)
         self.lines += len(lines)
         return lines
 
     def eof(self) -> bytes | None:
         """The stream ended: the unfinished last line, if any (as JS reads it)."""
-        rest = bytes(self._buf)
-        self._buf.clear()
+        rest = self._take()
         if not rest.strip():
             return None
         self.lines += 1
         return rest
 
+    def _hold(self, data: bytes | bytearray) -> None:
+        pages = self._map
+        if pages is None:
+            if len(self._buf) + len(data) <= SPILL_BYTES:
+                self._buf += data
+                return
+            pages = self._grow(self._buf, len(self._buf) + len(data))
+            self._buf = bytearray()
+        elif self._held + len(data) > len(pages):
+            pages = self._grow(pages[: self._held], self._held + len(data))
+        start = self._held
+        pages[start : start + len(data)] = data
+        self._held = start + len(data)
+
+    def _grow(self, held: bytes | bytearray, needed: int) -> mmap.mmap:
+        """New pages for an unfinished line: ``held`` and room for ``needed``."""
+        pages = mmap.mmap(-1, max(needed, 2 * len(held), 2 * SPILL_BYTES))
+        pages[: len(held)] = held
+        self._unmap()
+        self._map, self._held = pages, len(held)
+        _MAPPED.add(self)
+        return pages
+
+    def _unmap(self) -> None:
+        pages = self._map
+        if pages is not None:
+            _MAPPED.discard(self)
+            self._map, self._held = None, 0
+            pages.close()
+
+    def _take(self) -> bytes:
+        """The unfinished line, no longer held."""
+        if self._map is None:
+            held = bytes(self._buf)
+            self._buf = bytearray()
+            return held
+        held = self._map[: self._held]
+        self._unmap()
+        return held
+
+    def _start(self) -> bytes:
+        """The start of the unfinished line, for an error."""
+        return bytes(self._buf[:256]) if self._map is None else self._map[:256]
+
     def _too_long(self, line: bytes) -> None:
-        self._buf = bytearray()
+        self._take()
         self.error = RemoteProtocolError(
             f"line longer than {self._max} bytes",
             reason="line-too-long",
             line=snippet(line),
         )
+
+
+#: The decoders holding an unfinished line in pages of its own.
+_MAPPED: weakref.WeakSet[LineDecoder] = weakref.WeakSet()
+
+
+def mapped_bytes() -> int:
+    """The memory of the pages written with unfinished lines by all
+    decoders (pages mapped but not yet written take none): what
+    ``tracemalloc`` does not see."""
+    page = mmap.PAGESIZE
+    return sum(-(-decoder.buffered // page) * page for decoder in _MAPPED)
 
 
 def _bad(message: str, reason: str, line: bytes) -> RemoteProtocolError:
