@@ -241,3 +241,37 @@ async def test_the_oldest_opening_is_pushed_out_per_client_and_in_all():
         nursery.cancel_scope.cancel()
     assert len(table) == 0
     assert outcome == {"a1": True, "a2": True}
+
+
+# -- at the sizes they were seen at -------------------------------------------
+
+
+@pytest.mark.slow
+async def test_five_hundred_stalled_heads_leave_page_loads_alone(nursery):
+    from repred._web import serve_web
+
+    listeners = await nursery.start(serve_web, {"data": _filled()}, 0)
+    port = listeners[0].socket.getsockname()[1]
+    stalled = await _stall(port, 520, HALF_A_HEAD)
+    for _ in range(59):
+        assert await _page(port) == b"HTTP/1.1 200"
+    for stream in stalled:
+        await stream.aclose()
+
+
+@pytest.mark.slow
+async def test_six_hundred_stalled_handshakes_leave_a_new_peer_alone(ca):
+    server_ctx, client_ctx = _contexts(ca)
+    slow = {"connect_timeout": 3600.0, "ssl_context": server_ctx}
+    slow["client_ssl_context"] = client_ctx
+    hub, newcomer = model(id="hub"), model(id="newcomer")
+    async with repred.open_peer(replicas={"data": hub}, **slow) as a:
+        stalled = await _stall(a.port, 600, b"")
+        async with repred.open_peer(
+            replicas={"data": newcomer}, seeds=[a.address], **slow
+        ):
+            newcomer.set("first", 1)
+            with trio.fail_after(10):
+                await wait_until(hub, lambda: hub.get("first") == 1)
+        for stream in stalled:
+            await stream.aclose()
