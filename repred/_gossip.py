@@ -1075,10 +1075,11 @@ async def open_peer(
         web_origins: origins besides the web port's own whose pages may
             open WebSocket links (``"http://host:port"``).
         web_hosts: names the web port's requests may carry in ``Host``
-            besides ``host``, ``advertise``, ``localhost`` (and 127.0.0.1
-            and ::1 when listening on them); ``"*"``: any. Every other name
-            gets 403, so that a page whose name was pointed at this address
-            (DNS rebinding) can neither read the pages nor link.
+            besides ``host`` (any address, on every interface),
+            ``advertise``, ``localhost`` (and 127.0.0.1 and ::1 when
+            listening on them); ``"*"``: any. Every other name gets 403, so
+            that a page whose name was pointed at this address (DNS
+            rebinding) can neither read the pages nor link.
         signing_key, verify, writers: as for :func:`repred.repred`, for the
             membership map: heartbeats are signed with the key, and a
             verifying peer takes only signed ones (from ``writers`` only,

@@ -58,14 +58,21 @@ def host_name(text: str) -> str:
     return name
 
 
-def _is_loopback_or_any(host: str | None) -> bool:
-    if host in (None, "", "localhost"):
+def _is_loopback(host: str | None) -> bool:
+    if host == "localhost":
         return True
     try:
-        address = ipaddress.ip_address(host)
+        return ipaddress.ip_address(host or "").is_loopback
     except ValueError:
         return False
-    return address.is_loopback or address.is_unspecified
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _origin(text: str) -> str:
@@ -98,10 +105,14 @@ class RequestPolicy:
     Attributes:
         hosts: the names ``Host`` may carry, as :func:`host_name` gives them.
         origins: the other origins whose pages may link.
+        addresses: any IP address may be named too (a server on every
+            interface is reached by each of its addresses; naming an
+            address involves no name an attacker could point elsewhere).
     """
 
     hosts: frozenset[str] | None
     origins: frozenset[str] | None
+    addresses: bool = False
 
     @classmethod
     def serving(
@@ -113,9 +124,9 @@ class RequestPolicy:
         origins: Collection[str] | None = (),
     ) -> RequestPolicy:
         """The policy of a server bound to ``host``: the names it serves
-        are that address, ``advertise``, ``localhost`` (and 127.0.0.1 and
-        ::1 when it is a loopback address or every interface), and
-        ``hosts`` (``"*"`` among them, or ``hosts=None``: any name).
+        are that address (on every interface: any address), ``advertise``,
+        ``localhost`` (and 127.0.0.1 and ::1 when it listens on loopback),
+        and ``hosts`` (``"*"`` among them, or ``hosts=None``: any name).
 
         Raises:
             ValueError: a name in ``hosts`` or an origin that is not one.
@@ -124,14 +135,13 @@ class RequestPolicy:
         if hosts is None or "*" in hosts:
             return cls(None, allowed)
         names = {"localhost", *map(host_name, hosts)}
-        for given in (host, advertise):
-            if given and given not in ("0.0.0.0", "::"):
+        everywhere = host in (None, "", "0.0.0.0", "::")
+        for given in (None if everywhere else host, advertise):
+            if given:
                 names.add(host_name(given))
-        if _is_loopback_or_any(host):
+        if everywhere or _is_loopback(host):
             names |= LOOPBACK_NAMES
-            if host:
-                names.add(host_name(host))
-        return cls(frozenset(names), allowed)
+        return cls(frozenset(names), allowed, addresses=everywhere)
 
     def refusal(
         self, headers: Iterable[tuple[bytes, bytes]], *, upgrade: bool = True
@@ -172,9 +182,10 @@ class RequestPolicy:
         if port and not port.isdigit():
             return False
         try:
-            return host_name(name) in self.hosts
+            name = host_name(name)
         except ValueError:
             return False
+        return name in self.hosts or (self.addresses and _is_address(name))
 
     def _from_own_page(self, origin: bytes, host: bytes | None) -> bool:
         text = origin.decode("latin-1").lower()

@@ -129,9 +129,10 @@ async def serve_websocket(
     Who may connect (the same rules as the peer's web port; each refusal
     is a 403 before the upgrade, logged):
 
-    * the ``Host`` header must name this server: its address, or
-      ``localhost``, and on a loopback address (or every interface) also
-      ``127.0.0.1`` and ``::1``; and any name in ``hosts``. A web page
+    * the ``Host`` header must name this server: its address (on every
+      interface, ``host=None``: any address), or ``localhost``, and on a
+      loopback address or every interface also ``127.0.0.1`` and ``::1``;
+      and any name in ``hosts``. A web page
       whose own name an attacker pointed at this address (DNS rebinding)
       names its own host, and is refused. Behind a proxy that forwards the
       public name, list it in ``hosts``; ``hosts=None`` (or ``"*"`` in it)

@@ -226,7 +226,8 @@ async def test_serve_websocket_hosts_and_origins_are_configurable(nursery):
     [
         ("127.0.0.1", {"127.0.0.1", "localhost", "::1"}),
         ("::1", {"127.0.0.1", "localhost", "::1"}),
-        ("0.0.0.0", {"0.0.0.0", "127.0.0.1", "localhost", "::1"}),
+        ("0.0.0.0", {"127.0.0.1", "localhost", "::1"}),
+        ("127.0.0.2", {"127.0.0.2", "127.0.0.1", "localhost", "::1"}),
         ("192.0.2.7", {"192.0.2.7", "localhost"}),
     ],
 )
@@ -257,3 +258,15 @@ def test_a_host_header_is_read_as_its_name(header, taken):
     policy = RequestPolicy.serving("127.0.0.1")
     headers = [] if header is None else [(b"host", header)]
     assert (policy.refusal(headers) is None) is taken
+
+
+def test_a_server_on_every_interface_is_reached_by_any_of_its_addresses():
+    from repred._http import RequestPolicy
+
+    policy = RequestPolicy.serving("0.0.0.0", advertise="peer.example")
+    for host in (b"192.0.2.7:8080", b"[2001:db8::1]:8080", b"peer.example:8080"):
+        assert policy.refusal([(b"host", host)]) is None, host
+    assert policy.refusal([(b"host", b"evil.example:8080")]) is not None
+    # Bound to one address, the others are not its own.
+    policy = RequestPolicy.serving("192.0.2.7")
+    assert policy.refusal([(b"host", b"192.0.2.8:8080")]) is not None
