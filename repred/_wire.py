@@ -596,9 +596,8 @@ def check_unique_keys(line: bytes, *members: str) -> None:
         msg = _pairs_decoder.decode(line.decode())
     except RecursionError:
         raise _bad("nested too deep", "too-deep", line) from None
-    except ValueError:  # (bad UTF-8 or JSON, for a line orjson did not read)
-        loads_line(line)  # raises the typed error
-        raise  # pragma: no cover
+    except ValueError as exc:  # (orjson refuses all that this does)
+        raise _bad(f"malformed JSON: {exc}", "malformed-json", line) from None
     if isinstance(msg, dict) and (
         type(msg) is _Twice or any(type(msg.get(m)) is _Twice for m in members)
     ):

@@ -176,6 +176,15 @@ def test_a_change_may_hold_any_keys(change):
     assert replica.to_dict() == {"k": change, "j": {"k": 2}}
 
 
+def test_an_object_too_deep_to_check_is_refused_on_its_link():
+    # orjson reads 1,024 levels; the check for keys given twice reads fewer.
+    deep = b"[" * 1000 + b"]" * 1000
+    _, s = _session()
+    with pytest.raises(RemoteProtocolError) as info:
+        s.receive_data(b'{"expect":1,"x":' + deep + b"}\n")
+    assert info.value.reason == "too-deep"
+
+
 def test_a_digest_with_a_key_twice_inside_an_extension_value_is_taken():
     # Only the digest's own keys and its clock's sources are the protocol's.
     msg = parse_line(b'{"id":"X","clock":{"a":1},"x":{"y":1,"y":2}}')
