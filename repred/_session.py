@@ -75,6 +75,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import orjson
 
+from ._antientropy import AntiEntropy
 from ._errors import (
     IncompatiblePeerError,
     LocalProtocolError,
@@ -90,10 +91,14 @@ from ._wire import (
     KEEPALIVE_LINE,
     SYNC,
     SYNC_LINE,
+    AeMessage,
     Batch,
     Digest,
     Expect,
     LineDecoder,
+    Proof,
+    Repair,
+    RepairSnapshot,
     Snapshot,
     encode_batch,
     encode_digest,
@@ -179,6 +184,13 @@ TRANSITIONS: dict[tuple[str, SessionState, _Event], SessionState] = {
 #: The reason given when the peer causes an event its state does not allow.
 _REFUSALS = {_Event.DIGEST: "duplicate-digest", _Event.SYNC: "unexpected-sync"}
 
+#: Anti-entropy is offered only on links whose both sides take lines this
+#: long (its steps are cut to fit).
+AE_MIN_LINE_BYTES = 64 * 1024
+
+#: The messages anti-entropy adds (see repred._antientropy).
+_AE_MESSAGES = (AeMessage, Repair, RepairSnapshot, Proof)
+
 
 @attrs.frozen
 class SyncReceived:
@@ -209,6 +221,11 @@ class SessionStatistics:
             long sync's progress, with ``entries_expected``).
         entries_expected: how many entries the peer said its history holds,
             if it said (a repred peer does); ``None`` otherwise.
+        antientropy_rounds: anti-entropy rounds this side started.
+        antientropy_differed: rounds (started by either side) in which the
+            two replicas turned out to hold different entries.
+        repaired_in: entries taken from the peer by anti-entropy.
+        repaired_out: entries sent to the peer by anti-entropy.
     """
 
     updates_in: int
@@ -220,6 +237,10 @@ class SessionStatistics:
     refused: int = 0
     entries_received: int = 0
     entries_expected: int | None = None
+    antientropy_rounds: int = 0
+    antientropy_differed: int = 0
+    repaired_in: int = 0
+    repaired_out: int = 0
 
 
 def _decode_batch(line: bytes) -> Batch:
@@ -271,6 +292,11 @@ class Session:
             snapshots are checked and counted as refused
             (:attr:`SessionStatistics.refused`), never applied, and the link
             stays up: a read-only mirror (JS ``createReadStream``).
+        antientropy: offer anti-entropy (a repred extension, used only when
+            the peer offers it too, on a link that sends and receives; see
+            :mod:`repred._antientropy`): after the sync, and whenever
+            :meth:`antientropy` is called, both sides compare hash trees of
+            what they hold and repair what differs.
 
     Attributes:
         wakeup: called (with no arguments) whenever the session gains
@@ -288,6 +314,7 @@ class Session:
         batches: bool = True,
         send: bool = True,
         receive: bool = True,
+        antientropy: bool = True,
     ) -> None:
         if max_line_bytes < 64 or batch_entries < 1 or batch_bytes < 1:
             raise ValueError("limits must be positive (max_line_bytes >= 64)")
@@ -307,6 +334,17 @@ class Session:
         self._refused = 0
         self._received = 0
         self._expected: int | None = None
+        self._ae_offered = (
+            antientropy
+            and send
+            and receive
+            and replica.antientropy
+            and max_line_bytes >= AE_MIN_LINE_BYTES
+        )
+        #: Anti-entropy with the peer, once both offered it.
+        self._ae: AntiEntropy | None = None
+        #: Rounds still to start: the first, after the sync.
+        self._ae_due = False
         self._out: list[bytes] = [
             encode_digest(
                 replica.id,
@@ -314,6 +352,7 @@ class Session:
                 replica.type_name,
                 max_line_bytes,
                 batches=batches,
+                antientropy=self._ae_offered,
             )
         ]
         #: The longest line the peer takes (with its newline), once known.
@@ -369,6 +408,26 @@ class Session:
         return self.sync_sent and self.sync_received
 
     @property
+    def settled(self) -> bool:
+        """After the sync, the anti-entropy rounds both sides start have
+        ended and every repair has gone out (or there is no anti-entropy
+        on this link)."""
+        ae = self._ae
+        return ae is None or (not self._ae_due and ae.settled and ae.rounds > 0)
+
+    def antientropy(self) -> bool:
+        """Start an anti-entropy round now, if the link has one and none of
+        this side's is in progress; ``True`` if one started."""
+        ae = self._ae
+        if ae is None or not self.synced or self._ae_due:
+            return False
+        if not ae.start():
+            return False
+        if self.wakeup is not None:
+            self.wakeup()
+        return True
+
+    @property
     def lines_in(self) -> int:
         """Complete lines received so far (a measure of the peer's progress)."""
         return self._decoder.lines
@@ -389,6 +448,10 @@ class Session:
             refused=self._refused,
             entries_received=self._received,
             entries_expected=self._expected,
+            antientropy_rounds=0 if self._ae is None else self._ae.rounds,
+            antientropy_differed=0 if self._ae is None else self._ae.differed,
+            repaired_in=0 if self._ae is None else self._ae.repaired_in,
+            repaired_out=0 if self._ae is None else self._ae.repaired_out,
         )
 
     # -- incoming ------------------------------------------------------
@@ -571,12 +634,56 @@ class Session:
             self._expected = msg.entries
         elif type(msg) is Snapshot:
             self._on_snapshot(msg, line)
+        elif type(msg) in _AE_MESSAGES:
+            self._on_antientropy(msg, line)
         elif msg is SYNC:
             self._advance("theirs", _Event.SYNC, line)
             events.append(SyncReceived())
         else:
             self._on_digest(msg, line)
             events.append(msg)
+
+    def _on_antientropy(
+        self, msg: AeMessage | Repair | RepairSnapshot | Proof, line: bytes
+    ) -> None:
+        if type(msg) is Proof:
+            if self.their_state is SessionState.HELLO:
+                raise _bad("a proof before the digest", "no-digest", line)
+            self.replica.prove(msg.first, msg.second)
+            return
+        ae = self._ae
+        if ae is None or self.their_state is not SessionState.LIVE:
+            raise _bad(
+                "an anti-entropy message on a link without it, or before SYNC",
+                "bad-antientropy",
+                line,
+            )
+        if type(msg) is AeMessage:
+            ae.receive(msg, line)
+            if self.wakeup is not None:
+                self.wakeup()
+            return
+        try:
+            if isinstance(msg, Repair):
+                self._sent_upto(msg.source, msg.stamps[-1])
+                ae.take_repair(msg.source, msg.stamps, msg.changes, msg.signatures)
+            elif isinstance(msg, RepairSnapshot):
+                ae.take_snapshot(msg.update, msg.clock)
+        except (RemoteProtocolError, StoreError):
+            raise
+        except Exception as exc:  # the reducer refused it
+            raise RemoteProtocolError(
+                f"the replica refused what anti-entropy sent: {exc!r}",
+                reason="reducer-error",
+                line=snippet(line),
+            ) from exc
+        if self.wakeup is not None:
+            self.wakeup()
+
+    def _sent_upto(self, source: str, ts: float) -> None:
+        """The peer holds entries of ``source`` up to ``ts``."""
+        if self._sent.get(source, -1) < ts:
+            self._sent[source] = ts
 
     def _on_snapshot(self, snapshot: Snapshot, line: bytes) -> None:
         if self.their_state not in (SessionState.HISTORY, SessionState.LIVE):
@@ -642,9 +749,17 @@ class Session:
             )
         self._advance("theirs", _Event.DIGEST, line)
         self.peer = digest
+        self.replica.twin_seen(digest.id)
         if digest.max_line is not None:
             self._peer_max_line = digest.max_line + 1  # the LF is not counted
         self._batched = self._batches and digest.batch == BATCH_FORMAT
+        if (
+            self._ae_offered
+            and digest.antientropy
+            and self._peer_max_line > AE_MIN_LINE_BYTES
+        ):
+            self._ae = AntiEntropy(self.replica, self, self._peer_max_line)
+            self._ae_due = True
         sent = self._sent = dict(digest.clock)
         replica = self.replica
         logs = replica._history.logs
@@ -710,6 +825,12 @@ class Session:
             if state is SessionState.HISTORY and not self._queue:
                 out.append(SYNC_LINE)
                 self._advance("ours", _Event.SENT_ALL)
+            ae = self._ae
+            if ae is not None and self.our_state is SessionState.LIVE:
+                if self._ae_due and self.sync_received:
+                    self._ae_due = False
+                    ae.start()
+                out += ae.data(self._batch_bytes)
         data = b"".join(out)
         self._bytes_out += len(data)
         return data
