@@ -14,8 +14,9 @@ The entries of one source are cut into nodes by their stamps alone: the
 root covers the whole stamp space ``[0, 2**53)``, and each node splits into
 :data:`FANOUT` children of equal width. A node that holds at most
 :data:`LEAF` entries (or lies at :data:`MAX_LEVEL`) is a leaf: its
-fingerprint is a hash of its entries' canonical JSON, encoded in one go
-(``[[ts, ...], [change, ...]]``, object keys sorted). Any other node's
+fingerprint is a hash of its entries, encoded in one go: the stamps as
+little-endian float64s, then the changes' canonical JSON (object keys
+sorted). Any other node's
 fingerprint is a hash of its non-empty children's slots and fingerprints.
 
 So a node's fingerprint is a function of the entries in its interval and
@@ -43,6 +44,8 @@ reads it (see :mod:`repred._antientropy`).
 from __future__ import annotations
 
 import hashlib
+import sys
+from array import array
 from bisect import bisect_left, bisect_right
 from typing import TYPE_CHECKING, Any
 
@@ -67,8 +70,9 @@ __all__ = [
 
 #: Children per node.
 FANOUT = 16
-#: A node holding at most this many entries is a leaf (hashed whole).
-LEAF = 256
+#: A node holding at most this many entries is a leaf (hashed whole: its
+#: stamps as float64s, then its changes' canonical JSON, in one go).
+LEAF = 2048
 #: When a differing node holds at most this many entries on one side, that
 #: side lists them (stamp and hash) instead of descending further.
 ITEMS = 32
@@ -105,6 +109,17 @@ def entry_hash(ts: float, change: Any) -> bytes:
 def bucket_of(source: str) -> int:
     """The bucket (0-255) of a source, the same on every replica."""
     return fingerprint(source.encode())[0]
+
+
+def _float64s(stamps: Sequence[float]) -> bytes:
+    """Stamps as little-endian float64s (exact: they lie below 2**53)."""
+    packed = array("d", stamps)
+    if _BIG_ENDIAN:
+        packed.byteswap()
+    return packed.tobytes()
+
+
+_BIG_ENDIAN = sys.byteorder == "big"
 
 
 def span(node: Node) -> tuple[float, float]:
@@ -245,7 +260,10 @@ class SourceTree:
                 return hit[1]
         level, index = node
         if j - i <= LEAF or level >= MAX_LEVEL:
-            fp = fingerprint(b"L" + _dumps([stamps[i:j], changes[i:j]], option=_OPT))
+            h = _sha256(b"L")
+            h.update(_float64s(stamps[i:j]))
+            h.update(_dumps(changes[i:j], option=_OPT))
+            fp = h.digest()[:DIGEST_BYTES]
         else:
             parts = []
             for slot, start, end in _child_ranges(stamps, i, j, level, index):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import random
 import sqlite3
+from functools import partial
 
 import orjson
 import pytest
@@ -519,3 +520,105 @@ def test_a_new_id_keeps_the_data_and_writes_under_the_new_one():
         model(signing_key=KEY).take_new_id()
     with pytest.raises(ValueError, match="already"):
         r.take_new_id(old)
+
+
+# -- the peer command ---------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_two_peer_commands_on_copies_of_one_data_dir(tmp_path):
+    """Two nodes started from one copied --data directory share an id: each
+    is told, refuses to go on writing under it, and one restarted with
+    --new-id writes again; everything both wrote converges."""
+    import shutil
+
+    import trio
+
+    from .test_cli import _has, _start
+
+    original = tmp_path / "a"
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            a = await _start(nursery, 0, "--data", str(original))
+            await a.send("set before 1")
+            await a.until(_has("before", 1))
+            a.process.terminate()
+            await a.process.wait()
+            shutil.copytree(original, tmp_path / "b")
+            a = await _start(nursery, 0, "--data", str(original))
+            await a.send("set only-a 1")
+            await a.until(_has("only-a", 1))
+            b = await _start(nursery, 0, str(a.port), "--data", str(tmp_path / "b"))
+            assert a.id == b.id
+            for node in (a, b):
+                twin = await node.until(lambda e: e["event"] == "twin-id")
+                assert "--new-id" in twin["message"]
+            await b.send("set only-b 2")
+            refused = await b.until(lambda e: e["event"] == "error")
+            assert "--new-id" in refused["message"]
+            b.process.terminate()
+            await b.process.wait()
+            b = await _start(
+                nursery, 0, str(a.port), "--data", str(tmp_path / "b"), "--new-id"
+            )
+            assert b.id != a.id
+            await b.send("get only-a")  # kept
+            value = await b.until(lambda e: e["event"] == "value")
+            assert value["value"] == 1
+            await b.send("set only-b 2")
+            await a.until(_has("only-b", 2))
+            nursery.cancel_scope.cancel()
+
+
+# -- over real links ------------------------------------------------------------------
+
+
+async def test_a_live_tcp_link_repairs_within_its_interval():
+    import trio
+
+    from .helpers import wait_until
+
+    w, a, b = model(id="W"), model(id="A"), model(id="B")
+    _written(w, 50)
+    sync(w, a)
+    _skipping_relay(w, b, skip=10)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(
+                partial(repred.serve_tcp, a, 0, antientropy_interval=0.2)
+            )
+            port = listeners[0].socket.getsockname()[1]
+            conn = await nursery.start(
+                partial(
+                    repred.connect_tcp, b, "127.0.0.1", port, antientropy_interval=0.2
+                )
+            )
+            await conn.wait_synced()
+            await wait_until(b, lambda: b.get("k10") == 10)  # after the sync
+            # A divergence that arises while linked: an entry of W that only
+            # b holds, below both clocks. Only the next round can find it.
+            ts = w.clock["W"] - 0.5
+            b.apply([(["late", 1], ts, "W")])
+            await wait_until(a, lambda: a.get("late") == 1)
+            assert conn.statistics().repaired_in == 1
+            assert conn.statistics().repaired_out == 1
+            assert conn.statistics().antientropy_rounds >= 2
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_sync_that_is_not_live_returns_after_repairing():
+    import trio
+
+    w, b = model(id="W"), model(id="B")
+    _written(w, 20)
+    _skipping_relay(w, b, skip=3)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(repred.serve_tcp, w, 0)
+            port = listeners[0].socket.getsockname()[1]
+            stats = await repred.connect_tcp(
+                b, "127.0.0.1", port, live=False, close_timeout=0
+            )
+            nursery.cancel_scope.cancel()
+    assert b.to_dict() == w.to_dict()
+    assert stats.repaired_in == 1
