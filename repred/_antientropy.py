@@ -90,6 +90,8 @@ _MAX_PROOFS = 64
 #: The longest step this side writes (the peer's limit is at least 64 KiB,
 #: or it is not offered anti-entropy).
 _MAX_STEP_BYTES = 256 * 1024
+#: The most ranges a step (and its continuations) may call for in reply.
+_MAX_PENDING = 1 << 16
 #: The most entries one "I" range lists.
 _MAX_LISTED = 512
 #: A range's list is cut into pieces of about this many bytes.
@@ -118,6 +120,8 @@ class AntiEntropy:
         self._theirs: int | None = None
         #: The horizon each open round compares above.
         self._horizons: dict[tuple[bool, int], float] = {}
+        #: The replies gathered for a step that goes on in the next one.
+        self._pending: dict[tuple[bool, int], list[Any]] = {}
         self._out: list[bytes] = []
         #: Entries to send as repairs: (source, stamps), in order.
         self._repairs: collections.deque[tuple[str, list[float]]] = collections.deque()
@@ -189,13 +193,21 @@ class AntiEntropy:
             self._close(ours)
             return
         key = (ours, msg.round)
-        replies: list[Any] = []
+        replies = self._pending.setdefault(key, [])
         for rng in msg.ranges:
             if rng[0] == "H":  # the peer compares above a newer horizon
                 self._horizons[key] = max(self._horizons[key], rng[1])
                 continue
             replies += self._on_range(rng, self._horizons[key])
-        self._reply(ours, msg.round, replies)
+        if len(replies) > _MAX_PENDING:
+            raise RemoteProtocolError(
+                "an anti-entropy step that calls for too much at once",
+                reason="bad-antientropy",
+                line=line[:200],
+            )
+        if not msg.more:  # answered once whole
+            del self._pending[key]
+            self._reply(ours, msg.round, replies)
 
     def _on_root(self, msg: AeMessage, line: bytes) -> None:
         if self._theirs is not None:
@@ -227,13 +239,17 @@ class AntiEntropy:
             self._out.append(encode_ae("end", rnd, ours))
             self._close(ours)
             return
-        for ranges in _messages(replies, int(min(self._max_line, _MAX_STEP_BYTES))):
-            self._out.append(encode_ae("step", rnd, ours, ranges=ranges))
+        messages = _messages(replies, int(min(self._max_line, _MAX_STEP_BYTES)))
+        for i, ranges in enumerate(messages):
+            more = {"more": True} if i + 1 < len(messages) else {}
+            self._out.append(encode_ae("step", rnd, ours, ranges=ranges, **more))
 
     def _close(self, ours: bool) -> None:
         self.ended += 1
         rnd = self._mine if ours else self._theirs
-        self._horizons.pop((ours, rnd if rnd is not None else -1), None)
+        key = (ours, rnd if rnd is not None else -1)
+        self._horizons.pop(key, None)
+        self._pending.pop(key, None)
         if ours:
             self._mine = None
         else:

@@ -886,6 +886,8 @@ class AeMessage:
         snap: (root) the sender holds a snapshot (a compacted history).
         ranges: (step) what the sender found, as checked tuples (see
             :func:`_ae_range`).
+        more: (step) the next step continues this one (a reply too long
+            for one line goes as several; they are answered together).
     """
 
     kind: str
@@ -895,6 +897,7 @@ class AeMessage:
     fp: bytes = b""
     snap: bool = False
     ranges: tuple[Any, ...] = ()
+    more: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -944,14 +947,18 @@ def _ae(msg: dict[str, Any], line: bytes) -> AeMessage:
             fp=_hex(msg["fp"], FP_HEX, line, empty=True),
             snap=msg["snap"],
         )
-    ranges = msg.get("ranges")
-    if set(msg) != {"ae", "r", "mine", "ranges"} or type(ranges) is not list:
-        raise _ae_bad("a step is {ae, r, mine, ranges}", line)
+    ranges, more = msg.get("ranges"), msg.get("more", False)
+    if (
+        set(msg) - {"more"} != {"ae", "r", "mine", "ranges"}
+        or type(ranges) is not list
+        or type(more) is not bool
+    ):
+        raise _ae_bad("a step is {ae, r, mine, ranges[, more]}", line)
     if not 0 < len(ranges) <= MAX_AE_RANGES:
         raise _ae_bad(f"a step holds 1 to {MAX_AE_RANGES} ranges", line)
     budget = [MAX_AE_ITEMS]
     checked = tuple(_ae_range(r, line, budget) for r in ranges)
-    return AeMessage(kind=kind, round=rnd, mine=mine, ranges=checked)
+    return AeMessage(kind=kind, round=rnd, mine=mine, ranges=checked, more=more)
 
 
 def _hex(value: Any, size: int, line: bytes, *, empty: bool = False) -> bytes:

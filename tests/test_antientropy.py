@@ -553,6 +553,7 @@ async def test_two_peer_commands_on_copies_of_one_data_dir(tmp_path):
             for node in (a, b):
                 twin = await node.until(lambda e: e["event"] == "twin-id")
                 assert "--new-id" in twin["message"]
+            await b.until(_has("only-a", 1))  # b takes what a wrote
             await b.send("set only-b 2")
             refused = await b.until(lambda e: e["event"] == "error")
             assert "--new-id" in refused["message"]
