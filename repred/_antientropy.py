@@ -62,6 +62,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ._errors import RemoteProtocolError
 from ._hashtree import ITEMS, MAX_LEVEL, Node, bucket_of, entry_hash, fingerprint, span
 from ._wire import (
     MAX_AE_ITEMS,
@@ -74,7 +75,7 @@ from ._wire import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
 
     from ._replica import Replica
 
@@ -110,8 +111,19 @@ class AntiEntropy:
         max_line: the longest line the peer takes.
     """
 
-    def __init__(self, replica: Replica, origin: object, max_line: float) -> None:
+    def __init__(
+        self,
+        replica: Replica,
+        origin: object,
+        max_line: float,
+        common: dict[str, float] | None = None,
+    ) -> None:
         self.replica = replica
+        #: What both sides held before their sync: per source, the older of
+        #: the two digests' clocks. The round that follows the sync compares
+        #: only that: what the sync itself moved is, by construction, what
+        #: the sender holds (later rounds compare everything).
+        self._common = common or {}
         self._origin = origin
         self._max_line = max_line
         self._started = 0
@@ -120,6 +132,8 @@ class AntiEntropy:
         self._theirs: int | None = None
         #: The horizon each open round compares above.
         self._horizons: dict[tuple[bool, int], float] = {}
+        #: The rounds that compare only what both held before the sync.
+        self._after_sync: set[tuple[bool, int]] = set()
         #: The replies gathered for a step that goes on in the next one.
         self._pending: dict[tuple[bool, int], list[Any]] = {}
         self._out: list[bytes] = []
@@ -147,16 +161,20 @@ class AntiEntropy:
 
     # -- starting --------------------------------------------------------
 
-    def start(self) -> bool:
-        """Start a round, unless one of ours is in progress; ``True`` if so."""
+    def start(self, *, after_sync: bool = False) -> bool:
+        """Start a round, unless one of ours is in progress; ``True`` if so.
+        ``after_sync``: the round that follows the sync (see ``common``)."""
         if self._mine is not None:
             return False
         self._send_proofs()
         self._started += 1
         rnd = self._mine = self._started
         horizon = self.replica.horizon()
-        self._horizons[(True, rnd)] = horizon
-        root = self._root(horizon)
+        key = (True, rnd)
+        self._horizons[key] = horizon
+        if after_sync:
+            self._after_sync.add(key)
+        root = self._root(horizon, key)
         self.rounds += 1
         self._out.append(
             encode_ae(
@@ -166,6 +184,7 @@ class AntiEntropy:
                 h=horizon,
                 fp=root.hex(),
                 snap=self.replica.snapshot is not None,
+                sync=after_sync,
             )
         )
         return True
@@ -198,7 +217,7 @@ class AntiEntropy:
             if rng[0] == "H":  # the peer compares above a newer horizon
                 self._horizons[key] = max(self._horizons[key], rng[1])
                 continue
-            replies += self._on_range(rng, self._horizons[key])
+            replies += self._on_range(rng, key)
         if len(replies) > _MAX_PENDING:
             raise RemoteProtocolError(
                 "an anti-entropy step that calls for too much at once",
@@ -214,19 +233,25 @@ class AntiEntropy:
             self._close(False)  # a new round of theirs ends the last one
         self._theirs = msg.round
         horizon = max(msg.horizon, self.replica.horizon())
-        self._horizons[(False, msg.round)] = horizon
+        key = (False, msg.round)
+        self._horizons[key] = horizon
+        if msg.sync:
+            self._after_sync.add(key)
         # A newer horizon than theirs goes first, for both to compare above.
         first: list[Any] = [["H", horizon]] if horizon > msg.horizon else []
         replica = self.replica
+        if msg.sync and not self._common:
+            self._reply(False, msg.round, [])  # nothing both held before
+            return
         if replica.has_snapshot_fn and (msg.snap or replica.snapshot is not None):
             state, clock = self._state_fingerprints()
             self._reply(False, msg.round, [["T", state.hex(), clock.hex()]])
             return
-        if not first and msg.fp == self._root(horizon):
+        if not first and msg.fp == self._root(horizon, key):
             self._reply(False, msg.round, [])
             return
         self.differed += 1
-        buckets = self._buckets(horizon)
+        buckets = self._buckets(horizon, key)
         fps = [
             [b, fingerprint(_bucket_bytes(r)).hex()] for b, r in sorted(buckets.items())
         ]
@@ -250,6 +275,7 @@ class AntiEntropy:
         key = (ours, rnd if rnd is not None else -1)
         self._horizons.pop(key, None)
         self._pending.pop(key, None)
+        self._after_sync.discard(key)
         if ours:
             self._mine = None
         else:
@@ -257,10 +283,11 @@ class AntiEntropy:
 
     # -- one range ---------------------------------------------------------
 
-    def _on_range(self, rng: tuple[Any, ...], horizon: float) -> list[Any]:
+    def _on_range(self, rng: tuple[Any, ...], key: tuple[bool, int]) -> list[Any]:
         tag = rng[0]
+        horizon = self._horizons[key]
         if tag == "B":
-            return self._on_buckets(rng[1], horizon)
+            return self._on_buckets(rng[1], horizon, key)
         if tag == "S":
             return self._on_sources(rng[1], rng[2], horizon)
         if tag == "R":
@@ -281,8 +308,10 @@ class AntiEntropy:
         self._snapshot_due = True  # "X": send ours
         return []
 
-    def _on_buckets(self, theirs: dict[int, bytes], horizon: float) -> list[Any]:
-        mine = self._buckets(horizon)
+    def _on_buckets(
+        self, theirs: dict[int, bytes], horizon: float, key: tuple[bool, int]
+    ) -> list[Any]:
+        mine = self._buckets(horizon, key)
         # A bucket only one side holds names sources the other does not
         # know yet: in flight, compared on a later round.
         differ = sorted(
@@ -331,7 +360,7 @@ class AntiEntropy:
         if self.replica.clock.get(source, -1) < upto:
             return []  # (cannot be: clocks never go back)
         mine = self._record(source, horizon, upto)
-        if (mine[2], mine[3], mine[4]) == (node, count, fp):
+        if (mine[2], mine[4]) == (node, fp):  # (counts are a guide only)
             return []
         return self._compare_source(source, upto, node, count, horizon)
 
@@ -415,8 +444,8 @@ class AntiEntropy:
 
     # -- what this side holds -------------------------------------------
 
-    def _root(self, horizon: float) -> bytes:
-        buckets = self._buckets(horizon)
+    def _root(self, horizon: float, key: tuple[bool, int]) -> bytes:
+        buckets = self._buckets(horizon, key)
         return fingerprint(
             b"".join(
                 bytes((b,)) + fingerprint(_bucket_bytes(records))
@@ -424,9 +453,14 @@ class AntiEntropy:
             )
         )
 
-    def _buckets(self, horizon: float) -> dict[int, list[Record]]:
+    def _buckets(
+        self, horizon: float, key: tuple[bool, int]
+    ) -> dict[int, list[Record]]:
+        """Every source's record, by bucket: each up to its clock, or, in
+        the round after a sync, up to what both held before it."""
         out: dict[int, list[Record]] = {}
-        for source, upto in self.replica.clock.items():
+        clock = self._common if key in self._after_sync else self.replica.clock
+        for source, upto in clock.items():
             out.setdefault(bucket_of(source), []).append(
                 self._record(source, horizon, upto)
             )
@@ -438,8 +472,7 @@ class AntiEntropy:
         log = self.replica.log_of(source)
         if log is None:
             return source, upto, None, 0, b""
-        stamps, changes = log.live()
-        node, count, fp = log.tree().summary(stamps, changes, horizon, upto)
+        node, count, fp = log.tree().summary(log.view(), horizon, upto)
         return source, upto, node, count, fp
 
     def _node(
@@ -448,8 +481,7 @@ class AntiEntropy:
         log = self.replica.log_of(source)
         if log is None:
             return 0, b""
-        stamps, changes = log.live()
-        return log.tree().node(stamps, changes, node, horizon, upto)
+        return log.tree().node(log.view(), node, horizon, upto)
 
     def _children(
         self, source: str, node: Node, horizon: float, upto: float
@@ -457,8 +489,7 @@ class AntiEntropy:
         log = self.replica.log_of(source)
         if log is None:
             return []
-        stamps, changes = log.live()
-        return log.tree().children(stamps, changes, node, horizon, upto)
+        return log.tree().children(log.view(), node, horizon, upto)
 
     def _item_pairs(
         self, source: str, node: Node, horizon: float, upto: float
@@ -467,13 +498,15 @@ class AntiEntropy:
         log = self.replica.log_of(source)
         if log is None:
             return []
-        stamps, changes = log.live()
+        view = log.view()
+        stamps, changes = view.stamps, view.changes
         lo, hi = span(node)
         i = bisect_left(stamps, max(lo, horizon))
         j = bisect_left(stamps, hi) if hi <= upto else bisect_right(stamps, upto)
         return [
             (ts, entry_hash(ts, change))
             for ts, change in zip(stamps[i:j], changes[i:j], strict=True)
+            if change is not view.gone
         ]
 
     def _items(self, source: str, node: Node, horizon: float, upto: float) -> list[Any]:
@@ -499,7 +532,7 @@ class AntiEntropy:
         log = self.replica.log_of(source)
         if log is None:
             return
-        stamps, _ = log.live()
+        stamps = log.view().stamps  # (dropped ones are skipped when sent)
         chosen = [
             t for t in _between(stamps, low, high) if not (exclusive and t == high)
         ]
@@ -510,7 +543,7 @@ class AntiEntropy:
         log = self.replica.log_of(source)
         if log is None:
             return
-        stamps, _ = log.live()
+        stamps = log.view().stamps  # (dropped ones are skipped when sent)
         self._queue(
             source, [t for t in _between(stamps, max(lo, horizon), upto) if t < hi]
         )
@@ -583,8 +616,8 @@ class AntiEntropy:
         return line
 
 
-def _between(stamps: list[float], low: float, high: float) -> list[float]:
-    return stamps[bisect_left(stamps, low) : bisect_right(stamps, high)]
+def _between(stamps: Sequence[float], low: float, high: float) -> list[float]:
+    return list(stamps[bisect_left(stamps, low) : bisect_right(stamps, high)])
 
 
 def _bucket_bytes(records: Iterable[Record]) -> bytes:

@@ -47,7 +47,8 @@ import hashlib
 import sys
 from array import array
 from bisect import bisect_left, bisect_right
-from typing import TYPE_CHECKING, Any
+from itertools import compress
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
@@ -61,6 +62,7 @@ __all__ = [
     "MAX_LEVEL",
     "Node",
     "SourceTree",
+    "View",
     "bucket_of",
     "entry_hash",
     "fingerprint",
@@ -72,7 +74,7 @@ __all__ = [
 FANOUT = 16
 #: A node holding at most this many entries is a leaf (hashed whole: its
 #: stamps as float64s, then its changes' canonical JSON, in one go).
-LEAF = 2048
+LEAF = 512
 #: When a differing node holds at most this many entries on one side, that
 #: side lists them (stamp and hash) instead of descending further.
 ITEMS = 32
@@ -169,9 +171,9 @@ class SourceTree:
                 self._cache.clear()
                 self._dirty.clear()
 
-    def _settle(self, stamps: Sequence[float]) -> None:
+    def _settle(self, view: View) -> None:
         """Forget what changed since the last computation."""
-        cache = self._cache
+        cache, stamps = self._cache, view.stamps
         if stamps and stamps[-1] > self._newest:
             if self._newest >= 0:
                 self._dirty.append(self._newest)
@@ -187,93 +189,149 @@ class SourceTree:
     # -- reading -----------------------------------------------------------
 
     def summary(
-        self, stamps: Sequence[float], changes: Sequence[Any], low: float, upto: float
+        self, view: View, low: float, upto: float
     ) -> tuple[Node | None, int, bytes]:
         """``(node, count, fingerprint)`` of the entries in ``[low, upto]``:
         the deepest node holding them all, or ``None`` (and ``b""``) when
-        there are none. ``stamps`` and ``changes`` are the source's live
-        entries, in stamp order."""
-        self._settle(stamps)
+        there are none. The count is exact where it is cheap to know, else
+        an upper bound (it guides the descent; the fingerprint decides)."""
+        self._settle(view)
+        stamps = view.stamps
         i, j = bisect_left(stamps, low), bisect_right(stamps, upto)
+        i, j = _trim(view, i, j)
         if i == j:
             return None, 0, b""
         level = _split_level(stamps[i], stamps[j - 1])
         node = node_of(stamps[i], level)
-        return node, j - i, self._fp(stamps, changes, i, j, node, low, upto)
+        count, fp = self._fp(view, i, j, node, low, upto)
+        return node, count, fp
 
     def node(
-        self,
-        stamps: Sequence[float],
-        changes: Sequence[Any],
-        node: Node,
-        low: float,
-        upto: float,
+        self, view: View, node: Node, low: float, upto: float
     ) -> tuple[int, bytes]:
         """``(count, fingerprint)`` of the entries of ``node`` in ``[low, upto]``."""
-        self._settle(stamps)
-        i, j = _bounds(stamps, node, low, upto)
-        if i == j:
-            return 0, b""
-        return j - i, self._fp(stamps, changes, i, j, node, low, upto)
+        self._settle(view)
+        i, j = _bounds(view.stamps, node, low, upto)
+        return self._fp(view, i, j, node, low, upto)
 
     def children(
-        self,
-        stamps: Sequence[float],
-        changes: Sequence[Any],
-        node: Node,
-        low: float,
-        upto: float,
+        self, view: View, node: Node, low: float, upto: float
     ) -> list[tuple[int, int, bytes]]:
         """``[(slot, count, fingerprint)]`` of the non-empty children of
         ``node``, restricted to ``[low, upto]`` (empty at the deepest level)."""
-        self._settle(stamps)
+        self._settle(view)
         level, index = node
         if level >= MAX_LEVEL:
             return []
-        i, j = _bounds(stamps, node, low, upto)
+        i, j = _bounds(view.stamps, node, low, upto)
         out = []
-        for slot, start, end in _child_ranges(stamps, i, j, level, index):
+        for slot, start, end in _child_ranges(view.stamps, i, j, level, index):
             child = (level + 1, index * FANOUT + slot)
-            fp = self._fp(stamps, changes, start, end, child, low, upto)
-            out.append((slot, end - start, fp))
+            count, fp = self._fp(view, start, end, child, low, upto)
+            if fp:
+                out.append((slot, count, fp))
         return out
 
     # -- computing ---------------------------------------------------------
 
     def _fp(
-        self,
-        stamps: Sequence[float],
-        changes: Sequence[Any],
-        i: int,
-        j: int,
-        node: Node,
-        low: float,
-        upto: float,
-    ) -> bytes:
-        """The fingerprint of entries ``i:j``, which are those of ``node``
-        within ``[low, upto]``."""
+        self, view: View, i: int, j: int, node: Node, low: float, upto: float
+    ) -> tuple[int, bytes]:
+        """``(count, fingerprint)`` of the live entries among ``i:j``, which
+        are those of ``node`` within ``[low, upto]`` (``(0, b"")`` if none)."""
         lo, hi = span(node)
         complete = lo >= low and hi <= upto
         if complete:
             hit = self._cache.get(node)
             if hit is not None:
-                return hit[1]
+                return hit
         level, index = node
-        if j - i <= LEAF or level >= MAX_LEVEL:
+        count = _live_count(view, i, j)
+        if count == 0:
+            if complete:
+                self._cache[node] = (0, b"")
+            return 0, b""
+        if count <= LEAF or level >= MAX_LEVEL:
+            stamps, changes = _live(view, i, j)
             h = _sha256(b"L")
-            h.update(_float64s(stamps[i:j]))
-            h.update(_dumps(changes[i:j], option=_OPT))
+            h.update(_float64s(stamps))
+            h.update(_dumps(changes, option=_OPT))
             fp = h.digest()[:DIGEST_BYTES]
         else:
-            parts = []
-            for slot, start, end in _child_ranges(stamps, i, j, level, index):
-                child = (level + 1, index * FANOUT + slot)
-                parts.append(bytes((slot,)))
-                parts.append(self._fp(stamps, changes, start, end, child, low, upto))
-            fp = fingerprint(b"N" + b"".join(parts))
+            fp = self._internal(view, i, j, node, low, upto)
         if complete:
-            self._cache[node] = (j - i, fp)
-        return fp
+            self._cache[node] = (count, fp)
+        return count, fp
+
+    def _internal(
+        self, view: View, i: int, j: int, node: Node, low: float, upto: float
+    ) -> bytes:
+        """The fingerprint of an internal node: of its children's. A child
+        whose fingerprint is cached is not looked for in the lists, so that
+        recomputing the path of one changed entry costs a few lookups per
+        level."""
+        level, index = node
+        width = _WIDTHS[level + 1]
+        base = index * FANOUT
+        cache, stamps = self._cache, view.stamps
+        parts = [b"N"]
+        start = i
+        for slot in range(FANOUT):
+            child = (level + 1, base + slot)
+            lo, hi = (base + slot) * width, (base + slot + 1) * width
+            hit = cache.get(child) if lo >= low and hi <= upto else None
+            if hit is None:
+                begin = bisect_left(stamps, lo, start, j) if start < j else j
+                end = bisect_left(stamps, hi, begin, j)
+                start = end
+                if end == begin:
+                    continue
+                hit = self._fp(view, begin, end, child, low, upto)
+            if hit[1]:
+                parts.append(bytes((slot,)))
+                parts.append(hit[1])
+        return fingerprint(b"".join(parts))
+
+
+class View(NamedTuple):
+    """A source's log as the tree reads it: stamps and changes in stamp
+    order, where a dropped entry's change is ``gone`` (``dropped`` of them:
+    the log leaves their slots until it next compacts)."""
+
+    stamps: Sequence[float]
+    changes: Sequence[Any]
+    dropped: int = 0
+    gone: Any = None
+
+
+def _live_count(view: View, i: int, j: int) -> int:
+    """How many live entries ``i:j`` holds: exact when it decides whether a
+    node is a leaf, else a bound above :data:`LEAF` (never a scan of a big
+    range: a log's dropped slots are few, or it compacts)."""
+    raw = j - i
+    if not view.dropped or raw - view.dropped > LEAF:
+        return raw
+    return raw - view.changes[i:j].count(view.gone)
+
+
+def _live(view: View, i: int, j: int) -> tuple[Sequence[float], Sequence[Any]]:
+    """The live entries among ``i:j``."""
+    stamps, changes = view.stamps[i:j], view.changes[i:j]
+    if view.dropped and view.gone in changes:
+        keep = [c is not view.gone for c in changes]
+        return list(compress(stamps, keep)), list(compress(changes, keep))
+    return stamps, changes
+
+
+def _trim(view: View, i: int, j: int) -> tuple[int, int]:
+    """``i:j`` without the dropped entries at either end."""
+    if view.dropped:
+        changes, gone = view.changes, view.gone
+        while i < j and changes[i] is gone:
+            i += 1
+        while j > i and changes[j - 1] is gone:
+            j -= 1
+    return i, j
 
 
 def _bounds(

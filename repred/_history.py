@@ -24,7 +24,7 @@ from itertools import compress, repeat
 from operator import is_not
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ._hashtree import SourceTree
+from ._hashtree import SourceTree, View
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
@@ -93,6 +93,15 @@ class SourceLog:
         if self._live != len(self._stamps):
             self._compact()
         return self._stamps, self._changes
+
+    def view(self) -> View:
+        """The log as its tree reads it (see repred._hashtree.View): its
+        lists as they are, dropped slots and all, unless those are many."""
+        dropped = len(self._stamps) - self._live
+        if dropped * 16 > len(self._stamps):
+            self._compact()
+            dropped = 0
+        return View(self._stamps, self._changes, dropped, _GONE)
 
     def tree(self) -> SourceTree:
         """The fingerprints of this log's entries (see repred._hashtree)."""

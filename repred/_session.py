@@ -343,12 +343,18 @@ class Session:
         )
         #: Anti-entropy with the peer, once both offered it.
         self._ae: AntiEntropy | None = None
-        #: Rounds still to start: the first, after the sync.
+        #: The round that follows the sync is yet to start (or not: see
+        #: _starts_round), and what decides who starts it.
         self._ae_due = False
+        self._entries_out = 0
+        self._history_out = 0
+        self._history_in = 0
+        #: The clock our digest says (what we held before the sync).
+        self._digest_clock = dict(replica.clock) if self._ae_offered else {}
         self._out: list[bytes] = [
             encode_digest(
                 replica.id,
-                replica.clock,
+                self._digest_clock if self._ae_offered else replica.clock,
                 replica.type_name,
                 max_line_bytes,
                 batches=batches,
@@ -414,6 +420,18 @@ class Session:
         link)."""
         ae = self._ae
         return ae is None or (not self._ae_due and ae.settled and ae.ended > 0)
+
+    def _starts_round(self) -> bool:
+        """Whether this side starts the round that follows the sync: the
+        side that sent more entries (it finished first, and its tree may be
+        computed while the other still reads); the smaller id on a tie;
+        both, for twins. Both sides count the same entries (those before
+        each "SYNC"), so exactly one starts."""
+        sent, got = self._history_out, self._history_in
+        if sent != got:
+            return sent > got
+        peer = None if self.peer is None else self.peer.id
+        return peer is None or self.replica.id <= peer
 
     def antientropy(self) -> bool:
         """Start an anti-entropy round now, if the link has one and none of
@@ -637,6 +655,7 @@ class Session:
         elif type(msg) in _AE_MESSAGES:
             self._on_antientropy(msg, line)
         elif msg is SYNC:
+            self._history_in = self._received
             self._advance("theirs", _Event.SYNC, line)
             events.append(SyncReceived())
         else:
@@ -758,10 +777,12 @@ class Session:
             and digest.antientropy
             and self._peer_max_line > AE_MIN_LINE_BYTES
         ):
-            self._ae = AntiEntropy(self.replica, self, self._peer_max_line)
-            # One side starts the round after the sync (both, for twins):
-            # two would find the same differences twice.
-            self._ae_due = digest.id is None or self.replica.id <= digest.id
+            mine = self._digest_clock
+            common = {
+                s: min(ts, mine[s]) for s, ts in digest.clock.items() if s in mine
+            }
+            self._ae = AntiEntropy(self.replica, self, self._peer_max_line, common)
+            self._ae_due = True
         sent = self._sent = dict(digest.clock)
         replica = self.replica
         logs = replica._history.logs
@@ -826,12 +847,14 @@ class Session:
                 self._fill(out)
             if state is SessionState.HISTORY and not self._queue:
                 out.append(SYNC_LINE)
+                self._history_out = self._entries_out
                 self._advance("ours", _Event.SENT_ALL)
             ae = self._ae
             if ae is not None and self.our_state is SessionState.LIVE:
                 if self._ae_due and self.sync_received:
                     self._ae_due = False
-                    ae.start()
+                    if self._starts_round():
+                        ae.start(after_sync=True)
                 out += ae.data(self._batch_bytes)
         data = b"".join(out)
         self._bytes_out += len(data)
@@ -928,6 +951,7 @@ class Session:
             elif queued:
                 queued.discard(source)
         self._updates_out += sent_count
+        self._entries_out += sent_count
 
     def _too_long_for_peer(
         self, change: Any, ts: float, source: str, size: int

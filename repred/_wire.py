@@ -884,6 +884,8 @@ class AeMessage:
             entries by declaration; both sides compare only newer ones.
         fp: (root) the fingerprint of everything the sender holds.
         snap: (root) the sender holds a snapshot (a compacted history).
+        sync: (root) the round that follows a sync: both compare only what
+            both held before it (the older of the two digests' clocks).
         ranges: (step) what the sender found, as checked tuples (see
             :func:`_ae_range`).
         more: (step) the next step continues this one (a reply too long
@@ -896,6 +898,7 @@ class AeMessage:
     horizon: float = 0
     fp: bytes = b""
     snap: bool = False
+    sync: bool = False
     ranges: tuple[Any, ...] = ()
     more: bool = False
 
@@ -935,10 +938,11 @@ def _ae(msg: dict[str, Any], line: bytes) -> AeMessage:
         return AeMessage(kind=kind, round=rnd, mine=mine)
     if kind == "root":
         if (
-            set(msg) != {"ae", "r", "mine", "h", "fp", "snap"}
+            set(msg) != {"ae", "r", "mine", "h", "fp", "snap", "sync"}
             or type(msg["snap"]) is not bool
+            or type(msg["sync"]) is not bool
         ):
-            raise _ae_bad("a root is {ae, r, mine, h, fp, snap}", line)
+            raise _ae_bad("a root is {ae, r, mine, h, fp, snap, sync}", line)
         return AeMessage(
             kind=kind,
             round=rnd,
@@ -946,6 +950,7 @@ def _ae(msg: dict[str, Any], line: bytes) -> AeMessage:
             horizon=_stamp(msg["h"], line),
             fp=_hex(msg["fp"], FP_HEX, line, empty=True),
             snap=msg["snap"],
+            sync=msg["sync"],
         )
     ranges, more = msg.get("ranges"), msg.get("more", False)
     if (
