@@ -35,6 +35,7 @@ import sys
 import time
 from pathlib import Path
 
+from repred._antientropy import AntiEntropy
 from repred.protocol import Session
 from repred.types import model
 
@@ -110,6 +111,11 @@ def differing(n=100_000):
         )
 
 
+def _warm(replica):
+    """Compute and cache a replica's tree, as an earlier round leaves it."""
+    AntiEntropy(replica, None, 1 << 20).start()
+
+
 def repair_1m(n=1_000_000):
     a = _filled(n)
     omitted = {n // 2}
@@ -117,9 +123,8 @@ def repair_1m(n=1_000_000):
     for cold in (True, False):
         b = _omitting(a, omitted)
         if not cold:
-            # Trees as an earlier round leaves them: computed and cached.
-            _pump(a, model(id="warmup"))
-            _pump(b, model(id="warmup2"))
+            _warm(a)
+            _warm(b)
         t = time.process_time()
         _pump(a, b)
         warm.append(time.process_time() - t)
@@ -157,16 +162,14 @@ def tree_upkeep(n=1_000_000, writes=10_000):
     for computed in (False, True):
         a = _filled(n)
         if computed:
-            _pump(a, model(id="warmup"))  # the tree is computed and cached
+            _warm(a)
         t = time.perf_counter()
         for i in range(writes):
             a.set(f"key{i * 7}", -i)  # overwrites: drops an old entry each
         figures[computed] = (time.perf_counter() - t) / writes
         t = time.process_time()
         if computed:
-            from repred._antientropy import AntiEntropy
-
-            AntiEntropy(a, None, 1 << 20).start()  # one root, after the writes
+            _warm(a)  # the root after the writes
         round_seconds = time.process_time() - t
     report(
         "tree_upkeep",

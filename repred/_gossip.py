@@ -48,7 +48,6 @@ import attrs
 import orjson
 import trio
 
-from ._divergence import Divergence
 from ._errors import RemoteProtocolError, RepredError
 from ._links import (
     DEFAULT_ANTIENTROPY_INTERVAL,
@@ -79,6 +78,7 @@ if TYPE_CHECKING:
         Sequence,
     )
 
+    from ._divergence import Divergence
     from ._trust import SigningKey, Writers
 
 __all__ = [

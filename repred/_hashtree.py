@@ -245,7 +245,7 @@ class SourceTree:
             hit = self._cache.get(node)
             if hit is not None:
                 return hit
-        level, index = node
+        level, _index = node
         count = _live_count(view, i, j)
         if count == 0:
             if complete:
