@@ -50,6 +50,7 @@ import trio
 
 from ._errors import RemoteProtocolError, RepredError
 from ._links import (
+    DEFAULT_ANTIENTROPY_INTERVAL,
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_LINKS,
     DEFAULT_SEND_TIMEOUT,
@@ -77,6 +78,7 @@ if TYPE_CHECKING:
         Sequence,
     )
 
+    from ._divergence import Divergence
     from ._trust import SigningKey, Writers
 
 __all__ = [
@@ -245,7 +247,7 @@ def members_replica(
     under ``node_id``; signed with ``signing_key``, and only signed ones
     taken with ``verify``."""
     own = node_id or (new_id() if signing_key is None else signing_key.id)
-    return Members(
+    members = Members(
         functools.partial(_heard, cap=max_members, own=own),
         {},
         id=own,
@@ -258,6 +260,10 @@ def members_replica(
         verify=verify,
         writers=writers,
     )
+    # Heartbeats heal themselves within a beat: comparing trees of them
+    # would cost more than it finds.
+    members.antientropy = False
+    return members
 
 
 # -- the link framing -------------------------------------------------------
@@ -675,6 +681,33 @@ class Peer:
 
     # -- running -------------------------------------------------------
 
+    def _watch_divergence(self) -> Callable[[], None]:
+        """Say what anti-entropy finds in the named replicas, as events."""
+        removers = []
+        for name, replica in self.replicas.items():
+            if name != MEMBERS:
+                handler = functools.partial(self._on_divergence, name)
+                removers.append(replica.on_divergence(handler))
+
+        def remove() -> None:
+            for r in removers:
+                r()
+
+        return remove
+
+    def _on_divergence(self, name: str, found: Divergence) -> None:
+        event: dict[str, Any] = {
+            "event": found.kind,
+            "replica": name,
+            "source": found.source,
+            "message": found.message,
+        }
+        if found.ts is not None:
+            event["ts"] = found.ts
+        if found.kind == "repaired":
+            event["entries"] = found.entries
+        self._emit(event)
+
     async def _start(self, nursery: trio.Nursery) -> None:
         bound = await self._transport.listen(
             self.host, self.port, self._handle_inbound, nursery
@@ -959,6 +992,7 @@ def _peer_links(
     max_line_bytes: int,
     batch_entries: int,
     batch_bytes: int,
+    antientropy_interval: float | None = DEFAULT_ANTIENTROPY_INTERVAL,
 ) -> LinkOptions:
     """The options of a peer's links, paced by its heartbeat."""
     return LinkOptions(
@@ -971,6 +1005,7 @@ def _peer_links(
         max_line_bytes=max_line_bytes,
         batch_entries=batch_entries,
         batch_bytes=batch_bytes,
+        antientropy_interval=antientropy_interval,
     )
 
 
@@ -1009,6 +1044,7 @@ async def open_peer(
     node_id: str | None = None,
     web_port: int | None = None,
     web_origins: Collection[str] = (),
+    antientropy_interval: float | None = DEFAULT_ANTIENTROPY_INTERVAL,
 ) -> AsyncIterator[Peer]:
     """Run a gossip peer inside the caller's trio program.
 
@@ -1044,7 +1080,15 @@ async def open_peer(
         max_links: the most inbound links held at once (the quietest is
             dropped to make room).
         on_event: called with ``{"event": "up", "peer": "host:port", "id":
-            node_id}`` and ``{"event": "down", "peer": "host:port"}``.
+            node_id}`` and ``{"event": "down", "peer": "host:port"}``, and
+            with what anti-entropy finds in a named replica (see
+            :class:`repred.Divergence`): ``{"event": kind, "replica": name,
+            "source": ..., "message": ...}`` where kind is ``"repaired"``
+            (with ``"entries"``), ``"equivocation"`` (with ``"ts"``),
+            ``"twin-id"`` or ``"banned"``.
+        antientropy_interval: seconds between anti-entropy rounds on a
+            live link (a round also follows every sync; see
+            :func:`repred.replicate`).
         rng: the source of randomness (tests pass a seeded one).
         transport: how peers reach each other: TCP by default;
             :class:`repred.testing.MemoryNetwork` for simulations.
@@ -1097,7 +1141,12 @@ async def open_peer(
         max_links=max_links,
     )
     link_options = _peer_links(
-        options, send_timeout, max_line_bytes, batch_entries, batch_bytes
+        options,
+        send_timeout,
+        max_line_bytes,
+        batch_entries,
+        batch_bytes,
+        antientropy_interval,
     )
     peer = Peer(
         host=host,
@@ -1125,6 +1174,7 @@ async def open_peer(
             "writers": writers,
         },
     )
+    stop_watching = peer._watch_divergence()
     async with single_errors(), trio.open_nursery() as nursery:
         await peer._start(nursery)
         if web_port is not None:
@@ -1145,4 +1195,5 @@ async def open_peer(
         try:
             yield peer
         finally:
+            stop_watching()
             nursery.cancel_scope.cancel()

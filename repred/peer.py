@@ -119,6 +119,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="keep the replicated map in DIR (SQLite), across restarts",
     )
+    p.add_argument(
+        "--new-id",
+        action="store_true",
+        help="write under a new id from now on, keeping the data held (for a"
+        " node started from a copy of another's --data: a restored backup, a"
+        " cloned machine)",
+    )
     _trust_options(p)
     p.add_argument(
         "--web",
@@ -281,6 +288,17 @@ events printed with --json (one JSON object per line):
   progress   {"event":"progress","peer":"127.0.0.1:8002","received":5000,
               "expected":100000,"rate":5000} (each second of a sync that takes
               longer than one; printed as text only on a terminal)
+  repaired   {"event":"repaired","replica":"data","source":"...","entries":1,
+              "message":"..."} (entries this node lacked although its clock
+              covered them, found by comparing hash trees with a peer)
+  equivocation  {"event":"equivocation","replica":"data","source":"...",
+              "ts":...,"message":"..."} (a source wrote two entries with one
+              stamp; every node keeps the one with the smaller hash)
+  twin-id    {"event":"twin-id","replica":"data","source":"...","message":
+              "..."} (another live node writes under this node's id: this
+              node refuses set and del until restarted with --new-id)
+  banned     {"event":"banned",...} (with --verify: a source proven to sign
+              two entries for one stamp; its later entries are refused)
 
 End of input, Ctrl-C or SIGTERM stops the peer (exit 0); bad options exit 2.
 """
@@ -529,7 +547,18 @@ def _command(raw: bytes, data: Any, peer: Any, out: _Output) -> None:
         out({"event": "error", "message": f"{cmd}: {exc}"})
 
 
+def _writable(data: Any) -> None:
+    """Refuse to write under an id another live node writes under."""
+    if data.statistics().twin_ids:
+        raise RepredError(
+            f"refused: another live node writes under this node's id {data.id}"
+            " (was it started from a copy of this one's --data?); restart this"
+            " node with --new-id to take a new id, keeping the data it holds"
+        )
+
+
 def _set(args: list[str], data: Any, peer: Any, out: _Output) -> None:
+    _writable(data)
     data.set(args[0], _value(args[1]))
 
 
@@ -542,6 +571,7 @@ def _get(args: list[str], data: Any, peer: Any, out: _Output) -> None:
 
 
 def _del(args: list[str], data: Any, peer: Any, out: _Output) -> None:
+    _writable(data)
     data.delete(args[0])
 
 
@@ -597,6 +627,8 @@ async def run(args: argparse.Namespace) -> None:
         "writers": args.writer_ids,
     }
     data = model(store=store, **trust)
+    if args.new_id:
+        data.take_new_id()
     replicas: dict[str, Any] = {"data": data}
     if args.web is not None:
         # The todo page's lists, a doc() beside the map.
@@ -604,6 +636,8 @@ async def run(args: argparse.Namespace) -> None:
         if args.data:
             todo_store = SqliteStore(os.path.join(args.data, "todo.db"))
         replicas["todo"] = doc(store=todo_store, **trust)
+        if args.new_id:
+            replicas["todo"].take_new_id(data.id)
     try:
         async with single_errors(), trio.open_nursery() as nursery:
             with trio.CancelScope() as scope:
@@ -721,6 +755,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--verify needs --key (a verifying network signs)")
         if args.writer_ids is not None and not args.verify:
             raise ValueError("--writers needs --verify")
+        if args.new_id and args.signing_key is not None:
+            raise ValueError(
+                "--new-id with --key: a signed node's id is its key's; give it"
+                " a new key file instead"
+            )
     except (ValueError, OSError) as exc:
         print(f"repred.peer: error: {exc}", file=sys.stderr)
         return 2
