@@ -154,7 +154,7 @@ def _trust_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--read-only",
         action="store_true",
-        help="serve the map; apply nothing inbound peers write to it",
+        help="serve the map; apply nothing other nodes or pages write to it",
     )
     p.add_argument(
         "--key",
