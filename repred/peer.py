@@ -497,18 +497,68 @@ def _open_stdin() -> trio.lowlevel.FdStream:
     return trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
 
 
+class CommandLines:
+    """Splits typed input into lines; a line over ``limit`` is dropped whole.
+
+    The part of an over-long line that follows the limit is skipped up to
+    the line's end, never read as a line of its own: otherwise its tail
+    would run as a command.
+    """
+
+    def __init__(self, limit: int = MAX_COMMAND_BYTES) -> None:
+        self._limit = limit
+        self._decoder = LineDecoder(limit)
+        self._skipping = False
+        self._dropped = 0
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The complete lines ``data`` finished (over-long ones left out)."""
+        lines: list[bytes] = []
+        while data:
+            if self._skipping:
+                end = data.find(b"\n")
+                if end < 0:
+                    return lines
+                self._skipping = False
+                data = data[end + 1 :]
+                continue
+            held = self._decoder.buffered
+            got = self._decoder.feed(data)
+            lines += got
+            if self._decoder.error is None:
+                return lines
+            # The decoder stopped at the over-long line, which starts in data
+            # after the lines it returned (or began in what it held): go on
+            # after that line's end, or skip to it.
+            self._dropped += 1
+            self._decoder = LineDecoder(self._limit)
+            start = max(sum(len(line) + 1 for line in got) - held, 0)
+            end = data.find(b"\n", start)
+            self._skipping = end < 0
+            data = b"" if end < 0 else data[end + 1 :]
+        return lines
+
+    def take_dropped(self) -> int:
+        """Over-long lines dropped since the last call."""
+        dropped, self._dropped = self._dropped, 0
+        return dropped
+
+    def eof(self) -> bytes | None:
+        """The unfinished last line, if any (none while skipping one)."""
+        return None if self._skipping else self._decoder.eof()
+
+
 async def _commands(
     stdin: trio.lowlevel.FdStream, data: Any, peer: Any, out: _Output
 ) -> None:
     """Run the commands typed on standard input until it ends."""
-    decoder = LineDecoder(MAX_COMMAND_BYTES)
+    reader = CommandLines()
     while chunk := await stdin.receive_some(65536):
-        for line in decoder.feed(chunk):
+        for line in reader.feed(chunk):
             _command(line, data, peer, out)
-        if decoder.error is not None:
+        for _ in range(reader.take_dropped()):
             out({"event": "error", "message": "input line too long; dropped"})
-            decoder = LineDecoder(MAX_COMMAND_BYTES)
-    rest = decoder.eof()
+    rest = reader.eof()
     if rest is not None:
         _command(rest, data, peer, out)
 

@@ -355,3 +355,44 @@ def test_long_syncs_report_their_progress():
     (event,) = progress_events([js], 11.0, seen)
     assert format_event(event, as_json=False).endswith(": 42 entries, 4/s")
     assert slow not in seen  # gone links are forgotten
+
+
+# -- typed commands ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        # The tail of an over-long line must not run as a command of its own,
+        # wherever the limit falls: here 4 MiB + 64 KiB into the line...
+        b"set a " + b"z" * (65 * 65536 - 6) + b'set evil "injected"',
+        # ...and here over 12 MiB of one line, past three limits.
+        b"set a " + b"z" * (3 * (4 << 20) + 12345) + b' set evil "injected"',
+    ],
+)
+def test_a_line_past_the_limit_is_dropped_whole_with_one_error(line):
+    done = _run("0", "--json", stdin=line + b"\nset after 1\nget evil\n")
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(x) for x in done.stdout.splitlines()]
+    errors = [e["message"] for e in events if e["event"] == "error"]
+    assert errors == ["input line too long; dropped"]
+    updates = {e["key"] for e in events if e["event"] == "update"}
+    assert "evil" not in updates
+    assert "after" in updates  # the next line runs
+    (value,) = [e for e in events if e["event"] == "value"]
+    assert value["value"] is None
+
+
+def test_the_command_reader_drops_an_over_long_line_in_any_chunking():
+    from repred.peer import CommandLines
+
+    data = b"ok 1\n" + b"x" * 50 + b"tail\nok 2\n" + b"y" * 40 + b"\nlast"
+    for size in (1, 3, 7, 16, 41, 64, len(data)):
+        reader = CommandLines(limit=32)
+        lines, errors = [], 0
+        for i in range(0, len(data), size):
+            got = reader.feed(data[i : i + size])
+            lines += got
+            errors += reader.take_dropped()
+        rest = reader.eof()
+        assert (lines, rest, errors) == ([b"ok 1", b"ok 2"], b"last", 2), size
