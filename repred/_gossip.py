@@ -676,8 +676,7 @@ class Peer:
             dials=self._dials,
             dial_failures=self._dial_failures,
             accepted=self._accepted,
-            refused=self._refused
-            + sum(c.statistics().refused for c in self._links),
+            refused=self._refused + sum(c.statistics().refused for c in self._links),
         )
 
     # -- running -------------------------------------------------------
