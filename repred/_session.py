@@ -314,6 +314,7 @@ class Session:
                 replica.type_name,
                 max_line_bytes,
                 batches=batches,
+                receive=receive,
             )
         ]
         #: The longest line the peer takes (with its newline), once known.

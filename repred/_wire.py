@@ -783,6 +783,7 @@ def encode_digest(
     max_line: int = DEFAULT_MAX_LINE_BYTES,
     *,
     batches: bool = True,
+    receive: bool = True,
 ) -> bytes:
     digest = {
         "id": replica_id,
@@ -793,6 +794,10 @@ def encode_digest(
     }
     if batches:
         digest["batches"] = BATCH_FORMAT
+    if not receive:
+        # This side applies nothing the peer sends (a repred extension):
+        # a client that writes (the browser's) shows its writes as refused.
+        digest["receive"] = 0
     digest["progress"] = 1
     return _dumps(digest, option=_OPT)
 

@@ -177,3 +177,23 @@ async def test_a_read_only_peer_applies_no_data_whichever_side_dials(
             assert stats.dials > stats.dial_failures
         else:
             assert stats.accepted > 0
+
+
+def test_a_side_that_does_not_receive_says_so_in_its_digest():
+    """So a client that cannot otherwise tell (a page) shows its writes as
+    refused instead of sending them into the void."""
+    import orjson
+
+    def digest(**options):
+        first = Session(model(id="A"), **options).data_to_send().split(b"\n")[0]
+        return orjson.loads(first)
+
+    assert digest(receive=False)["receive"] == 0
+    assert "receive" not in digest()  # as before: JS peers see no change
+    # A repred peer reading such a digest goes on as before.
+    mirror, writer = _filled("M"), _filled("W")
+    pair = SessionPair(mirror, writer)
+    pair.a = Session(mirror, receive=False)
+    pair.pump()
+    assert pair.b.synced
+    assert set(writer.to_dict()) >= set(mirror.to_dict())
