@@ -418,22 +418,36 @@ def check_listening(host: str, ports: dict[int, str]) -> None:
         raise ValueError(f"--host {host}: no address to listen on ({why})") from None
     for port, what in ports.items():
         for family, kind, proto, _, address in addresses:
-            try:
-                with socket.socket(family, kind, proto) as sock:
-                    # As trio's listeners do, so a port in TIME_WAIT is free.
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    if family == socket.AF_INET6:
-                        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                    sock.bind((address[0], port, *address[2:]))
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    raise ValueError(
-                        f"cannot listen on {_join(str(address[0]), port)} ({what}):"
-                        " the port is in use"
-                    ) from None
+            sockaddr = (address[0], port, *address[2:])
+            error = _bind_error(family, kind, proto, sockaddr)
+            if error is None:
+                continue
+            if error.errno == errno.EADDRINUSE:
                 raise ValueError(
-                    f"--host {host}: cannot listen there ({exc.strerror})"
-                ) from None
+                    f"cannot listen on {_join(str(address[0]), port)} ({what}):"
+                    " the port is in use"
+                )
+            raise ValueError(f"--host {host}: cannot listen there ({error.strerror})")
+
+
+def _bind_error(family: int, kind: int, proto: int, sockaddr: Any) -> OSError | None:
+    """Why a listener could not bind ``sockaddr`` (``None``: it could), set
+    up as trio's listeners are."""
+    try:
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        # A family this system lacks is skipped, as trio skips it.
+        return None if exc.errno == errno.EAFNOSUPPORT else exc
+    with sock:
+        try:
+            # SO_REUSEADDR as trio sets it, so a port in TIME_WAIT is free.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(sockaddr)
+        except OSError as exc:
+            return exc
+    return None
 
 
 def _join(host: str, port: int) -> str:
