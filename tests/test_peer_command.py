@@ -408,6 +408,7 @@ def test_long_syncs_report_their_progress():
 # -- typed commands ----------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "line",
     [
@@ -489,6 +490,7 @@ def test_a_key_may_be_quoted_as_a_json_string():
     assert all("usage: set KEY VALUE" in m for m in errors), errors
 
 
+@pytest.mark.slow
 async def test_deleting_a_key_never_set_records_and_sends_nothing():
     async with trio.open_nursery() as nursery:
         node = await nursery.start(
