@@ -251,7 +251,7 @@
   // of them or (raising) none.
   Replica.prototype._write = function (changes) {
     var why = this._refusal()
-    if (why) throw new Error('refused: ' + why)
+    if (why) throw new Error(why)
     var now = Date.now()
     var last = this._last
     var entries = []
