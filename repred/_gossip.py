@@ -527,6 +527,8 @@ class PeerStatistics:
         dials: outbound connection attempts.
         dial_failures: attempts that failed (connect, handshake or protocol).
         accepted: inbound connections accepted.
+        refused: entries of the named replicas not applied because the peer
+            is ``read_only``, over every link so far.
     """
 
     address: str
@@ -537,6 +539,7 @@ class PeerStatistics:
     dials: int
     dial_failures: int
     accepted: int
+    refused: int = 0
 
 
 def _seconds(_: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -639,6 +642,8 @@ class Peer:
         self._dials = 0
         self._dial_failures = 0
         self._accepted = 0
+        #: Entries refused (read_only) on links that have ended.
+        self._refused = 0
 
     def __repr__(self) -> str:
         return f"<repred.Peer {self.address} links={len(self._links)}>"
@@ -677,6 +682,7 @@ class Peer:
             dials=self._dials,
             dial_failures=self._dial_failures,
             accepted=self._accepted,
+            refused=self._refused + sum(c.statistics().refused for c in self._links),
         )
 
     # -- running -------------------------------------------------------
@@ -791,7 +797,8 @@ class Peer:
             self.replicas,
             self.address,
             self._options,
-            receive_writes=not (self._read_only and label == "inbound"),
+            # Read-only holds on every link, whichever side dialled.
+            receive_writes=not self._read_only,
         )
         conn_ref: list[Connection] = []
 
@@ -811,6 +818,7 @@ class Peer:
             for conn in conn_ref:
                 self._links.pop(conn, None)
                 self._inbound.discard(conn)
+                self._refused += conn.statistics().refused
 
     async def _handle_inbound(self, stream: trio.abc.Stream) -> None:
         self._accepted += 1
@@ -1102,9 +1110,11 @@ async def open_peer(
             other nodes' certificates, and this node's own chain for mutual
             TLS). Nodes are dialled by their ``host:port``, so their
             certificates must name that host.
-        read_only: serve the named replicas but apply nothing that inbound
-            links write to them (membership still flows); what they send is
-            counted as refused.
+        read_only: serve the named replicas but apply nothing that other
+            nodes write to them, on any link, whichever side dialled
+            (membership still flows); what they send is counted in
+            :attr:`PeerStatistics.refused`. The web port's links are
+            read-only too.
         node_id: the id this node's heartbeats go out under, and that
             ``up`` events and :meth:`Peer.node_id` report for it: give the
             id of the node's own replica (the peer command does), so that

@@ -359,6 +359,7 @@ class Session:
                 max_line_bytes,
                 batches=batches,
                 antientropy=self._ae_offered,
+                receive=receive,
             )
         ]
         #: The longest line the peer takes (with its newline), once known.

@@ -821,6 +821,7 @@ def encode_digest(
     *,
     batches: bool = True,
     antientropy: bool = False,
+    receive: bool = True,
 ) -> bytes:
     digest: dict[str, Any] = {
         "id": replica_id,
@@ -831,6 +832,10 @@ def encode_digest(
     }
     if batches:
         digest["batches"] = BATCH_FORMAT
+    if not receive:
+        # This side applies nothing the peer sends (a repred extension):
+        # a client that writes (the browser's) shows its writes as refused.
+        digest["receive"] = 0
     digest["progress"] = 1
     if antientropy:
         digest["antientropy"] = AE_FORMAT
