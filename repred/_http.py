@@ -28,7 +28,9 @@ __all__ = [
     "LOOPBACK_NAMES",
     "Replay",
     "RequestPolicy",
+    "check_origin",
     "header",
+    "host_name",
     "read_request",
     "respond",
 ]
@@ -75,18 +77,30 @@ def _is_address(name: str) -> bool:
     return True
 
 
-def _origin(text: str) -> str:
-    """An origin as a browser sends it, checked: ``scheme://host[:port]``."""
-    if type(text) is not str:
-        raise ValueError(f"an origin is a str, not {text!r}")
-    parts = urllib.parse.urlsplit(text)
+def check_origin(text: str) -> str:
+    """``text`` if it is an origin as a browser sends one,
+    ``http(s)://host[:port]`` (no path, no user, a real port).
+
+    Raises:
+        ValueError: it is not.
+    """
+    try:
+        parts = urllib.parse.urlsplit(text)
+        port = parts.port  # (a bad port raises here)
+    except (ValueError, TypeError, AttributeError):
+        port = -1
     if (
-        parts.scheme not in ("http", "https")
+        type(text) is not str
+        or parts.scheme not in ("http", "https")
         or not parts.hostname
-        or text.rstrip("/") != f"{parts.scheme}://{parts.netloc}"
+        or port == -1
+        or "@" in parts.netloc
+        or text != f"{parts.scheme}://{parts.netloc}"
     ):
-        raise ValueError(f"not an origin (http://host[:port]): {text!r}")
-    return text.rstrip("/").lower()
+        raise ValueError(
+            f"{text!r} is not an origin: http://host[:port] or https://host[:port]"
+        )
+    return text
 
 
 @attrs.frozen
@@ -131,7 +145,11 @@ class RequestPolicy:
         Raises:
             ValueError: a name in ``hosts`` or an origin that is not one.
         """
-        allowed = None if origins is None else frozenset(map(_origin, origins))
+        allowed = (
+            None
+            if origins is None
+            else frozenset(check_origin(o).lower() for o in origins)
+        )
         if hosts is None or "*" in hosts:
             return cls(None, allowed)
         names = {"localhost", *map(host_name, hosts)}

@@ -17,6 +17,8 @@ TOP_LEVEL = {
     "connect_websocket",
     "Connection",
     "subscribe",
+    # what anti-entropy finds
+    "Divergence",
     # gossip
     "open_peer",
     "Peer",
