@@ -15,10 +15,11 @@ upgrade is handed, with the bytes already read, to trio-websocket. Who may
 use the port is a :class:`repred._http.RequestPolicy`: every request must
 name, in ``Host``, a name the peer serves (its address, the advertised
 host, ``localhost`` and the loopback addresses when it listens on them, and
-``hosts``), so that a page whose name was pointed at this address (DNS
-rebinding) gets 403 for pages and links alike; a browser's WebSocket must
-come from this server's own origin, or one of ``origins``; programs (no
-``Origin`` header) may always connect.
+the names given with ``web_hosts=`` or ``--web-host``), so that a page
+whose name was pointed at this address (DNS rebinding) gets 403 for pages
+and links alike; a browser's WebSocket must come from this server's own
+origin, or one given with ``web_origins=`` or ``--web-origin``; programs
+(no ``Origin`` header) may always connect.
 
 Limits: a request head of at most 16 KiB within the handshake timeout, at
 most ``max_links`` heads being read and 16 from one client address (the
