@@ -1010,7 +1010,7 @@ class Replica:
         check = self._verify or verifier()
         held_ok = held_sig is not None and check(held, ts, source, held_sig)
         theirs_ok = signature is not None and check(change, ts, source, signature)
-        if held_ok and theirs_ok:
+        if held_sig is not None and signature is not None and held_ok and theirs_ok:
             self._proven((held, ts, source, held_sig), (change, ts, source, signature))
         if (theirs_ok, mine) > (held_ok, theirs):
             self._replace(source, ts, held, change, signature, origin)
