@@ -1389,10 +1389,12 @@ def _repair(msg: dict[str, Any], line: bytes) -> Repair:
 def encode_repair(
     source: str, stamps: Any, changes: Any, signatures: Any = None
 ) -> bytes:
-    """A repair line: entries a peer lacks, as their author wrote them."""
-    repair: dict[str, Any] = {"repair": source, "stamps": stamps, "changes": changes}
+    """A repair line: entries a peer lacks, as their author wrote them (the
+    signatures before the changes, as in a batch)."""
+    repair: dict[str, Any] = {"repair": source, "stamps": stamps}
     if signatures is not None:
         repair["signatures"] = signatures
+    repair["changes"] = changes
     return _dumps(repair, option=_OPT)
 
 
