@@ -759,7 +759,7 @@ class Peer:
     def node_id(self, address: str) -> str | None:
         """The id the node at ``address`` beats under (its ``node_id``), as
         last heard; ``None`` if it is not in the membership map."""
-        stamp = self.membership._history.newest(address)
+        stamp = self.membership.newest(address)
         return None if stamp is None else stamp[1]
 
     def _emit(self, event: dict[str, Any]) -> None:

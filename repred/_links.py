@@ -226,7 +226,7 @@ class _Plain:
 
     @property
     def buffered(self) -> int:
-        return self.session._decoder.buffered
+        return self.session.buffered
 
     @property
     def expects_keepalives(self) -> bool:
@@ -1199,7 +1199,7 @@ class Subscription:
 
     def _matches(self, effect: Any) -> bool:
         """Whether a change is to the watched key (or the watched row)."""
-        key_of = self._replica._key
+        key_of = self._replica.last_write_wins
         assert key_of is not None
         try:
             key = key_of(effect)
@@ -1244,6 +1244,6 @@ def subscribe(
     """
     if type(max_buffer) is not int or max_buffer < 1:
         raise ValueError("max_buffer must be a positive int")
-    if key is not None and replica._key is None:
+    if key is not None and replica.last_write_wins is None:
         raise ValueError(f"a {replica.type_name!r} replica has no keys")
     return Subscription(replica, max_buffer, key)

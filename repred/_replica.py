@@ -355,6 +355,20 @@ class Replica:
         """``{source: newest ts applied from it}``: a read-only live view."""
         return self._clock_view
 
+    @property
+    def last_write_wins(self) -> Callable[[Any], Hashable] | None:
+        """The key function of a last-write-wins type (``None`` otherwise)."""
+        return self._key
+
+    @property
+    def wall(self) -> Callable[[], float]:
+        """The wall clock in milliseconds this replica stamps by."""
+        return self._wall
+
+    def newest(self, key: Hashable) -> Stamp | None:
+        """The stamp of the entry kept for ``key`` (last-write-wins types)."""
+        return self._history.newest(key)
+
     def history(self, since: Mapping[str, float] | None = None) -> Iterator[Entry]:
         """Every entry a peer with clock ``since`` lacks, in per-source order.
 

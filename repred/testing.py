@@ -383,7 +383,7 @@ class _Laws:
     def fresh(self) -> Any:
         return copy.deepcopy(self.initial)
 
-    def make(self, source: str, ms: int) -> Replica:
+    def make(self, source: str, ms: int | Callable[[], float]) -> Replica:
         return Replica(
             self.reducer,
             self.fresh(),
@@ -391,7 +391,7 @@ class _Laws:
             last_write_wins=self.last_write_wins,
             stamped=self.stamped,
             type_name="checked",
-            wall=lambda: ms,
+            wall=ms if callable(ms) else lambda: ms,
         )
 
     def fold(self, entries: Sequence[tuple[Any, float, str]]) -> Any:
@@ -501,9 +501,11 @@ class _Laws:
         @given(placements, pairs)
         def converges(placed: list[tuple[int, Any]], syncs: list[Any]) -> None:
             ms = iter(range(10**6))
-            replicas = [self.make(f"r{i}", 0) for i in range(3)]
-            for r in replicas:
-                r._wall = lambda: next(ms) // 3
+
+            def wall() -> float:
+                return next(ms) // 3
+
+            replicas = [self.make(f"r{i}", wall) for i in range(3)]
             for write, step in itertools.zip_longest(placed, syncs):
                 if write is not None:
                     replicas[write[0]].update(write[1])
