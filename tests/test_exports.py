@@ -20,6 +20,8 @@ TOP_LEVEL = {
     # gossip
     "open_peer",
     "Peer",
+    # placement
+    "owners",
     # durability
     "SigningKey",
     "SqliteStore",
