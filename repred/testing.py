@@ -64,7 +64,9 @@ class MemoryNetwork:
         self._ports = itertools.count(1)
         self._blocked: set[str] = set()
         self._groups: list[set[str]] | None = None
-        self._links: list[tuple[str, str, _Carrier, _Carrier]] = []
+        #: Open links: (dialler, address, outward, inward), until both
+        #: ends are closed.
+        self._links: set[_Link] = set()
         self.rng = rng or random.Random(0)
         #: Fault injection: ``None`` (no faults) or a :class:`Faults`.
         self.faults: Faults | None = None
@@ -117,7 +119,9 @@ class MemoryNetwork:
         inward = _Carrier(self, in_recv, address)
         ours = trio.StapledStream(outward, in_recv)
         theirs = trio.StapledStream(inward, out_recv)
-        self._links.append((source, address, outward, inward))
+        link = (source, address, outward, inward)
+        outward.link = inward.link = link
+        self._links.add(link)
         nursery.start_soon(handler, theirs)
         return ours
 
@@ -140,9 +144,9 @@ class MemoryNetwork:
             if not self._reachable(source, address):
                 outward.sever()
                 inward.sever()
-        self._links = [
+        self._links = {
             link for link in self._links if self._reachable(link[0], link[1])
-        ]
+        }
 
     def heal(self) -> None:
         """Make every address reachable again."""
@@ -199,6 +203,9 @@ class Faults:
     stall_for: float = 30.0
 
 
+_Link = tuple[str, str, "_Carrier", "_Carrier"]
+
+
 class _Carrier(trio.abc.SendStream):
     """The sending end of one direction of a link, through the network."""
 
@@ -213,6 +220,8 @@ class _Carrier(trio.abc.SendStream):
         self._sender = sender
         self._held: bytes | None = None
         self._closed = False
+        #: The link this end belongs to (set by the network).
+        self.link: _Link | None = None
         #: The far end is gone (cut, or it closed): sending fails.
         self._broken = False
         #: The link went down: what was on its way is lost.
@@ -282,6 +291,9 @@ class _Carrier(trio.abc.SendStream):
         if not self._closed:
             self._closed = True
             self._network._carry(self, None)
+            link = self.link
+            if link is not None and link[2]._closed and link[3]._closed:
+                self._network._links.discard(link)
         await trio.lowlevel.checkpoint()
 
 

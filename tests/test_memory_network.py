@@ -141,3 +141,23 @@ async def test_a_cut_delivers_part_of_the_chunk_then_the_end(autojump_clock, lat
         with pytest.raises(trio.BrokenResourceError):
             await ours.send_all(b"more")
         nursery.cancel_scope.cancel()
+
+
+async def test_closed_links_are_forgotten(autojump_clock):
+    # A simulation opens thousands of links a simulated second: the network
+    # must not keep each one it ever carried.
+    network = MemoryNetwork(latency=0.01)
+    async with trio.open_nursery() as nursery:
+
+        async def handler(stream):
+            async with stream:
+                await stream.receive_some()
+
+        address = await network.listen("h", 1, handler, nursery)
+        for _ in range(50):
+            stream = await network.connect(address, source="s:1")
+            await stream.send_all(b"x")
+            await stream.aclose()
+        await trio.sleep(1)
+        assert network._links == set()
+        nursery.cancel_scope.cancel()
