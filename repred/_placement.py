@@ -164,7 +164,7 @@ class Placement:
         x = ((x ^ (x >> 33)) & mask) * _C1 & mask
         x = ((x ^ (x >> 33)) & mask) * _C2 & mask
         x ^= x >> 33
-        return x.to_bytes(self._size + _SLOT, "little")
+        return x.to_bytes(self._size, "little")
 
     def _ranked(self, name: str, copies: int) -> list[int]:
         """The indexes of the top ``copies`` nodes for ``name``, best first."""
@@ -234,9 +234,8 @@ def owners(name: str, nodes: Iterable[str], copies: int = 3) -> list[str]:
     >>> owners("recipes", ["a:1", "b:1", "c:1", "d:1"], copies=2)
     ['b:1', 'd:1']
 
-    Placing many documents among the same members: pass the members as a
-    ``frozenset`` (prepared once and remembered for it), or keep a
-    :class:`~repred._placement.Placement`.
+    To place many documents among the same members, pass the members as a
+    ``frozenset``: they are prepared once (each node's hash) and remembered.
 
     Raises:
         TypeError: ``name`` is not a str, ``nodes`` is a str or holds

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import repred
-from repred._placement import Move, Placement, handoff
+from repred._placement import Move, Placement, handoff, score
 
 # -- the score, as the documentation states it (written out again here, so
 # that a change to the module's own hashing shows as a difference) ----------------
@@ -48,6 +48,13 @@ copies_counts = st.integers(1, 6)
 @given(doc_names, members, copies_counts)
 def test_owners_are_the_top_scores(name, nodes, copies):
     assert repred.owners(name, nodes, copies) == ranked(name, nodes)[:copies]
+
+
+@given(node_names, doc_names)
+def test_the_stated_score_is_the_one_used(node, name):
+    assert score(node, name) == fmix64(
+        h64(b"repred-node", node) ^ h64(b"repred-doc", name)
+    )
 
 
 @given(doc_names, st.lists(node_names, min_size=1, max_size=40), copies_counts)
