@@ -74,6 +74,13 @@ def _hash64(tag: bytes, text: str) -> int:
     return int.from_bytes(digest, "little")
 
 
+def _shift_xor(x: int) -> int:
+    """The first and last step of fmix64. The last leaves a lane's top 33
+    bits as they were, so the top byte of a lane before it is the score's:
+    the filter reads lanes without it, and only the few candidates get it."""
+    return x ^ (x >> 33)
+
+
 def fmix64(x: int) -> int:
     """MurmurHash3's 64-bit finalizer: every input bit moves every output bit."""
     x ^= x >> 33
@@ -134,9 +141,12 @@ class Placement:
         self.nodes = _members(nodes)
         pad = bytes(_SLOT - 8)
         self._size = _SLOT * len(self.nodes)
+        # fmix64 starts with x ^= x >> 33, which distributes over the XOR
+        # of node and name: the node's half of it is done here, once.
         self._lanes = int.from_bytes(
             b"".join(
-                _hash64(_NODE_TAG, n).to_bytes(8, "little") + pad for n in self.nodes
+                _shift_xor(_hash64(_NODE_TAG, n)).to_bytes(8, "little") + pad
+                for n in self.nodes
             ),
             "little",
         )
@@ -156,14 +166,14 @@ class Placement:
         return [self.nodes[i] for i in self._ranked(name, copies)]
 
     def _scores(self, name: str) -> bytes:
-        """Every node's score for ``name``: lane ``i`` is node ``i``'s."""
+        """Every node's score for ``name`` but the last step of fmix64
+        (see _finish): lane ``i`` is node ``i``'s."""
         mask = self._mask
-        x = self._lanes ^ (_hash64(_DOC_TAG, name) * self._ones)
-        # fmix64 in every lane: the mask clears what a shift brought in from
-        # the lane above before a product could carry it.
-        x = ((x ^ (x >> 33)) & mask) * _C1 & mask
+        x = self._lanes ^ (_shift_xor(_hash64(_DOC_TAG, name)) * self._ones)
+        # The rest of fmix64 in every lane: the mask clears what a shift
+        # brought in from the lane above before a product could carry it.
+        x = (x * _C1) & mask
         x = ((x ^ (x >> 33)) & mask) * _C2 & mask
-        x ^= x >> 33
         return x.to_bytes(self._size, "little")
 
     def _ranked(self, name: str, copies: int) -> list[int]:
@@ -175,9 +185,9 @@ class Placement:
         raw = self._scores(name)
         if n > _FEW and copies * 8 <= n:
             lanes = _leaders(raw[_TOP : self._size : _SLOT], copies)
-            ranked = sorted((-_lane(raw, i), i) for i in lanes)
+            ranked = sorted((-_shift_xor(_lane(raw, i)), i) for i in lanes)
             return [i for _, i in ranked[:copies]]
-        scores = _lanes(raw, n)
+        scores = [y ^ (y >> 33) for y in _lanes(raw, n)]  # (_shift_xor)
         best = sorted(scores, reverse=True)[:copies]
         if len(set(best)) == copies:  # each score names one lane
             return [scores.index(s) for s in best]
