@@ -165,15 +165,17 @@ class Placement:
         _check_copies(copies)
         return [self.nodes[i] for i in self._ranked(name, copies)]
 
-    def _scores(self, name: str) -> bytes:
-        """Every node's score for ``name`` but the last step of fmix64
-        (see _finish): lane ``i`` is node ``i``'s."""
+    def _scores(self, name: str, *, finish: bool) -> bytes:
+        """Every node's score for ``name`` (without fmix64's last step
+        unless ``finish``: see _shift_xor): lane ``i`` is node ``i``'s."""
         mask = self._mask
         x = self._lanes ^ (_shift_xor(_hash64(_DOC_TAG, name)) * self._ones)
         # The rest of fmix64 in every lane: the mask clears what a shift
         # brought in from the lane above before a product could carry it.
         x = (x * _C1) & mask
         x = ((x ^ (x >> 33)) & mask) * _C2 & mask
+        if finish:
+            x ^= x >> 33  # (what it brings into a lane's upper half is never read)
         return x.to_bytes(self._size, "little")
 
     def _ranked(self, name: str, copies: int) -> list[int]:
@@ -182,12 +184,12 @@ class Placement:
         if n == 0:
             return []
         copies = min(copies, n)
-        raw = self._scores(name)
         if n > _FEW and copies * 8 <= n:
+            raw = self._scores(name, finish=False)
             lanes = _leaders(raw[_TOP : self._size : _SLOT], copies)
             ranked = sorted((-_shift_xor(_lane(raw, i)), i) for i in lanes)
             return [i for _, i in ranked[:copies]]
-        scores = [y ^ (y >> 33) for y in _lanes(raw, n)]  # (_shift_xor)
+        scores = _lanes(self._scores(name, finish=True), n)
         best = sorted(scores, reverse=True)[:copies]
         if len(set(best)) == copies:  # each score names one lane
             return [scores.index(s) for s in best]
