@@ -21,8 +21,8 @@ not depend on the other nodes, so
 
 The score, exactly (so that any implementation places alike)::
 
-    H(tag, text) = int.from_bytes(blake2b(text as UTF-8, digest_size=8,
-                                          person=tag), "little")
+    H(tag, text) = int.from_bytes(blake2b(text.encode("utf-8",
+        "surrogatepass"), digest_size=8, person=tag).digest(), "little")
     score(node, name) = fmix64(H(b"repred-node", node) ^ H(b"repred-doc", name))
 
 where ``fmix64`` is MurmurHash3's 64-bit finalizer. Owners are ranked by
