@@ -190,8 +190,19 @@ def _member_key(change: Any) -> str:
     if not isinstance(change, list | tuple) or len(change) != 1:
         raise ValueError(f"a membership change is [address], not {change!r:.80}")
     address = change[0]
+    if type(address) is not str:
+        raise ValueError(f"a member is HOST:PORT, not {address!r:.80}")
+    _check_member(address)
+    return address
+
+
+@functools.lru_cache(maxsize=DEFAULT_MAX_MEMBERS)
+def _check_member(address: str) -> None:
+    """``parse_member``, remembered for the addresses seen lately: every
+    heartbeat a node takes in names one of a few known nodes, and parsing
+    an address (``ipaddress``, ``inet_aton``) costs more than applying it.
+    A refused address raises, so it is never remembered."""
     parse_member(address)
-    return address  # type: ignore[no-any-return]
 
 
 def _heard(

@@ -22,6 +22,8 @@ TOP_LEVEL = {
     # gossip
     "open_peer",
     "Peer",
+    # placement
+    "owners",
     # durability
     "SigningKey",
     "SqliteStore",
