@@ -717,3 +717,17 @@ def test_a_portal_is_used_only_from_its_own_event_loop():
 
     with pytest.raises(RuntimeError, match="event loop that opened it"):
         run_asyncio(main)
+
+
+def test_the_module_exports_what_it_says_and_import_repred_does_not_load_it():
+    import subprocess
+    import sys
+
+    for name in repred.aio.__all__:
+        assert hasattr(repred.aio, name)
+    assert issubclass(repred.aio.PortalClosed, repred.RepredError)
+    code = "import sys, repred; print('repred.aio' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "False"
