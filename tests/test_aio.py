@@ -529,6 +529,39 @@ def test_leaving_the_portal_with_links_open_closes_them_and_waits():
     assert listeners[0].socket.fileno() == -1
 
 
+def test_asyncio_run_shutting_down_with_a_portal_open_lets_trio_finish():
+    """asyncio.run cancels the tasks left when its main coroutine returns,
+    and runs the loop until they end: the portal's run ends first."""
+    served = model(id="served")
+    events = []
+
+    async def lingers(task_status=trio.TASK_STATUS_IGNORED):
+        task_status.started()
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.lowlevel.checkpoint()
+            events.append("trio cleaned up")
+
+    async def background(ready):
+        async with repred.aio.open_portal() as portal:
+            await portal.start(repred.serve_tcp, served, 0)
+            await portal.start(lingers)
+            ready.set_result(None)
+            await asyncio.Event().wait()
+
+    async def main():
+        ready = asyncio.get_running_loop().create_future()
+        left_running = asyncio.create_task(background(ready))
+        await ready
+        return left_running  # returned still running: asyncio.run ends it
+
+    task = run_asyncio(main)
+    assert task.cancelled()
+    assert events == ["trio cleaned up"]
+
+
 def test_a_wrapped_context_is_exited_when_its_block_ends():
     events = []
 
