@@ -25,11 +25,12 @@ from operator import is_not
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._hashtree import SourceTree, View
+from ._wire import canonical_stamp
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 
-__all__ = ["Entry", "History", "SourceLog"]
+__all__ = ["Entry", "History", "Run", "RunBuilder", "SourceLog", "runs"]
 
 #: Marks a dropped entry in a log until the log is compacted.
 _GONE: Any = object()
@@ -133,6 +134,61 @@ class SourceLog:
             self._tree.changed(ts)
         return replaced
 
+    def append(self, ts: float, change: Any, signature: str | None = None) -> None:
+        """Keep an entry after every one held (its stamp is above theirs)."""
+        self._stamps.append(ts)
+        self._changes.append(change)
+        self._live += 1
+        if signature is not None:
+            self.sign(ts, signature)
+
+    def extend(
+        self,
+        stamps: list[float],
+        changes: list[Any],
+        signatures: list[str | None] | None = None,
+    ) -> None:
+        """Keep a run of entries after every one held."""
+        self._stamps.extend(stamps)
+        self._changes.extend(changes)
+        self._live += len(stamps)
+        if signatures is not None:
+            for ts, signature in zip(stamps, signatures, strict=True):
+                if signature is not None:
+                    self.sign(ts, signature)
+
+    def batch(
+        self, after: float, limit: int
+    ) -> tuple[list[float], list[Any], list[str | None] | None]:
+        """Up to ``limit`` entries stamped above ``after``, oldest first, as
+        ``(stamps, changes, signatures)`` (``None`` if none came signed).
+
+        The lists may be the log's own (when they are all of it): read
+        them, never change them.
+        """
+        stamps = self._stamps
+        start = bisect_right(stamps, after)
+        if self._live == len(stamps):  # no dropped entries: slice directly
+            if start == 0 and len(stamps) <= limit:
+                changes = self._changes  # all of it
+            else:
+                stamps = stamps[start : start + limit]
+                changes = self._changes[start : start + limit]
+        else:
+            pairs = self.after(after, limit)
+            stamps = [ts for ts, _ in pairs]
+            changes = [change for _, change in pairs]
+        held = self._sigs
+        sigs = list(map(held.get, stamps)) if held else None
+        if sigs is not None and not any(sigs):
+            sigs = None
+        return stamps, changes, sigs
+
+    def outstanding(self, after: float | None) -> int:
+        """How many entries lie above ``after`` (an upper bound once some
+        were dropped): a peer's share still to send."""
+        return len(self._stamps) if after is None else self.count_after(after)
+
     def signature(self, ts: float) -> str | None:
         """The signature the entry at ``ts`` came with, or ``None``."""
         return None if self._sigs is None else self._sigs.get(ts)
@@ -178,6 +234,75 @@ class SourceLog:
             for t, c in zip(self._stamps, self._changes, strict=True)
             if c is not _GONE
         )
+
+
+#: A run: ``(source, stamps, changes, signatures)``, the entries of one
+#: source with stamps strictly increasing; ``signatures`` is ``None`` when
+#: none came, else a slot per entry (``None`` for an unsigned one).
+Run = tuple[str, list[float], list[Any], list[str | None] | None]
+
+
+class RunBuilder:
+    """Groups entries into runs (see :data:`Run`): consecutive entries of
+    one source whose stamps strictly increase. The one way entries become
+    runs, for a link's lines and for :meth:`Replica.apply` alike."""
+
+    __slots__ = ("_changes", "_last", "_runs", "_sigs", "_source", "_stamps")
+
+    def __init__(self) -> None:
+        self._runs: list[Run] = []
+        self._source: str | None = None
+        self._stamps: list[float] = []
+        self._changes: list[Any] = []
+        self._sigs: list[str | None] | None = None
+        self._last = -1.0
+
+    def add(
+        self, change: Any, ts: float, source: str, signature: str | None = None
+    ) -> None:
+        """One entry (its stamp canonical)."""
+        if source != self._source or ts <= self._last:
+            self._source, self._stamps, self._changes = source, [ts], [change]
+            self._sigs = None if signature is None else [signature]
+            self._runs.append((source, self._stamps, self._changes, self._sigs))
+        else:
+            self._stamps.append(ts)
+            self._changes.append(change)
+            sigs = self._sigs
+            if sigs is None and signature is not None:
+                sigs = self._sigs = [None] * (len(self._stamps) - 1)
+                run = self._runs[-1]
+                self._runs[-1] = (run[0], run[1], run[2], sigs)
+            if sigs is not None:
+                sigs.append(signature)
+        self._last = ts
+
+    def add_run(self, run: Run) -> None:
+        """A run already made (a batch line)."""
+        self._runs.append(run)
+        self._source = None
+
+    def take(self) -> list[Run]:
+        """The runs gathered so far; the builder starts afresh."""
+        out = self._runs
+        self._runs = []
+        self._source = None
+        return out
+
+
+def runs(entries: Iterable[tuple[Any, ...]]) -> list[Run]:
+    """Group entries ``(change, ts, source[, signature])`` into runs (see
+    :class:`RunBuilder`). Stamps come out canonical (a whole number as an
+    ``int``)."""
+    builder = RunBuilder()
+    for entry in entries:
+        builder.add(
+            entry[0],
+            canonical_stamp(entry[1]),
+            entry[2],
+            entry[3] if len(entry) > 3 else None,
+        )
+    return builder.take()
 
 
 def _new_log() -> SourceLog:
@@ -259,6 +384,57 @@ class History:
         log._stamps.append(ts)
         log._changes.append(change)
         log._live += 1
+
+    def log_for(self, source: str) -> tuple[SourceLog, bool]:
+        """The log of ``source``, and whether it was just made (then
+        :meth:`drop_if_empty` forgets it if nothing went in)."""
+        log = self.logs.get(source)
+        if log is not None:
+            return log, False
+        return self.new_log(source), True
+
+    def drop_if_empty(self, source: str) -> None:
+        """Forget the log of ``source`` if it holds nothing at all."""
+        log = self.logs.get(source)
+        if log is not None and not log._stamps:
+            del self.logs[source]
+
+    def index(
+        self, key: Hashable, stamp: tuple[float, str], old: tuple[float, str] | None
+    ) -> None:
+        """``stamp`` is now the entry kept for ``key``, and ``old`` (what
+        :attr:`newest` said of it) is dropped."""
+        self._index[key] = stamp
+        if old is not None:
+            self.logs[old[1]].discard(old[0])
+
+    def all_new(self, keys: Iterable[Hashable]) -> bool:
+        """No entry is kept for any of ``keys``."""
+        return self._index.keys().isdisjoint(keys)
+
+    def index_run(
+        self, keys: Iterable[Hashable], stamps: Iterable[float], source: str
+    ) -> None:
+        """A run of ``source``'s entries is kept for ``keys``, all new."""
+        self._index.update(zip(keys, zip(stamps, repeat(source)), strict=False))
+
+    def restore(
+        self,
+        source: str,
+        stamps: list[float],
+        changes: list[Any],
+        signatures: list[str | None] | None,
+    ) -> None:
+        """Take a source's entries as a store held them (its lists become
+        the log's own)."""
+        log = self.new_log(source)
+        log._stamps = stamps
+        log._changes = changes
+        log._live = len(stamps)
+        if signatures is not None:
+            log._sigs = {
+                ts: sig for ts, sig in zip(stamps, signatures, strict=True) if sig
+            }
 
     def put(
         self,

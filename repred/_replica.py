@@ -19,7 +19,6 @@ import time
 import types
 from bisect import bisect_right
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
-from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -27,7 +26,7 @@ import orjson
 from ._divergence import Divergence, ReplicaStatistics
 from ._errors import RemoteProtocolError
 from ._hashtree import entry_hash
-from ._history import Entry, History, SourceLog
+from ._history import Entry, History, Run, SourceLog, runs
 from ._log import limited
 from ._store import StoreError
 from ._trust import SigningKey, Writers, is_key_id, verifier
@@ -51,11 +50,9 @@ __all__ = [
     "DEFAULT_MAX_SOURCES",
     "Listener",
     "Replica",
-    "Run",
     "Stamp",
     "Watcher",
     "repred",
-    "runs",
     "wall_ms",
 ]
 
@@ -114,40 +111,6 @@ Watcher = Callable[[str, float, object], None]
 #: ``(change, ts, source, signature)``.
 Entry4 = tuple[Any, float, str, str]
 
-#: A run: ``(source, stamps, changes, signatures)``, the entries of one
-#: source with stamps strictly increasing; ``signatures`` is ``None`` when
-#: none came, else a slot per entry (``None`` for an unsigned one).
-Run = tuple[str, list[float], list[Any], list[str | None] | None]
-
-
-def runs(entries: Iterable[tuple[Any, ...]]) -> Iterator[Run]:
-    """Group entries ``(change, ts, source[, signature])`` into runs:
-    consecutive entries of one source whose stamps strictly increase. Stamps
-    come out canonical (a whole number as an ``int``)."""
-    source: str | None = None
-    stamps: list[float] = []
-    changes: list[Any] = []
-    sigs: list[str | None] | None = None
-    last = -1.0
-    for entry in entries:
-        change, ts, src = entry[0], entry[1], entry[2]
-        if type(ts) is float and ts.is_integer():
-            ts = int(ts)
-        if src != source or ts <= last:
-            if source is not None:
-                yield source, stamps, changes, sigs
-            source, stamps, changes, sigs = src, [], [], None
-        signature = entry[3] if len(entry) > 3 else None
-        if signature is not None and sigs is None:
-            sigs = [None] * len(stamps)
-        if sigs is not None:
-            sigs.append(signature)
-        stamps.append(ts)
-        changes.append(change)
-        last = ts
-    if source is not None:
-        yield source, stamps, changes, sigs
-
 
 def is_empty(change: Any) -> bool:
     """``None``, ``[]`` or ``{}``: the update changed nothing.
@@ -183,6 +146,23 @@ def check_id(id: Any) -> str:
             f" characters, not {id!r}"
         )
     return id
+
+
+class _Progress:
+    """What a call of :meth:`Replica.apply_runs` has done so far."""
+
+    __slots__ = ("applied", "cursor", "last", "repaired", "skipped")
+
+    def __init__(self, last: float, skipped: set[str]) -> None:
+        #: Entries applied; entries repaired (below the clock).
+        self.applied = 0
+        self.repaired = 0
+        #: The replica's clock reading (its own stamps resume above it).
+        self.last = last
+        #: Sources whose entries are passed over on this link.
+        self.skipped = skipped
+        #: How far the run being applied got.
+        self.cursor = 0
 
 
 class Replica:
@@ -574,37 +554,23 @@ class Replica:
         store's clock row, telling the links) is done once per run: this is
         the receive path of every link.
         """
-        if skipped is None:
-            skipped = set()
-        # Entries applied, the clock's new reading, and entries repaired.
-        progress: list[Any] = [0, self._last, 0]
+        progress = _Progress(self._last, set() if skipped is None else skipped)
         try:
-            for source, stamps, changes, sigs in entry_runs:
-                self._apply_run(
-                    source, stamps, changes, sigs, origin, check, skipped, progress
-                )
+            for run in entry_runs:
+                self._apply_run(run, origin, check, progress)
         finally:
-            self._last = progress[1]
-            if self.store is not None and (progress[0] or progress[2]):
+            self._last = progress.last
+            if self.store is not None and (progress.applied or progress.repaired):
                 # Recorded before anyone hears of it: the peer's clock for
                 # us only moves on what we send after this returns. If the
                 # commit fails, the rows stay queued and every later commit
                 # retries them, so the clock on disk never covers an entry
                 # the disk lacks.
                 self.store.commit()
-        applied: int = progress[0]
-        return applied
+        return progress.applied
 
     def _apply_run(
-        self,
-        source: str,
-        stamps: list[float],
-        changes: list[Any],
-        sigs: list[str | None] | None,
-        origin: object,
-        check: bool,
-        skipped: set[str],
-        progress: list[Any],
+        self, run: Run, origin: object, check: bool, progress: _Progress
     ) -> None:
         """Apply one run: entries of one source, stamps increasing.
 
@@ -614,25 +580,55 @@ class Replica:
         one that failed stay recorded, the clock moves over them, and the
         state is made whole again from the history.
         """
-        n = len(stamps)
-        clock = self._clock
-        known = clock.get(source)
-        start = 0
-        if known is not None and stamps[0] <= known:
-            start = bisect_right(stamps, known)
-            taken = 0
-            for i in range(start):
-                sig = None if sigs is None else sigs[i]
-                taken += self._known(changes[i], stamps[i], source, sig, origin)
-            if taken:
-                self._repaired(source, taken)
-                progress[2] += taken  # committed with the entries
-            if start == n:
-                return
+        source, stamps = run[0], run[1]
+        known = self._clock.get(source)
+        start = self._covered(run, known, origin, progress)
+        if start == len(stamps):
+            return
+        end, cap = self._admissible(run, start, check, progress)
+        if end == start:
+            return
+        if known is None:
+            self._admit(source, run[2][start], stamps[start])
+        log, fresh = self._history.log_for(source)
+        progress.cursor = start
+        try:
+            self._reduce_run(run, start, end, log, origin, progress)
+        finally:
+            self._ran(run, start, known, fresh, cap, origin, progress)
+
+    def _covered(
+        self, run: Run, known: float | None, origin: object, progress: _Progress
+    ) -> int:
+        """Where the entries the clock does not cover start; those it covers
+        are checked against what is held (an omission taken, a second
+        version settled)."""
+        source, stamps, changes, sigs = run
+        if known is None or stamps[0] > known:
+            return 0
+        start = bisect_right(stamps, known)
+        taken = 0
+        for i in range(start):
+            sig = None if sigs is None else sigs[i]
+            taken += self._known(changes[i], stamps[i], source, sig, origin)
+        if taken:
+            self._repaired(source, taken)
+            progress.repaired += taken  # committed with the entries
+        return start
+
+    def _admissible(
+        self, run: Run, start: int, check: bool, progress: _Progress
+    ) -> tuple[int, float]:
+        """Where the run's admissible entries end, and the cap on the clock:
+        entries stamped too far ahead, or later than this replica could have
+        written in its own name, wait for a later link; a banned source's
+        are refused; with ``verify``, every signature is checked."""
+        source, stamps, changes, sigs = run
+        skipped = progress.skipped
+        end = n = len(stamps)
         if source in skipped:
             self.deferred += n - start
-            return
-        end = n
+            return start, math.inf
         cap = math.inf
         if check or source == self.id:
             now = self._wall()
@@ -645,83 +641,68 @@ class Replica:
                     end = bisect_right(stamps, limit, start)
                     skipped.add(source)
                     self.deferred += n - end
-                    if start == end:
-                        return
-        if source == self.id:
-            latest = max(progress[1], now)
-            if stamps[end - 1] > latest:
-                # Stamped later than this replica could have written: not
-                # applied on this link (like an entry too far ahead), and
-                # someone else writes in its name.
-                forged = bisect_right(stamps, latest, start, end)
-                skipped.add(source)
-                self.deferred += end - forged
-                self._twin(
-                    f"an entry in its name stamped {stamps[forged]!r}, later"
-                    " than it has written"
+            if source == self.id and start < end:
+                end = self._not_forged(
+                    run, start, end, max(progress.last, now), skipped
                 )
-                end = forged
-                if start == end:
-                    return
-        if source in self._banned and self._verify is not None:
+        if start < end and source in self._banned and self._verify is not None:
             self._divergence["refused"] = (
                 self._divergence.get("refused", 0) + end - start
             )
-            return
-        if self._verify is not None:
+            return start, cap
+        if start < end and self._verify is not None:
             self._check_signed(source, stamps, changes, sigs, start, end)
-        if known is None and start < end:
-            self._admit(source, changes[start], stamps[start])
+        return end, cap
 
-        state, reducer, stamped = self.state, self._reducer, self._stamped
-        key, store = self._key, self.store
-        history = self._history
-        logs = history.logs
-        log = logs.get(source)
-        fresh = log is None
-        if log is None:
-            log = history.new_log(source)
+    def _not_forged(
+        self, run: Run, start: int, end: int, latest: float, skipped: set[str]
+    ) -> int:
+        """Entries in this replica's own name stamped later than it could
+        have written are not applied on this link (like an entry too far
+        ahead): someone else writes in its name."""
+        stamps = run[1]
+        if stamps[end - 1] <= latest:
+            return end
+        forged = bisect_right(stamps, latest, start, end)
+        skipped.add(run[0])
+        self.deferred += end - forged
+        self._twin(
+            f"an entry in its name stamped {stamps[forged]!r}, later than it"
+            " has written"
+        )
+        return forged
+
+    def _reduce_run(
+        self,
+        run: Run,
+        start: int,
+        end: int,
+        log: SourceLog,
+        origin: object,
+        progress: _Progress,
+    ) -> None:
+        """Reduce and record entries ``start:end`` of a run (the hot path of
+        every sync); ``progress.cursor`` ends past the last one recorded,
+        also when the reducer raises."""
         listeners = self._listeners_for(origin) if self._listeners else None
         reads_tuples = self._reads_tuples and not listeners
-        index = history._index
-        in_reducer = False
+        if (
+            self._bulk is not None
+            and reads_tuples
+            and end - start >= _BULK_MIN
+            and self._reduce_bulk(run, start, end, log)
+        ):
+            progress.cursor = end
+            return
+        source, stamps, changes, sigs = run
+        state, reducer, stamped = self.state, self._reducer, self._stamped
+        key, store, history = self._key, self.store, self._history
+        newest = history.newest
         i = start
+        in_reducer = False
         try:
-            whole = start == 0 and end == n
-            run_stamps = stamps if whole else stamps[start:end]
-            run_changes = changes if whole else changes[start:end]
-            bulk = self._bulk
-            if bulk is not None and reads_tuples and end - start >= _BULK_MIN:
-                keys = bulk[0](run_changes)
-                if (
-                    keys is not None
-                    and len(keys) == end - start
-                    and index.keys().isdisjoint(keys)
-                ):
-                    # Every key new here, none twice: no entry dominates
-                    # another, and the loop below would only reduce and
-                    # record each in turn. Done a run at a time.
-                    in_reducer = True
-                    bulk[1](state, keys)
-                    in_reducer = False
-                    index.update(
-                        zip(keys, zip(run_stamps, repeat(source)), strict=False)
-                    )
-                    log._stamps.extend(run_stamps)
-                    log._changes.extend(run_changes)
-                    log._live += end - start
-                    run_sigs = repeat(None) if sigs is None else sigs[start:end]
-                    if sigs is not None or store is not None:
-                        for ts, change, signature in zip(
-                            run_stamps, run_changes, run_sigs, strict=False
-                        ):
-                            if signature is not None:
-                                log.sign(ts, signature)
-                            if store is not None:
-                                store.add(change, ts, source, signature)
-                    i = end
-                    run_stamps, run_changes = [], []
-            for ts, change in zip(run_stamps, run_changes, strict=True):
+            for i in range(start, end):
+                change, ts = changes[i], stamps[i]
                 # The history keeps an array as a tuple (immutable, and the
                 # collector stops tracking tuples of plain values); the
                 # reducer is handed a list, as JSON decodes it. A link
@@ -737,9 +718,8 @@ class Replica:
                 if key is not None:
                     stamp = (ts, source)
                     k = key(change)
-                    old = index.get(k)
+                    old = newest(k)
                     if old is not None and old >= stamp:
-                        i += 1
                         continue  # dominated by what is kept: known, no effect
                 in_reducer = True
                 if stamped:
@@ -748,43 +728,79 @@ class Replica:
                     effect = reducer(state, change)
                 in_reducer = False
                 if key is not None:
-                    index[k] = stamp
-                    if old is not None:
-                        # (This may compact the log's lists: they are looked
-                        # up again below.)
-                        logs[old[1]].discard(old[0])
-                        if store is not None:
-                            store.drop(*old)
-                log._stamps.append(ts)
-                log._changes.append(kept)
-                log._live += 1
+                    history.index(k, stamp, old)
+                    if old is not None and store is not None:
+                        store.drop(*old)
                 signature = None if sigs is None else sigs[i]
-                if signature is not None:
-                    log.sign(ts, signature)
+                log.append(ts, kept, signature)
                 if store is not None:
                     store.add(change, ts, source, signature)
                 if listeners:
                     self._notify(effect, ts, source, origin, listeners)
-                i += 1
+            i = end
         except BaseException:
             if in_reducer and not self._checks_first:
                 self._rebuild()  # the reducer may have changed part of it
             raise
         finally:
-            if fresh and not log._stamps:
-                del logs[source]  # nothing of it was kept
-            if i > start:
-                ts = stamps[i - 1]
-                clock[source] = ts
-                if store is not None:
-                    store.advance(source, ts)
-                if ts > progress[1]:
-                    progress[1] = ts if ts <= cap else max(progress[1], cap)
-                progress[0] += i - start
-                for watcher in self._watchers:
-                    watcher(source, ts, origin)
-            elif known is None:
-                self._clock_bytes -= clock_cost(source)  # admitted, not taken
+            progress.cursor = i
+
+    def _reduce_bulk(self, run: Run, start: int, end: int, log: SourceLog) -> bool:
+        """A last-write-wins type's run whose keys are all new here, none
+        twice: no entry dominates another, so the run is reduced and
+        recorded at once (``False`` if it is not such a run)."""
+        assert self._bulk is not None
+        by_key, reduce_all = self._bulk
+        source, stamps, changes, sigs = run
+        whole = start == 0 and end == len(stamps)
+        run_stamps = stamps if whole else stamps[start:end]
+        run_changes = changes if whole else changes[start:end]
+        keys = by_key(run_changes)
+        if keys is None or len(keys) != end - start or not self._history.all_new(keys):
+            return False
+        try:
+            reduce_all(self.state, keys)
+        except BaseException:
+            if not self._checks_first:
+                self._rebuild()
+            raise
+        self._history.index_run(keys, run_stamps, source)
+        run_sigs = None if sigs is None else sigs[start:end]
+        log.extend(run_stamps, run_changes, run_sigs)
+        store = self.store
+        if store is not None:
+            for j, (ts, change) in enumerate(zip(run_stamps, run_changes, strict=True)):
+                store.add(change, ts, source, None if run_sigs is None else run_sigs[j])
+        return True
+
+    def _ran(
+        self,
+        run: Run,
+        start: int,
+        known: float | None,
+        fresh: bool,
+        cap: float,
+        origin: object,
+        progress: _Progress,
+    ) -> None:
+        """After a run (whole, or up to an entry that raised): the clock,
+        the store's clock row, and the links hear of it."""
+        source, stamps = run[0], run[1]
+        i = progress.cursor
+        if fresh:
+            self._history.drop_if_empty(source)  # nothing of it was kept
+        if i > start:
+            ts = stamps[i - 1]
+            self._clock[source] = ts
+            if self.store is not None:
+                self.store.advance(source, ts)
+            if ts > progress.last:
+                progress.last = ts if ts <= cap else max(progress.last, cap)
+            progress.applied += i - start
+            for watcher in self._watchers:
+                watcher(source, ts, origin)
+        elif known is None:
+            self._clock_bytes -= clock_cost(source)  # admitted, not taken
 
     def _listeners_for(self, origin: object) -> list[Listener]:
         """The listeners to tell of entries from ``origin`` (never its own)."""
@@ -881,6 +897,16 @@ class Replica:
         its type's own bound (an event log kept for a time); anti-entropy
         compares only newer ones. ``0`` for types that keep everything."""
         return max(self._forgot, 0)
+
+    def outstanding(self, sent: Mapping[str, float]) -> list[tuple[int, str]]:
+        """``[(count, source)]`` for the sources holding entries newer than
+        ``sent`` (a peer's clock): what a peer lacks, source by source."""
+        clock = self._clock
+        return [
+            (log.outstanding(sent.get(source)), source)
+            for source, log in self._history.logs.items()
+            if source not in sent or clock[source] > sent[source]
+        ]
 
     def log_of(self, source: str) -> SourceLog | None:
         """The log of ``source`` (read only; for anti-entropy)."""
@@ -1270,14 +1296,7 @@ class Replica:
         for source, stamps, changes, sigs in entry_runs:
             if source not in self._clock:
                 self._admit(source, changes[0], stamps[0])
-            log = self._history.new_log(source)
-            log._stamps = stamps
-            log._changes = changes
-            log._live = len(stamps)
-            if sigs is not None:
-                log._sigs = {
-                    ts: sig for ts, sig in zip(stamps, sigs, strict=True) if sig
-                }
+            self._history.restore(source, stamps, changes, sigs)
             self._clock[source] = stamps[-1]
 
     # -- compaction ------------------------------------------------------

@@ -81,6 +81,7 @@ from ._errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
+from ._history import RunBuilder
 from ._log import limited
 from ._store import StoreError
 from ._wire import (
@@ -100,23 +101,21 @@ from ._wire import (
     Repair,
     RepairSnapshot,
     Snapshot,
+    decode,
     encode_batch,
     encode_digest,
+    encode_entry,
     encode_expect,
     encode_snapshot,
     entry_snippet,
-    fast_entry,
-    loads_batch,
-    loads_line,
-    parse_entry,
-    parse_message,
     snippet,
 )
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ._replica import Replica, Run
+    from ._history import Run
+    from ._replica import Replica
 
 log = logging.getLogger("repred")
 
@@ -256,7 +255,7 @@ def _decode_batch(line: bytes) -> Batch:
     running = gc.isenabled()
     gc.disable()
     try:
-        batch = loads_batch(line)
+        batch: Batch = decode(line, batches=True)
         changes = batch.changes
         if set(map(type, changes)) == {list}:
             changes[:] = map(tuple, changes)
@@ -373,6 +372,8 @@ class Session:
         #: Sources whose entries are passed over on this link (see
         #: Replica.apply).
         self._skipped: set[str] = set()
+        #: Groups what arrives into runs (see repred._history.RunBuilder).
+        self._runs = RunBuilder()
         self._snapshot_seen = 0
         self._updates_in = 0
         self._updates_out = 0
@@ -523,72 +524,52 @@ class Session:
         return events
 
     def _handle(self, lines: list[bytes], events: list[object]) -> None:
-        # The hot path of every sync. Entries are checked as they are
-        # decoded and grouped into runs (one source, stamps increasing) that
-        # the replica applies in one call; a batch line is a run already.
-        # Anything else goes through _handle_message, after the entries
-        # before it have been applied, as does the precise error for any
-        # line that fails a check.
-        runs: list[Run] = []
-        source: str | None = None
-        stamps: list[float] = []
-        changes: list[Any] = []
-        sigs: list[str | None] | None = None
-        last = -1.0
-        live = self.their_state is not SessionState.HELLO
-        batches = self._batches
-        for line in lines:
-            if live and batches and line.startswith(BATCH_PREFIX):
-                try:
-                    batch = _decode_batch(line)
-                except RemoteProtocolError:
-                    self._apply(runs)
-                    raise
-                # Applied at once: decoded values die young (see the module
-                # docstring).
-                runs.append(
-                    (batch.source, batch.stamps, batch.changes, batch.signatures)
-                )
-                self._apply(runs)
-                runs = []
-                source = None
-                continue
-            try:
-                msg = _loads(line)
-            except _JSONDecodeError:
-                self._apply(runs)
-                loads_line(line)  # raises the typed error
-                raise  # pragma: no cover
-            if type(msg) is list and live:
-                entry = fast_entry(msg, line)
-                if entry is None:
-                    self._apply(runs)
-                    runs = []
-                    source = None
-                    entry = parse_entry(msg, line)  # raises, or a signed entry
-                change, ts, src = entry[0], entry[1], entry[2]
-                signature = entry[3] if len(entry) > 3 else None
-                if (
-                    src == source
-                    and ts > last
-                    and (signature is None or sigs is not None)
-                ):
-                    stamps.append(ts)
-                    changes.append(change)
-                    if sigs is not None:
-                        sigs.append(signature)
+        # The hot path of every sync. Each line goes through the one
+        # decoder (repred._wire.decode), which checks it; entries are
+        # grouped into runs (one source, stamps increasing) that the replica
+        # applies in one call, and a batch line is a run already. Anything
+        # else goes through _handle_message, after the entries before it
+        # have been applied, as does a line that fails a check.
+        builder = self._runs
+        try:
+            for line in lines:
+                msg = self._decode(line)
+                kind = type(msg)
+                if kind is tuple:
+                    self._require_digest(line)
+                    builder.add(
+                        msg[0], msg[1], msg[2], msg[3] if len(msg) > 3 else None
+                    )
+                elif kind is Batch:
+                    self._require_digest(line)
+                    if not self._batches:
+                        raise _bad(
+                            "a batch, which this side did not offer", "bad-batch", line
+                        )
+                    builder.add_run(
+                        (msg.source, msg.stamps, msg.changes, msg.signatures)
+                    )
+                    # Applied at once: decoded values die young (see the
+                    # module docstring).
+                    self._apply(builder.take())
                 else:
-                    source, stamps, changes = src, [ts], [change]
-                    sigs = None if signature is None else [signature]
-                    runs.append((src, stamps, changes, sigs))
-                last = ts
-            else:
-                self._apply(runs)
-                runs = []
-                source = None
-                self._handle_message(msg, line, events)
-                live = self.their_state is not SessionState.HELLO
-        self._apply(runs)
+                    self._apply(builder.take())
+                    self._handle_message(msg, line, events)
+        finally:
+            # What came before a bad line is applied; the bad one raises.
+            self._apply(builder.take())
+
+    def _decode(self, line: bytes) -> Any:
+        """One line, through the one decoder; a batch's with the collector
+        paused and its array changes turned into tuples (see the module
+        docstring)."""
+        if self._batches and line.startswith(BATCH_PREFIX):
+            return _decode_batch(line)
+        return decode(line, batches=False)
+
+    def _require_digest(self, line: bytes) -> None:
+        if self.their_state is SessionState.HELLO:
+            raise _bad("entries before the digest", "no-digest", line)
 
     def _apply(self, runs: list[Run]) -> None:
         if not runs:
@@ -634,19 +615,9 @@ class Session:
                 return changes[i], stamps[i], source
         raise AssertionError("no entry failed")  # pragma: no cover
 
-    def _handle_message(self, raw: Any, line: bytes, events: list[object]) -> None:
-        if type(raw) is list and self.their_state is SessionState.HELLO:
-            raise _bad("entry before the digest", "no-digest", line)
-        msg = parse_message(raw, line)
-        if type(msg) is Batch and self.their_state is SessionState.HELLO:
-            raise _bad("a batch before the digest", "no-digest", line)
-        if type(msg) is tuple:
-            signatures = None if len(msg) == 3 else [msg[3]]
-            self._apply([(msg[2], [msg[1]], [msg[0]], signatures)])
-        elif type(msg) is Batch:
-            if not self._batches:
-                raise _bad("a batch, which this side did not offer", "bad-batch", line)
-            self._apply([(msg.source, msg.stamps, msg.changes, msg.signatures)])
+    def _handle_message(self, msg: Any, line: bytes, events: list[object]) -> None:
+        if msg is KEEPALIVE:
+            pass
         elif msg is KEEPALIVE:
             pass
         elif type(msg) is Expect:
@@ -778,6 +749,20 @@ class Session:
         if digest.max_line is not None:
             self._peer_max_line = digest.max_line + 1  # the LF is not counted
         self._batched = self._batches and digest.batch == BATCH_FORMAT
+        self._offer_antientropy(digest)
+        self._plan_history(digest)
+        if not self._send:
+            self._queue.clear()
+            self._advance("ours", _Event.DIGEST)
+            self._advance("ours", _Event.SENT_ALL)  # there is nothing to send
+            return
+        self._send_snapshot()
+        self._advance("ours", _Event.DIGEST)
+        if self.wakeup is not None:
+            self.wakeup()
+
+    def _offer_antientropy(self, digest: Digest) -> None:
+        """Anti-entropy with the peer, if both offered it."""
         if (
             self._ae_offered
             and digest.antientropy
@@ -789,18 +774,12 @@ class Session:
             }
             self._ae = AntiEntropy(self.replica, self, self._peer_max_line, common)
             self._ae_due = True
-        sent = self._sent = dict(digest.clock)
-        replica = self.replica
-        logs = replica._history.logs
-        clock = replica.clock
-        # Sources with the most outstanding entries go first (scuttle-depth).
-        outstanding = [
-            (len(log._stamps), source)
-            if source not in sent
-            else (log.count_after(sent[source]), source)
-            for source, log in logs.items()
-            if source not in sent or clock[source] > sent[source]
-        ]
+
+    def _plan_history(self, digest: Digest) -> None:
+        """What the peer lacks, in sending order: sources with the most
+        outstanding entries first (scuttle-depth)."""
+        self._sent = dict(digest.clock)
+        outstanding = self.replica.outstanding(self._sent)
         outstanding.sort(key=itemgetter(0), reverse=True)
         if digest.progress and self._send:
             self._out.append(encode_expect(sum(map(itemgetter(0), outstanding))))
@@ -809,15 +788,6 @@ class Session:
         # it, so a source may stand in the queue twice; its second turn
         # finds nothing left to send, and costs a lookup.
         self._queued = set()
-        if not self._send:
-            self._queue.clear()
-            self._advance("ours", _Event.DIGEST)
-            self._advance("ours", _Event.SENT_ALL)  # there is nothing to send
-            return
-        self._send_snapshot()
-        self._advance("ours", _Event.DIGEST)
-        if self.wakeup is not None:
-            self.wakeup()
 
     # -- outgoing ------------------------------------------------------
 
@@ -878,86 +848,87 @@ class Session:
                 self.wakeup()
 
     def _fill(self, out: list[bytes]) -> None:
-        queue = self._queue
-        queued = self._queued
-        sent = self._sent
-        logs = self.replica._history.logs
-        limit = self._batch_entries
+        """Add what the queued sources have for the peer, up to the budget."""
+        queue, queued, sent = self._queue, self._queued, self._sent
+        log_of = self.replica.log_of
         budget = self._batch_bytes
-        peer_max = self._peer_max_line
-        # No batch line longer than the peer takes or the budget allows.
-        longest = int(min(peer_max, budget))
-        size = 0
-        sent_count = 0
-        batched = self._batched
-        dumps = _dumps
-        opt = _OPT
+        size = sent_count = 0
         while queue and size < budget:
             source = queue.popleft()
-            log = logs.get(source)
+            log = log_of(source)
             if log is None:
-                if queued:
-                    queued.discard(source)
+                queued.discard(source)
                 continue
-            stamps = log._stamps
-            floor = sent.get(source)
-            start = 0 if floor is None else bisect_right(stamps, floor)
-            if log._live == len(stamps):  # no dropped entries: slice directly
-                if start == 0 and len(stamps) <= limit:
-                    changes = log._changes  # all of it (read, not changed)
-                else:
-                    stamps = stamps[start : start + limit]
-                    changes = log._changes[start : start + limit]
-            else:
-                batch = log.after(sent.get(source, -1), limit)
-                stamps = [ts for ts, _ in batch]
-                changes = [change for _, change in batch]
-            # Signatures travel with their entries, as they came.
-            held = log._sigs
-            sigs = list(map(held.get, stamps)) if held else None
-            if sigs is not None and not any(sigs):
-                sigs = None
-            more = len(stamps) == limit  # more of it after these
-            line = b""
-            # A lone entry goes as a plain line: cheaper to read than a batch.
-            if batched and len(stamps) > 1:
-                line = encode_batch(source, stamps, changes, sigs)
-                while len(line) > longest and len(stamps) > 1:
-                    # Too long: at most half the entries, fewer if their
-                    # size says so; the rest go next.
-                    n = len(stamps)
-                    n = min(n // 2, n * longest // len(line)) or 1
-                    stamps, changes = stamps[:n], changes[:n]
-                    sigs = None if sigs is None else sigs[:n]
-                    more = True
-                    line = encode_batch(source, stamps, changes, sigs) if n > 1 else b""
-            if line:
-                out.append(line)
-                size += len(line)
-            else:
-                for i, (ts, change) in enumerate(zip(stamps, changes, strict=True)):
-                    signature = None if sigs is None else sigs[i]
-                    if signature is None:
-                        line = dumps([change, ts, source], option=opt)
-                    else:
-                        line = dumps([change, ts, source, signature], option=opt)
-                    if len(line) > peer_max:
-                        self._too_long_for_peer(change, ts, source, len(line))
-                    out.append(line)
-                    size += len(line)
-                    if size >= budget and i + 1 < len(stamps):
-                        stamps = stamps[: i + 1]  # the budget is spent
-                        more = True
-                        break
-            if stamps:
-                sent[source] = stamps[-1]
-                sent_count += len(stamps)
-            if more:
+            stamps, changes, sigs = log.batch(sent.get(source, -1), self._batch_entries)
+            more = len(stamps) == self._batch_entries  # more of it after these
+            n, lines, cut = self._encode(source, stamps, changes, sigs, budget - size)
+            out += lines
+            size += sum(map(len, lines))
+            if n:
+                sent[source] = stamps[n - 1]
+                sent_count += n
+            if more or cut:
                 queue.appendleft(source)  # it goes on first
-            elif queued:
+            else:
                 queued.discard(source)
         self._updates_out += sent_count
         self._entries_out += sent_count
+
+    def _encode(
+        self,
+        source: str,
+        stamps: list[float],
+        changes: list[Any],
+        sigs: list[str | None] | None,
+        room: int,
+    ) -> tuple[int, list[bytes], bool]:
+        """``(n, lines, cut)``: the first ``n`` entries as lines for the
+        peer (one batch, or a line each); ``cut`` if the rest must wait."""
+        # A lone entry goes as a plain line: cheaper to read than a batch.
+        if self._batched and len(stamps) > 1:
+            # No batch line longer than the peer takes or the budget allows.
+            longest = int(min(self._peer_max_line, self._batch_bytes))
+            n = len(stamps)
+            line = encode_batch(source, stamps, changes, sigs)
+            while len(line) > longest and n > 1:
+                # Too long: at most half the entries, fewer if their size
+                # says so; the rest go next.
+                n = min(n // 2, n * longest // len(line)) or 1
+                if n > 1:
+                    line = encode_batch(
+                        source,
+                        stamps[:n],
+                        changes[:n],
+                        None if sigs is None else sigs[:n],
+                    )
+            if n > 1:
+                return n, [line], n < len(stamps)
+            # One entry at a time, then: the rest go next.
+            one, lines, _ = self._lines(source, stamps[:1], changes[:1], sigs, room)
+            return one, lines, len(stamps) > 1
+        return self._lines(source, stamps, changes, sigs, room)
+
+    def _lines(
+        self,
+        source: str,
+        stamps: list[float],
+        changes: list[Any],
+        sigs: list[str | None] | None,
+        room: int,
+    ) -> tuple[int, list[bytes], bool]:
+        """One line per entry (as JS peers read them), within ``room``."""
+        peer_max = self._peer_max_line
+        lines, size = [], 0
+        for i, (ts, change) in enumerate(zip(stamps, changes, strict=True)):
+            signature = None if sigs is None else sigs[i]
+            line = encode_entry(change, ts, source, signature)
+            if len(line) > peer_max:
+                self._too_long_for_peer(change, ts, source, len(line))
+            lines.append(line)
+            size += len(line)
+            if size >= room and i + 1 < len(stamps):
+                return i + 1, lines, True  # the budget is spent
+        return len(stamps), lines, False
 
     def _too_long_for_peer(
         self, change: Any, ts: float, source: str, size: int

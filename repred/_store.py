@@ -69,7 +69,7 @@ if TYPE_CHECKING:
     import sqlite3
     from collections.abc import Iterator
 
-    from ._replica import Run
+    from ._history import Run
 
 try:
     import fcntl

@@ -68,8 +68,10 @@ __all__ = [
     "Repair",
     "RepairSnapshot",
     "Snapshot",
+    "canonical_stamp",
     "check_unique_keys",
     "check_value",
+    "decode",
     "depth_within",
     "encode_ae",
     "encode_batch",
@@ -87,7 +89,6 @@ __all__ = [
     "loads_strict",
     "mapped_bytes",
     "parse_entry",
-    "parse_line",
     "parse_message",
     "snippet",
 ]
@@ -522,6 +523,32 @@ def _bad(message: str, reason: str, line: bytes) -> RemoteProtocolError:
     return RemoteProtocolError(message, reason=reason, line=snippet(line))
 
 
+def canonical_stamp(ts: float) -> float:
+    """A stamp as every replica writes and compares it: a whole number as an
+    ``int`` (the one rule; the hot paths of this module inline it)."""
+    if type(ts) is float and ts.is_integer():
+        return int(ts)
+    return ts
+
+
+def decode(line: bytes, *, batches: bool) -> Any:
+    """One line from a peer to a message, checked: an entry (a tuple of
+    three, or four with a signature), a :class:`Batch` (if ``batches``),
+    or any other message (see :func:`parse_message`). The one decoder of
+    the receive path.
+
+    Raises:
+        RemoteProtocolError: the line is not a valid message.
+    """
+    if batches and line.startswith(BATCH_PREFIX):
+        return loads_batch(line)
+    msg = loads_line(line)
+    if type(msg) is list:
+        entry = fast_entry(msg, line)
+        return entry if entry is not None else parse_entry(msg, line)
+    return parse_message(msg, line)
+
+
 def _stamp(value: Any, line: bytes) -> float:
     kind = type(value)
     if kind is int:
@@ -543,15 +570,6 @@ def _source(value: Any, line: bytes) -> str:
     return value
 
 
-def parse_line(line: bytes) -> Any:
-    """One line to a message: an entry tuple, a :class:`Digest`, or ``SYNC``.
-
-    Raises:
-        RemoteProtocolError: the line is not a valid message.
-    """
-    return parse_message(loads_line(line), line)
-
-
 def loads_line(line: bytes) -> Any:
     """The JSON value of one line.
 
@@ -565,7 +583,8 @@ def loads_line(line: bytes) -> Any:
 
 
 def parse_message(msg: Any, line: bytes) -> Any:
-    """A decoded JSON value to a message (see :func:`parse_line`)."""
+    """A decoded JSON value to a message: an entry tuple, a :class:`Batch`,
+    a :class:`Digest`, ``SYNC`` or another of the messages above."""
     kind = type(msg)
     if kind is list:
         return parse_entry(msg, line)
