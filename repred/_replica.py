@@ -107,6 +107,9 @@ Listener = Callable[[Any, float, str, object], None]
 Watcher = Callable[[str, float, object], None]
 
 
+#: The most proofs of equivocation a replica keeps (one per source banned).
+MAX_PROOFS = 1024
+
 #: A signed entry, as a proof of equivocation holds it:
 #: ``(change, ts, source, signature)``.
 Entry4 = tuple[Any, float, str, str]
@@ -174,6 +177,11 @@ class Replica:
         id: this replica's source id, the third element of its stamps.
         type_name: what kind of replica this is; peers of another type are
             refused at the handshake.
+        antientropy: compare hash trees with repred peers after each sync
+            and every ``antientropy_interval`` on live links (see
+            :mod:`repred._antientropy`); ``True`` by default. Set it to
+            ``False`` before linking to take no part (the gossip peer does
+            so for its membership map).
     """
 
     #: The reducer (and last-write-wins key) read an array change without
@@ -207,6 +215,7 @@ class Replica:
         "_listeners",
         "_map",
         "_on_divergence",
+        "_own_at_open",
         "_reducer",
         "_signer",
         "_snapshot_fn",
@@ -218,10 +227,12 @@ class Replica:
         "antientropy",
         "deferred",
         "id",
+        "instance",
         "max_ahead_ms",
         "max_drift_ms",
         "max_line_bytes",
         "max_sources",
+        "revision",
         "snapshot",
         "snapshot_version",
         "state",
@@ -309,6 +320,14 @@ class Replica:
         #: The newest stamp this replica dropped by its type's own bound
         #: (an event log kept for a time): older entries are not compared.
         self._forgot: float = -1.0
+        #: This replica's own stamp when it opened its store: an entry in
+        #: its name stamped later that it does not hold was not its own.
+        self._own_at_open: float = -1.0
+        #: Counts changes to the history (anti-entropy caches its root by it).
+        self.revision = 0
+        #: This replica object, among any that share its id (a random token
+        #: its digests carry: a node that reaches itself is not a twin).
+        self.instance = secrets.token_urlsafe(9)
         #: Divergences seen: kind -> count (see :meth:`statistics`).
         self._divergence: dict[str, int] = {}
         #: Sources proven to sign two entries for one stamp, with the proof.
@@ -490,6 +509,7 @@ class Replica:
         if me not in clock:
             self._clock_bytes += clock_cost(me)
         clock[me] = ts
+        self.revision += 1
         history = self._history
         history.record(change, ts, me, k, old)
         if signature is not None:
@@ -797,6 +817,7 @@ class Replica:
             if ts > progress.last:
                 progress.last = ts if ts <= cap else max(progress.last, cap)
             progress.applied += i - start
+            self.revision += 1
             for watcher in self._watchers:
                 watcher(source, ts, origin)
         elif known is None:
@@ -880,7 +901,10 @@ class Replica:
         return remove
 
     def statistics(self) -> ReplicaStatistics:
-        """Counts of this replica: sources, entries, and divergences found."""
+        """Counts of this replica: sources, entries, and divergences found
+        since it was made (not kept across a restart, but for ``banned``,
+        whose proofs its store keeps; ``twin_ids`` counts from the last
+        :meth:`take_new_id`)."""
         seen = self._divergence
         return ReplicaStatistics(
             sources=len(self._clock),
@@ -893,10 +917,14 @@ class Replica:
         )
 
     def horizon(self) -> float:
-        """The stamp below which this replica may have dropped entries by
-        its type's own bound (an event log kept for a time); anti-entropy
-        compares only newer ones. ``0`` for types that keep everything."""
-        return max(self._forgot, 0)
+        """The first stamp this replica keeps every entry from: it may have
+        dropped older ones by its type's own bound (an event log kept for a
+        time or a count, a membership map's reaping). Anti-entropy compares
+        only entries from here on, and takes no older one back. ``0`` for
+        types that keep everything."""
+        if self._forgot < 0:
+            return 0
+        return math.nextafter(self._forgot, math.inf)
 
     def outstanding(self, sent: Mapping[str, float]) -> list[tuple[int, str]]:
         """``[(count, source)]`` for the sources holding entries newer than
@@ -918,13 +946,13 @@ class Replica:
 
         Each is checked as any entry from a peer. One this replica holds
         in another version is an equivocation, settled the same way on
-        every replica; one it holds already, one its type dominates or has
-        dropped by declaration, and one beyond its clock (which the
-        protocol delivers in order) change nothing.
+        every replica (those first, so that a version that loses its stamp
+        no longer hides what it dominated); one it holds already, one its
+        type dominates or has dropped by declaration, one beyond its clock
+        (which the protocol delivers in order), and, with ``verify=True``,
+        one its source did not sign (counted as refused) change nothing.
 
         Raises:
-            RemoteProtocolError: an entry is refused (a bad signature with
-                ``verify=True``, too many sources).
             StoreError: the store could not write them (kept queued).
             Exception: whatever the reducer raised; nothing of that entry
                 was applied.
@@ -933,11 +961,16 @@ class Replica:
         try:
             for source, stamps, changes, sigs in entry_runs:
                 known = self._clock.get(source, -1)
+                held = self._history.get
+                # Second versions first, then what this replica lacks.
+                order = sorted(
+                    (i for i, ts in enumerate(stamps) if ts <= known),
+                    key=lambda i: held(source, stamps[i]) is None,
+                )
                 n = 0
-                for i, ts in enumerate(stamps):
-                    if ts <= known:
-                        sig = None if sigs is None else sigs[i]
-                        n += self._known(changes[i], ts, source, sig, origin)
+                for i in order:
+                    sig = None if sigs is None else sigs[i]
+                    n += self._known(changes[i], stamps[i], source, sig, origin)
                 if n:
                     self._repaired(source, n)
                 taken += n
@@ -952,7 +985,8 @@ class Replica:
                 kind="repaired",
                 source=source,
                 entries=n,
-                message=f"took {n} entries of source {source[:80]!r} that this"
+                message=f"took {n} {'entry' if n == 1 else 'entries'} of source"
+                f" {source[:80]!r} that this"
                 " replica lacked although its clock covered them",
             ),
             logging.INFO,
@@ -966,13 +1000,7 @@ class Replica:
         held = self._history.get(source, ts)
         if held is None:
             return int(self._take(change, ts, source, signature, origin))
-        if type(held) is type(change) and held == change:
-            return 0
-        if (
-            type(held) is tuple
-            and type(change) in (list, tuple)
-            and list(held) == list(change)
-        ):
+        if _same(held, change):
             return 0
         self._equivocation(source, ts, held, change, signature, origin)
         return 0
@@ -986,11 +1014,10 @@ class Replica:
             snapshot is not None and ts <= snapshot[1].get(source, -1)
         ):
             return False  # dropped by declaration, or folded into the snapshot
-        if self._verify is not None:
-            if source in self._banned:
-                self._divergence["refused"] = self._divergence.get("refused", 0) + 1
-                return False
-            self._check_signed(source, [ts], [change], [signature], 0, 1)
+        if self._verify is not None and not self._verified(
+            source, ts, change, signature
+        ):
+            return False
         k = old = None
         if self._key is not None:
             k = self._key(change)
@@ -1012,11 +1039,37 @@ class Replica:
             if old is not None:
                 self.store.drop(*old)
             self.store.add(given, ts, source, signature)
-        if source == self.id:
+        self.revision += 1
+        if source == self.id and ts > self._own_at_open:
+            # Written in our name since this replica opened, and not by it
+            # (an older one may be a row its store lost).
             self._twin(f"an entry in its name at stamp {ts!r} that it never wrote")
         if self._listeners:
             self._notify(effect, ts, source, origin, self._listeners_for(origin))
         return True
+
+    def _verified(
+        self,
+        source: str,
+        ts: float,
+        change: Any,
+        signature: str | None,
+        *,
+        banned_too: bool = False,
+    ) -> bool:
+        """For a verifying replica: whether an entry that arrived below its
+        source's clock may be taken (``banned_too``: even if its source is
+        banned, to settle a stamp it holds). One that is not is refused
+        quietly and counted: the peer that sent it (a relay that does not
+        verify) may hold it in good faith, and its link stays up."""
+        if banned_too or source not in self._banned:
+            try:
+                self._check_signed(source, [ts], [change], [signature], 0, 1)
+                return True
+            except RemoteProtocolError:
+                pass
+        self._divergence["refused"] = self._divergence.get("refused", 0) + 1
+        return False
 
     def _equivocation(
         self,
@@ -1035,6 +1088,18 @@ class Replica:
         mine, theirs = entry_hash(ts, held), entry_hash(ts, change)
         if mine == theirs:
             return  # one JSON value, spelt two ways
+        if self._verify is not None and not self._verified(
+            source, ts, change, signature, banned_too=True
+        ):
+            return  # not the source's: a forgery, refused
+        held_sig = self._history.signature(source, ts)
+        check = self._verify or verifier()
+        held_ok = held_sig is not None and check(held, ts, source, held_sig)
+        theirs_ok = signature is not None and check(change, ts, source, signature)
+        if held_ok and not theirs_ok:
+            # The source signed what is held: the other is not its writing.
+            self._divergence["refused"] = self._divergence.get("refused", 0) + 1
+            return
         self._diverged(
             Divergence(
                 kind="equivocation",
@@ -1046,10 +1111,6 @@ class Replica:
                 " the one with the smaller hash)",
             )
         )
-        held_sig = self._history.signature(source, ts)
-        check = self._verify or verifier()
-        held_ok = held_sig is not None and check(held, ts, source, held_sig)
-        theirs_ok = signature is not None and check(change, ts, source, signature)
         if held_sig is not None and signature is not None and held_ok and theirs_ok:
             self._proven((held, ts, source, held_sig), (change, ts, source, signature))
         if (theirs_ok, mine) > (held_ok, theirs):
@@ -1095,23 +1156,35 @@ class Replica:
         elif store is not None:
             store.drop(ts, source)  # the version kept is dominated here
         self._rebuild()
+        self.revision += 1
         if self.store is not None:
             self.store.commit()
         if self._listeners:
             self._notify(given, ts, source, origin, self._listeners_for(origin))
 
-    def _twin(self, evidence: str) -> None:
+    def _twin(self, evidence: str, *, count: int = 1) -> None:
+        """Another writer uses this replica's id. ``count=0``: a claim, not
+        yet evidence (a peer's handshake naming this id)."""
+        if self._signer is not None:
+            remedy = (
+                "give one of them a new key (repred.SigningKey.generate(); the"
+                " peer command: a new --key file)"
+            )
+        else:
+            remedy = (
+                "give one of them a new id (Replica.take_new_id(), or restart"
+                " that node's peer command with --new-id)"
+            )
         self._diverged(
             Divergence(
                 kind="twin-id",
                 source=self.id,
+                entries=count,
                 message=f"another live replica writes under this replica's id"
                 f" {self.id[:80]!r}: it received {evidence}. Two nodes were"
                 " probably started from one copied store (a restored backup,"
-                " a cloned machine). Their entries still converge, but any"
-                " two writes that get one stamp keep only one version: give"
-                " one of them a new id (Replica.take_new_id(), or restart the"
-                " peer command with --new-id); it keeps the data it holds.",
+                f" a cloned machine). Their entries still converge: {remedy};"
+                " it keeps the data it holds. The other goes on as it is.",
             )
         )
 
@@ -1136,12 +1209,33 @@ class Replica:
         if self.store is not None:
             self.store.set_id(new)
         self.id = new
+        self._own_at_open = -1.0
+        self._divergence.pop("twin-id", None)  # (a count for the id in use)
         return new
 
-    def twin_seen(self, peer_id: str | None) -> None:
-        """A peer's handshake named this replica's own id."""
-        if peer_id == self.id:
-            self._twin("a link whose other end says it is this replica")
+    def twin_seen(
+        self,
+        peer_id: str | None,
+        instance: str | None = None,
+        holds: float | None = None,
+    ) -> None:
+        """A peer's handshake named this replica's own id, from another
+        replica object than this one (``instance`` tells a node that
+        reached itself, through a forwarder, from a twin). ``holds``: the
+        peer's clock for this id. Said always; counted (see
+        :meth:`statistics`) only if the peer holds writes in this name that
+        this replica never made, and only for an unsigned replica: a
+        handshake proves nothing, and a signed one's twin shows in entries
+        signed with its key."""
+        if peer_id != self.id or instance == self.instance:
+            return
+        mine = self._clock.get(self.id, -1)
+        counted = self._signer is None and holds is not None and holds > mine
+        self._twin(
+            "a link whose other end says it is this replica"
+            + (" and holds writes in its name it never made" if counted else ""),
+            count=int(counted),
+        )
 
     def _diverged(self, event: Divergence, level: int = logging.WARNING) -> None:
         seen = self._divergence
@@ -1170,6 +1264,9 @@ class Replica:
         source, ts = first[2], first[1]
         if (
             source in self._banned
+            or source not in self._clock  # a source this replica never took
+            or len(self._banned) >= MAX_PROOFS
+            or (self._writers is not None and not self._writers(source))
             or second[2] != source
             or second[1] != ts
             or not is_key_id(source)
@@ -1228,6 +1325,8 @@ class Replica:
     def _forget(self, old: Callable[[float, str], bool]) -> None:
         """Drop the entries for which ``old(ts, source)`` holds (see History)."""
         dropped = self._history.forget(old)
+        self._forgot = max(self._forgot, max((ts for ts, _ in dropped), default=-1.0))
+        self.revision += 1
         if self.store is not None and dropped:
             for ts, source in dropped:
                 self.store.drop(ts, source)
@@ -1236,6 +1335,8 @@ class Replica:
     def _forget_keys(self, keys: Iterable[Hashable]) -> None:
         """Drop the entries kept for ``keys`` (a last-write-wins type's own bound)."""
         dropped = self._history.forget_keys(keys)
+        self._forgot = max(self._forgot, max((ts for ts, _ in dropped), default=-1.0))
+        self.revision += 1
         if self.store is not None and dropped:
             for ts, source in dropped:
                 self.store.drop(ts, source)
@@ -1281,6 +1382,7 @@ class Replica:
             if ts > self._clock.get(source, -1):
                 self._clock[source] = ts
         self._clock_bytes = sum(map(clock_cost, self._clock))
+        self._own_at_open = self._clock.get(self.id, -1.0)
         # The clock resumes above its own stamps, and above the others' as
         # far as max_ahead_ms allows.
         cap = self._wall() + self.max_ahead_ms
@@ -1313,6 +1415,11 @@ class Replica:
         """
         if self._snapshot_fn is None:
             raise ValueError(f"{self.type_name!r} declares no snapshot= function")
+        if self._verify is not None:
+            raise ValueError(
+                "a verifying replica cannot compact: a snapshot carries no"
+                " signatures, so its peers could not check what it folded"
+            )
         update = self._snapshot_fn(self.state)
         check_value(update, "the snapshot")
         clock = dict(self._clock)
@@ -1416,6 +1523,7 @@ class Replica:
         self._last = max(self._last, min(max(clock.values(), default=0), cap))
         self.snapshot = (merged_update, merged)
         self.snapshot_version += 1
+        self.revision += 1
         if self._listeners and clock:
             # A snapshot has no single source: listeners see the source of
             # the newest stamp it covers.
@@ -1428,6 +1536,7 @@ class Replica:
             self.store.save_snapshot(update, clock, drop_covered=True)
         self.snapshot = (update, clock)
         self.snapshot_version += 1
+        self.revision += 1
 
     def close(self) -> None:
         """Write anything queued to the store and close it (if any).
@@ -1486,6 +1595,23 @@ class Replica:
                 listener(effect, ts, source, origin)
             except Exception:
                 log.exception("repred listener %r raised", listener)
+
+
+def _same(held: Any, change: Any) -> bool:
+    """Whether two changes are one JSON value, spelt alike (``1`` and
+    ``true``, ``1`` and ``1.0``, are equal in Python, not on the wire)."""
+    if type(held) is tuple:
+        held = list(held)
+    if type(change) is tuple:
+        change = list(change)
+    if type(held) is type(change) and held != change:
+        return False
+    return bool(
+        orjson.dumps(held, option=_SORTED) == orjson.dumps(change, option=_SORTED)
+    )
+
+
+_SORTED = orjson.OPT_SORT_KEYS
 
 
 def _writers(writers: Writers | None) -> Callable[[str], bool] | None:

@@ -496,6 +496,8 @@ class SqliteStore:
         with self._lock:
             self._write()
             with self._transaction() as db:
+                if self._checkpointed:
+                    db.execute("DELETE FROM checkpoint")  # no longer the state
                 if drop_covered:
                     db.executemany(
                         "DELETE FROM entries WHERE source = ? AND ts <= ?",
@@ -508,6 +510,7 @@ class SqliteStore:
                     (blob, clock_blob, _snapshot_crc(blob, clock_blob)),
                 )
                 _advance_clock(db, clock)
+            self._checkpointed = False
 
     def _write(self) -> None:
         """Write every queued row in one transaction; keep them if it fails."""

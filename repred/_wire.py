@@ -179,6 +179,9 @@ class Digest:
     #: The peer compares hash trees after a sync (anti-entropy, a repred
     #: extension), in this format.
     antientropy: bool = False
+    #: The peer's replica object (a random token; a repred extension): the
+    #: same one on both ends is a link of a replica to itself.
+    instance: str | None = None
 
 
 @attrs.frozen
@@ -1065,6 +1068,9 @@ def _digest(msg: dict[str, Any], line: bytes) -> Digest:
     ae = msg.get("antientropy")
     if ae is not None and (type(ae) is not int or ae < 1):
         raise _bad("antientropy must be a positive integer", "bad-digest", line)
+    instance = msg.get("instance")
+    if instance is not None and (type(instance) is not str or len(instance) > 64):
+        raise _bad("instance must be a short string", "bad-digest", line)
     return Digest(
         id=peer_id,
         clock=clean,
@@ -1074,6 +1080,7 @@ def _digest(msg: dict[str, Any], line: bytes) -> Digest:
         batch=batch,
         progress=progress == 1,
         antientropy=ae == AE_FORMAT,
+        instance=instance,
     )
 
 
@@ -1086,6 +1093,7 @@ def encode_digest(
     batches: bool = True,
     antientropy: bool = False,
     receive: bool = True,
+    instance: str | None = None,
 ) -> bytes:
     digest: dict[str, Any] = {
         "id": replica_id,
@@ -1103,6 +1111,8 @@ def encode_digest(
     digest["progress"] = 1
     if antientropy:
         digest["antientropy"] = AE_FORMAT
+    if instance is not None:
+        digest["instance"] = instance
     return _dumps(digest, option=_OPT)
 
 
