@@ -315,8 +315,7 @@ class Replica:
         #: write, and a watcher may remove itself while being called.
         self._watchers: tuple[Watcher, ...] = ()
         self._snapshot_fn = snapshot
-        #: Take part in anti-entropy (see repred._antientropy).
-        self.antientropy = True
+        self.antientropy = True  # (see the class's docstring)
         #: The newest stamp this replica dropped by its type's own bound
         #: (an event log kept for a time): older entries are not compared.
         self._forgot: float = -1.0
