@@ -265,7 +265,7 @@ class AntiEntropy:
                 True,
                 h=horizon,
                 fp=root.hex(),
-                snap=self.replica.snapshot is not None,
+                snap=self.replica.compacted is not None,
                 sync=after_sync,
             )
         )
@@ -324,7 +324,7 @@ class AntiEntropy:
         # A newer horizon than theirs goes first, for both to compare above.
         first: list[Any] = [["H", state.horizon]] if state.horizon > msg.horizon else []
         replica = self.replica
-        if msg.snap or replica.snapshot is not None:
+        if msg.snap or replica.compacted is not None:
             if not replica.has_snapshot_fn:
                 return []  # a folded history this side cannot compare
             state_fp, clock_fp = self._summary.state()

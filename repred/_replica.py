@@ -24,11 +24,10 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ._divergence import Divergence, ReplicaStatistics
-from ._errors import RemoteProtocolError
+from ._errors import RemoteProtocolError, StoreError
 from ._hashtree import entry_hash
 from ._history import Entry, History, Run, SourceLog, runs
 from ._log import limited
-from ._store import StoreError
 from ._trust import SigningKey, Writers, is_key_id, verifier
 from ._wire import (
     CHAR_BYTES,
@@ -36,9 +35,11 @@ from ._wire import (
     ENTRY_FRAME_BYTES,
     MAX_SOURCE_LENGTH,
     MAX_STAMP,
+    canonical_stamp,
     check_value,
     encode_entry,
     entry_snippet,
+    is_source,
 )
 
 if TYPE_CHECKING:
@@ -138,17 +139,12 @@ def new_id() -> str:
 
 def check_id(id: Any) -> str:
     """A source id as the wire accepts it, or ``ValueError``."""
-    if (
-        not isinstance(id, str)
-        or not id
-        or len(id) > MAX_SOURCE_LENGTH
-        or id == "__proto__"
-    ):
+    if not is_source(id):
         raise ValueError(
             f"id must be a non-empty string of at most {MAX_SOURCE_LENGTH}"
             f" characters, not {id!r}"
         )
-    return id
+    return id  # type: ignore[no-any-return]
 
 
 class _Progress:
@@ -225,15 +221,15 @@ class Replica:
         "_watchers",
         "_writers",
         "antientropy",
+        "compacted",
         "deferred",
         "id",
         "instance",
         "max_ahead_ms",
         "max_drift_ms",
-        "max_line_bytes",
+        "max_entry_bytes",
         "max_sources",
         "revision",
-        "snapshot",
         "snapshot_version",
         "state",
         "store",
@@ -253,7 +249,7 @@ class Replica:
         max_drift_ms: float = DEFAULT_MAX_DRIFT_MS,
         max_ahead_ms: float = DEFAULT_MAX_AHEAD_MS,
         max_sources: int = DEFAULT_MAX_SOURCES,
-        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        max_entry_bytes: int = DEFAULT_MAX_LINE_BYTES,
         wall: Callable[[], float] = wall_ms,
         store: SqliteStore | None = None,
         snapshot: Callable[[Any], Any] | None = None,
@@ -282,7 +278,7 @@ class Replica:
             max_drift_ms=max_drift_ms,
             max_ahead_ms=max_ahead_ms,
             max_sources=max_sources,
-            max_line_bytes=max_line_bytes,
+            max_entry_bytes=max_entry_bytes,
             superseding=stamped or last_write_wins is not None,
             snapshot=snapshot,
         )
@@ -301,7 +297,7 @@ class Replica:
         self.max_drift_ms = max_drift_ms
         self.max_ahead_ms = max_ahead_ms
         self.max_sources = max_sources
-        self.max_line_bytes = max_line_bytes
+        self.max_entry_bytes = max_entry_bytes
         self.deferred = 0  # entries not applied: stamped too far ahead
         self._wall = wall
         self._clock: dict[str, float] = {}
@@ -334,7 +330,7 @@ class Replica:
         #: Called with each divergence seen (see :meth:`on_divergence`).
         self._on_divergence: tuple[Callable[[Divergence], None], ...] = ()
         #: ``(update, clock)``: the folded history, if compacted.
-        self.snapshot: tuple[Any, dict[str, float]] | None = None
+        self.compacted: tuple[Any, dict[str, float]] | None = None
         self.snapshot_version = 0
         self.store = store
         if store is not None:
@@ -398,7 +394,7 @@ class Replica:
                 read back exactly (see :func:`repred.protocol.check_value`):
                 the message names the offending part.
             ValueError: the entry's line would be longer than
-                ``max_line_bytes`` (:data:`DEFAULT_MAX_LINE_BYTES`, the
+                ``max_entry_bytes`` (:data:`DEFAULT_MAX_LINE_BYTES`, the
                 limit every peer applies by default), so peers would refuse
                 it.
             StoreError: the store could not make the write durable.
@@ -444,8 +440,7 @@ class Replica:
         last = self._last
         ts = now if now > last else _next_stamp(last)
         while True:  # a second time only if the key holds a write stamped ahead
-            if type(ts) is float and ts.is_integer():
-                ts = int(ts)  # canonical: a whole number is written as an integer
+            ts = canonical_stamp(ts)  # a whole number is written as an integer
             if ts > MAX_STAMP:
                 raise ValueError(f"stamp {ts!r} would be out of range")
             try:
@@ -471,13 +466,13 @@ class Replica:
                     or not size
                     or signature is not None
                     or size + CHAR_BYTES * len(me) + ENTRY_FRAME_BYTES
-                    > self.max_line_bytes
+                    > self.max_entry_bytes
                 ):
                     measured = len(encode_entry(change, ts, me, signature))
-                    if measured > self.max_line_bytes:
+                    if measured > self.max_entry_bytes:
                         raise ValueError(
                             f"the entry would be {measured} bytes, over the"
-                            f" {self.max_line_bytes} byte line limit peers apply;"
+                            f" {self.max_entry_bytes} byte line limit peers apply;"
                             " split the value"
                         )
                 k = old = None
@@ -870,7 +865,7 @@ class Replica:
         cost = clock_cost(source)
         if (
             len(self._clock) >= self.max_sources
-            or self._clock_bytes + cost > self.max_line_bytes - DIGEST_OVERHEAD_BYTES
+            or self._clock_bytes + cost > self.max_entry_bytes - DIGEST_OVERHEAD_BYTES
         ):
             raise RemoteProtocolError(
                 f"this replica holds {len(self._clock)} sources, the most it"
@@ -1008,7 +1003,7 @@ class Replica:
         self, change: Any, ts: float, source: str, signature: str | None, origin: object
     ) -> bool:
         """Apply one entry below this source's clock (see :meth:`repair`)."""
-        snapshot = self.snapshot
+        snapshot = self.compacted
         if ts < self.horizon() or (
             snapshot is not None and ts <= snapshot[1].get(source, -1)
         ):
@@ -1301,8 +1296,8 @@ class Replica:
         """
         state = copy.deepcopy(self._initial)
         reducer = self._reducer
-        if self.snapshot is not None:
-            reducer(state, self.snapshot[0])
+        if self.compacted is not None:
+            reducer(state, self.compacted[0])
         stamped = self._stamped
         for change, ts, source in self._history.entries():
             if type(change) is tuple:
@@ -1359,7 +1354,7 @@ class Replica:
             update, clock = loaded.snapshot
             if checkpoint is None:
                 self._reduce(update)
-            self.snapshot = (update, clock)
+            self.compacted = (update, clock)
             self._clock.update(clock)
         # Replay with the store detached: these entries are on disk already.
         # Stored stamps are not checked against the wall clock, which may
@@ -1486,7 +1481,7 @@ class Replica:
         cost = sum(map(clock_cost, new))
         if (
             len(self._clock) + len(new) > self.max_sources
-            or self._clock_bytes + cost > self.max_line_bytes - DIGEST_OVERHEAD_BYTES
+            or self._clock_bytes + cost > self.max_entry_bytes - DIGEST_OVERHEAD_BYTES
         ):
             raise RemoteProtocolError(
                 "the snapshot would take this replica past its bound on sources",
@@ -1495,14 +1490,14 @@ class Replica:
         before = copy.deepcopy(self.state) if not self._checks_first else None
         try:
             effect = self._reduce(update)
-            if self.snapshot is None:
+            if self.compacted is None:
                 merged_update, merged = update, dict(clock)
             else:
                 joined = copy.deepcopy(self._initial)
-                self._reducer(joined, self.snapshot[0])
+                self._reducer(joined, self.compacted[0])
                 self._reducer(joined, update)
                 merged_update = self._snapshot_fn(joined)
-                merged = dict(self.snapshot[1])
+                merged = dict(self.compacted[1])
                 for source, ts in clock.items():
                     merged[source] = max(ts, merged.get(source, -1))
             check_value(merged_update, "the snapshot")
@@ -1520,7 +1515,7 @@ class Replica:
                 self._clock[source] = ts
         cap = self._wall() + self.max_ahead_ms
         self._last = max(self._last, min(max(clock.values(), default=0), cap))
-        self.snapshot = (merged_update, merged)
+        self.compacted = (merged_update, merged)
         self.snapshot_version += 1
         self.revision += 1
         if self._listeners and clock:
@@ -1533,7 +1528,7 @@ class Replica:
     def _set_snapshot(self, update: Any, clock: dict[str, float]) -> None:
         if self.store is not None:
             self.store.save_snapshot(update, clock, drop_covered=True)
-        self.snapshot = (update, clock)
+        self.compacted = (update, clock)
         self.snapshot_version += 1
         self.revision += 1
 
@@ -1642,7 +1637,7 @@ def _check_options(
     max_drift_ms: float,
     max_ahead_ms: float,
     max_sources: Any,
-    max_line_bytes: Any,
+    max_entry_bytes: Any,
     superseding: bool,
     snapshot: Any,
 ) -> None:
@@ -1658,8 +1653,8 @@ def _check_options(
     if type(max_sources) is not int or max_sources < 1:
         raise ValueError("max_sources must be a positive int")
     least = 2 * DIGEST_OVERHEAD_BYTES
-    if type(max_line_bytes) is not int or max_line_bytes < least:
-        raise ValueError(f"max_line_bytes must be an int >= {least}")
+    if type(max_entry_bytes) is not int or max_entry_bytes < least:
+        raise ValueError(f"max_entry_bytes must be an int >= {least}")
     if snapshot is not None and superseding:
         raise ValueError(
             "snapshot= is for reducers without last_write_wins= or stamped="
@@ -1696,7 +1691,7 @@ def repred(
     max_drift_ms: float = DEFAULT_MAX_DRIFT_MS,
     max_ahead_ms: float = DEFAULT_MAX_AHEAD_MS,
     max_sources: int = DEFAULT_MAX_SOURCES,
-    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    max_entry_bytes: int = DEFAULT_MAX_LINE_BYTES,
     wall: Callable[[], float] = wall_ms,
     store: SqliteStore | None = None,
     snapshot: Callable[[Any], Any] | None = None,
@@ -1737,8 +1732,8 @@ def repred(
             this replica's own (see :data:`DEFAULT_MAX_AHEAD_MS`).
         max_sources: how many sources the replica takes (see
             :data:`DEFAULT_MAX_SOURCES`); fewer, if their digest would not
-            fit in ``max_line_bytes``.
-        max_line_bytes: the longest line this replica writes (its entries
+            fit in ``max_entry_bytes``.
+        max_entry_bytes: the longest line this replica writes (its entries
             and its digest); its peers must accept lines this long. The
             default is the limit every link applies by default.
         wall: the wall clock in milliseconds (tests pass a fake one).
@@ -1773,7 +1768,7 @@ def repred(
         max_drift_ms=max_drift_ms,
         max_ahead_ms=max_ahead_ms,
         max_sources=max_sources,
-        max_line_bytes=max_line_bytes,
+        max_entry_bytes=max_entry_bytes,
         wall=wall,
         store=store,
         snapshot=snapshot,

@@ -80,10 +80,10 @@ from ._errors import (
     IncompatiblePeerError,
     LocalProtocolError,
     RemoteProtocolError,
+    StoreError,
 )
 from ._history import RunBuilder
 from ._log import limited
-from ._store import StoreError
 from ._wire import (
     BATCH_FORMAT,
     BATCH_PREFIX,
@@ -732,9 +732,9 @@ class Session:
         """Queue our snapshot if the peer lacks part of what it covers."""
         replica = self.replica
         self._snapshot_seen = replica.snapshot_version
-        if replica.snapshot is None or self.peer is None:
+        if replica.compacted is None or self.peer is None:
             return
-        update, clock = replica.snapshot
+        update, clock = replica.compacted
         sent = self._sent
         if all(sent.get(s, -1) >= ts for s, ts in clock.items()):
             return

@@ -58,7 +58,7 @@ def snapshot_of(r):
         copy.deepcopy(r.state),
         dict(r.clock),
         list(r.history()),
-        r.snapshot,
+        r.compacted,
     )
 
 

@@ -453,8 +453,13 @@ def test_model_is_a_mutable_mapping():
     m.update({"d": 4}, e=5)
     m.update([("f", 6)])
     assert m.to_dict() == {"c": 3, "d": 4, "e": 5, "f": 6}
-    # The replica's own write of a change still works through update().
-    assert m.update(["g", 7]) == ["g", 7]
+    # update() is the mapping's, exactly as dict.update (pairs of two
+    # characters are pairs); the replica's own write is Replica.update.
+    m.update(["gh"])
+    assert m["g"] == "h"
+    assert repred.Replica.update(m, ["i", 7]) == ["i", 7]
+    assert m["i"] == 7
+    del m["g"], m["i"]
     with pytest.raises(TypeError):
         m[1] = 2  # type: ignore[index]
     # Iteration is over a snapshot of the live keys.

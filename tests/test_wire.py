@@ -140,7 +140,7 @@ def test_decoder_refuses_endless_line_without_buffering_it():
 def test_a_model_write_near_the_line_limit_is_measured_exactly():
     # A line of exactly the limit is taken and one a byte longer refused.
     limit, now = 20_000, 1795692308381
-    m = model(id="A", max_line_bytes=limit, wall=lambda: now)
+    m = model(id="A", max_entry_bytes=limit, wall=lambda: now)
     fits = limit - len(encode_entry(["k", ""], now, "A"))
     m.set("k", "x" * fits)  # stamped now
     over = limit + 1 - len(encode_entry(["k", ""], now + 0.001, "A"))
@@ -188,7 +188,7 @@ def test_a_model_write_is_taken_exactly_when_its_line_fits(
     stamp = int(now) if float(now).is_integer() else now
     size = len(encode_entry([key, value], stamp, source))
     limit = size + slack
-    m = model(id=source, max_line_bytes=limit, wall=lambda: now)
+    m = model(id=source, max_entry_bytes=limit, wall=lambda: now)
     if slack >= 0:
         assert m.set(key, value) == [key, value]
         assert next(m.history()).ts == stamp

@@ -118,29 +118,21 @@ class Model(Replica, MutableMapping[str, Any]):
         value = self.state.get(key)
         return default if value is None else value
 
-    def update(self, *args: Any, **kwargs: Any) -> Any:
-        """Write several keys, as ``dict.update`` does (one write per key).
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        """Write several keys, exactly as ``dict.update`` does (one write
+        per key): ``m.update({"a": 1}, b=2)``, or pairs.
 
-        ``m.update({"a": 1}, b=2)`` writes ``a`` and ``b``. Called with one
-        ``[key, value]`` list whose key is a string, it is the replica's own
-        write of that change (:meth:`repred.Replica.update`) and returns
-        the change, so code written for any replica works on a model too.
+        (A model is a mapping, so its ``update`` is the mapping's. The
+        replica's own write of one change is :meth:`set`, or
+        ``repred.Replica.update(m, [key, value])``.)
 
         >>> m = model()
         >>> m.update({"a": 1}, b=2)
+        >>> m.update([("c", 3)])
         >>> m.to_dict()
-        {'a': 1, 'b': 2}
+        {'a': 1, 'b': 2, 'c': 3}
         """
-        if (
-            len(args) == 1
-            and not kwargs
-            and type(args[0]) in (list, tuple)
-            and len(args[0]) == 2
-            and type(args[0][0]) is str
-        ):
-            return self.set(args[0][0], args[0][1])
         MutableMapping.update(self, *args, **kwargs)
-        return None
 
     def __getitem__(self, key: str) -> Any:
         value = self.state.get(key)
