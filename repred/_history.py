@@ -351,8 +351,9 @@ class History:
         source: str,
         key: Hashable = None,
         old: tuple[float, str] | None = None,
+        signature: str | None = None,
     ) -> None:
-        """Keep an entry.
+        """Keep an entry (at the end of its source's log).
 
         For a superseding history, ``key`` is the entry's key and ``old``
         what :attr:`newest` said of it: the caller has checked that the new
@@ -378,12 +379,14 @@ class History:
             log._live = 1
             log._sigs = None
             log._tree = None
-            return
-        # Appended in place (the hot path of every sync): the caller has
-        # checked that ts is above every stamp already in this log.
-        log._stamps.append(ts)
-        log._changes.append(change)
-        log._live += 1
+        else:
+            # Appended in place (the hot path of every sync): the caller has
+            # checked that ts is above every stamp already in this log.
+            log._stamps.append(ts)
+            log._changes.append(change)
+            log._live += 1
+        if signature is not None:
+            log.sign(ts, signature)
 
     def log_for(self, source: str) -> tuple[SourceLog, bool]:
         """The log of ``source``, and whether it was just made (then

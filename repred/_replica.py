@@ -19,7 +19,7 @@ import time
 import types
 from bisect import bisect_right
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 import orjson
 
@@ -35,7 +35,6 @@ from ._wire import (
     ENTRY_FRAME_BYTES,
     MAX_SOURCE_LENGTH,
     MAX_STAMP,
-    canonical_stamp,
     check_value,
     encode_entry,
     entry_snippet,
@@ -50,7 +49,9 @@ __all__ = [
     "DEFAULT_MAX_DRIFT_MS",
     "DEFAULT_MAX_SOURCES",
     "Listener",
+    "ReducerOptions",
     "Replica",
+    "ReplicaOptions",
     "Stamp",
     "Watcher",
     "repred",
@@ -111,6 +112,35 @@ Watcher = Callable[[str, float, object], None]
 #: The most proofs of equivocation a replica keeps (one per source banned).
 MAX_PROOFS = 1024
 
+
+class ReplicaOptions(TypedDict, total=False):
+    """The options of a replica that every factory takes (see
+    :class:`Replica` for each): what a program chooses about a replica of
+    any type."""
+
+    id: str | None
+    max_drift_ms: float
+    max_ahead_ms: float
+    max_sources: int
+    max_entry_bytes: int
+    wall: Callable[[], float]
+    store: SqliteStore | None
+    signing_key: SigningKey | None
+    verify: bool
+    writers: Writers | None
+
+
+class ReducerOptions(ReplicaOptions, total=False):
+    """The options of :func:`repred`: a replica's, and what its type is."""
+
+    map: Callable[..., Any] | None
+    stamped: bool
+    last_write_wins: Callable[[Any], Hashable] | None
+    type_name: str | None
+    snapshot: Callable[[Any], Any] | None
+    checks_first: bool
+
+
 #: A signed entry, as a proof of equivocation holds it:
 #: ``(change, ts, source, signature)``.
 Entry4 = tuple[Any, float, str, str]
@@ -165,7 +195,63 @@ class _Progress:
 
 
 class Replica:
-    """A replicated reducer. Build one with :func:`repred`.
+    """A replicated reducer. Build one with :func:`repred` (or a type's
+    factory, such as :func:`repred.types.model`).
+
+    Args:
+        reducer: ``reducer(state, update) -> change``. It merges ``update``
+            into ``state`` (mutating it) and returns the part that changed
+            it; ``None``, ``[]`` or ``{}`` means the update was already
+            known. It must be commutative and idempotent in effect. The
+            change must be a JSON value (see :meth:`Replica.update`). With
+            ``stamped=True`` it is called as ``reducer(state, update, stamp)``
+            where ``stamp`` is ``(ts, source)``: the one way a type sees
+            stamps, for types that need more than ``key`` gives.
+        initial: the initial state.
+        map: turns what is passed to :meth:`Replica.update` into an update;
+            ``None`` from it drops the update.
+        id: this replica's source id; a random one by default.
+        stamped: pass the entry's stamp to the reducer.
+        last_write_wins: makes the type last-write-wins per key.
+            ``last_write_wins(change)`` names
+            what a change writes (it may raise ``ValueError`` to refuse a
+            malformed change). Of the entries with the same key, the one with
+            the greatest stamp ``(ts, source)`` wins: an older one reaching
+            the replica later is dominated, so the reducer never sees it and
+            the history never keeps it. The history holds only the newest
+            entry per key, so memory follows live keys, not writes.
+        type_name: the name peers must share to replicate with this one;
+            the reducer's name by default.
+        max_drift_ms: how far ahead of the wall clock a remote stamp may be
+            for its entry to be applied (see :data:`DEFAULT_MAX_DRIFT_MS`).
+        max_ahead_ms: how far ahead of the wall clock remote stamps may push
+            this replica's own (see :data:`DEFAULT_MAX_AHEAD_MS`).
+        max_sources: how many sources the replica takes (see
+            :data:`DEFAULT_MAX_SOURCES`); fewer, if their digest would not
+            fit in ``max_entry_bytes``.
+        max_entry_bytes: the longest line this replica writes (its entries
+            and its digest); its peers must accept lines this long. The
+            default is the limit every link applies by default.
+        wall: the wall clock in milliseconds (tests pass a fake one).
+        store: keep the history, clock and id durable (see
+            :class:`SqliteStore`); reopening the same store restores them
+            and rebuilds the state. In memory only by default.
+        snapshot: ``snapshot(state) -> update``, an update that gives the
+            whole state when applied to ``initial``. It lets
+            :meth:`Replica.compact` fold the history into a snapshot.
+        checks_first: the reducer raises before it changes anything when an
+            update is malformed. Without it (the default), a reducer that
+            raises makes the replica rebuild its state from the history (a
+            cost proportional to the history, paid only on errors), so that
+            a refused update or entry never leaves a trace.
+        signing_key: sign every entry this replica writes with this
+            :class:`~repred.SigningKey`; the replica's id is the key's id.
+        verify: refuse any entry that its source did not sign (reason
+            ``bad-signature``), from peers and from the store; also refuse
+            snapshots, which carry no signatures.
+        writers: with ``verify``, the only sources that may write: a set of
+            ids, or a function ``writers(id) -> bool`` (reason
+            ``not-a-writer`` for the others).
 
     Attributes:
         state: the reducer's state. Read it freely; change it only through
@@ -258,19 +344,7 @@ class Replica:
         verify: bool = False,
         writers: Writers | None = None,
     ) -> None:
-        if signing_key is not None:
-            if not isinstance(signing_key, SigningKey):
-                raise TypeError(
-                    f"signing_key must be a SigningKey, not {signing_key!r}"
-                )
-            if id is not None and id != signing_key.id:
-                raise ValueError(
-                    "id= and signing_key= disagree: a signed replica's id is its"
-                    " key's id"
-                )
-            id = signing_key.id
-        if writers is not None and not verify:
-            raise ValueError("writers= needs verify=True")
+        id = _signed_id(signing_key, id, verify, writers)
         _check_options(
             reducer,
             map=map,
@@ -285,6 +359,8 @@ class Replica:
         self._reducer = reducer
         self._map = map
         self._stamped = stamped
+        self._key = last_write_wins
+        self._snapshot_fn = snapshot
         self._checks_first = checks_first
         self._signer = signing_key
         self._verify = verifier() if verify else None
@@ -298,19 +374,24 @@ class Replica:
         self.max_ahead_ms = max_ahead_ms
         self.max_sources = max_sources
         self.max_entry_bytes = max_entry_bytes
-        self.deferred = 0  # entries not applied: stamped too far ahead
         self._wall = wall
+        self._init_state()
+        self.store = store
+        if store is not None:
+            self._open(store, id)
+
+    def _init_state(self) -> None:
+        """What a new replica holds: nothing yet."""
+        self.deferred = 0  # entries not applied: stamped too far ahead
         self._clock: dict[str, float] = {}
         self._clock_bytes = 0
         self._clock_view = types.MappingProxyType(self._clock)
-        self._key = last_write_wins
         self._history = History()
         self._last: float = 0
         self._listeners: list[Listener] = []
         #: A tuple, replaced when one comes or goes: it is read on every
         #: write, and a watcher may remove itself while being called.
         self._watchers: tuple[Watcher, ...] = ()
-        self._snapshot_fn = snapshot
         self.antientropy = True  # (see the class's docstring)
         #: The newest stamp this replica dropped by its type's own bound
         #: (an event log kept for a time): older entries are not compared.
@@ -332,9 +413,6 @@ class Replica:
         #: ``(update, clock)``: the folded history, if compacted.
         self.compacted: tuple[Any, dict[str, float]] | None = None
         self.snapshot_version = 0
-        self.store = store
-        if store is not None:
-            self._open(store, id)
 
     def __repr__(self) -> str:
         return (
@@ -421,98 +499,100 @@ class Replica:
         size: int = 0,
         again: bool = False,
     ) -> Any:
-        """:meth:`update`, after ``map``. ``checked``: the reducer returns
-        ``upd`` itself, or a part of it, and the caller has checked it with
-        :func:`~repred.protocol.check_value` (the built-in types' methods do,
-        with a message that names their argument). ``key``: for a
-        last-write-wins type, the change's key, if the caller knows it (as
-        ``last_write_wins`` would give it for ``upd``). ``size``: with
-        ``checked``, at least the encoded size of any change the reducer
-        returns, if the caller knows a bound (see ``CHAR_BYTES``): an entry
-        certainly within the line limit is not encoded to measure it.
-        ``again``: record ``upd`` as the change even if it changes nothing
-        here (an entry of ours that lost its stamp to a second version,
-        written again under a new one)."""
-        store, me = self.store, self.id
+        """:meth:`update`, after ``map`` (see ``_WRITE_OPTIONS`` for the
+        keywords): the hot path of every local write."""
+        store, me, history = self.store, self.id, self._history
         if store is not None:
             store.check()  # earlier writes that failed refuse this one
-        now = self._wall()
-        last = self._last
+        now, last = self._wall(), self._last
         ts = now if now > last else _next_stamp(last)
-        while True:  # a second time only if the key holds a write stamped ahead
-            ts = canonical_stamp(ts)  # a whole number is written as an integer
-            if ts > MAX_STAMP:
-                raise ValueError(f"stamp {ts!r} would be out of range")
-            try:
-                if self._stamped:
-                    change = self._reducer(self.state, upd, (ts, me))
-                else:
-                    change = self._reducer(self.state, upd)
-            except BaseException:
-                if not self._checks_first:
+        old = None if key is None else history.newest(key)
+        if old is not None and old >= (ts, me):  # (see "Written ahead", below)
+            ts = _next_stamp(old[0])
+        if type(ts) is float and ts.is_integer():
+            ts = int(ts)  # canonical_stamp, inline: a whole number is an int
+        if ts > MAX_STAMP:
+            raise ValueError(f"stamp {ts!r} would be out of range")
+        change = self._reduce_write(upd, ts, again)
+        if change is None:
+            return None
+        try:
+            signature = None
+            if (
+                not checked
+                or not size
+                or self._signer is not None
+                or size + CHAR_BYTES * len(me) + ENTRY_FRAME_BYTES
+                > self.max_entry_bytes
+            ):
+                signature = self._checked_write(change, ts, checked)
+            k = key
+            if self._key is not None and (key is None or change is not upd):
+                k = self._key(change)
+                old = history.newest(k)
+                if old is not None and old >= (ts, me):  # ("Written ahead")
                     self._rebuild()
-                raise
-            if change is None or (type(change) in _EMPTY_TYPES and not change):
-                if not again:
-                    return None  # nothing changed (is_empty, inline: every write)
-                change = upd  # written again: recorded whatever its effect here
-            try:
-                if not checked:
-                    check_value(change, "the change")
-                signer = self._signer
-                signature = None if signer is None else signer.sign(change, ts, me)
-                if (
-                    not checked
-                    or not size
-                    or signature is not None
-                    or size + CHAR_BYTES * len(me) + ENTRY_FRAME_BYTES
-                    > self.max_entry_bytes
-                ):
-                    measured = len(encode_entry(change, ts, me, signature))
-                    if measured > self.max_entry_bytes:
-                        raise ValueError(
-                            f"the entry would be {measured} bytes, over the"
-                            f" {self.max_entry_bytes} byte line limit peers apply;"
-                            " split the value"
-                        )
-                k = old = None
-                if self._key is not None:
-                    k = self._key(change) if key is None or change is not upd else key
-                    old = self._history.newest(k)
-                    if old is not None and old >= (ts, me):
-                        # The key holds a write stamped ahead of this clock
-                        # (a peer's clock runs fast, within max_drift_ms):
-                        # this write comes after it, so it must win
-                        # everywhere, not only here. Stamped just above it,
-                        # and reduced again.
-                        ts = _next_stamp(old[0])
-                        self._rebuild()
-                        continue
-                if store is not None:
-                    if old is not None:
-                        store.drop(*old)
-                    store.add(change, ts, me, signature)
-                    store.advance(me, ts)
-                    store.commit(discard_on_error=True)
-            except BaseException:
-                self._rebuild()
-                raise
-            break
+                    return self._write(upd, checked=checked, key=k, again=again)
+            if store is not None:
+                self._store_write(change, ts, old, signature)
+        except BaseException:
+            self._rebuild()
+            raise
         self._last = ts
-        clock = self._clock
-        if me not in clock:
+        if me not in self._clock:
             self._clock_bytes += clock_cost(me)
-        clock[me] = ts
+        self._clock[me] = ts
         self.revision += 1
-        history = self._history
-        history.record(change, ts, me, k, old)
-        if signature is not None:
-            history.logs[me].sign(ts, signature)
+        history.record(change, ts, me, k, old, signature)
         if self._listeners:
             self._notify(change, ts, me, None)
         for watcher in self._watchers:
             watcher(me, ts, None)
         return change
+
+    def _reduce_write(self, upd: Any, ts: float, again: bool) -> Any:
+        """The change a local update makes, or ``None`` if it makes none
+        (``again``: ``upd`` itself, whatever its effect here)."""
+        try:
+            if self._stamped:
+                change = self._reducer(self.state, upd, (ts, self.id))
+            else:
+                change = self._reducer(self.state, upd)
+        except BaseException:
+            if not self._checks_first:
+                self._rebuild()
+            raise
+        if change is None or (type(change) in _EMPTY_TYPES and not change):
+            return upd if again else None  # (is_empty, inline: every write)
+        return change
+
+    def _store_write(
+        self, change: Any, ts: float, old: Stamp | None, signature: str | None
+    ) -> None:
+        """Commit a local write (and the drop of what it supersedes)."""
+        store = self.store
+        assert store is not None
+        if old is not None:
+            store.drop(*old)
+        store.add(change, ts, self.id, signature)
+        store.advance(self.id, ts)
+        store.commit(discard_on_error=True)
+
+    def _checked_write(self, change: Any, ts: float, checked: bool) -> str | None:
+        """Refuse a change peers would not take back exactly (a value that
+        is not JSON, an entry longer than a line); its signature, if any."""
+        if not checked:
+            check_value(change, "the change")
+        signer, me = self._signer, self.id
+        signature = None if signer is None else signer.sign(change, ts, me)
+        measured = len(encode_entry(change, ts, me, signature))
+        if measured > self.max_entry_bytes:
+            raise ValueError(
+                f"the entry would be {measured} bytes, over the"
+                f" {self.max_entry_bytes} byte line limit peers apply;"
+                " split the value"
+            )
+        return signature
 
     # -- remote entries --------------------------------------------------
 
@@ -1608,6 +1688,24 @@ def _same(held: Any, change: Any) -> bool:
 _SORTED = orjson.OPT_SORT_KEYS
 
 
+def _signed_id(
+    signing_key: SigningKey | None, id: str | None, verify: bool, writers: Any
+) -> str | None:
+    """The id a replica takes, given its signing options (a signed
+    replica's is its key's), or ``TypeError``/``ValueError``."""
+    if writers is not None and not verify:
+        raise ValueError("writers= needs verify=True")
+    if signing_key is None:
+        return id
+    if not isinstance(signing_key, SigningKey):
+        raise TypeError(f"signing_key must be a SigningKey, not {signing_key!r}")
+    if id is not None and id != signing_key.id:
+        raise ValueError(
+            "id= and signing_key= disagree: a signed replica's id is its key's id"
+        )
+    return signing_key.id
+
+
 def _writers(writers: Writers | None) -> Callable[[str], bool] | None:
     """``writers=`` as a predicate (a set is copied: later changes to the
     caller's set do not change who may write)."""
@@ -1666,6 +1764,25 @@ def _digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=8).hexdigest()
 
 
+#: The keywords of Replica._write, for the types' methods that call it:
+#: ``checked``: the reducer returns ``upd`` itself, or a part of it, and the
+#: caller has checked it with check_value (with a message that names its
+#: argument). ``key``: for a last-write-wins type, the change's key, if the
+#: caller knows it (as ``last_write_wins`` would give it for ``upd``).
+#: ``size``: with ``checked``, at least the encoded size of any change the
+#: reducer returns, if the caller knows a bound (see ``CHAR_BYTES``): an
+#: entry certainly within the line limit is not encoded to measure it.
+#: ``again``: record ``upd`` as the change even if it changes nothing here
+#: (an entry of ours that lost its stamp to a second version, written
+#: again under a new one).
+_WRITE_OPTIONS = ("checked", "key", "size", "again")
+
+# Written ahead. A key may hold a write stamped ahead of this replica's
+# clock (a peer's runs fast, within max_drift_ms): a later local write comes
+# after it, so it must win everywhere, not only here; Replica._write stamps it
+# just above it (and, when the key is known only once the update is reduced,
+# reduces it again).
+
 #: The shortest run a type's bulk path takes (below it, checking whether
 #: it may costs more than the loop).
 _BULK_MIN = 8
@@ -1680,100 +1797,23 @@ def _next_stamp(ts: float) -> float:
 
 
 def repred(
-    reducer: Callable[..., Any],
-    initial: Any,
-    *,
-    map: Callable[..., Any] | None = None,
-    id: str | None = None,
-    stamped: bool = False,
-    last_write_wins: Callable[[Any], Hashable] | None = None,
-    type_name: str | None = None,
-    max_drift_ms: float = DEFAULT_MAX_DRIFT_MS,
-    max_ahead_ms: float = DEFAULT_MAX_AHEAD_MS,
-    max_sources: int = DEFAULT_MAX_SOURCES,
-    max_entry_bytes: int = DEFAULT_MAX_LINE_BYTES,
-    wall: Callable[[], float] = wall_ms,
-    store: SqliteStore | None = None,
-    snapshot: Callable[[Any], Any] | None = None,
-    checks_first: bool = False,
-    signing_key: SigningKey | None = None,
-    verify: bool = False,
-    writers: Writers | None = None,
+    reducer: Callable[..., Any], initial: Any, **options: Unpack[ReducerOptions]
 ) -> Replica:
-    """Make a replicated reducer.
+    """Make a replicated reducer: ``Replica(reducer, initial, **options)``.
 
-    Args:
-        reducer: ``reducer(state, update) -> change``. It merges ``update``
-            into ``state`` (mutating it) and returns the part that changed
-            it; ``None``, ``[]`` or ``{}`` means the update was already
-            known. It must be commutative and idempotent in effect. The
-            change must be a JSON value (see :meth:`Replica.update`). With
-            ``stamped=True`` it is called as ``reducer(state, update, stamp)``
-            where ``stamp`` is ``(ts, source)``: the one way a type sees
-            stamps, for types that need more than ``key`` gives.
-        initial: the initial state.
-        map: turns what is passed to :meth:`Replica.update` into an update;
-            ``None`` from it drops the update.
-        id: this replica's source id; a random one by default.
-        stamped: pass the entry's stamp to the reducer.
-        last_write_wins: makes the type last-write-wins per key.
-            ``last_write_wins(change)`` names
-            what a change writes (it may raise ``ValueError`` to refuse a
-            malformed change). Of the entries with the same key, the one with
-            the greatest stamp ``(ts, source)`` wins: an older one reaching
-            the replica later is dominated, so the reducer never sees it and
-            the history never keeps it. The history holds only the newest
-            entry per key, so memory follows live keys, not writes.
-        type_name: the name peers must share to replicate with this one;
-            the reducer's name by default.
-        max_drift_ms: how far ahead of the wall clock a remote stamp may be
-            for its entry to be applied (see :data:`DEFAULT_MAX_DRIFT_MS`).
-        max_ahead_ms: how far ahead of the wall clock remote stamps may push
-            this replica's own (see :data:`DEFAULT_MAX_AHEAD_MS`).
-        max_sources: how many sources the replica takes (see
-            :data:`DEFAULT_MAX_SOURCES`); fewer, if their digest would not
-            fit in ``max_entry_bytes``.
-        max_entry_bytes: the longest line this replica writes (its entries
-            and its digest); its peers must accept lines this long. The
-            default is the limit every link applies by default.
-        wall: the wall clock in milliseconds (tests pass a fake one).
-        store: keep the history, clock and id durable (see
-            :class:`SqliteStore`); reopening the same store restores them
-            and rebuilds the state. In memory only by default.
-        snapshot: ``snapshot(state) -> update``, an update that gives the
-            whole state when applied to ``initial``. It lets
-            :meth:`Replica.compact` fold the history into a snapshot.
-        checks_first: the reducer raises before it changes anything when an
-            update is malformed. Without it (the default), a reducer that
-            raises makes the replica rebuild its state from the history (a
-            cost proportional to the history, paid only on errors), so that
-            a refused update or entry never leaves a trace.
-        signing_key: sign every entry this replica writes with this
-            :class:`~repred.SigningKey`; the replica's id is the key's id.
-        verify: refuse any entry that its source did not sign (reason
-            ``bad-signature``), from peers and from the store; also refuse
-            snapshots, which carry no signatures.
-        writers: with ``verify``, the only sources that may write: a set of
-            ids, or a function ``writers(id) -> bool`` (reason
-            ``not-a-writer`` for the others).
+    The options, each a keyword, are :class:`Replica`'s (a misspelt one is a
+    ``TypeError`` at the call).
+
+    >>> import repred
+    >>> def highest(state, update):
+    ...     if update > state[0]:
+    ...         state[0] = update
+    ...         return update
+    ...     return None
+    >>> best = repred.repred(highest, [0], id="me")
+    >>> best.update(7)
+    7
+    >>> best.update(3) is None
+    True
     """
-    return Replica(
-        reducer,
-        initial,
-        map=map,
-        id=id,
-        stamped=stamped,
-        last_write_wins=last_write_wins,
-        type_name=type_name,
-        max_drift_ms=max_drift_ms,
-        max_ahead_ms=max_ahead_ms,
-        max_sources=max_sources,
-        max_entry_bytes=max_entry_bytes,
-        wall=wall,
-        store=store,
-        snapshot=snapshot,
-        checks_first=checks_first,
-        signing_key=signing_key,
-        verify=verify,
-        writers=writers,
-    )
+    return Replica(reducer, initial, **options)

@@ -104,7 +104,6 @@ from ._wire import (
     decode,
     encode_batch,
     encode_digest,
-    encode_entry,
     encode_expect,
     encode_snapshot,
     entry_snippet,
@@ -542,21 +541,20 @@ class Session:
         # else goes through _handle_message, after the entries before it
         # have been applied, as does a line that fails a check.
         builder = self._runs
+        live = self.their_state is not SessionState.HELLO
+        batches = self._batches
         try:
             for line in lines:
-                msg = self._decode(line)
+                if batches and line.startswith(BATCH_PREFIX):
+                    msg: Any = _decode_batch(line)
+                else:
+                    msg = decode(line, batches=False)
                 kind = type(msg)
-                if kind is tuple:
-                    self._require_digest(line)
+                if kind is tuple and live:
                     builder.add(
                         msg[0], msg[1], msg[2], msg[3] if len(msg) > 3 else None
                     )
-                elif kind is Batch:
-                    self._require_digest(line)
-                    if not self._batches:
-                        raise _bad(
-                            "a batch, which this side did not offer", "bad-batch", line
-                        )
+                elif kind is Batch and live and batches:
                     builder.add_run(
                         (msg.source, msg.stamps, msg.changes, msg.signatures)
                     )
@@ -566,21 +564,10 @@ class Session:
                 else:
                     self._apply(builder.take())
                     self._handle_message(msg, line, events)
+                    live = self.their_state is not SessionState.HELLO
         finally:
             # What came before a bad line is applied; the bad one raises.
             self._apply(builder.take())
-
-    def _decode(self, line: bytes) -> Any:
-        """One line, through the one decoder; a batch's with the collector
-        paused and its array changes turned into tuples (see the module
-        docstring)."""
-        if self._batches and line.startswith(BATCH_PREFIX):
-            return _decode_batch(line)
-        return decode(line, batches=False)
-
-    def _require_digest(self, line: bytes) -> None:
-        if self.their_state is SessionState.HELLO:
-            raise _bad("entries before the digest", "no-digest", line)
 
     def _apply(self, runs: list[Run]) -> None:
         if not runs:
@@ -627,6 +614,10 @@ class Session:
         raise AssertionError("no entry failed")  # pragma: no cover
 
     def _handle_message(self, msg: Any, line: bytes, events: list[object]) -> None:
+        if type(msg) is tuple or type(msg) is Batch:
+            if self.their_state is SessionState.HELLO:
+                raise _bad("entries before the digest", "no-digest", line)
+            raise _bad("a batch, which this side did not offer", "bad-batch", line)
         if msg is KEEPALIVE:
             pass
         elif msg is KEEPALIVE:
@@ -944,8 +935,11 @@ class Session:
         peer_max = self._peer_max_line
         lines, size = [], 0
         for i, (ts, change) in enumerate(zip(stamps, changes, strict=True)):
-            signature = None if sigs is None else sigs[i]
-            line = encode_entry(change, ts, source, signature)
+            # (encode_entry, inline: a line per entry is a JS peer's sync)
+            if sigs is None or sigs[i] is None:
+                line = _dumps([change, ts, source], option=_OPT)
+            else:
+                line = _dumps([change, ts, source, sigs[i]], option=_OPT)
             if len(line) > peer_max:
                 self._too_long_for_peer(change, ts, source, len(line))
             lines.append(line)

@@ -545,7 +545,10 @@ def decode(line: bytes, *, batches: bool) -> Any:
     """
     if batches and line.startswith(BATCH_PREFIX):
         return loads_batch(line)
-    msg = loads_line(line)
+    try:
+        msg = _loads(line)
+    except _JSONDecodeError as exc:
+        raise _bad(f"malformed JSON: {exc}", "malformed-json", line) from None
     if type(msg) is list:
         entry = fast_entry(msg, line)
         return entry if entry is not None else parse_entry(msg, line)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Unpack
 
-from .._replica import Replica, Stamp, is_empty
+from .._replica import Replica, ReplicaOptions, Stamp, is_empty
 from ._base import build, owned
 
 __all__ = ["Events", "events"]
@@ -95,7 +95,10 @@ class Events(Replica):
 
 
 def events(
-    *, max_events: int | None = None, max_age_ms: float | None = None, **options: Any
+    *,
+    max_events: int | None = None,
+    max_age_ms: float | None = None,
+    **options: Unpack[ReplicaOptions],
 ) -> Events:
     """A reliable event emitter; history bounded by count and/or age if given."""
     return build(

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, MutableMapping
-from typing import Any
+from typing import Any, Unpack
 
-from .._replica import Replica
+from .._replica import Replica, ReplicaOptions
 from .._wire import CHAR_BYTES, SCALAR_BYTES, check_value, plain_scalar
 from ._base import build, owned
 
@@ -171,7 +171,7 @@ class Model(Replica, MutableMapping[str, Any]):
         return {k: v for k, v in self.state.items() if v is not None}
 
 
-def model(**options: Any) -> Model:
+def model(**options: Unpack[ReplicaOptions]) -> Model:
     """A new, empty last-write-wins map replica (type name ``"model"``).
 
     Takes the options every built-in type takes: ``id``, ``max_drift_ms``,

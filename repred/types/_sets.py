@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
-from .._replica import Replica
+from .._replica import Replica, ReplicaOptions
 from ._base import build, scalar
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ def _gset_snapshot(state: set[Any]) -> list[Any]:
     return sorted(state, key=repr)
 
 
-def gset(**options: Any) -> GSet:
+def gset(**options: Unpack[ReplicaOptions]) -> GSet:
     """A grow-only set (the talk's set of non-virgins); compacts to its items."""
     return build(GSet, union, set(), "gset", snapshot=_gset_snapshot, **options)
 
@@ -117,7 +117,7 @@ def _two_phase_snapshot(state: dict[str, set[Any]]) -> dict[str, list[Any]]:
     return {part: sorted(items, key=repr) for part, items in state.items()}
 
 
-def two_phase_set(**options: Any) -> TwoPhaseSet:
+def two_phase_set(**options: Unpack[ReplicaOptions]) -> TwoPhaseSet:
     """A two-phase set: born minus non-virgins (a delete is an update)."""
     return build(
         TwoPhaseSet,
@@ -192,7 +192,7 @@ def _orset_snapshot(state: dict[str, Any]) -> dict[str, list[list[Any]]]:
     return {"add": sorted(live, key=repr), "remove": sorted(dead, key=repr)}
 
 
-def orset(**options: Any) -> ORSet:
+def orset(**options: Unpack[ReplicaOptions]) -> ORSet:
     """An observed-remove set (add wins over a concurrent remove)."""
     return build(
         ORSet,
