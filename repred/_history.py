@@ -20,17 +20,24 @@ from the stamp list lazily, in amortised O(1).
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from itertools import compress, repeat
-from operator import is_not
+from itertools import compress, islice, repeat
+from operator import is_not, itemgetter, lt
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._hashtree import SourceTree, View
-from ._wire import canonical_stamp
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+    from collections.abc import (
+        Callable,
+        Hashable,
+        Iterable,
+        Iterator,
+        Mapping,
+    )
 
-__all__ = ["Entry", "History", "Run", "RunBuilder", "SourceLog", "runs"]
+_first, _second, _third = itemgetter(0), itemgetter(1), itemgetter(2)
+
+__all__ = ["Entry", "History", "Run", "SourceLog", "runs"]
 
 #: Marks a dropped entry in a log until the log is compacted.
 _GONE: Any = object()
@@ -242,67 +249,53 @@ class SourceLog:
 Run = tuple[str, list[float], list[Any], list[str | None] | None]
 
 
-class RunBuilder:
-    """Groups entries into runs (see :data:`Run`): consecutive entries of
-    one source whose stamps strictly increase. The one way entries become
-    runs, for a link's lines and for :meth:`Replica.apply` alike."""
+def runs(entries: Iterable[tuple[Any, ...]], *, canonical: bool = False) -> list[Run]:
+    """Group entries ``(change, ts, source[, signature])`` into runs (see
+    :data:`Run`): consecutive entries of one source whose stamps strictly
+    increase. Stamps come out canonical (a whole number as an ``int``);
+    ``canonical`` says they went in so (as the decoder gives them).
 
-    __slots__ = ("_changes", "_last", "_runs", "_sigs", "_source", "_stamps")
-
-    def __init__(self) -> None:
-        self._runs: list[Run] = []
-        self._source: str | None = None
-        self._stamps: list[float] = []
-        self._changes: list[Any] = []
-        self._sigs: list[str | None] | None = None
-        self._last = -1.0
-
-    def add(
-        self, change: Any, ts: float, source: str, signature: str | None = None
-    ) -> None:
-        """One entry (its stamp canonical)."""
-        if source != self._source or ts <= self._last:
-            self._source, self._stamps, self._changes = source, [ts], [change]
-            self._sigs = None if signature is None else [signature]
-            self._runs.append((source, self._stamps, self._changes, self._sigs))
+    The one way entries become runs, for a link's lines and for
+    :meth:`Replica.apply` alike.
+    """
+    if (
+        canonical
+        and isinstance(entries, list)
+        and len(entries) > 1
+        and set(map(len, entries)) == {3}
+    ):
+        # The common case, a link's lines from one source in order, is
+        # recognised by passes that run at C speed.
+        in_order = list(map(_second, entries))
+        if len(set(map(_third, entries))) == 1 and all(
+            map(lt, in_order, islice(in_order, 1, None))
+        ):
+            return [(entries[0][2], in_order, list(map(_first, entries)), None)]
+    out: list[Run] = []
+    source: str | None = None
+    last: float = -1.0
+    stamps: list[float] = []
+    changes: list[Any] = []
+    sigs: list[str | None] | None = None
+    for entry in entries:
+        change, ts, src = entry[0], entry[1], entry[2]
+        signature = entry[3] if len(entry) > 3 else None
+        if not canonical and type(ts) is float and ts.is_integer():
+            ts = int(ts)
+        if src != source or ts <= last:
+            source, stamps, changes = src, [ts], [change]
+            sigs = None if signature is None else [signature]
+            out.append((src, stamps, changes, sigs))
         else:
-            self._stamps.append(ts)
-            self._changes.append(change)
-            sigs = self._sigs
+            stamps.append(ts)
+            changes.append(change)
             if sigs is None and signature is not None:
-                sigs = self._sigs = [None] * (len(self._stamps) - 1)
-                run = self._runs[-1]
-                self._runs[-1] = (run[0], run[1], run[2], sigs)
+                sigs = [None] * (len(stamps) - 1)
+                out[-1] = (src, stamps, changes, sigs)
             if sigs is not None:
                 sigs.append(signature)
-        self._last = ts
-
-    def add_run(self, run: Run) -> None:
-        """A run already made (a batch line)."""
-        self._runs.append(run)
-        self._source = None
-
-    def take(self) -> list[Run]:
-        """The runs gathered so far; the builder starts afresh."""
-        out = self._runs
-        self._runs = []
-        self._source = None
-        return out
-
-
-def runs(entries: Iterable[tuple[Any, ...]]) -> list[Run]:
-    """Group entries ``(change, ts, source[, signature])`` into runs (see
-    :class:`RunBuilder`). Stamps come out canonical (a whole number as an
-    ``int``)."""
-    builder = RunBuilder()
-    for entry in entries:
-        builder.add(
-            entry[0],
-            canonical_stamp(entry[1]),
-            entry[2],
-            entry[3] if len(entry) > 3 else None,
-        )
-    return builder.take()
+        last = ts
+    return out
 
 
 def _new_log() -> SourceLog:
@@ -402,11 +395,23 @@ class History:
         if log is not None and not log._stamps:
             del self.logs[source]
 
-    def index(
-        self, key: Hashable, stamp: tuple[float, str], old: tuple[float, str] | None
+    def keep(
+        self,
+        key: Hashable,
+        stamp: tuple[float, str],
+        old: tuple[float, str] | None,
+        log: SourceLog,
+        change: Any,
+        signature: str | None,
     ) -> None:
-        """``stamp`` is now the entry kept for ``key``, and ``old`` (what
-        :attr:`newest` said of it) is dropped."""
+        """Keep an entry after every one ``log`` (its source's) holds, as
+        the one now kept for ``key``; ``old`` (what :attr:`newest` said of
+        it) is dropped. The hot path of a keyed type."""
+        log._stamps.append(stamp[0])
+        log._changes.append(change)
+        log._live += 1
+        if signature is not None:
+            log.sign(stamp[0], signature)
         self._index[key] = stamp
         if old is not None:
             self.logs[old[1]].discard(old[0])

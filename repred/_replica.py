@@ -273,11 +273,11 @@ class Replica:
     _reads_tuples = False
     #: A last-write-wins type's bulk path, ``(by_key, reduce_all)``:
     #: ``by_key(changes)`` is a dict keyed by their keys, in order (a key
-    #: given twice is there once), if every change is a well-formed tuple
-    #: (else ``None``); ``reduce_all(state, by_key(changes))`` does what the
-    #: reducer does to each change in turn, for changes whose keys are
-    #: distinct and new to the replica. ``None``: every entry goes through
-    #: the reducer.
+    #: given twice is there once), if every change is a well-formed array,
+    #: all tuples or all lists (else ``None``); ``reduce_all(state,
+    #: by_key(changes))`` does what the reducer does to each change in
+    #: turn, for changes whose keys are distinct and new to the replica.
+    #: ``None``: every entry goes through the reducer.
     _bulk: (
         tuple[Callable[[Any], dict[Any, Any] | None], Callable[[Any, Any], None]] | None
     ) = None
@@ -687,7 +687,10 @@ class Replica:
         log, fresh = self._history.log_for(source)
         progress.cursor = start
         try:
-            self._reduce_run(run, start, end, log, origin, progress)
+            if self._reduce_bulk(run, start, end, log, origin):
+                progress.cursor = end
+            else:
+                self._reduce_run(run, start, end, log, origin, progress)
         finally:
             self._ran(run, start, known, fresh, cap, origin, progress)
 
@@ -776,39 +779,22 @@ class Replica:
         progress: _Progress,
     ) -> None:
         """Reduce and record entries ``start:end`` of a run (the hot path of
-        every sync); ``progress.cursor`` ends past the last one recorded,
-        also when the reducer raises."""
+        every sync); ``progress.cursor`` ends past the last one recorded."""
         listeners = self._listeners_for(origin) if self._listeners else None
         reads_tuples = self._reads_tuples and not listeners
-        if (
-            self._bulk is not None
-            and reads_tuples
-            and end - start >= _BULK_MIN
-            and self._reduce_bulk(run, start, end, log)
-        ):
-            progress.cursor = end
-            return
         source, stamps, changes, sigs = run
-        state, reducer, stamped = self.state, self._reducer, self._stamped
+        state, fn, stamped = self.state, self._reducer, self._stamped
         key, store, history = self._key, self.store, self._history
-        newest = history.newest
-        i = start
-        in_reducer = False
+        newest, i, in_reducer, kept_ts, kept = history.newest, start, False, [], []
         try:
             for i in range(start, end):
                 change, ts = changes[i], stamps[i]
-                # The history keeps an array as a tuple (immutable, and the
-                # collector stops tracking tuples of plain values); the
-                # reducer is handed a list, as JSON decodes it. A link
-                # hands over tuples, made while it decoded (see _session).
-                if type(change) is tuple:
-                    kept = change
-                    if not reads_tuples:
-                        change = list(change)
-                elif type(change) is list:
-                    kept = tuple(change)
-                else:
-                    kept = change
+                # Kept as an immutable tuple; a reducer may want a list (JSON's).
+                held = change
+                if type(change) is list:
+                    held = tuple(change)
+                elif not reads_tuples and type(change) is tuple:
+                    change = list(change)
                 if key is not None:
                     stamp = (ts, source)
                     k = key(change)
@@ -816,34 +802,48 @@ class Replica:
                     if old is not None and old >= stamp:
                         continue  # dominated by what is kept: known, no effect
                 in_reducer = True
-                if stamped:
-                    effect = reducer(state, change, (ts, source))
-                else:
-                    effect = reducer(state, change)
+                effect = (
+                    fn(state, change, (ts, source)) if stamped else fn(state, change)
+                )
                 in_reducer = False
+                signature = None if sigs is None else sigs[i]
                 if key is not None:
-                    history.index(k, stamp, old)
+                    history.keep(k, stamp, old, log, held, signature)
                     if old is not None and store is not None:
                         store.drop(*old)
-                signature = None if sigs is None else sigs[i]
-                log.append(ts, kept, signature)
+                elif sigs is None:  # kept when the loop ends
+                    kept_ts.append(ts)
+                    kept.append(held)
+                else:
+                    log.append(ts, held, signature)
                 if store is not None:
                     store.add(change, ts, source, signature)
                 if listeners:
                     self._notify(effect, ts, source, origin, listeners)
             i = end
         except BaseException:
+            log.extend(kept_ts, kept)
             if in_reducer and not self._checks_first:
                 self._rebuild()  # the reducer may have changed part of it
             raise
         finally:
             progress.cursor = i
+        log.extend(kept_ts, kept)
 
-    def _reduce_bulk(self, run: Run, start: int, end: int, log: SourceLog) -> bool:
+    def _reduce_bulk(
+        self, run: Run, start: int, end: int, log: SourceLog, origin: object
+    ) -> bool:
         """A last-write-wins type's run whose keys are all new here, none
         twice: no entry dominates another, so the run is reduced and
-        recorded at once (``False`` if it is not such a run)."""
-        assert self._bulk is not None
+        recorded at once (``False`` if it is not such a run, or if a
+        listener hears of each entry)."""
+        if (
+            self._bulk is None
+            or end - start < _BULK_MIN
+            or not self._reads_tuples
+            or (self._listeners and self._listeners_for(origin))
+        ):
+            return False
         by_key, reduce_all = self._bulk
         source, stamps, changes, sigs = run
         whole = start == 0 and end == len(stamps)
@@ -860,6 +860,8 @@ class Replica:
             raise
         self._history.index_run(keys, run_stamps, source)
         run_sigs = None if sigs is None else sigs[start:end]
+        if type(run_changes[0]) is list:  # all are (see _bulk): kept as tuples
+            run_changes = list(map(tuple, run_changes))
         log.extend(run_stamps, run_changes, run_sigs)
         store = self.store
         if store is not None:
@@ -1542,44 +1544,14 @@ class Replica:
                 sources (``too-many-sources``).
             Exception: whatever the reducer raised (nothing is changed).
         """
-        if self._snapshot_fn is None:
-            raise ValueError(f"{self.type_name!r} takes no snapshots")
-        if self._verify is not None:
-            raise RemoteProtocolError(
-                "a verifying replica takes no snapshots (a snapshot carries no"
-                " signatures)",
-                reason="bad-signature",
-            )
         clock = {s: ts for s, ts in clock.items() if s != self.id}
-        if not join and all(self._clock.get(s, -1) >= ts for s, ts in clock.items()):
+        cost = self._snapshot_cost(clock, join)
+        if cost is None:
             return False
-        limit = self._wall() + self.max_drift_ms
-        if any(ts > limit for ts in clock.values()):
-            self.deferred += 1
-            return False
-        new = [s for s in clock if s not in self._clock]
-        cost = sum(map(clock_cost, new))
-        if (
-            len(self._clock) + len(new) > self.max_sources
-            or self._clock_bytes + cost > self.max_entry_bytes - DIGEST_OVERHEAD_BYTES
-        ):
-            raise RemoteProtocolError(
-                "the snapshot would take this replica past its bound on sources",
-                reason="too-many-sources",
-            )
         before = copy.deepcopy(self.state) if not self._checks_first else None
         try:
             effect = self._reduce(update)
-            if self.compacted is None:
-                merged_update, merged = update, dict(clock)
-            else:
-                joined = copy.deepcopy(self._initial)
-                self._reducer(joined, self.compacted[0])
-                self._reducer(joined, update)
-                merged_update = self._snapshot_fn(joined)
-                merged = dict(self.compacted[1])
-                for source, ts in clock.items():
-                    merged[source] = max(ts, merged.get(source, -1))
+            merged_update, merged = self._merge_compacted(update, clock)
             check_value(merged_update, "the snapshot")
             if self.store is not None:
                 self.store.save_snapshot(merged_update, merged, drop_covered=False)
@@ -1604,6 +1576,51 @@ class Replica:
             newest = max(clock.items(), key=lambda item: item[1])
             self._notify(effect, newest[1], newest[0], origin)
         return True
+
+    def _snapshot_cost(self, clock: Mapping[str, float], join: bool) -> int | None:
+        """What a snapshot's new sources add to the clock's bytes, or
+        ``None`` if it holds nothing new or is stamped too far ahead to take
+        now; raises if this replica cannot take it."""
+        if self._snapshot_fn is None:
+            raise ValueError(f"{self.type_name!r} takes no snapshots")
+        if self._verify is not None:
+            raise RemoteProtocolError(
+                "a verifying replica takes no snapshots (a snapshot carries no"
+                " signatures)",
+                reason="bad-signature",
+            )
+        if not join and all(self._clock.get(s, -1) >= ts for s, ts in clock.items()):
+            return None
+        limit = self._wall() + self.max_drift_ms
+        if any(ts > limit for ts in clock.values()):
+            self.deferred += 1
+            return None
+        new = [s for s in clock if s not in self._clock]
+        cost = sum(map(clock_cost, new))
+        if (
+            len(self._clock) + len(new) > self.max_sources
+            or self._clock_bytes + cost > self.max_entry_bytes - DIGEST_OVERHEAD_BYTES
+        ):
+            raise RemoteProtocolError(
+                "the snapshot would take this replica past its bound on sources",
+                reason="too-many-sources",
+            )
+        return cost
+
+    def _merge_compacted(
+        self, update: Any, clock: Mapping[str, float]
+    ) -> tuple[Any, dict[str, float]]:
+        """The folded history once a peer's snapshot is joined into it."""
+        if self.compacted is None:
+            return update, dict(clock)
+        assert self._snapshot_fn is not None
+        joined = copy.deepcopy(self._initial)
+        self._reducer(joined, self.compacted[0])
+        self._reducer(joined, update)
+        merged = dict(self.compacted[1])
+        for source, ts in clock.items():
+            merged[source] = max(ts, merged.get(source, -1))
+        return self._snapshot_fn(joined), merged
 
     def _set_snapshot(self, update: Any, clock: dict[str, float]) -> None:
         if self.store is not None:

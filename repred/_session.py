@@ -82,7 +82,7 @@ from ._errors import (
     RemoteProtocolError,
     StoreError,
 )
-from ._history import RunBuilder
+from ._history import runs
 from ._log import limited
 from ._wire import (
     BATCH_FORMAT,
@@ -324,8 +324,7 @@ class Session:
         self.replica = replica
         self.wakeup: Callable[[], None] | None = None
         self.peer: Digest | None = None
-        self.our_state = SessionState.HELLO
-        self.their_state = SessionState.HELLO
+        self.our_state = self.their_state = SessionState.HELLO
         #: The peer's "SYNC" arrived (it may have closed since).
         self.sync_received = False
         self._decoder = LineDecoder(max_line_bytes)
@@ -334,9 +333,14 @@ class Session:
         self._batches = batches
         self._send = send
         self._receive = receive
-        self._refused = 0
-        self._received = 0
+        self._refused = self._received = 0
         self._expected: int | None = None
+        #: Anti-entropy with the peer, once both offered it.
+        self._ae: AntiEntropy | None = None
+        #: The round that follows the sync is yet to start (or not: see
+        #: _starts_round), and what decides who starts it.
+        self._ae_due, self._ae_since = False, 0.0
+        self._entries_out = self._history_out = self._history_in = 0
         self._ae_offered = (
             antientropy
             and send
@@ -344,29 +348,9 @@ class Session:
             and replica.antientropy
             and max_line_bytes >= AE_MIN_LINE_BYTES
         )
-        #: Anti-entropy with the peer, once both offered it.
-        self._ae: AntiEntropy | None = None
-        #: The round that follows the sync is yet to start (or not: see
-        #: _starts_round), and what decides who starts it.
-        self._ae_due = False
-        self._ae_since = 0.0
-        self._entries_out = 0
-        self._history_out = 0
-        self._history_in = 0
         #: The clock our digest says (what we held before the sync).
         self._digest_clock = dict(replica.clock) if self._ae_offered else {}
-        self._out: list[bytes] = [
-            encode_digest(
-                replica.id,
-                self._digest_clock if self._ae_offered else replica.clock,
-                replica.type_name,
-                max_line_bytes,
-                batches=batches,
-                antientropy=self._ae_offered,
-                receive=receive,
-                instance=replica.instance if self._ae_offered else None,
-            )
-        ]
+        self._out: list[bytes] = [self._hello(max_line_bytes)]
         #: The longest line the peer takes (with its newline), once known.
         self._peer_max_line = float("inf")
         #: The peer reads batches (both sides are repred).
@@ -378,15 +362,23 @@ class Session:
         #: Sources whose entries are passed over on this link (see
         #: Replica.apply).
         self._skipped: set[str] = set()
-        #: Groups what arrives into runs (see repred._history.RunBuilder).
-        self._runs = RunBuilder()
-        self._snapshot_seen = 0
-        self._updates_in = 0
-        self._updates_out = 0
-        self._bytes_in = 0
-        self._bytes_out = 0
-        self._deferred = 0
+        self._snapshot_seen = self._deferred = 0
+        self._updates_in = self._updates_out = self._bytes_in = self._bytes_out = 0
         self._detach: Callable[[], None] | None = replica.watch(self._on_applied)
+
+    def _hello(self, max_line_bytes: int) -> bytes:
+        """The digest this session opens with."""
+        offered, replica = self._ae_offered, self.replica
+        return encode_digest(
+            replica.id,
+            self._digest_clock if offered else replica.clock,
+            replica.type_name,
+            max_line_bytes,
+            batches=self._batches,
+            antientropy=offered,
+            receive=self._receive,
+            instance=replica.instance if offered else None,
+        )
 
     def __repr__(self) -> str:
         peer = self.peer.id if self.peer else None
@@ -536,11 +528,12 @@ class Session:
     def _handle(self, lines: list[bytes], events: list[object]) -> None:
         # The hot path of every sync. Each line goes through the one
         # decoder (repred._wire.decode), which checks it; entries are
-        # grouped into runs (one source, stamps increasing) that the replica
-        # applies in one call, and a batch line is a run already. Anything
-        # else goes through _handle_message, after the entries before it
-        # have been applied, as does a line that fails a check.
-        builder = self._runs
+        # grouped into runs (one source, stamps increasing, see
+        # repred._history.runs) that the replica applies in one call, and a
+        # batch line is a run already. Anything else goes through
+        # _handle_message, after the entries before it have been applied,
+        # as does a line that fails a check.
+        entries: list[tuple[Any, ...]] = []
         live = self.their_state is not SessionState.HELLO
         batches = self._batches
         try:
@@ -548,26 +541,30 @@ class Session:
                 if batches and line.startswith(BATCH_PREFIX):
                     msg: Any = _decode_batch(line)
                 else:
-                    msg = decode(line, batches=False)
+                    msg = decode(line)
                 kind = type(msg)
                 if kind is tuple and live:
-                    builder.add(
-                        msg[0], msg[1], msg[2], msg[3] if len(msg) > 3 else None
-                    )
+                    entries.append(msg)
                 elif kind is Batch and live and batches:
-                    builder.add_run(
-                        (msg.source, msg.stamps, msg.changes, msg.signatures)
-                    )
+                    self._apply_entries(entries)
                     # Applied at once: decoded values die young (see the
                     # module docstring).
-                    self._apply(builder.take())
+                    self._apply([(msg.source, msg.stamps, msg.changes, msg.signatures)])
                 else:
-                    self._apply(builder.take())
+                    self._apply_entries(entries)
                     self._handle_message(msg, line, events)
                     live = self.their_state is not SessionState.HELLO
         finally:
             # What came before a bad line is applied; the bad one raises.
-            self._apply(builder.take())
+            self._apply_entries(entries)
+
+    def _apply_entries(self, entries: list[tuple[Any, ...]]) -> None:
+        """Apply the entries gathered so far (the list is emptied first, so
+        that a refusal never applies them twice)."""
+        if entries:
+            grouped = runs(entries, canonical=True)
+            entries.clear()
+            self._apply(grouped)
 
     def _apply(self, runs: list[Run]) -> None:
         if not runs:

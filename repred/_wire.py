@@ -83,7 +83,6 @@ __all__ = [
     "encode_repair_snapshot",
     "encode_snapshot",
     "entry_snippet",
-    "fast_entry",
     "loads_batch",
     "loads_line",
     "loads_strict",
@@ -534,7 +533,7 @@ def canonical_stamp(ts: float) -> float:
     return ts
 
 
-def decode(line: bytes, *, batches: bool) -> Any:
+def decode(line: bytes, batches: bool = False) -> Any:
     """One line from a peer to a message, checked: an entry (a tuple of
     three, or four with a signature), a :class:`Batch` (if ``batches``),
     or any other message (see :func:`parse_message`). The one decoder of
@@ -549,10 +548,27 @@ def decode(line: bytes, *, batches: bool) -> Any:
         msg = _loads(line)
     except _JSONDecodeError as exc:
         raise _bad(f"malformed JSON: {exc}", "malformed-json", line) from None
-    if type(msg) is list:
-        entry = fast_entry(msg, line)
-        return entry if entry is not None else parse_entry(msg, line)
-    return parse_message(msg, line)
+    if type(msg) is not list:
+        return parse_message(msg, line)
+    # The hot path of every sync: an entry [change, ts, source] that
+    # passes every check of parse_entry, in one expression (parse_entry
+    # says what is wrong with any other).
+    if len(msg) == 3:
+        ts, source = msg[1], msg[2]
+        kind = type(ts)
+        if (
+            (kind is int or kind is float)
+            and 0 <= ts <= MAX_STAMP
+            and type(source) is str
+            and 0 < len(source) <= MAX_SOURCE_LENGTH
+            and source != "__proto__"
+            # Only a line this long can nest too deep to be encoded again.
+            and (len(line) <= MAX_DEPTH or depth_within(msg[0]))
+        ):
+            if kind is float and ts.is_integer():
+                ts = int(ts)
+            return (msg[0], ts, source)
+    return parse_entry(msg, line)
 
 
 def _stamp(value: Any, line: bytes) -> float:
@@ -686,33 +702,6 @@ def loads_strict(line: bytes, *members: str) -> Any:
     if type(msg) is dict:
         check_unique_keys(line, *members)
     return msg
-
-
-def fast_entry(msg: list[Any], line: bytes) -> tuple[Any, float, str] | None:
-    """An entry ``[change, ts, source]`` that passes every check, normalised;
-    ``None`` for anything else (then :func:`parse_entry` says what is wrong).
-
-    The hot path of every sync: the same rules as :func:`parse_entry`, in
-    one expression.
-    """
-    if len(msg) != 3:
-        return None
-    ts = msg[1]
-    source = msg[2]
-    kind = type(ts)
-    if (
-        (kind is int or kind is float)
-        and 0 <= ts <= MAX_STAMP
-        and type(source) is str
-        and 0 < len(source) <= MAX_SOURCE_LENGTH
-        and source != "__proto__"
-        # Only a line this long can nest too deep to be encoded again.
-        and (len(line) <= MAX_DEPTH or depth_within(msg[0]))
-    ):
-        if kind is float and ts.is_integer():
-            ts = int(ts)
-        return (msg[0], ts, source)
-    return None
 
 
 def parse_entry(msg: list[Any], line: bytes) -> tuple[Any, ...]:

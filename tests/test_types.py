@@ -566,6 +566,16 @@ def test_a_malformed_change_in_a_long_run_is_refused_as_alone(bad):
     assert dict(m.clock) == {"s": 5}
 
 
+def test_a_long_run_of_lists_is_kept_as_tuples():
+    # As one entry per line decodes them: lists, reduced a run at a time,
+    # kept immutable.
+    changes = [[f"k{i}", i] for i in range(10)]
+    m = model(id="me")
+    m.apply_runs([("s", list(range(1, 11)), changes, None)])
+    assert m.to_dict() == {f"k{i}": i for i in range(10)}
+    assert [e.change for e in m.history()] == [(f"k{i}", i) for i in range(10)]
+
+
 def test_a_long_run_that_writes_a_key_twice_keeps_the_later_write():
     changes = [(f"k{i}", i) for i in range(10)]
     changes[7] = ("k3", "later")

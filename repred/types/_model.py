@@ -35,11 +35,12 @@ def lww_set(state: dict[str, Any], change: list[Any]) -> list[Any]:
 
 
 def model_pairs(changes: list[Any]) -> dict[str, Any] | None:
-    """``{key: value}`` of ``changes`` if every one is a tuple ``(key,
-    value)`` with a string key (as a link decodes them), checked a column
-    at a time; ``None`` otherwise (each then goes through
-    :func:`model_key`). A key written twice is there once."""
-    if set(map(type, changes)) != {tuple}:
+    """``{key: value}`` of ``changes`` if every one is a pair ``[key,
+    value]`` with a string key, all tuples or all lists (as a link decodes
+    them), checked a column at a time; ``None`` otherwise (each then goes
+    through :func:`model_key`). A key written twice is there once."""
+    kinds = set(map(type, changes))
+    if kinds != {tuple} and kinds != {list}:
         return None
     try:
         pairs = dict(changes)

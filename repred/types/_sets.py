@@ -6,6 +6,7 @@ import itertools
 from typing import TYPE_CHECKING, Any, Unpack
 
 from .._replica import Replica, ReplicaOptions
+from .._wire import CHAR_BYTES, SCALAR_BYTES
 from ._base import build, scalar
 
 if TYPE_CHECKING:
@@ -53,8 +54,15 @@ class GSet(Replica):
     __slots__ = ()
 
     def add(self, *items: Any) -> list[Any] | None:
-        # Each item is checked: the change (the new ones) need not be again.
-        return self._write([scalar(x) for x in items], checked=True)  # type: ignore[no-any-return]
+        # Each item is checked and measured (see CHAR_BYTES): the change,
+        # the new ones, need not be checked or encoded again.
+        size = 2
+        for item in items:
+            scalar(item)
+            size += (
+                3 + CHAR_BYTES * len(item) if type(item) is str else SCALAR_BYTES + 1
+            )
+        return self._write(list(items), checked=True, size=size)  # type: ignore[no-any-return]
 
     def __contains__(self, item: object) -> bool:
         return item in self.state
