@@ -23,17 +23,17 @@ BIG = 64 << 20  # a digest of 100,000 sources is about 4 MB
 
 
 def filled(n: int, writers: int) -> object:
-    m = model(id="hub", max_sources=n + 10, max_line_bytes=BIG, wall=lambda: EPOCH + n)
+    m = model(id="hub", max_sources=n + 10, max_entry_bytes=BIG, wall=lambda: EPOCH + n)
     m.apply([([f"k{i}", i], EPOCH + i, f"w{i % writers}") for i in range(n)])
     return m
 
 
 def sync_seconds(source: object, n: int) -> float:
     fresh = model(
-        id="fresh", max_sources=n + 10, max_line_bytes=BIG, wall=lambda: EPOCH + n
+        id="fresh", max_sources=n + 10, max_entry_bytes=BIG, wall=lambda: EPOCH + n
     )
-    a = Session(source, max_line_bytes=BIG)  # type: ignore[arg-type]
-    b = Session(fresh, max_line_bytes=BIG)
+    a = Session(source, max_entry_bytes=BIG)  # type: ignore[arg-type]
+    b = Session(fresh, max_entry_bytes=BIG)
     t = time.perf_counter()
     pump(a, b)
     dt = time.perf_counter() - t

@@ -29,6 +29,7 @@ from ._errors import PeerClosed as PeerClosed
 from ._errors import ProtocolError as ProtocolError
 from ._errors import RemoteProtocolError as RemoteProtocolError
 from ._errors import RepredError as RepredError
+from ._errors import StoreError as StoreError
 from ._errors import SyncTimeout as SyncTimeout
 from ._gossip import Peer as Peer
 from ._gossip import PeerStatistics as PeerStatistics
@@ -46,7 +47,6 @@ from ._placement import owners as owners
 from ._replica import Replica as Replica
 from ._replica import repred as repred
 from ._store import SqliteStore as SqliteStore
-from ._store import StoreError as StoreError
 from ._trust import SigningKey as SigningKey
 
 __all__ = [

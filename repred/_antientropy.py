@@ -5,10 +5,10 @@ Theory of operation
 
 A digest says how far a replica has each source, not what it holds. After
 every sync, and then every ``antientropy_interval`` seconds on a live link,
-each side of a link between two repred peers (both digests offer
-``"antientropy"``)
-starts a *round*: it sends the root fingerprint of everything it holds (see
-:mod:`repred._hashtree`). When the roots agree, that is the whole cost: one
+one side of a link between two repred peers (both digests offer
+``"antientropy"``) starts a *round*: it sends the root fingerprint of
+everything it holds (see :mod:`repred._hashtree` and
+:mod:`repred._summary`). When the roots agree, that is the whole cost: one
 line each way. When they differ, the two sides descend together, each
 message answering the last (so a round is a single token passed back and
 forth), through these *ranges*:
@@ -31,20 +31,27 @@ forth), through these *ranges*:
 ``["W", source, upto, level, index]``
     "send me every entry of this node": the sender holds none there;
 ``["E", source, [ts, ...]]``
-    "send me these entries";
+    "send me these entries" (among those the other side listed);
 ``["T", state, clock]`` and ``["X"]``
     for a type that folds its history into snapshots, once either side has:
-    the sender's state and clock fingerprints; "send me your snapshot".
+    the sender's state and clock fingerprints; "send me your snapshot";
+``["H", horizon]``
+    "compare only entries stamped from here on" (a type that drops its
+    old entries by its own bound).
 
-Each side restricts every range to the stamps ``[horizon, upto]``, where
-``upto`` is the clock both agreed on and ``horizon`` the newest stamp either
-may have dropped by its type's own bound, so both compute fingerprints of
-exactly the same entries. What one side finds the other lacks it sends as
-*repairs* (``{"repair": source, "stamps", "changes"[, "signatures"]}``,
-entries as their author wrote them), which the other takes with
-:meth:`Replica.repair`: checked as any entry, and settled by the same rule
-on every replica when two versions of a stamp meet (the smaller entry hash
-wins). A side whose reply holds no range ends the round. Proofs of
+Every range must answer one the other side sent in this round (a record it
+listed, a node whose children or entries it listed, entries it named): a
+range that answers nothing ends the link. So a round costs each side work
+in proportion to what it sent itself, and a peer may start a round at most
+every :data:`MIN_ROUND_MS`. Each side restricts every range to the stamps
+``[horizon, upto]``, where ``upto`` is the clock both agreed on and
+``horizon`` the newest stamp either may have dropped by its type's own
+bound, so both compute fingerprints of exactly the same entries. What one
+side finds the other lacks it sends as *repairs* (``{"repair": source,
+"stamps", "signatures"?, "changes"}``, entries as their author wrote
+them), which the other takes with :meth:`Replica.repair`: checked as any
+entry, and settled by the same rule on every replica when two versions of a
+stamp meet. A side whose reply holds no range ends the round. Proofs of
 equivocation (two valid signatures on one stamp) go out at the start of each
 round, so that a verifying network refuses the source everywhere.
 
@@ -57,13 +64,13 @@ Nothing here does I/O: the session feeds it messages and drains its lines.
 from __future__ import annotations
 
 import collections
-from bisect import bisect_left, bisect_right
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from ._errors import RemoteProtocolError
-from ._hashtree import ITEMS, MAX_LEVEL, Node, bucket_of, entry_hash, fingerprint, span
+from ._hashtree import FANOUT, ITEMS, MAX_LEVEL, fingerprint, span
+from ._summary import Summary, bucket_bytes, wire_record
 from ._wire import (
     MAX_AE_ITEMS,
     MAX_AE_RANGES,
@@ -75,15 +82,15 @@ from ._wire import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
-
+    from ._hashtree import Node
     from ._replica import Replica
+    from ._summary import Record
 
-__all__ = ["AntiEntropy"]
+__all__ = ["MIN_ROUND_MS", "AntiEntropy"]
 
-#: A source's record: ``(source, clock, node, count, fingerprint)``.
-Record = tuple[str, float, "Node | None", int, bytes]
-
+#: A peer may start a round at most this often (ms, by this replica's wall
+#: clock): more often, it is answered at once, with nothing computed.
+MIN_ROUND_MS = 100
 #: Repairs go out in lines of at most this many entries.
 _REPAIR_ENTRIES = 1024
 #: The most proofs sent on one link.
@@ -91,14 +98,94 @@ _MAX_PROOFS = 64
 #: The longest step this side writes (the peer's limit is at least 64 KiB,
 #: or it is not offered anti-entropy).
 _MAX_STEP_BYTES = 256 * 1024
-#: The most ranges a step (and its continuations) may call for in reply.
-_MAX_PENDING = 1 << 16
 #: The most entries one "I" range lists.
 _MAX_LISTED = 512
 #: A range's list is cut into pieces of about this many bytes.
 _PIECE_BYTES = 16 * 1024
 
-_OPT = orjson.OPT_SORT_KEYS
+Key = tuple[bool, int]
+
+
+class _Round:
+    """One round in progress: what it compares, and what may answer it."""
+
+    __slots__ = ("after_sync", "expected", "horizon", "pending", "seen", "wanted")
+
+    def __init__(self, horizon: float, after_sync: bool) -> None:
+        self.horizon = horizon
+        self.after_sync = after_sync
+        #: The ranges the other side may send: each answers one of ours.
+        self.expected: set[tuple[Any, ...]] = set()
+        #: Per source, the stamps we listed (what "E" may ask for).
+        self.wanted: dict[str, set[float]] = {}
+        #: Replies gathered for a step that goes on in the next one.
+        self.pending: list[Any] = []
+        #: The sources whose records were compared (each once a round).
+        self.seen: set[str] = set()
+
+    def expect(self, ranges: list[Any]) -> None:
+        """We send ``ranges``: note what may answer them."""
+        for rng in ranges:
+            tag = rng[0]
+            if tag == "B":
+                self.expected.update(("S", b) for b, _ in rng[1])
+            elif tag == "S":
+                for record in rng[2]:
+                    self._expect_record(record)
+            elif tag == "R":
+                self._expect_record(rng[1:])
+            elif tag == "N":
+                source, upto, level, index = rng[1:5]
+                for slot, _, _ in rng[5]:
+                    self.expected.add(
+                        ("node", source, upto, level + 1, index * FANOUT + slot)
+                    )
+            elif tag == "I":
+                self.wanted.setdefault(rng[1], set()).update(ts for ts, _ in rng[5])
+            elif tag == "T":
+                self.expected.add(("X",))
+
+    def _expect_record(self, record: list[Any]) -> None:
+        source, clock, level, index = record[:4]
+        self.expected.add(("R", source))
+        if level >= 0:
+            self.expected.add(("node", source, clock, level, index))
+
+    def answers(self, rng: tuple[Any, ...], line: bytes) -> None:
+        """Refuse a range that answers none of ours (each answers once)."""
+        tag = rng[0]
+        if tag in ("N", "I", "W"):
+            key: tuple[Any, ...] = ("node", rng[1], rng[2], *rng[3])
+        elif tag == "R":
+            key = ("R", rng[1][0])
+        elif tag == "S":
+            for bucket in rng[1]:
+                if ("S", bucket) not in self.expected:
+                    raise _unasked(rng, line)
+            return  # (its records are each taken once: see _on_sources)
+        elif tag == "E":
+            listed = self.wanted.get(rng[1], set())
+            if not listed.issuperset(rng[2]):
+                raise _unasked(rng, line)
+            listed.difference_update(rng[2])
+            return
+        elif tag in ("B", "T"):
+            key = ("root",)
+        elif tag == "X":
+            key = ("X",)
+        else:  # "H": a newer horizon, in answer to a root
+            return
+        if key not in self.expected:
+            raise _unasked(rng, line)
+        self.expected.discard(key)
+
+
+def _unasked(rng: tuple[Any, ...], line: bytes) -> RemoteProtocolError:
+    return RemoteProtocolError(
+        f"an anti-entropy range {rng[0]!r} that answers nothing asked",
+        reason="bad-antientropy",
+        line=line[:200],
+    )
 
 
 class AntiEntropy:
@@ -109,6 +196,11 @@ class AntiEntropy:
         origin: passed to the replica with what arrives (the session, so
             that nothing is echoed back to it).
         max_line: the longest line the peer takes.
+        common: what both sides held before their sync: per source, the
+            older of the two digests' clocks. The round that follows the
+            sync compares only that: what the sync itself moved is, by
+            construction, what the sender holds (later rounds compare
+            everything).
     """
 
     def __init__(
@@ -119,23 +211,15 @@ class AntiEntropy:
         common: dict[str, float] | None = None,
     ) -> None:
         self.replica = replica
-        #: What both sides held before their sync: per source, the older of
-        #: the two digests' clocks. The round that follows the sync compares
-        #: only that: what the sync itself moved is, by construction, what
-        #: the sender holds (later rounds compare everything).
+        self._summary = Summary(replica)
         self._common = common or {}
         self._origin = origin
         self._max_line = max_line
         self._started = 0
-        #: My round in progress, and the peer's (a number), if any.
-        self._mine: int | None = None
-        self._theirs: int | None = None
-        #: The horizon each open round compares above.
-        self._horizons: dict[tuple[bool, int], float] = {}
-        #: The rounds that compare only what both held before the sync.
-        self._after_sync: set[tuple[bool, int]] = set()
-        #: The replies gathered for a step that goes on in the next one.
-        self._pending: dict[tuple[bool, int], list[Any]] = {}
+        #: The rounds in progress: ours (True) and the peer's (False).
+        self._rounds: dict[bool, tuple[int, _Round]] = {}
+        #: When the peer last started a round (this replica's wall, ms).
+        self._their_last = -float(MIN_ROUND_MS)
         self._out: list[bytes] = []
         #: Entries to send as repairs: (source, stamps), in order.
         self._repairs: collections.deque[tuple[str, list[float]]] = collections.deque()
@@ -152,8 +236,7 @@ class AntiEntropy:
     def settled(self) -> bool:
         """No round is in progress either way, and no repair waits to go."""
         return (
-            self._mine is None
-            and self._theirs is None
+            not self._rounds
             and not self._repairs
             and not self._out
             and not self._snapshot_due
@@ -164,17 +247,16 @@ class AntiEntropy:
     def start(self, *, after_sync: bool = False) -> bool:
         """Start a round, unless one of ours is in progress; ``True`` if so.
         ``after_sync``: the round that follows the sync (see ``common``)."""
-        if self._mine is not None:
+        if True in self._rounds:
             return False
         self._send_proofs()
         self._started += 1
-        rnd = self._mine = self._started
+        rnd = self._started
         horizon = self.replica.horizon()
-        key = (True, rnd)
-        self._horizons[key] = horizon
-        if after_sync:
-            self._after_sync.add(key)
-        root = self._root(horizon, key)
+        state = _Round(horizon, after_sync)
+        state.expected.add(("root",))
+        self._rounds[True] = (rnd, state)
+        root, _ = self._summary.root(horizon, self._common if after_sync else None)
         self.rounds += 1
         self._out.append(
             encode_ae(
@@ -183,7 +265,7 @@ class AntiEntropy:
                 True,
                 h=horizon,
                 fp=root.hex(),
-                snap=self.replica.snapshot is not None,
+                snap=self.replica.compacted is not None,
                 sync=after_sync,
             )
         )
@@ -202,60 +284,60 @@ class AntiEntropy:
         """Take one anti-entropy message from the peer."""
         ours = not msg.mine  # the round is ours if the peer did not start it
         if msg.kind == "root":
-            self._on_root(msg, line)
+            self._on_root(msg)
             return
-        if msg.round != (self._mine if ours else self._theirs):
+        current = self._rounds.get(ours)
+        if current is None or current[0] != msg.round:
             # A round that ended, or never was (a stream replayed): its
             # findings would be stale. Nothing is applied from it.
             return
+        state = current[1]
         if msg.kind == "end":
             self._close(ours)
             return
-        key = (ours, msg.round)
-        replies = self._pending.setdefault(key, [])
+        replies = state.pending
         for rng in msg.ranges:
+            state.answers(rng, line)
             if rng[0] == "H":  # the peer compares above a newer horizon
-                self._horizons[key] = max(self._horizons[key], rng[1])
+                state.horizon = max(state.horizon, rng[1])
                 continue
-            replies += self._on_range(rng, key)
-        if len(replies) > _MAX_PENDING:
-            raise RemoteProtocolError(
-                "an anti-entropy step that calls for too much at once",
-                reason="bad-antientropy",
-                line=line[:200],
-            )
+            replies += self._on_range(rng, state, line)
         if not msg.more:  # answered once whole
-            del self._pending[key]
+            state.pending = []
             self._reply(ours, msg.round, replies)
 
-    def _on_root(self, msg: AeMessage, line: bytes) -> None:
-        if self._theirs is not None:
+    def _on_root(self, msg: AeMessage) -> None:
+        if False in self._rounds:
             self._close(False)  # a new round of theirs ends the last one
-        self._theirs = msg.round
-        horizon = max(msg.horizon, self.replica.horizon())
-        key = (False, msg.round)
-        self._horizons[key] = horizon
-        if msg.sync:
-            self._after_sync.add(key)
-        # A newer horizon than theirs goes first, for both to compare above.
-        first: list[Any] = [["H", horizon]] if horizon > msg.horizon else []
-        replica = self.replica
-        if msg.sync and not self._common:
-            self._reply(False, msg.round, [])  # nothing both held before
-            return
-        if replica.has_snapshot_fn and (msg.snap or replica.snapshot is not None):
-            state, clock = self._state_fingerprints()
-            self._reply(False, msg.round, [["T", state.hex(), clock.hex()]])
-            return
-        if not first and msg.fp == self._root(horizon, key):
+        now = self.replica.wall()
+        state = _Round(max(msg.horizon, self.replica.horizon()), msg.sync)
+        self._rounds[False] = (msg.round, state)
+        if now - self._their_last < MIN_ROUND_MS or (msg.sync and not self._common):
+            # Too soon after the last (nothing computed), or nothing both
+            # held before the sync.
             self._reply(False, msg.round, [])
             return
+        self._their_last = now
+        self._reply(False, msg.round, self._answer_root(msg, state))
+
+    def _answer_root(self, msg: AeMessage, state: _Round) -> list[Any]:
+        # A newer horizon than theirs goes first, for both to compare above.
+        first: list[Any] = [["H", state.horizon]] if state.horizon > msg.horizon else []
+        replica = self.replica
+        if msg.snap or replica.compacted is not None:
+            if not replica.has_snapshot_fn:
+                return []  # a folded history this side cannot compare
+            state_fp, clock_fp = self._summary.state()
+            return [["T", state_fp.hex(), clock_fp.hex()]]
+        limits = self._common if state.after_sync else None
+        root, buckets = self._summary.root(state.horizon, limits)
+        if not first and msg.fp == root:
+            return []
         self.differed += 1
-        buckets = self._buckets(horizon, key)
         fps = [
-            [b, fingerprint(_bucket_bytes(r)).hex()] for b, r in sorted(buckets.items())
+            [b, fingerprint(bucket_bytes(r)).hex()] for b, r in sorted(buckets.items())
         ]
-        self._reply(False, msg.round, [*first, ["B", fps]])
+        return [*first, ["B", fps]]
 
     def _reply(self, ours: bool, rnd: int, replies: list[Any]) -> None:
         """Send what this message called for, or end the round."""
@@ -264,69 +346,64 @@ class AntiEntropy:
             self._out.append(encode_ae("end", rnd, ours))
             self._close(ours)
             return
+        self._rounds[ours][1].expect(replies)
         messages = _messages(replies, int(min(self._max_line, _MAX_STEP_BYTES)))
         for i, ranges in enumerate(messages):
             more = {"more": True} if i + 1 < len(messages) else {}
             self._out.append(encode_ae("step", rnd, ours, ranges=ranges, **more))
 
     def _close(self, ours: bool) -> None:
-        self.ended += 1
-        rnd = self._mine if ours else self._theirs
-        key = (ours, rnd if rnd is not None else -1)
-        self._horizons.pop(key, None)
-        self._pending.pop(key, None)
-        self._after_sync.discard(key)
-        if ours:
-            self._mine = None
-        else:
-            self._theirs = None
+        if self._rounds.pop(ours, None) is not None:
+            self.ended += 1
 
     # -- one range ---------------------------------------------------------
 
-    def _on_range(self, rng: tuple[Any, ...], key: tuple[bool, int]) -> list[Any]:
-        tag = rng[0]
-        horizon = self._horizons[key]
+    def _on_range(self, rng: tuple[Any, ...], state: _Round, line: bytes) -> list[Any]:
+        tag, horizon = rng[0], state.horizon
         if tag == "B":
-            return self._on_buckets(rng[1], horizon, key)
+            return self._on_buckets(rng[1], state)
         if tag == "S":
-            return self._on_sources(rng[1], rng[2], horizon)
+            return self._on_sources(rng[2], state)
         if tag == "R":
             source, upto, node, count, fp = rng[1]
             return self._on_record(source, upto, node, count, fp, horizon)
         if tag == "N":
-            return self._on_children(rng[1], rng[2], rng[3], rng[4], horizon)
+            return self._on_children(rng[1], rng[2], rng[3], rng[4], horizon, line)
         if tag == "I":
             return self._on_items(rng[1], rng[2], rng[3], rng[4], horizon)
         if tag == "W":
             self._queue_node(rng[1], rng[2], rng[3], horizon)
             return []
         if tag == "E":
-            self._queue(rng[1], rng[2])
+            self._queue(rng[1], sorted(rng[2]))
+            return []
+        if not self.replica.has_snapshot_fn:
+            # The peer compares states, and this side cannot take a snapshot
+            # (it verifies signatures, or its type folds none): nothing to
+            # compare. (An "X" answers only a "T" of ours, which this side
+            # never sends.)
             return []
         if tag == "T":
             return self._on_state(rng[1], rng[2])
         self._snapshot_due = True  # "X": send ours
         return []
 
-    def _on_buckets(
-        self, theirs: dict[int, bytes], horizon: float, key: tuple[bool, int]
-    ) -> list[Any]:
-        mine = self._buckets(horizon, key)
+    def _on_buckets(self, theirs: dict[int, bytes], state: _Round) -> list[Any]:
+        limits = self._common if state.after_sync else None
+        _, mine = self._summary.root(state.horizon, limits)
         # A bucket only one side holds names sources the other does not
         # know yet: in flight, compared on a later round.
         differ = sorted(
             b
             for b, fp in theirs.items()
-            if b in mine and fp != fingerprint(_bucket_bytes(mine[b]))
+            if b in mine and fp != fingerprint(bucket_bytes(mine[b]))
         )
         if not differ:
             return []
-        records = [_wire_record(r) for b in differ for r in mine[b]]
+        records = [wire_record(r) for b in differ for r in mine[b]]
         return [["S", differ, piece] for piece in _pieces(records)]
 
-    def _on_sources(
-        self, covered: frozenset[int], theirs: list[Record], horizon: float
-    ) -> list[Any]:
+    def _on_sources(self, theirs: list[Record], state: _Round) -> list[Any]:
         """Their records of the sources in differing buckets: compare each
         source up to the older of the two clocks (both claim every entry up
         to it; newer ones may be in flight, or dropped as dominated)."""
@@ -334,17 +411,16 @@ class AntiEntropy:
         replies: list[Any] = []
         for source, their_clock, node, count, fp in theirs:
             mine = clock.get(source)
-            if mine is None:
-                continue  # a source new to us: the next sync brings it
+            if mine is None or source in state.seen:
+                continue  # a source new to us (the next sync brings it), or twice
+            state.seen.add(source)
             if their_clock <= mine:
                 replies += self._on_record(
-                    source, their_clock, node, count, fp, horizon
+                    source, their_clock, node, count, fp, state.horizon
                 )
             else:  # they hold newer entries: they compare at our clock
-                _, _, my_node, my_count, my_fp = self._record(source, horizon, mine)
-                replies.append(
-                    ["R", *_wire_record((source, mine, my_node, my_count, my_fp))]
-                )
+                record = self._summary.record(source, state.horizon, mine)
+                replies.append(["R", *wire_record(record)])
         return replies
 
     def _on_record(
@@ -359,36 +435,30 @@ class AntiEntropy:
         """Their record of ``source`` up to ``upto`` (at most our clock)."""
         if self.replica.clock.get(source, -1) < upto:
             return []  # (cannot be: clocks never go back)
-        mine = self._record(source, horizon, upto)
+        mine = self._summary.record(source, horizon, upto)
         if (mine[2], mine[4]) == (node, fp):  # (counts are a guide only)
             return []
-        return self._compare_source(source, upto, node, count, horizon)
-
-    def _compare_source(
-        self, source: str, upto: float, node: Node | None, count: int, horizon: float
-    ) -> list[Any]:
-        """Their record of ``source`` differs from ours: descend."""
         if node is None:  # they hold nothing in range: send all of ours
-            self._queue_range(source, horizon, upto)
+            self._queue(source, self._summary.stamps(source, horizon, upto))
             return []
         lo, hi = span(node)
         # Ours outside their deepest node is certainly theirs to lack.
-        self._queue_range(source, horizon, min(lo, upto), exclusive=True)
+        outside = self._summary.stamps(source, horizon, min(lo, upto))
+        self._queue(source, [t for t in outside if t < lo])
         if hi <= upto:
-            self._queue_range(source, hi, upto)
-        return self._compare_node(source, upto, node, count, horizon)
+            self._queue(source, self._summary.stamps(source, hi, upto))
+        return self._compare_node(source, upto, node, horizon)
 
     def _compare_node(
-        self, source: str, upto: float, node: Node, count: int, horizon: float
+        self, source: str, upto: float, node: Node, horizon: float
     ) -> list[Any]:
-        mine_count, _ = self._node(source, node, horizon, upto)
-        if mine_count == 0:
+        count, _ = self._summary.node(source, node, horizon, upto)
+        if count == 0:
             return [["W", source, upto, *node]]
-        if mine_count <= ITEMS or node[0] >= MAX_LEVEL:
-            return [
-                ["I", source, upto, *node, self._items(source, node, horizon, upto)]
-            ]
-        kids = self._children(source, node, horizon, upto)
+        if count <= ITEMS or node[0] >= MAX_LEVEL:
+            pairs = self._summary.items(source, node, horizon, upto)[:_MAX_LISTED]
+            return [["I", source, upto, *node, [[ts, h.hex()] for ts, h in pairs]]]
+        kids = self._summary.children(source, node, horizon, upto)
         return [["N", source, upto, *node, [[s, c, fp.hex()] for s, c, fp in kids]]]
 
     def _on_children(
@@ -398,20 +468,25 @@ class AntiEntropy:
         node: Node,
         theirs: list[tuple[int, int, bytes]],
         horizon: float,
+        line: bytes,
     ) -> list[Any]:
-        if self.replica.clock.get(source, -1) < upto:
-            return []  # (cannot be: clocks never go back)
-        mine = {s: (c, fp) for s, c, fp in self._children(source, node, horizon, upto)}
         level, index = node
+        if level >= MAX_LEVEL:
+            raise RemoteProtocolError(
+                "children of a node at the deepest level",
+                reason="bad-antientropy",
+                line=line[:200],
+            )
+        mine = {
+            s: fp for s, _, fp in self._summary.children(source, node, horizon, upto)
+        }
         replies: list[Any] = []
-        seen = set()
-        for slot, count, fp in theirs:
-            seen.add(slot)
-            child = (level + 1, index * 16 + slot)
-            if mine.get(slot, (0, b""))[1] != fp:
-                replies += self._compare_node(source, upto, child, count, horizon)
-        for slot in mine.keys() - seen:
-            self._queue_node(source, upto, (level + 1, index * 16 + slot), horizon)
+        for slot, _, fp in theirs:
+            child = (level + 1, index * FANOUT + slot)
+            if mine.pop(slot, b"") != fp:
+                replies += self._compare_node(source, upto, child, horizon)
+        for slot in mine:  # ours alone: theirs to lack
+            self._queue_node(source, upto, (level + 1, index * FANOUT + slot), horizon)
         return replies
 
     def _on_items(
@@ -422,7 +497,7 @@ class AntiEntropy:
         theirs: list[tuple[float, bytes]],
         horizon: float,
     ) -> list[Any]:
-        mine = dict(self._item_pairs(source, node, horizon, upto))
+        mine = dict(self._summary.items(source, node, horizon, upto))
         want, give = [], []
         for ts, h in theirs:
             held = mine.pop(ts, None)
@@ -435,118 +510,19 @@ class AntiEntropy:
         return [["E", source, want]] if want else []
 
     def _on_state(self, state: bytes, clock: bytes) -> list[Any]:
-        mine_state, mine_clock = self._state_fingerprints()
+        mine_state, mine_clock = self._summary.state()
         if mine_clock != clock or mine_state == state:
             return []
         self.differed += 1
         self._snapshot_due = True
         return [["X"]]
 
-    # -- what this side holds -------------------------------------------
-
-    def _root(self, horizon: float, key: tuple[bool, int]) -> bytes:
-        buckets = self._buckets(horizon, key)
-        return fingerprint(
-            b"".join(
-                bytes((b,)) + fingerprint(_bucket_bytes(records))
-                for b, records in sorted(buckets.items())
-            )
-        )
-
-    def _buckets(
-        self, horizon: float, key: tuple[bool, int]
-    ) -> dict[int, list[Record]]:
-        """Every source's record, by bucket: each up to its clock, or, in
-        the round after a sync, up to what both held before it."""
-        out: dict[int, list[Record]] = {}
-        clock = self._common if key in self._after_sync else self.replica.clock
-        for source, upto in clock.items():
-            out.setdefault(bucket_of(source), []).append(
-                self._record(source, horizon, upto)
-            )
-        for records in out.values():
-            records.sort()
-        return out
-
-    def _record(self, source: str, horizon: float, upto: float) -> Record:
-        log = self.replica.log_of(source)
-        if log is None:
-            return source, upto, None, 0, b""
-        node, count, fp = log.tree().summary(log.view(), horizon, upto)
-        return source, upto, node, count, fp
-
-    def _node(
-        self, source: str, node: Node, horizon: float, upto: float
-    ) -> tuple[int, bytes]:
-        log = self.replica.log_of(source)
-        if log is None:
-            return 0, b""
-        return log.tree().node(log.view(), node, horizon, upto)
-
-    def _children(
-        self, source: str, node: Node, horizon: float, upto: float
-    ) -> list[tuple[int, int, bytes]]:
-        log = self.replica.log_of(source)
-        if log is None:
-            return []
-        return log.tree().children(log.view(), node, horizon, upto)
-
-    def _item_pairs(
-        self, source: str, node: Node, horizon: float, upto: float
-    ) -> list[tuple[float, bytes]]:
-        """``(ts, entry hash)`` of our entries of ``node`` in ``[horizon, upto]``."""
-        log = self.replica.log_of(source)
-        if log is None:
-            return []
-        view = log.view()
-        stamps, changes = view.stamps, view.changes
-        lo, hi = span(node)
-        i = bisect_left(stamps, max(lo, horizon))
-        j = bisect_left(stamps, hi) if hi <= upto else bisect_right(stamps, upto)
-        return [
-            (ts, entry_hash(ts, change))
-            for ts, change in zip(stamps[i:j], changes[i:j], strict=True)
-            if change is not view.gone
-        ]
-
-    def _items(self, source: str, node: Node, horizon: float, upto: float) -> list[Any]:
-        pairs = self._item_pairs(source, node, horizon, upto)
-        # (Only at the deepest level can a node hold more than ITEMS; the
-        # rest of such a node is compared on a later round.)
-        return [[ts, h.hex()] for ts, h in pairs[:_MAX_LISTED]]
-
-    def _state_fingerprints(self) -> tuple[bytes, bytes]:
-        replica = self.replica
-        state = replica.snapshot_of_state()
-        clock = sorted(replica.clock.items())
-        return (
-            fingerprint(orjson.dumps(state, option=_OPT)),
-            fingerprint(orjson.dumps(clock)),
-        )
-
     # -- repairs -----------------------------------------------------------
-
-    def _queue_range(
-        self, source: str, low: float, high: float, *, exclusive: bool = False
-    ) -> None:
-        log = self.replica.log_of(source)
-        if log is None:
-            return
-        stamps = log.view().stamps  # (dropped ones are skipped when sent)
-        chosen = [
-            t for t in _between(stamps, low, high) if not (exclusive and t == high)
-        ]
-        self._queue(source, chosen)
 
     def _queue_node(self, source: str, upto: float, node: Node, horizon: float) -> None:
         lo, hi = span(node)
-        log = self.replica.log_of(source)
-        if log is None:
-            return
-        stamps = log.view().stamps  # (dropped ones are skipped when sent)
-        self._queue(
-            source, [t for t in _between(stamps, max(lo, horizon), upto) if t < hi]
-        )
+        stamps = self._summary.stamps(source, max(lo, horizon), upto)
+        self._queue(source, [t for t in stamps if t < hi])
 
     def _queue(self, source: str, stamps: list[float]) -> None:
         if stamps:
@@ -562,7 +538,8 @@ class AntiEntropy:
 
     def take_snapshot(self, update: Any, clock: dict[str, float]) -> None:
         """The peer's whole state, for a replica whose state differs."""
-        self.replica.join_snapshot(update, clock, self._origin)
+        if self.replica.has_snapshot_fn:
+            self.replica.join_snapshot(update, clock, self._origin)
 
     # -- sending -----------------------------------------------------------
 
@@ -614,25 +591,6 @@ class AntiEntropy:
             return b""  # one entry the peer cannot take (it refuses it anyway)
         self.repaired_out += len(held)
         return line
-
-
-def _between(stamps: Sequence[float], low: float, high: float) -> list[float]:
-    return list(stamps[bisect_left(stamps, low) : bisect_right(stamps, high)])
-
-
-def _bucket_bytes(records: Iterable[Record]) -> bytes:
-    """What a bucket's fingerprint covers: each source's entries, not its
-    clock (two clocks may differ for good where a newest entry was dropped
-    as dominated before it reached one of them)."""
-    rows = [_wire_record(r) for r in records]
-    return orjson.dumps([row[:1] + row[2:] for row in rows])
-
-
-def _wire_record(record: Record) -> list[Any]:
-    source, clock, node, count, fp = record
-    if node is None:
-        return [source, clock, -1, -1, 0, ""]
-    return [source, clock, node[0], node[1], count, fp.hex()]
 
 
 def _pieces(items: list[Any]) -> list[list[Any]]:

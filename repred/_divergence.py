@@ -3,9 +3,10 @@
 Anti-entropy (see :mod:`repred._antientropy`) finds replicas that hold
 different entries although their clocks agree. Each such finding is either
 repaired or reported, never silent: a :class:`Divergence` goes to the
-replica's handlers (:meth:`repred.Replica.on_divergence`), a WARNING names
-the source (a person may need to act), and :meth:`repred.Replica.statistics`
-counts it.
+replica's handlers (:meth:`repred.Replica.on_divergence`), the ``"repred"``
+logger says it (a WARNING naming the source where a person may need to act:
+an equivocation, a twin id, a banned source; INFO for entries repaired), and
+:meth:`repred.Replica.statistics` counts it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ KINDS = {
     " taken from a peer",
     "equivocation": "a source wrote two different entries with one stamp;"
     " every replica keeps the one with the smaller hash",
-    "twin-id": "another live replica writes under this replica's id",
+    "twin-id": "another live replica writes under this replica's id (said"
+    " for a peer's handshake that claims it too; counted only on evidence)",
     "banned": "a source proven (by two valid signatures on one stamp) to"
     " equivocate: its later entries are refused",
 }
@@ -57,8 +59,9 @@ class ReplicaStatistics:
         repaired: entries taken by anti-entropy although the clock covered
             them (omitted by a relay, lost, or written by a twin).
         equivocations: stamps for which two different entries were seen.
-        twin_ids: times another live replica was seen writing under this
-            replica's id.
+        twin_ids: entries (or handshakes holding writes in this name it
+            never made) showing another live replica writing under this
+            replica's id, since its id was last taken.
         banned: sources refused for proven equivocation.
         refused: entries of banned sources refused.
     """

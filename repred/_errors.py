@@ -16,6 +16,7 @@ __all__ = [
     "ProtocolError",
     "RemoteProtocolError",
     "RepredError",
+    "StoreError",
     "SyncTimeout",
 ]
 
@@ -63,3 +64,8 @@ class PeerClosed(RepredError):
 
 class SyncTimeout(RepredError):
     """The peer stopped reading (or answering) for longer than allowed."""
+
+
+class StoreError(RepredError):
+    """The store cannot be used: in use, not a repred store, damaged, or a
+    write that could not be made durable."""

@@ -20,16 +20,24 @@ from the stamp list lazily, in amortised O(1).
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from itertools import compress, repeat
-from operator import is_not
+from itertools import compress, islice, repeat
+from operator import is_not, itemgetter, lt
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._hashtree import SourceTree, View
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+    from collections.abc import (
+        Callable,
+        Hashable,
+        Iterable,
+        Iterator,
+        Mapping,
+    )
 
-__all__ = ["Entry", "History", "SourceLog"]
+_first, _second, _third = itemgetter(0), itemgetter(1), itemgetter(2)
+
+__all__ = ["Entry", "History", "Run", "SourceLog", "runs"]
 
 #: Marks a dropped entry in a log until the log is compacted.
 _GONE: Any = object()
@@ -133,6 +141,61 @@ class SourceLog:
             self._tree.changed(ts)
         return replaced
 
+    def append(self, ts: float, change: Any, signature: str | None = None) -> None:
+        """Keep an entry after every one held (its stamp is above theirs)."""
+        self._stamps.append(ts)
+        self._changes.append(change)
+        self._live += 1
+        if signature is not None:
+            self.sign(ts, signature)
+
+    def extend(
+        self,
+        stamps: list[float],
+        changes: list[Any],
+        signatures: list[str | None] | None = None,
+    ) -> None:
+        """Keep a run of entries after every one held."""
+        self._stamps.extend(stamps)
+        self._changes.extend(changes)
+        self._live += len(stamps)
+        if signatures is not None:
+            for ts, signature in zip(stamps, signatures, strict=True):
+                if signature is not None:
+                    self.sign(ts, signature)
+
+    def batch(
+        self, after: float, limit: int
+    ) -> tuple[list[float], list[Any], list[str | None] | None]:
+        """Up to ``limit`` entries stamped above ``after``, oldest first, as
+        ``(stamps, changes, signatures)`` (``None`` if none came signed).
+
+        The lists may be the log's own (when they are all of it): read
+        them, never change them.
+        """
+        stamps = self._stamps
+        start = bisect_right(stamps, after)
+        if self._live == len(stamps):  # no dropped entries: slice directly
+            if start == 0 and len(stamps) <= limit:
+                changes = self._changes  # all of it
+            else:
+                stamps = stamps[start : start + limit]
+                changes = self._changes[start : start + limit]
+        else:
+            pairs = self.after(after, limit)
+            stamps = [ts for ts, _ in pairs]
+            changes = [change for _, change in pairs]
+        held = self._sigs
+        sigs = list(map(held.get, stamps)) if held else None
+        if sigs is not None and not any(sigs):
+            sigs = None
+        return stamps, changes, sigs
+
+    def outstanding(self, after: float | None) -> int:
+        """How many entries lie above ``after`` (an upper bound once some
+        were dropped): a peer's share still to send."""
+        return len(self._stamps) if after is None else self.count_after(after)
+
     def signature(self, ts: float) -> str | None:
         """The signature the entry at ``ts`` came with, or ``None``."""
         return None if self._sigs is None else self._sigs.get(ts)
@@ -178,6 +241,61 @@ class SourceLog:
             for t, c in zip(self._stamps, self._changes, strict=True)
             if c is not _GONE
         )
+
+
+#: A run: ``(source, stamps, changes, signatures)``, the entries of one
+#: source with stamps strictly increasing; ``signatures`` is ``None`` when
+#: none came, else a slot per entry (``None`` for an unsigned one).
+Run = tuple[str, list[float], list[Any], list[str | None] | None]
+
+
+def runs(entries: Iterable[tuple[Any, ...]], *, canonical: bool = False) -> list[Run]:
+    """Group entries ``(change, ts, source[, signature])`` into runs (see
+    :data:`Run`): consecutive entries of one source whose stamps strictly
+    increase. Stamps come out canonical (a whole number as an ``int``);
+    ``canonical`` says they went in so (as the decoder gives them).
+
+    The one way entries become runs, for a link's lines and for
+    :meth:`Replica.apply` alike.
+    """
+    if (
+        canonical
+        and isinstance(entries, list)
+        and len(entries) > 1
+        and set(map(len, entries)) == {3}
+    ):
+        # The common case, a link's lines from one source in order, is
+        # recognised by passes that run at C speed.
+        in_order = list(map(_second, entries))
+        if len(set(map(_third, entries))) == 1 and all(
+            map(lt, in_order, islice(in_order, 1, None))
+        ):
+            return [(entries[0][2], in_order, list(map(_first, entries)), None)]
+    out: list[Run] = []
+    source: str | None = None
+    last: float = -1.0
+    stamps: list[float] = []
+    changes: list[Any] = []
+    sigs: list[str | None] | None = None
+    for entry in entries:
+        change, ts, src = entry[0], entry[1], entry[2]
+        signature = entry[3] if len(entry) > 3 else None
+        if not canonical and type(ts) is float and ts.is_integer():
+            ts = int(ts)
+        if src != source or ts <= last:
+            source, stamps, changes = src, [ts], [change]
+            sigs = None if signature is None else [signature]
+            out.append((src, stamps, changes, sigs))
+        else:
+            stamps.append(ts)
+            changes.append(change)
+            if sigs is None and signature is not None:
+                sigs = [None] * (len(stamps) - 1)
+                out[-1] = (src, stamps, changes, sigs)
+            if sigs is not None:
+                sigs.append(signature)
+        last = ts
+    return out
 
 
 def _new_log() -> SourceLog:
@@ -226,8 +344,9 @@ class History:
         source: str,
         key: Hashable = None,
         old: tuple[float, str] | None = None,
+        signature: str | None = None,
     ) -> None:
-        """Keep an entry.
+        """Keep an entry (at the end of its source's log).
 
         For a superseding history, ``key`` is the entry's key and ``old``
         what :attr:`newest` said of it: the caller has checked that the new
@@ -253,12 +372,77 @@ class History:
             log._live = 1
             log._sigs = None
             log._tree = None
-            return
-        # Appended in place (the hot path of every sync): the caller has
-        # checked that ts is above every stamp already in this log.
-        log._stamps.append(ts)
+        else:
+            # Appended in place (the hot path of every sync): the caller has
+            # checked that ts is above every stamp already in this log.
+            log._stamps.append(ts)
+            log._changes.append(change)
+            log._live += 1
+        if signature is not None:
+            log.sign(ts, signature)
+
+    def log_for(self, source: str) -> tuple[SourceLog, bool]:
+        """The log of ``source``, and whether it was just made (then
+        :meth:`drop_if_empty` forgets it if nothing went in)."""
+        log = self.logs.get(source)
+        if log is not None:
+            return log, False
+        return self.new_log(source), True
+
+    def drop_if_empty(self, source: str) -> None:
+        """Forget the log of ``source`` if it holds nothing at all."""
+        log = self.logs.get(source)
+        if log is not None and not log._stamps:
+            del self.logs[source]
+
+    def keep(
+        self,
+        key: Hashable,
+        stamp: tuple[float, str],
+        old: tuple[float, str] | None,
+        log: SourceLog,
+        change: Any,
+        signature: str | None,
+    ) -> None:
+        """Keep an entry after every one ``log`` (its source's) holds, as
+        the one now kept for ``key``; ``old`` (what :attr:`newest` said of
+        it) is dropped. The hot path of a keyed type."""
+        log._stamps.append(stamp[0])
         log._changes.append(change)
         log._live += 1
+        if signature is not None:
+            log.sign(stamp[0], signature)
+        self._index[key] = stamp
+        if old is not None:
+            self.logs[old[1]].discard(old[0])
+
+    def all_new(self, keys: Iterable[Hashable]) -> bool:
+        """No entry is kept for any of ``keys``."""
+        return self._index.keys().isdisjoint(keys)
+
+    def index_run(
+        self, keys: Iterable[Hashable], stamps: Iterable[float], source: str
+    ) -> None:
+        """A run of ``source``'s entries is kept for ``keys``, all new."""
+        self._index.update(zip(keys, zip(stamps, repeat(source)), strict=False))
+
+    def restore(
+        self,
+        source: str,
+        stamps: list[float],
+        changes: list[Any],
+        signatures: list[str | None] | None,
+    ) -> None:
+        """Take a source's entries as a store held them (its lists become
+        the log's own)."""
+        log = self.new_log(source)
+        log._stamps = stamps
+        log._changes = changes
+        log._live = len(stamps)
+        if signatures is not None:
+            log._sigs = {
+                ts: sig for ts, sig in zip(stamps, signatures, strict=True) if sig
+            }
 
     def put(
         self,

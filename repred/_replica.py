@@ -19,17 +19,15 @@ import time
 import types
 from bisect import bisect_right
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
-from itertools import repeat
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 import orjson
 
 from ._divergence import Divergence, ReplicaStatistics
-from ._errors import RemoteProtocolError
+from ._errors import RemoteProtocolError, StoreError
 from ._hashtree import entry_hash
-from ._history import Entry, History, SourceLog
+from ._history import Entry, History, Run, SourceLog, runs
 from ._log import limited
-from ._store import StoreError
 from ._trust import SigningKey, Writers, is_key_id, verifier
 from ._wire import (
     CHAR_BYTES,
@@ -40,6 +38,7 @@ from ._wire import (
     check_value,
     encode_entry,
     entry_snippet,
+    is_source,
 )
 
 if TYPE_CHECKING:
@@ -50,12 +49,12 @@ __all__ = [
     "DEFAULT_MAX_DRIFT_MS",
     "DEFAULT_MAX_SOURCES",
     "Listener",
+    "ReducerOptions",
     "Replica",
-    "Run",
+    "ReplicaOptions",
     "Stamp",
     "Watcher",
     "repred",
-    "runs",
     "wall_ms",
 ]
 
@@ -110,43 +109,41 @@ Listener = Callable[[Any, float, str, object], None]
 Watcher = Callable[[str, float, object], None]
 
 
+#: The most proofs of equivocation a replica keeps (one per source banned).
+MAX_PROOFS = 1024
+
+
+class ReplicaOptions(TypedDict, total=False):
+    """The options of a replica that every factory takes (see
+    :class:`Replica` for each): what a program chooses about a replica of
+    any type."""
+
+    id: str | None
+    max_drift_ms: float
+    max_ahead_ms: float
+    max_sources: int
+    max_entry_bytes: int
+    wall: Callable[[], float]
+    store: SqliteStore | None
+    signing_key: SigningKey | None
+    verify: bool
+    writers: Writers | None
+
+
+class ReducerOptions(ReplicaOptions, total=False):
+    """The options of :func:`repred`: a replica's, and what its type is."""
+
+    map: Callable[..., Any] | None
+    stamped: bool
+    last_write_wins: Callable[[Any], Hashable] | None
+    type_name: str | None
+    snapshot: Callable[[Any], Any] | None
+    checks_first: bool
+
+
 #: A signed entry, as a proof of equivocation holds it:
 #: ``(change, ts, source, signature)``.
 Entry4 = tuple[Any, float, str, str]
-
-#: A run: ``(source, stamps, changes, signatures)``, the entries of one
-#: source with stamps strictly increasing; ``signatures`` is ``None`` when
-#: none came, else a slot per entry (``None`` for an unsigned one).
-Run = tuple[str, list[float], list[Any], list[str | None] | None]
-
-
-def runs(entries: Iterable[tuple[Any, ...]]) -> Iterator[Run]:
-    """Group entries ``(change, ts, source[, signature])`` into runs:
-    consecutive entries of one source whose stamps strictly increase. Stamps
-    come out canonical (a whole number as an ``int``)."""
-    source: str | None = None
-    stamps: list[float] = []
-    changes: list[Any] = []
-    sigs: list[str | None] | None = None
-    last = -1.0
-    for entry in entries:
-        change, ts, src = entry[0], entry[1], entry[2]
-        if type(ts) is float and ts.is_integer():
-            ts = int(ts)
-        if src != source or ts <= last:
-            if source is not None:
-                yield source, stamps, changes, sigs
-            source, stamps, changes, sigs = src, [], [], None
-        signature = entry[3] if len(entry) > 3 else None
-        if signature is not None and sigs is None:
-            sigs = [None] * len(stamps)
-        if sigs is not None:
-            sigs.append(signature)
-        stamps.append(ts)
-        changes.append(change)
-        last = ts
-    if source is not None:
-        yield source, stamps, changes, sigs
 
 
 def is_empty(change: Any) -> bool:
@@ -172,21 +169,89 @@ def new_id() -> str:
 
 def check_id(id: Any) -> str:
     """A source id as the wire accepts it, or ``ValueError``."""
-    if (
-        not isinstance(id, str)
-        or not id
-        or len(id) > MAX_SOURCE_LENGTH
-        or id == "__proto__"
-    ):
+    if not is_source(id):
         raise ValueError(
             f"id must be a non-empty string of at most {MAX_SOURCE_LENGTH}"
             f" characters, not {id!r}"
         )
-    return id
+    return id  # type: ignore[no-any-return]
+
+
+class _Progress:
+    """What a call of :meth:`Replica.apply_runs` has done so far."""
+
+    __slots__ = ("applied", "cursor", "last", "repaired", "skipped")
+
+    def __init__(self, last: float, skipped: set[str]) -> None:
+        #: Entries applied; entries repaired (below the clock).
+        self.applied = 0
+        self.repaired = 0
+        #: The replica's clock reading (its own stamps resume above it).
+        self.last = last
+        #: Sources whose entries are passed over on this link.
+        self.skipped = skipped
+        #: How far the run being applied got.
+        self.cursor = 0
 
 
 class Replica:
-    """A replicated reducer. Build one with :func:`repred`.
+    """A replicated reducer. Build one with :func:`repred` (or a type's
+    factory, such as :func:`repred.types.model`).
+
+    Args:
+        reducer: ``reducer(state, update) -> change``. It merges ``update``
+            into ``state`` (mutating it) and returns the part that changed
+            it; ``None``, ``[]`` or ``{}`` means the update was already
+            known. It must be commutative and idempotent in effect. The
+            change must be a JSON value (see :meth:`Replica.update`). With
+            ``stamped=True`` it is called as ``reducer(state, update, stamp)``
+            where ``stamp`` is ``(ts, source)``: the one way a type sees
+            stamps, for types that need more than ``key`` gives.
+        initial: the initial state.
+        map: turns what is passed to :meth:`Replica.update` into an update;
+            ``None`` from it drops the update.
+        id: this replica's source id; a random one by default.
+        stamped: pass the entry's stamp to the reducer.
+        last_write_wins: makes the type last-write-wins per key.
+            ``last_write_wins(change)`` names
+            what a change writes (it may raise ``ValueError`` to refuse a
+            malformed change). Of the entries with the same key, the one with
+            the greatest stamp ``(ts, source)`` wins: an older one reaching
+            the replica later is dominated, so the reducer never sees it and
+            the history never keeps it. The history holds only the newest
+            entry per key, so memory follows live keys, not writes.
+        type_name: the name peers must share to replicate with this one;
+            the reducer's name by default.
+        max_drift_ms: how far ahead of the wall clock a remote stamp may be
+            for its entry to be applied (see :data:`DEFAULT_MAX_DRIFT_MS`).
+        max_ahead_ms: how far ahead of the wall clock remote stamps may push
+            this replica's own (see :data:`DEFAULT_MAX_AHEAD_MS`).
+        max_sources: how many sources the replica takes (see
+            :data:`DEFAULT_MAX_SOURCES`); fewer, if their digest would not
+            fit in ``max_entry_bytes``.
+        max_entry_bytes: the longest line this replica writes (its entries
+            and its digest); its peers must accept lines this long. The
+            default is the limit every link applies by default.
+        wall: the wall clock in milliseconds (tests pass a fake one).
+        store: keep the history, clock and id durable (see
+            :class:`SqliteStore`); reopening the same store restores them
+            and rebuilds the state. In memory only by default.
+        snapshot: ``snapshot(state) -> update``, an update that gives the
+            whole state when applied to ``initial``. It lets
+            :meth:`Replica.compact` fold the history into a snapshot.
+        checks_first: the reducer raises before it changes anything when an
+            update is malformed. Without it (the default), a reducer that
+            raises makes the replica rebuild its state from the history (a
+            cost proportional to the history, paid only on errors), so that
+            a refused update or entry never leaves a trace.
+        signing_key: sign every entry this replica writes with this
+            :class:`~repred.SigningKey`; the replica's id is the key's id.
+        verify: refuse any entry that its source did not sign (reason
+            ``bad-signature``), from peers and from the store; also refuse
+            snapshots, which carry no signatures.
+        writers: with ``verify``, the only sources that may write: a set of
+            ids, or a function ``writers(id) -> bool`` (reason
+            ``not-a-writer`` for the others).
 
     Attributes:
         state: the reducer's state. Read it freely; change it only through
@@ -194,6 +259,11 @@ class Replica:
         id: this replica's source id, the third element of its stamps.
         type_name: what kind of replica this is; peers of another type are
             refused at the handshake.
+        antientropy: compare hash trees with repred peers after each sync
+            and every ``antientropy_interval`` on live links (see
+            :mod:`repred._antientropy`); ``True`` by default. Set it to
+            ``False`` before linking to take no part (the gossip peer does
+            so for its membership map).
     """
 
     #: The reducer (and last-write-wins key) read an array change without
@@ -203,11 +273,11 @@ class Replica:
     _reads_tuples = False
     #: A last-write-wins type's bulk path, ``(by_key, reduce_all)``:
     #: ``by_key(changes)`` is a dict keyed by their keys, in order (a key
-    #: given twice is there once), if every change is a well-formed tuple
-    #: (else ``None``); ``reduce_all(state, by_key(changes))`` does what the
-    #: reducer does to each change in turn, for changes whose keys are
-    #: distinct and new to the replica. ``None``: every entry goes through
-    #: the reducer.
+    #: given twice is there once), if every change is a well-formed array,
+    #: all tuples or all lists (else ``None``); ``reduce_all(state,
+    #: by_key(changes))`` does what the reducer does to each change in
+    #: turn, for changes whose keys are distinct and new to the replica.
+    #: ``None``: every entry goes through the reducer.
     _bulk: (
         tuple[Callable[[Any], dict[Any, Any] | None], Callable[[Any, Any], None]] | None
     ) = None
@@ -227,6 +297,7 @@ class Replica:
         "_listeners",
         "_map",
         "_on_divergence",
+        "_own_at_open",
         "_reducer",
         "_signer",
         "_snapshot_fn",
@@ -236,13 +307,15 @@ class Replica:
         "_watchers",
         "_writers",
         "antientropy",
+        "compacted",
         "deferred",
         "id",
+        "instance",
         "max_ahead_ms",
         "max_drift_ms",
-        "max_line_bytes",
+        "max_entry_bytes",
         "max_sources",
-        "snapshot",
+        "revision",
         "snapshot_version",
         "state",
         "store",
@@ -262,7 +335,7 @@ class Replica:
         max_drift_ms: float = DEFAULT_MAX_DRIFT_MS,
         max_ahead_ms: float = DEFAULT_MAX_AHEAD_MS,
         max_sources: int = DEFAULT_MAX_SOURCES,
-        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        max_entry_bytes: int = DEFAULT_MAX_LINE_BYTES,
         wall: Callable[[], float] = wall_ms,
         store: SqliteStore | None = None,
         snapshot: Callable[[Any], Any] | None = None,
@@ -271,19 +344,7 @@ class Replica:
         verify: bool = False,
         writers: Writers | None = None,
     ) -> None:
-        if signing_key is not None:
-            if not isinstance(signing_key, SigningKey):
-                raise TypeError(
-                    f"signing_key must be a SigningKey, not {signing_key!r}"
-                )
-            if id is not None and id != signing_key.id:
-                raise ValueError(
-                    "id= and signing_key= disagree: a signed replica's id is its"
-                    " key's id"
-                )
-            id = signing_key.id
-        if writers is not None and not verify:
-            raise ValueError("writers= needs verify=True")
+        id = _signed_id(signing_key, id, verify, writers)
         _check_options(
             reducer,
             map=map,
@@ -291,13 +352,15 @@ class Replica:
             max_drift_ms=max_drift_ms,
             max_ahead_ms=max_ahead_ms,
             max_sources=max_sources,
-            max_line_bytes=max_line_bytes,
+            max_entry_bytes=max_entry_bytes,
             superseding=stamped or last_write_wins is not None,
             snapshot=snapshot,
         )
         self._reducer = reducer
         self._map = map
         self._stamped = stamped
+        self._key = last_write_wins
+        self._snapshot_fn = snapshot
         self._checks_first = checks_first
         self._signer = signing_key
         self._verify = verifier() if verify else None
@@ -310,25 +373,37 @@ class Replica:
         self.max_drift_ms = max_drift_ms
         self.max_ahead_ms = max_ahead_ms
         self.max_sources = max_sources
-        self.max_line_bytes = max_line_bytes
-        self.deferred = 0  # entries not applied: stamped too far ahead
+        self.max_entry_bytes = max_entry_bytes
         self._wall = wall
+        self._init_state()
+        self.store = store
+        if store is not None:
+            self._open(store, id)
+
+    def _init_state(self) -> None:
+        """What a new replica holds: nothing yet."""
+        self.deferred = 0  # entries not applied: stamped too far ahead
         self._clock: dict[str, float] = {}
         self._clock_bytes = 0
         self._clock_view = types.MappingProxyType(self._clock)
-        self._key = last_write_wins
         self._history = History()
         self._last: float = 0
         self._listeners: list[Listener] = []
         #: A tuple, replaced when one comes or goes: it is read on every
         #: write, and a watcher may remove itself while being called.
         self._watchers: tuple[Watcher, ...] = ()
-        self._snapshot_fn = snapshot
-        #: Take part in anti-entropy (see repred._antientropy).
-        self.antientropy = True
+        self.antientropy = True  # (see the class's docstring)
         #: The newest stamp this replica dropped by its type's own bound
         #: (an event log kept for a time): older entries are not compared.
         self._forgot: float = -1.0
+        #: This replica's own stamp when it opened its store: an entry in
+        #: its name stamped later that it does not hold was not its own.
+        self._own_at_open: float = -1.0
+        #: Counts changes to the history (anti-entropy caches its root by it).
+        self.revision = 0
+        #: This replica object, among any that share its id (a random token
+        #: its digests carry: a node that reaches itself is not a twin).
+        self.instance = secrets.token_urlsafe(9)
         #: Divergences seen: kind -> count (see :meth:`statistics`).
         self._divergence: dict[str, int] = {}
         #: Sources proven to sign two entries for one stamp, with the proof.
@@ -336,11 +411,8 @@ class Replica:
         #: Called with each divergence seen (see :meth:`on_divergence`).
         self._on_divergence: tuple[Callable[[Divergence], None], ...] = ()
         #: ``(update, clock)``: the folded history, if compacted.
-        self.snapshot: tuple[Any, dict[str, float]] | None = None
+        self.compacted: tuple[Any, dict[str, float]] | None = None
         self.snapshot_version = 0
-        self.store = store
-        if store is not None:
-            self._open(store, id)
 
     def __repr__(self) -> str:
         return (
@@ -400,7 +472,7 @@ class Replica:
                 read back exactly (see :func:`repred.protocol.check_value`):
                 the message names the offending part.
             ValueError: the entry's line would be longer than
-                ``max_line_bytes`` (:data:`DEFAULT_MAX_LINE_BYTES`, the
+                ``max_entry_bytes`` (:data:`DEFAULT_MAX_LINE_BYTES`, the
                 limit every peer applies by default), so peers would refuse
                 it.
             StoreError: the store could not make the write durable.
@@ -427,98 +499,100 @@ class Replica:
         size: int = 0,
         again: bool = False,
     ) -> Any:
-        """:meth:`update`, after ``map``. ``checked``: the reducer returns
-        ``upd`` itself, or a part of it, and the caller has checked it with
-        :func:`~repred.protocol.check_value` (the built-in types' methods do,
-        with a message that names their argument). ``key``: for a
-        last-write-wins type, the change's key, if the caller knows it (as
-        ``last_write_wins`` would give it for ``upd``). ``size``: with
-        ``checked``, at least the encoded size of any change the reducer
-        returns, if the caller knows a bound (see ``CHAR_BYTES``): an entry
-        certainly within the line limit is not encoded to measure it.
-        ``again``: record ``upd`` as the change even if it changes nothing
-        here (an entry of ours that lost its stamp to a second version,
-        written again under a new one)."""
-        store, me = self.store, self.id
+        """:meth:`update`, after ``map`` (see ``_WRITE_OPTIONS`` for the
+        keywords): the hot path of every local write."""
+        store, me, history = self.store, self.id, self._history
         if store is not None:
             store.check()  # earlier writes that failed refuse this one
-        now = self._wall()
-        last = self._last
+        now, last = self._wall(), self._last
         ts = now if now > last else _next_stamp(last)
-        while True:  # a second time only if the key holds a write stamped ahead
-            if type(ts) is float and ts.is_integer():
-                ts = int(ts)  # canonical: a whole number is written as an integer
-            if ts > MAX_STAMP:
-                raise ValueError(f"stamp {ts!r} would be out of range")
-            try:
-                if self._stamped:
-                    change = self._reducer(self.state, upd, (ts, me))
-                else:
-                    change = self._reducer(self.state, upd)
-            except BaseException:
-                if not self._checks_first:
+        old = None if key is None else history.newest(key)
+        if old is not None and old >= (ts, me):  # (see "Written ahead", below)
+            ts = _next_stamp(old[0])
+        if type(ts) is float and ts.is_integer():
+            ts = int(ts)  # canonical_stamp, inline: a whole number is an int
+        if ts > MAX_STAMP:
+            raise ValueError(f"stamp {ts!r} would be out of range")
+        change = self._reduce_write(upd, ts, again)
+        if change is None:
+            return None
+        try:
+            signature = None
+            if (
+                not checked
+                or not size
+                or self._signer is not None
+                or size + CHAR_BYTES * len(me) + ENTRY_FRAME_BYTES
+                > self.max_entry_bytes
+            ):
+                signature = self._checked_write(change, ts, checked)
+            k = key
+            if self._key is not None and (key is None or change is not upd):
+                k = self._key(change)
+                old = history.newest(k)
+                if old is not None and old >= (ts, me):  # ("Written ahead")
                     self._rebuild()
-                raise
-            if change is None or (type(change) in _EMPTY_TYPES and not change):
-                if not again:
-                    return None  # nothing changed (is_empty, inline: every write)
-                change = upd  # written again: recorded whatever its effect here
-            try:
-                if not checked:
-                    check_value(change, "the change")
-                signer = self._signer
-                signature = None if signer is None else signer.sign(change, ts, me)
-                if (
-                    not checked
-                    or not size
-                    or signature is not None
-                    or size + CHAR_BYTES * len(me) + ENTRY_FRAME_BYTES
-                    > self.max_line_bytes
-                ):
-                    measured = len(encode_entry(change, ts, me, signature))
-                    if measured > self.max_line_bytes:
-                        raise ValueError(
-                            f"the entry would be {measured} bytes, over the"
-                            f" {self.max_line_bytes} byte line limit peers apply;"
-                            " split the value"
-                        )
-                k = old = None
-                if self._key is not None:
-                    k = self._key(change) if key is None or change is not upd else key
-                    old = self._history.newest(k)
-                    if old is not None and old >= (ts, me):
-                        # The key holds a write stamped ahead of this clock
-                        # (a peer's clock runs fast, within max_drift_ms):
-                        # this write comes after it, so it must win
-                        # everywhere, not only here. Stamped just above it,
-                        # and reduced again.
-                        ts = _next_stamp(old[0])
-                        self._rebuild()
-                        continue
-                if store is not None:
-                    if old is not None:
-                        store.drop(*old)
-                    store.add(change, ts, me, signature)
-                    store.advance(me, ts)
-                    store.commit(discard_on_error=True)
-            except BaseException:
-                self._rebuild()
-                raise
-            break
+                    return self._write(upd, checked=checked, key=k, again=again)
+            if store is not None:
+                self._store_write(change, ts, old, signature)
+        except BaseException:
+            self._rebuild()
+            raise
         self._last = ts
-        clock = self._clock
-        if me not in clock:
+        if me not in self._clock:
             self._clock_bytes += clock_cost(me)
-        clock[me] = ts
-        history = self._history
-        history.record(change, ts, me, k, old)
-        if signature is not None:
-            history.logs[me].sign(ts, signature)
+        self._clock[me] = ts
+        self.revision += 1
+        history.record(change, ts, me, k, old, signature)
         if self._listeners:
             self._notify(change, ts, me, None)
         for watcher in self._watchers:
             watcher(me, ts, None)
         return change
+
+    def _reduce_write(self, upd: Any, ts: float, again: bool) -> Any:
+        """The change a local update makes, or ``None`` if it makes none
+        (``again``: ``upd`` itself, whatever its effect here)."""
+        try:
+            if self._stamped:
+                change = self._reducer(self.state, upd, (ts, self.id))
+            else:
+                change = self._reducer(self.state, upd)
+        except BaseException:
+            if not self._checks_first:
+                self._rebuild()
+            raise
+        if change is None or (type(change) in _EMPTY_TYPES and not change):
+            return upd if again else None  # (is_empty, inline: every write)
+        return change
+
+    def _store_write(
+        self, change: Any, ts: float, old: Stamp | None, signature: str | None
+    ) -> None:
+        """Commit a local write (and the drop of what it supersedes)."""
+        store = self.store
+        assert store is not None
+        if old is not None:
+            store.drop(*old)
+        store.add(change, ts, self.id, signature)
+        store.advance(self.id, ts)
+        store.commit(discard_on_error=True)
+
+    def _checked_write(self, change: Any, ts: float, checked: bool) -> str | None:
+        """Refuse a change peers would not take back exactly (a value that
+        is not JSON, an entry longer than a line); its signature, if any."""
+        if not checked:
+            check_value(change, "the change")
+        signer, me = self._signer, self.id
+        signature = None if signer is None else signer.sign(change, ts, me)
+        measured = len(encode_entry(change, ts, me, signature))
+        if measured > self.max_entry_bytes:
+            raise ValueError(
+                f"the entry would be {measured} bytes, over the"
+                f" {self.max_entry_bytes} byte line limit peers apply;"
+                " split the value"
+            )
+        return signature
 
     # -- remote entries --------------------------------------------------
 
@@ -574,37 +648,23 @@ class Replica:
         store's clock row, telling the links) is done once per run: this is
         the receive path of every link.
         """
-        if skipped is None:
-            skipped = set()
-        # Entries applied, the clock's new reading, and entries repaired.
-        progress: list[Any] = [0, self._last, 0]
+        progress = _Progress(self._last, set() if skipped is None else skipped)
         try:
-            for source, stamps, changes, sigs in entry_runs:
-                self._apply_run(
-                    source, stamps, changes, sigs, origin, check, skipped, progress
-                )
+            for run in entry_runs:
+                self._apply_run(run, origin, check, progress)
         finally:
-            self._last = progress[1]
-            if self.store is not None and (progress[0] or progress[2]):
+            self._last = progress.last
+            if self.store is not None and (progress.applied or progress.repaired):
                 # Recorded before anyone hears of it: the peer's clock for
                 # us only moves on what we send after this returns. If the
                 # commit fails, the rows stay queued and every later commit
                 # retries them, so the clock on disk never covers an entry
                 # the disk lacks.
                 self.store.commit()
-        applied: int = progress[0]
-        return applied
+        return progress.applied
 
     def _apply_run(
-        self,
-        source: str,
-        stamps: list[float],
-        changes: list[Any],
-        sigs: list[str | None] | None,
-        origin: object,
-        check: bool,
-        skipped: set[str],
-        progress: list[Any],
+        self, run: Run, origin: object, check: bool, progress: _Progress
     ) -> None:
         """Apply one run: entries of one source, stamps increasing.
 
@@ -614,25 +674,58 @@ class Replica:
         one that failed stay recorded, the clock moves over them, and the
         state is made whole again from the history.
         """
-        n = len(stamps)
-        clock = self._clock
-        known = clock.get(source)
-        start = 0
-        if known is not None and stamps[0] <= known:
-            start = bisect_right(stamps, known)
-            taken = 0
-            for i in range(start):
-                sig = None if sigs is None else sigs[i]
-                taken += self._known(changes[i], stamps[i], source, sig, origin)
-            if taken:
-                self._repaired(source, taken)
-                progress[2] += taken  # committed with the entries
-            if start == n:
-                return
+        source, stamps = run[0], run[1]
+        known = self._clock.get(source)
+        start = self._covered(run, known, origin, progress)
+        if start == len(stamps):
+            return
+        end, cap = self._admissible(run, start, check, progress)
+        if end == start:
+            return
+        if known is None:
+            self._admit(source, run[2][start], stamps[start])
+        log, fresh = self._history.log_for(source)
+        progress.cursor = start
+        try:
+            if self._reduce_bulk(run, start, end, log, origin):
+                progress.cursor = end
+            else:
+                self._reduce_run(run, start, end, log, origin, progress)
+        finally:
+            self._ran(run, start, known, fresh, cap, origin, progress)
+
+    def _covered(
+        self, run: Run, known: float | None, origin: object, progress: _Progress
+    ) -> int:
+        """Where the entries the clock does not cover start; those it covers
+        are checked against what is held (an omission taken, a second
+        version settled)."""
+        source, stamps, changes, sigs = run
+        if known is None or stamps[0] > known:
+            return 0
+        start = bisect_right(stamps, known)
+        taken = 0
+        for i in range(start):
+            sig = None if sigs is None else sigs[i]
+            taken += self._known(changes[i], stamps[i], source, sig, origin)
+        if taken:
+            self._repaired(source, taken)
+            progress.repaired += taken  # committed with the entries
+        return start
+
+    def _admissible(
+        self, run: Run, start: int, check: bool, progress: _Progress
+    ) -> tuple[int, float]:
+        """Where the run's admissible entries end, and the cap on the clock:
+        entries stamped too far ahead, or later than this replica could have
+        written in its own name, wait for a later link; a banned source's
+        are refused; with ``verify``, every signature is checked."""
+        source, stamps, changes, sigs = run
+        skipped = progress.skipped
+        end = n = len(stamps)
         if source in skipped:
             self.deferred += n - start
-            return
-        end = n
+            return start, math.inf
         cap = math.inf
         if check or source == self.id:
             now = self._wall()
@@ -645,146 +738,166 @@ class Replica:
                     end = bisect_right(stamps, limit, start)
                     skipped.add(source)
                     self.deferred += n - end
-                    if start == end:
-                        return
-        if source == self.id:
-            latest = max(progress[1], now)
-            if stamps[end - 1] > latest:
-                # Stamped later than this replica could have written: not
-                # applied on this link (like an entry too far ahead), and
-                # someone else writes in its name.
-                forged = bisect_right(stamps, latest, start, end)
-                skipped.add(source)
-                self.deferred += end - forged
-                self._twin(
-                    f"an entry in its name stamped {stamps[forged]!r}, later"
-                    " than it has written"
+            if source == self.id and start < end:
+                end = self._not_forged(
+                    run, start, end, max(progress.last, now), skipped
                 )
-                end = forged
-                if start == end:
-                    return
-        if source in self._banned and self._verify is not None:
+        if start < end and source in self._banned and self._verify is not None:
             self._divergence["refused"] = (
                 self._divergence.get("refused", 0) + end - start
             )
-            return
-        if self._verify is not None:
+            return start, cap
+        if start < end and self._verify is not None:
             self._check_signed(source, stamps, changes, sigs, start, end)
-        if known is None and start < end:
-            self._admit(source, changes[start], stamps[start])
+        return end, cap
 
-        state, reducer, stamped = self.state, self._reducer, self._stamped
-        key, store = self._key, self.store
-        history = self._history
-        logs = history.logs
-        log = logs.get(source)
-        fresh = log is None
-        if log is None:
-            log = history.new_log(source)
+    def _not_forged(
+        self, run: Run, start: int, end: int, latest: float, skipped: set[str]
+    ) -> int:
+        """Entries in this replica's own name stamped later than it could
+        have written are not applied on this link (like an entry too far
+        ahead): someone else writes in its name."""
+        stamps = run[1]
+        if stamps[end - 1] <= latest:
+            return end
+        forged = bisect_right(stamps, latest, start, end)
+        skipped.add(run[0])
+        self.deferred += end - forged
+        self._twin(
+            f"an entry in its name stamped {stamps[forged]!r}, later than it"
+            " has written"
+        )
+        return forged
+
+    def _reduce_run(
+        self,
+        run: Run,
+        start: int,
+        end: int,
+        log: SourceLog,
+        origin: object,
+        progress: _Progress,
+    ) -> None:
+        """Reduce and record entries ``start:end`` of a run (the hot path of
+        every sync); ``progress.cursor`` ends past the last one recorded."""
         listeners = self._listeners_for(origin) if self._listeners else None
         reads_tuples = self._reads_tuples and not listeners
-        index = history._index
-        in_reducer = False
-        i = start
+        source, stamps, changes, sigs = run
+        state, fn, stamped = self.state, self._reducer, self._stamped
+        key, store, history = self._key, self.store, self._history
+        newest, i, in_reducer, kept_ts, kept = history.newest, start, False, [], []
         try:
-            whole = start == 0 and end == n
-            run_stamps = stamps if whole else stamps[start:end]
-            run_changes = changes if whole else changes[start:end]
-            bulk = self._bulk
-            if bulk is not None and reads_tuples and end - start >= _BULK_MIN:
-                keys = bulk[0](run_changes)
-                if (
-                    keys is not None
-                    and len(keys) == end - start
-                    and index.keys().isdisjoint(keys)
-                ):
-                    # Every key new here, none twice: no entry dominates
-                    # another, and the loop below would only reduce and
-                    # record each in turn. Done a run at a time.
-                    in_reducer = True
-                    bulk[1](state, keys)
-                    in_reducer = False
-                    index.update(
-                        zip(keys, zip(run_stamps, repeat(source)), strict=False)
-                    )
-                    log._stamps.extend(run_stamps)
-                    log._changes.extend(run_changes)
-                    log._live += end - start
-                    run_sigs = repeat(None) if sigs is None else sigs[start:end]
-                    if sigs is not None or store is not None:
-                        for ts, change, signature in zip(
-                            run_stamps, run_changes, run_sigs, strict=False
-                        ):
-                            if signature is not None:
-                                log.sign(ts, signature)
-                            if store is not None:
-                                store.add(change, ts, source, signature)
-                    i = end
-                    run_stamps, run_changes = [], []
-            for ts, change in zip(run_stamps, run_changes, strict=True):
-                # The history keeps an array as a tuple (immutable, and the
-                # collector stops tracking tuples of plain values); the
-                # reducer is handed a list, as JSON decodes it. A link
-                # hands over tuples, made while it decoded (see _session).
-                if type(change) is tuple:
-                    kept = change
-                    if not reads_tuples:
-                        change = list(change)
-                elif type(change) is list:
-                    kept = tuple(change)
-                else:
-                    kept = change
+            for i in range(start, end):
+                change, ts = changes[i], stamps[i]
+                # Kept as an immutable tuple; a reducer may want a list (JSON's).
+                held = change
+                if type(change) is list:
+                    held = tuple(change)
+                elif not reads_tuples and type(change) is tuple:
+                    change = list(change)
                 if key is not None:
                     stamp = (ts, source)
                     k = key(change)
-                    old = index.get(k)
+                    old = newest(k)
                     if old is not None and old >= stamp:
-                        i += 1
                         continue  # dominated by what is kept: known, no effect
                 in_reducer = True
-                if stamped:
-                    effect = reducer(state, change, (ts, source))
-                else:
-                    effect = reducer(state, change)
+                effect = (
+                    fn(state, change, (ts, source)) if stamped else fn(state, change)
+                )
                 in_reducer = False
-                if key is not None:
-                    index[k] = stamp
-                    if old is not None:
-                        # (This may compact the log's lists: they are looked
-                        # up again below.)
-                        logs[old[1]].discard(old[0])
-                        if store is not None:
-                            store.drop(*old)
-                log._stamps.append(ts)
-                log._changes.append(kept)
-                log._live += 1
                 signature = None if sigs is None else sigs[i]
-                if signature is not None:
-                    log.sign(ts, signature)
+                if key is not None:
+                    history.keep(k, stamp, old, log, held, signature)
+                    if old is not None and store is not None:
+                        store.drop(*old)
+                elif sigs is None:  # kept when the loop ends
+                    kept_ts.append(ts)
+                    kept.append(held)
+                else:
+                    log.append(ts, held, signature)
                 if store is not None:
                     store.add(change, ts, source, signature)
                 if listeners:
                     self._notify(effect, ts, source, origin, listeners)
-                i += 1
+            i = end
         except BaseException:
+            log.extend(kept_ts, kept)
             if in_reducer and not self._checks_first:
                 self._rebuild()  # the reducer may have changed part of it
             raise
         finally:
-            if fresh and not log._stamps:
-                del logs[source]  # nothing of it was kept
-            if i > start:
-                ts = stamps[i - 1]
-                clock[source] = ts
-                if store is not None:
-                    store.advance(source, ts)
-                if ts > progress[1]:
-                    progress[1] = ts if ts <= cap else max(progress[1], cap)
-                progress[0] += i - start
-                for watcher in self._watchers:
-                    watcher(source, ts, origin)
-            elif known is None:
-                self._clock_bytes -= clock_cost(source)  # admitted, not taken
+            progress.cursor = i
+        log.extend(kept_ts, kept)
+
+    def _reduce_bulk(
+        self, run: Run, start: int, end: int, log: SourceLog, origin: object
+    ) -> bool:
+        """A last-write-wins type's run whose keys are all new here, none
+        twice: no entry dominates another, so the run is reduced and
+        recorded at once (``False`` if it is not such a run, or if a
+        listener hears of each entry)."""
+        if (
+            self._bulk is None
+            or end - start < _BULK_MIN
+            or not self._reads_tuples
+            or (self._listeners and self._listeners_for(origin))
+        ):
+            return False
+        by_key, reduce_all = self._bulk
+        source, stamps, changes, sigs = run
+        whole = start == 0 and end == len(stamps)
+        run_stamps = stamps if whole else stamps[start:end]
+        run_changes = changes if whole else changes[start:end]
+        keys = by_key(run_changes)
+        if keys is None or len(keys) != end - start or not self._history.all_new(keys):
+            return False
+        try:
+            reduce_all(self.state, keys)
+        except BaseException:
+            if not self._checks_first:
+                self._rebuild()
+            raise
+        self._history.index_run(keys, run_stamps, source)
+        run_sigs = None if sigs is None else sigs[start:end]
+        if type(run_changes[0]) is list:  # all are (see _bulk): kept as tuples
+            run_changes = list(map(tuple, run_changes))
+        log.extend(run_stamps, run_changes, run_sigs)
+        store = self.store
+        if store is not None:
+            for j, (ts, change) in enumerate(zip(run_stamps, run_changes, strict=True)):
+                store.add(change, ts, source, None if run_sigs is None else run_sigs[j])
+        return True
+
+    def _ran(
+        self,
+        run: Run,
+        start: int,
+        known: float | None,
+        fresh: bool,
+        cap: float,
+        origin: object,
+        progress: _Progress,
+    ) -> None:
+        """After a run (whole, or up to an entry that raised): the clock,
+        the store's clock row, and the links hear of it."""
+        source, stamps = run[0], run[1]
+        i = progress.cursor
+        if fresh:
+            self._history.drop_if_empty(source)  # nothing of it was kept
+        if i > start:
+            ts = stamps[i - 1]
+            self._clock[source] = ts
+            if self.store is not None:
+                self.store.advance(source, ts)
+            if ts > progress.last:
+                progress.last = ts if ts <= cap else max(progress.last, cap)
+            progress.applied += i - start
+            self.revision += 1
+            for watcher in self._watchers:
+                watcher(source, ts, origin)
+        elif known is None:
+            self._clock_bytes -= clock_cost(source)  # admitted, not taken
 
     def _listeners_for(self, origin: object) -> list[Listener]:
         """The listeners to tell of entries from ``origin`` (never its own)."""
@@ -834,7 +947,7 @@ class Replica:
         cost = clock_cost(source)
         if (
             len(self._clock) >= self.max_sources
-            or self._clock_bytes + cost > self.max_line_bytes - DIGEST_OVERHEAD_BYTES
+            or self._clock_bytes + cost > self.max_entry_bytes - DIGEST_OVERHEAD_BYTES
         ):
             raise RemoteProtocolError(
                 f"this replica holds {len(self._clock)} sources, the most it"
@@ -864,7 +977,10 @@ class Replica:
         return remove
 
     def statistics(self) -> ReplicaStatistics:
-        """Counts of this replica: sources, entries, and divergences found."""
+        """Counts of this replica: sources, entries, and divergences found
+        since it was made (not kept across a restart, but for ``banned``,
+        whose proofs its store keeps; ``twin_ids`` counts from the last
+        :meth:`take_new_id`)."""
         seen = self._divergence
         return ReplicaStatistics(
             sources=len(self._clock),
@@ -877,10 +993,24 @@ class Replica:
         )
 
     def horizon(self) -> float:
-        """The stamp below which this replica may have dropped entries by
-        its type's own bound (an event log kept for a time); anti-entropy
-        compares only newer ones. ``0`` for types that keep everything."""
-        return max(self._forgot, 0)
+        """The first stamp this replica keeps every entry from: it may have
+        dropped older ones by its type's own bound (an event log kept for a
+        time or a count, a membership map's reaping). Anti-entropy compares
+        only entries from here on, and takes no older one back. ``0`` for
+        types that keep everything."""
+        if self._forgot < 0:
+            return 0
+        return math.nextafter(self._forgot, math.inf)
+
+    def outstanding(self, sent: Mapping[str, float]) -> list[tuple[int, str]]:
+        """``[(count, source)]`` for the sources holding entries newer than
+        ``sent`` (a peer's clock): what a peer lacks, source by source."""
+        clock = self._clock
+        return [
+            (log.outstanding(sent.get(source)), source)
+            for source, log in self._history.logs.items()
+            if source not in sent or clock[source] > sent[source]
+        ]
 
     def log_of(self, source: str) -> SourceLog | None:
         """The log of ``source`` (read only; for anti-entropy)."""
@@ -892,13 +1022,13 @@ class Replica:
 
         Each is checked as any entry from a peer. One this replica holds
         in another version is an equivocation, settled the same way on
-        every replica; one it holds already, one its type dominates or has
-        dropped by declaration, and one beyond its clock (which the
-        protocol delivers in order) change nothing.
+        every replica (those first, so that a version that loses its stamp
+        no longer hides what it dominated); one it holds already, one its
+        type dominates or has dropped by declaration, one beyond its clock
+        (which the protocol delivers in order), and, with ``verify=True``,
+        one its source did not sign (counted as refused) change nothing.
 
         Raises:
-            RemoteProtocolError: an entry is refused (a bad signature with
-                ``verify=True``, too many sources).
             StoreError: the store could not write them (kept queued).
             Exception: whatever the reducer raised; nothing of that entry
                 was applied.
@@ -907,11 +1037,16 @@ class Replica:
         try:
             for source, stamps, changes, sigs in entry_runs:
                 known = self._clock.get(source, -1)
+                held = self._history.get
+                # Second versions first, then what this replica lacks.
+                order = sorted(
+                    (i for i, ts in enumerate(stamps) if ts <= known),
+                    key=lambda i: held(source, stamps[i]) is None,
+                )
                 n = 0
-                for i, ts in enumerate(stamps):
-                    if ts <= known:
-                        sig = None if sigs is None else sigs[i]
-                        n += self._known(changes[i], ts, source, sig, origin)
+                for i in order:
+                    sig = None if sigs is None else sigs[i]
+                    n += self._known(changes[i], stamps[i], source, sig, origin)
                 if n:
                     self._repaired(source, n)
                 taken += n
@@ -926,7 +1061,8 @@ class Replica:
                 kind="repaired",
                 source=source,
                 entries=n,
-                message=f"took {n} entries of source {source[:80]!r} that this"
+                message=f"took {n} {'entry' if n == 1 else 'entries'} of source"
+                f" {source[:80]!r} that this"
                 " replica lacked although its clock covered them",
             ),
             logging.INFO,
@@ -940,13 +1076,7 @@ class Replica:
         held = self._history.get(source, ts)
         if held is None:
             return int(self._take(change, ts, source, signature, origin))
-        if type(held) is type(change) and held == change:
-            return 0
-        if (
-            type(held) is tuple
-            and type(change) in (list, tuple)
-            and list(held) == list(change)
-        ):
+        if _same(held, change):
             return 0
         self._equivocation(source, ts, held, change, signature, origin)
         return 0
@@ -955,16 +1085,15 @@ class Replica:
         self, change: Any, ts: float, source: str, signature: str | None, origin: object
     ) -> bool:
         """Apply one entry below this source's clock (see :meth:`repair`)."""
-        snapshot = self.snapshot
+        snapshot = self.compacted
         if ts < self.horizon() or (
             snapshot is not None and ts <= snapshot[1].get(source, -1)
         ):
             return False  # dropped by declaration, or folded into the snapshot
-        if self._verify is not None:
-            if source in self._banned:
-                self._divergence["refused"] = self._divergence.get("refused", 0) + 1
-                return False
-            self._check_signed(source, [ts], [change], [signature], 0, 1)
+        if self._verify is not None and not self._verified(
+            source, ts, change, signature
+        ):
+            return False
         k = old = None
         if self._key is not None:
             k = self._key(change)
@@ -986,11 +1115,37 @@ class Replica:
             if old is not None:
                 self.store.drop(*old)
             self.store.add(given, ts, source, signature)
-        if source == self.id:
+        self.revision += 1
+        if source == self.id and ts > self._own_at_open:
+            # Written in our name since this replica opened, and not by it
+            # (an older one may be a row its store lost).
             self._twin(f"an entry in its name at stamp {ts!r} that it never wrote")
         if self._listeners:
             self._notify(effect, ts, source, origin, self._listeners_for(origin))
         return True
+
+    def _verified(
+        self,
+        source: str,
+        ts: float,
+        change: Any,
+        signature: str | None,
+        *,
+        banned_too: bool = False,
+    ) -> bool:
+        """For a verifying replica: whether an entry that arrived below its
+        source's clock may be taken (``banned_too``: even if its source is
+        banned, to settle a stamp it holds). One that is not is refused
+        quietly and counted: the peer that sent it (a relay that does not
+        verify) may hold it in good faith, and its link stays up."""
+        if banned_too or source not in self._banned:
+            try:
+                self._check_signed(source, [ts], [change], [signature], 0, 1)
+                return True
+            except RemoteProtocolError:
+                pass
+        self._divergence["refused"] = self._divergence.get("refused", 0) + 1
+        return False
 
     def _equivocation(
         self,
@@ -1009,6 +1164,18 @@ class Replica:
         mine, theirs = entry_hash(ts, held), entry_hash(ts, change)
         if mine == theirs:
             return  # one JSON value, spelt two ways
+        if self._verify is not None and not self._verified(
+            source, ts, change, signature, banned_too=True
+        ):
+            return  # not the source's: a forgery, refused
+        held_sig = self._history.signature(source, ts)
+        check = self._verify or verifier()
+        held_ok = held_sig is not None and check(held, ts, source, held_sig)
+        theirs_ok = signature is not None and check(change, ts, source, signature)
+        if held_ok and not theirs_ok:
+            # The source signed what is held: the other is not its writing.
+            self._divergence["refused"] = self._divergence.get("refused", 0) + 1
+            return
         self._diverged(
             Divergence(
                 kind="equivocation",
@@ -1020,10 +1187,6 @@ class Replica:
                 " the one with the smaller hash)",
             )
         )
-        held_sig = self._history.signature(source, ts)
-        check = self._verify or verifier()
-        held_ok = held_sig is not None and check(held, ts, source, held_sig)
-        theirs_ok = signature is not None and check(change, ts, source, signature)
         if held_sig is not None and signature is not None and held_ok and theirs_ok:
             self._proven((held, ts, source, held_sig), (change, ts, source, signature))
         if (theirs_ok, mine) > (held_ok, theirs):
@@ -1069,23 +1232,35 @@ class Replica:
         elif store is not None:
             store.drop(ts, source)  # the version kept is dominated here
         self._rebuild()
+        self.revision += 1
         if self.store is not None:
             self.store.commit()
         if self._listeners:
             self._notify(given, ts, source, origin, self._listeners_for(origin))
 
-    def _twin(self, evidence: str) -> None:
+    def _twin(self, evidence: str, *, count: int = 1) -> None:
+        """Another writer uses this replica's id. ``count=0``: a claim, not
+        yet evidence (a peer's handshake naming this id)."""
+        if self._signer is not None:
+            remedy = (
+                "give one of them a new key (repred.SigningKey.generate(); the"
+                " peer command: a new --key file)"
+            )
+        else:
+            remedy = (
+                "give one of them a new id (Replica.take_new_id(), or restart"
+                " that node's peer command with --new-id)"
+            )
         self._diverged(
             Divergence(
                 kind="twin-id",
                 source=self.id,
+                entries=count,
                 message=f"another live replica writes under this replica's id"
                 f" {self.id[:80]!r}: it received {evidence}. Two nodes were"
                 " probably started from one copied store (a restored backup,"
-                " a cloned machine). Their entries still converge, but any"
-                " two writes that get one stamp keep only one version: give"
-                " one of them a new id (Replica.take_new_id(), or restart the"
-                " peer command with --new-id); it keeps the data it holds.",
+                f" a cloned machine). Their entries still converge: {remedy};"
+                " it keeps the data it holds. The other goes on as it is.",
             )
         )
 
@@ -1110,12 +1285,33 @@ class Replica:
         if self.store is not None:
             self.store.set_id(new)
         self.id = new
+        self._own_at_open = -1.0
+        self._divergence.pop("twin-id", None)  # (a count for the id in use)
         return new
 
-    def twin_seen(self, peer_id: str | None) -> None:
-        """A peer's handshake named this replica's own id."""
-        if peer_id == self.id:
-            self._twin("a link whose other end says it is this replica")
+    def twin_seen(
+        self,
+        peer_id: str | None,
+        instance: str | None = None,
+        holds: float | None = None,
+    ) -> None:
+        """A peer's handshake named this replica's own id, from another
+        replica object than this one (``instance`` tells a node that
+        reached itself, through a forwarder, from a twin). ``holds``: the
+        peer's clock for this id. Said always; counted (see
+        :meth:`statistics`) only if the peer holds writes in this name that
+        this replica never made, and only for an unsigned replica: a
+        handshake proves nothing, and a signed one's twin shows in entries
+        signed with its key."""
+        if peer_id != self.id or instance == self.instance:
+            return
+        mine = self._clock.get(self.id, -1)
+        counted = self._signer is None and holds is not None and holds > mine
+        self._twin(
+            "a link whose other end says it is this replica"
+            + (" and holds writes in its name it never made" if counted else ""),
+            count=int(counted),
+        )
 
     def _diverged(self, event: Divergence, level: int = logging.WARNING) -> None:
         seen = self._divergence
@@ -1144,6 +1340,9 @@ class Replica:
         source, ts = first[2], first[1]
         if (
             source in self._banned
+            or source not in self._clock  # a source this replica never took
+            or len(self._banned) >= MAX_PROOFS
+            or (self._writers is not None and not self._writers(source))
             or second[2] != source
             or second[1] != ts
             or not is_key_id(source)
@@ -1179,8 +1378,8 @@ class Replica:
         """
         state = copy.deepcopy(self._initial)
         reducer = self._reducer
-        if self.snapshot is not None:
-            reducer(state, self.snapshot[0])
+        if self.compacted is not None:
+            reducer(state, self.compacted[0])
         stamped = self._stamped
         for change, ts, source in self._history.entries():
             if type(change) is tuple:
@@ -1202,6 +1401,8 @@ class Replica:
     def _forget(self, old: Callable[[float, str], bool]) -> None:
         """Drop the entries for which ``old(ts, source)`` holds (see History)."""
         dropped = self._history.forget(old)
+        self._forgot = max(self._forgot, max((ts for ts, _ in dropped), default=-1.0))
+        self.revision += 1
         if self.store is not None and dropped:
             for ts, source in dropped:
                 self.store.drop(ts, source)
@@ -1210,6 +1411,8 @@ class Replica:
     def _forget_keys(self, keys: Iterable[Hashable]) -> None:
         """Drop the entries kept for ``keys`` (a last-write-wins type's own bound)."""
         dropped = self._history.forget_keys(keys)
+        self._forgot = max(self._forgot, max((ts for ts, _ in dropped), default=-1.0))
+        self.revision += 1
         if self.store is not None and dropped:
             for ts, source in dropped:
                 self.store.drop(ts, source)
@@ -1233,7 +1436,7 @@ class Replica:
             update, clock = loaded.snapshot
             if checkpoint is None:
                 self._reduce(update)
-            self.snapshot = (update, clock)
+            self.compacted = (update, clock)
             self._clock.update(clock)
         # Replay with the store detached: these entries are on disk already.
         # Stored stamps are not checked against the wall clock, which may
@@ -1255,6 +1458,7 @@ class Replica:
             if ts > self._clock.get(source, -1):
                 self._clock[source] = ts
         self._clock_bytes = sum(map(clock_cost, self._clock))
+        self._own_at_open = self._clock.get(self.id, -1.0)
         # The clock resumes above its own stamps, and above the others' as
         # far as max_ahead_ms allows.
         cap = self._wall() + self.max_ahead_ms
@@ -1270,14 +1474,7 @@ class Replica:
         for source, stamps, changes, sigs in entry_runs:
             if source not in self._clock:
                 self._admit(source, changes[0], stamps[0])
-            log = self._history.new_log(source)
-            log._stamps = stamps
-            log._changes = changes
-            log._live = len(stamps)
-            if sigs is not None:
-                log._sigs = {
-                    ts: sig for ts, sig in zip(stamps, sigs, strict=True) if sig
-                }
+            self._history.restore(source, stamps, changes, sigs)
             self._clock[source] = stamps[-1]
 
     # -- compaction ------------------------------------------------------
@@ -1294,6 +1491,11 @@ class Replica:
         """
         if self._snapshot_fn is None:
             raise ValueError(f"{self.type_name!r} declares no snapshot= function")
+        if self._verify is not None:
+            raise ValueError(
+                "a verifying replica cannot compact: a snapshot carries no"
+                " signatures, so its peers could not check what it folded"
+            )
         update = self._snapshot_fn(self.state)
         check_value(update, "the snapshot")
         clock = dict(self._clock)
@@ -1342,44 +1544,14 @@ class Replica:
                 sources (``too-many-sources``).
             Exception: whatever the reducer raised (nothing is changed).
         """
-        if self._snapshot_fn is None:
-            raise ValueError(f"{self.type_name!r} takes no snapshots")
-        if self._verify is not None:
-            raise RemoteProtocolError(
-                "a verifying replica takes no snapshots (a snapshot carries no"
-                " signatures)",
-                reason="bad-signature",
-            )
         clock = {s: ts for s, ts in clock.items() if s != self.id}
-        if not join and all(self._clock.get(s, -1) >= ts for s, ts in clock.items()):
+        cost = self._snapshot_cost(clock, join)
+        if cost is None:
             return False
-        limit = self._wall() + self.max_drift_ms
-        if any(ts > limit for ts in clock.values()):
-            self.deferred += 1
-            return False
-        new = [s for s in clock if s not in self._clock]
-        cost = sum(map(clock_cost, new))
-        if (
-            len(self._clock) + len(new) > self.max_sources
-            or self._clock_bytes + cost > self.max_line_bytes - DIGEST_OVERHEAD_BYTES
-        ):
-            raise RemoteProtocolError(
-                "the snapshot would take this replica past its bound on sources",
-                reason="too-many-sources",
-            )
         before = copy.deepcopy(self.state) if not self._checks_first else None
         try:
             effect = self._reduce(update)
-            if self.snapshot is None:
-                merged_update, merged = update, dict(clock)
-            else:
-                joined = copy.deepcopy(self._initial)
-                self._reducer(joined, self.snapshot[0])
-                self._reducer(joined, update)
-                merged_update = self._snapshot_fn(joined)
-                merged = dict(self.snapshot[1])
-                for source, ts in clock.items():
-                    merged[source] = max(ts, merged.get(source, -1))
+            merged_update, merged = self._merge_compacted(update, clock)
             check_value(merged_update, "the snapshot")
             if self.store is not None:
                 self.store.save_snapshot(merged_update, merged, drop_covered=False)
@@ -1395,8 +1567,9 @@ class Replica:
                 self._clock[source] = ts
         cap = self._wall() + self.max_ahead_ms
         self._last = max(self._last, min(max(clock.values(), default=0), cap))
-        self.snapshot = (merged_update, merged)
+        self.compacted = (merged_update, merged)
         self.snapshot_version += 1
+        self.revision += 1
         if self._listeners and clock:
             # A snapshot has no single source: listeners see the source of
             # the newest stamp it covers.
@@ -1404,11 +1577,57 @@ class Replica:
             self._notify(effect, newest[1], newest[0], origin)
         return True
 
+    def _snapshot_cost(self, clock: Mapping[str, float], join: bool) -> int | None:
+        """What a snapshot's new sources add to the clock's bytes, or
+        ``None`` if it holds nothing new or is stamped too far ahead to take
+        now; raises if this replica cannot take it."""
+        if self._snapshot_fn is None:
+            raise ValueError(f"{self.type_name!r} takes no snapshots")
+        if self._verify is not None:
+            raise RemoteProtocolError(
+                "a verifying replica takes no snapshots (a snapshot carries no"
+                " signatures)",
+                reason="bad-signature",
+            )
+        if not join and all(self._clock.get(s, -1) >= ts for s, ts in clock.items()):
+            return None
+        limit = self._wall() + self.max_drift_ms
+        if any(ts > limit for ts in clock.values()):
+            self.deferred += 1
+            return None
+        new = [s for s in clock if s not in self._clock]
+        cost = sum(map(clock_cost, new))
+        if (
+            len(self._clock) + len(new) > self.max_sources
+            or self._clock_bytes + cost > self.max_entry_bytes - DIGEST_OVERHEAD_BYTES
+        ):
+            raise RemoteProtocolError(
+                "the snapshot would take this replica past its bound on sources",
+                reason="too-many-sources",
+            )
+        return cost
+
+    def _merge_compacted(
+        self, update: Any, clock: Mapping[str, float]
+    ) -> tuple[Any, dict[str, float]]:
+        """The folded history once a peer's snapshot is joined into it."""
+        if self.compacted is None:
+            return update, dict(clock)
+        assert self._snapshot_fn is not None
+        joined = copy.deepcopy(self._initial)
+        self._reducer(joined, self.compacted[0])
+        self._reducer(joined, update)
+        merged = dict(self.compacted[1])
+        for source, ts in clock.items():
+            merged[source] = max(ts, merged.get(source, -1))
+        return self._snapshot_fn(joined), merged
+
     def _set_snapshot(self, update: Any, clock: dict[str, float]) -> None:
         if self.store is not None:
             self.store.save_snapshot(update, clock, drop_covered=True)
-        self.snapshot = (update, clock)
+        self.compacted = (update, clock)
         self.snapshot_version += 1
+        self.revision += 1
 
     def close(self) -> None:
         """Write anything queued to the store and close it (if any).
@@ -1469,6 +1688,41 @@ class Replica:
                 log.exception("repred listener %r raised", listener)
 
 
+def _same(held: Any, change: Any) -> bool:
+    """Whether two changes are one JSON value, spelt alike (``1`` and
+    ``true``, ``1`` and ``1.0``, are equal in Python, not on the wire)."""
+    if type(held) is tuple:
+        held = list(held)
+    if type(change) is tuple:
+        change = list(change)
+    if type(held) is type(change) and held != change:
+        return False
+    return bool(
+        orjson.dumps(held, option=_SORTED) == orjson.dumps(change, option=_SORTED)
+    )
+
+
+_SORTED = orjson.OPT_SORT_KEYS
+
+
+def _signed_id(
+    signing_key: SigningKey | None, id: str | None, verify: bool, writers: Any
+) -> str | None:
+    """The id a replica takes, given its signing options (a signed
+    replica's is its key's), or ``TypeError``/``ValueError``."""
+    if writers is not None and not verify:
+        raise ValueError("writers= needs verify=True")
+    if signing_key is None:
+        return id
+    if not isinstance(signing_key, SigningKey):
+        raise TypeError(f"signing_key must be a SigningKey, not {signing_key!r}")
+    if id is not None and id != signing_key.id:
+        raise ValueError(
+            "id= and signing_key= disagree: a signed replica's id is its key's id"
+        )
+    return signing_key.id
+
+
 def _writers(writers: Writers | None) -> Callable[[str], bool] | None:
     """``writers=`` as a predicate (a set is copied: later changes to the
     caller's set do not change who may write)."""
@@ -1498,7 +1752,7 @@ def _check_options(
     max_drift_ms: float,
     max_ahead_ms: float,
     max_sources: Any,
-    max_line_bytes: Any,
+    max_entry_bytes: Any,
     superseding: bool,
     snapshot: Any,
 ) -> None:
@@ -1514,8 +1768,8 @@ def _check_options(
     if type(max_sources) is not int or max_sources < 1:
         raise ValueError("max_sources must be a positive int")
     least = 2 * DIGEST_OVERHEAD_BYTES
-    if type(max_line_bytes) is not int or max_line_bytes < least:
-        raise ValueError(f"max_line_bytes must be an int >= {least}")
+    if type(max_entry_bytes) is not int or max_entry_bytes < least:
+        raise ValueError(f"max_entry_bytes must be an int >= {least}")
     if snapshot is not None and superseding:
         raise ValueError(
             "snapshot= is for reducers without last_write_wins= or stamped="
@@ -1526,6 +1780,25 @@ def _digest(data: bytes) -> str:
     """A short digest of a change's bytes, for logs."""
     return hashlib.blake2b(data, digest_size=8).hexdigest()
 
+
+#: The keywords of Replica._write, for the types' methods that call it:
+#: ``checked``: the reducer returns ``upd`` itself, or a part of it, and the
+#: caller has checked it with check_value (with a message that names its
+#: argument). ``key``: for a last-write-wins type, the change's key, if the
+#: caller knows it (as ``last_write_wins`` would give it for ``upd``).
+#: ``size``: with ``checked``, at least the encoded size of any change the
+#: reducer returns, if the caller knows a bound (see ``CHAR_BYTES``): an
+#: entry certainly within the line limit is not encoded to measure it.
+#: ``again``: record ``upd`` as the change even if it changes nothing here
+#: (an entry of ours that lost its stamp to a second version, written
+#: again under a new one).
+_WRITE_OPTIONS = ("checked", "key", "size", "again")
+
+# Written ahead. A key may hold a write stamped ahead of this replica's
+# clock (a peer's runs fast, within max_drift_ms): a later local write comes
+# after it, so it must win everywhere, not only here; Replica._write stamps it
+# just above it (and, when the key is known only once the update is reduced,
+# reduces it again).
 
 #: The shortest run a type's bulk path takes (below it, checking whether
 #: it may costs more than the loop).
@@ -1541,100 +1814,23 @@ def _next_stamp(ts: float) -> float:
 
 
 def repred(
-    reducer: Callable[..., Any],
-    initial: Any,
-    *,
-    map: Callable[..., Any] | None = None,
-    id: str | None = None,
-    stamped: bool = False,
-    last_write_wins: Callable[[Any], Hashable] | None = None,
-    type_name: str | None = None,
-    max_drift_ms: float = DEFAULT_MAX_DRIFT_MS,
-    max_ahead_ms: float = DEFAULT_MAX_AHEAD_MS,
-    max_sources: int = DEFAULT_MAX_SOURCES,
-    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
-    wall: Callable[[], float] = wall_ms,
-    store: SqliteStore | None = None,
-    snapshot: Callable[[Any], Any] | None = None,
-    checks_first: bool = False,
-    signing_key: SigningKey | None = None,
-    verify: bool = False,
-    writers: Writers | None = None,
+    reducer: Callable[..., Any], initial: Any, **options: Unpack[ReducerOptions]
 ) -> Replica:
-    """Make a replicated reducer.
+    """Make a replicated reducer: ``Replica(reducer, initial, **options)``.
 
-    Args:
-        reducer: ``reducer(state, update) -> change``. It merges ``update``
-            into ``state`` (mutating it) and returns the part that changed
-            it; ``None``, ``[]`` or ``{}`` means the update was already
-            known. It must be commutative and idempotent in effect. The
-            change must be a JSON value (see :meth:`Replica.update`). With
-            ``stamped=True`` it is called as ``reducer(state, update, stamp)``
-            where ``stamp`` is ``(ts, source)``: the one way a type sees
-            stamps, for types that need more than ``key`` gives.
-        initial: the initial state.
-        map: turns what is passed to :meth:`Replica.update` into an update;
-            ``None`` from it drops the update.
-        id: this replica's source id; a random one by default.
-        stamped: pass the entry's stamp to the reducer.
-        last_write_wins: makes the type last-write-wins per key.
-            ``last_write_wins(change)`` names
-            what a change writes (it may raise ``ValueError`` to refuse a
-            malformed change). Of the entries with the same key, the one with
-            the greatest stamp ``(ts, source)`` wins: an older one reaching
-            the replica later is dominated, so the reducer never sees it and
-            the history never keeps it. The history holds only the newest
-            entry per key, so memory follows live keys, not writes.
-        type_name: the name peers must share to replicate with this one;
-            the reducer's name by default.
-        max_drift_ms: how far ahead of the wall clock a remote stamp may be
-            for its entry to be applied (see :data:`DEFAULT_MAX_DRIFT_MS`).
-        max_ahead_ms: how far ahead of the wall clock remote stamps may push
-            this replica's own (see :data:`DEFAULT_MAX_AHEAD_MS`).
-        max_sources: how many sources the replica takes (see
-            :data:`DEFAULT_MAX_SOURCES`); fewer, if their digest would not
-            fit in ``max_line_bytes``.
-        max_line_bytes: the longest line this replica writes (its entries
-            and its digest); its peers must accept lines this long. The
-            default is the limit every link applies by default.
-        wall: the wall clock in milliseconds (tests pass a fake one).
-        store: keep the history, clock and id durable (see
-            :class:`SqliteStore`); reopening the same store restores them
-            and rebuilds the state. In memory only by default.
-        snapshot: ``snapshot(state) -> update``, an update that gives the
-            whole state when applied to ``initial``. It lets
-            :meth:`Replica.compact` fold the history into a snapshot.
-        checks_first: the reducer raises before it changes anything when an
-            update is malformed. Without it (the default), a reducer that
-            raises makes the replica rebuild its state from the history (a
-            cost proportional to the history, paid only on errors), so that
-            a refused update or entry never leaves a trace.
-        signing_key: sign every entry this replica writes with this
-            :class:`~repred.SigningKey`; the replica's id is the key's id.
-        verify: refuse any entry that its source did not sign (reason
-            ``bad-signature``), from peers and from the store; also refuse
-            snapshots, which carry no signatures.
-        writers: with ``verify``, the only sources that may write: a set of
-            ids, or a function ``writers(id) -> bool`` (reason
-            ``not-a-writer`` for the others).
+    The options, each a keyword, are :class:`Replica`'s (a misspelt one is a
+    ``TypeError`` at the call).
+
+    >>> import repred
+    >>> def highest(state, update):
+    ...     if update > state[0]:
+    ...         state[0] = update
+    ...         return update
+    ...     return None
+    >>> best = repred.repred(highest, [0], id="me")
+    >>> best.update(7)
+    7
+    >>> best.update(3) is None
+    True
     """
-    return Replica(
-        reducer,
-        initial,
-        map=map,
-        id=id,
-        stamped=stamped,
-        last_write_wins=last_write_wins,
-        type_name=type_name,
-        max_drift_ms=max_drift_ms,
-        max_ahead_ms=max_ahead_ms,
-        max_sources=max_sources,
-        max_line_bytes=max_line_bytes,
-        wall=wall,
-        store=store,
-        snapshot=snapshot,
-        checks_first=checks_first,
-        signing_key=signing_key,
-        verify=verify,
-        writers=writers,
-    )
+    return Replica(reducer, initial, **options)

@@ -28,7 +28,7 @@ The store tells the truth
 * ``durability="full"`` (the default) commits before :meth:`Replica.update`
   returns; if the commit fails the write is refused (``StoreError``) and
   leaves no trace. ``durability="batch"`` commits from a background thread
-  every ``batch_ms``; if a flush fails it is retried, and until one
+  every ``batch_interval`` seconds; if a flush fails it is retried, and until one
   succeeds every ``update()`` raises the error instead of pretending.
 * Creating a store is atomic (built in a temporary file, then renamed).
 * Opening checks everything: SQLite's ``quick_check``, a CRC-32 written with
@@ -62,14 +62,14 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import orjson
 
-from ._errors import RepredError
-from ._wire import MAX_SOURCE_LENGTH, MAX_STAMP
+from ._errors import StoreError
+from ._wire import MAX_STAMP, canonical_stamp, is_source, is_stamp
 
 if TYPE_CHECKING:
     import sqlite3
     from collections.abc import Iterator
 
-    from ._replica import Run
+    from ._history import Run
 
 try:
     import fcntl
@@ -80,14 +80,11 @@ __all__ = ["SqliteStore", "StoreError"]
 
 log = logging.getLogger("repred")
 
-#: The on-disk format this version writes. Format 3 is format 2 plus
-#: signatures: a signed entry's change blob is its JSON, a newline, and
-#: its signature (JSON never holds a raw newline). Format 4 adds packed
-#: segments, their gaps and the state checkpoint (below). A format-2 or -3
-#: store is read as it is, and given the new tables and marked format 4
-#: when opened.
+#: The on-disk format this version writes and reads: a signed entry's change
+#: blob is its JSON, a newline, and its signature (JSON never holds a raw
+#: newline); rows are packed into segments, with their gaps and the state
+#: checkpoint (below).
 STORE_FORMAT = 4
-_READABLE_FORMATS = ("2", "3", "4")
 
 #: A segment packs up to this many entries of one source...
 SEGMENT_ENTRIES = 4096
@@ -126,6 +123,11 @@ _TABLES_4 = (
     " crc INTEGER NOT NULL)",
 )
 
+#: The tables a store of this format holds.
+_ALL_TABLES = frozenset(
+    ("meta", "clock", "entries", "snapshot", "segments", "gaps", "checkpoint")
+)
+
 _pack = struct.Struct("<d").pack
 _crc32 = zlib.crc32
 
@@ -159,15 +161,6 @@ def _gap_crc(source: str, ts: float) -> int:
     return _crc32(_pack(ts), _crc32(source.encode()) ^ 0x69696969)
 
 
-class StoreError(RepredError):
-    """The store cannot be used: in use, not a repred store, damaged, or a
-    write that could not be made durable."""
-
-
-def _num(ts: float) -> float:
-    return int(ts) if float(ts).is_integer() else ts
-
-
 @attrs.frozen(kw_only=True)
 class Loaded:
     """What a store held when it was opened."""
@@ -192,8 +185,9 @@ class SqliteStore:
         path: the database file. It is created (atomically) if it does not
             exist; an existing file must be a sound repred store.
         durability: ``"full"`` (the default) commits before every update
-            returns; ``"batch"`` commits every ``batch_ms`` from a thread.
-        batch_ms: the commit interval of ``"batch"`` mode.
+            returns; ``"batch"`` commits every ``batch_interval`` from a
+            thread.
+        batch_interval: seconds between the commits of ``"batch"`` mode.
         busy_timeout: seconds a commit waits for another process that holds
             the database's write lock before it fails.
 
@@ -208,18 +202,18 @@ class SqliteStore:
         path: str | os.PathLike[str],
         *,
         durability: str = "full",
-        batch_ms: float = 20.0,
+        batch_interval: float = 0.02,
         busy_timeout: float = 1.0,
     ) -> None:
         if durability not in ("full", "batch"):
             raise ValueError('durability is "full" or "batch"')
-        if not batch_ms > 0:
-            raise ValueError("batch_ms must be positive")
+        if not batch_interval > 0:
+            raise ValueError("batch_interval must be positive seconds")
         if not busy_timeout >= 0:
             raise ValueError("busy_timeout must not be negative")
         self.path = os.fspath(path)
         self.durability = durability
-        self.batch_ms = batch_ms
+        self.batch_interval = batch_interval
         self.busy_timeout = busy_timeout
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
@@ -247,8 +241,6 @@ class SqliteStore:
         ``replica_id`` is the id the caller insists on (``None``: whatever
         the store holds); ``new_id`` is the id a new store gets otherwise.
         """
-        import sqlite3
-
         if self._db is not None:
             raise StoreError(f"{self.path} is already open")
         self._acquire()
@@ -262,37 +254,7 @@ class SqliteStore:
                     " start afresh)"
                 )
             db = self._connect()
-            try:
-                # Checked before anything is written, even a pragma.
-                loaded = _load(db, self.path, type_name, replica_id)
-                db.execute("PRAGMA journal_mode=WAL")
-                (held,) = db.execute("SELECT v FROM meta WHERE k = 'format'").fetchone()
-                if held != str(STORE_FORMAT):
-                    # A format-2 store is a format-3 store without signatures,
-                    # and a format-3 store a format-4 one without segments.
-                    db.execute("BEGIN IMMEDIATE")
-                    for table in _TABLES_4:
-                        db.execute(table)
-                    db.execute(
-                        "UPDATE meta SET v = ?, crc = ? WHERE k = 'format'",
-                        (str(STORE_FORMAT), _meta_crc("format", str(STORE_FORMAT))),
-                    )
-                    db.execute("COMMIT")
-                self._checkpointed = (
-                    db.execute("SELECT count(*) FROM checkpoint").fetchone()[0] > 0
-                )
-                db.execute(
-                    "PRAGMA synchronous="
-                    + ("FULL" if self.durability == "full" else "NORMAL")
-                )
-            except sqlite3.DatabaseError as exc:
-                db.close()
-                raise StoreError(
-                    f"{self.path} is not a usable repred store: {exc}"
-                ) from None
-            except BaseException:
-                db.close()
-                raise
+            loaded = self._checked_open(db, type_name, replica_id)
         except BaseException:
             self._release()
             raise
@@ -303,6 +265,33 @@ class SqliteStore:
                 target=self._flush_loop, name="repred-store-flush", daemon=True
             )
             self._flusher.start()
+        return loaded
+
+    def _checked_open(
+        self, db: sqlite3.Connection, type_name: str, replica_id: str | None
+    ) -> Loaded:
+        """What ``db`` holds, checked before anything is written, even a
+        pragma; the database is closed if it is refused."""
+        import sqlite3
+
+        try:
+            loaded = _load(db, self.path, type_name, replica_id)
+            db.execute("PRAGMA journal_mode=WAL")
+            self._checkpointed = (
+                db.execute("SELECT count(*) FROM checkpoint").fetchone()[0] > 0
+            )
+            db.execute(
+                "PRAGMA synchronous="
+                + ("FULL" if self.durability == "full" else "NORMAL")
+            )
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise StoreError(
+                f"{self.path} is not a usable repred store: {exc}"
+            ) from None
+        except BaseException:
+            db.close()
+            raise
         return loaded
 
     def _acquire(self) -> None:
@@ -496,6 +485,8 @@ class SqliteStore:
         with self._lock:
             self._write()
             with self._transaction() as db:
+                if self._checkpointed:
+                    db.execute("DELETE FROM checkpoint")  # no longer the state
                 if drop_covered:
                     db.executemany(
                         "DELETE FROM entries WHERE source = ? AND ts <= ?",
@@ -508,6 +499,7 @@ class SqliteStore:
                     (blob, clock_blob, _snapshot_crc(blob, clock_blob)),
                 )
                 _advance_clock(db, clock)
+            self._checkpointed = False
 
     def _write(self) -> None:
         """Write every queued row in one transaction; keep them if it fails."""
@@ -569,7 +561,7 @@ class SqliteStore:
     def _failed(self, exc: sqlite3.Error) -> StoreError:
         error = StoreError(f"cannot write to {self.path}: {exc}")
         # Said once per failure spell (the batch flusher retries every
-        # batch_ms); the spell's end is said too.
+        # batch_interval); the spell's end is said too.
         if self._error is None:
             log.error("repred: %s (queued writes kept for the next commit)", error)
         else:
@@ -578,7 +570,7 @@ class SqliteStore:
         return error
 
     def _flush_loop(self) -> None:
-        while not self._closed.wait(self.batch_ms / 1000):
+        while not self._closed.wait(self.batch_interval):
             with self._lock:
                 try:
                     self._write()
@@ -729,7 +721,7 @@ def _pack_rows(db: sqlite3.Connection) -> None:
             # replica lacked): left as rows, which open merged in order.
             continue
         while chunk:
-            stamps = [_num(ts) for ts, _ in chunk]
+            stamps = [canonical_stamp(ts) for ts, _ in chunk]
             blobs, sigs = _split_signatures([blob for _, blob in chunk])
             db.executemany(
                 "INSERT INTO segments VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -809,29 +801,29 @@ def _damaged(path: str, what: str) -> StoreError:
 
 
 def _check_source(path: str, source: Any) -> str:
-    if type(source) is not str or not source or len(source) > MAX_SOURCE_LENGTH:
+    if not is_source(source):
         raise _damaged(path, f"bad source id {source!r:.80}")
-    return source
+    return source  # type: ignore[no-any-return]
 
 
 def _check_ts(path: str, ts: Any) -> float:
-    if type(ts) not in (int, float) or not 0 <= ts <= MAX_STAMP:
+    if not is_stamp(ts):
         raise _damaged(path, f"stamp {ts!r} out of range")
-    return _num(ts)
+    return canonical_stamp(ts)
 
 
 def _load(
     db: sqlite3.Connection, path: str, type_name: str, replica_id: str | None
 ) -> Loaded:
     tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
-    if not {"meta", "clock", "entries", "snapshot"} <= tables:
+    if not _ALL_TABLES <= tables:
         raise StoreError(f"{path} is an SQLite database, but not a repred store")
     meta = {}
     for k, v, crc in db.execute("SELECT k, v, crc FROM meta"):
         if type(k) is not str or type(v) is not str or _meta_crc(k, v) != crc:
             raise _damaged(path, f"meta row {k!r:.40} fails its checksum")
         meta[k] = v
-    if meta.get("format") not in _READABLE_FORMATS:
+    if meta.get("format") != str(STORE_FORMAT):
         raise StoreError(f"{path}: unknown store format {meta.get('format')!r}")
     if meta.get("type") != type_name:
         raise StoreError(
@@ -849,7 +841,7 @@ def _load(
         if type(ts) is not float or _clock_crc(source, ts) != crc:
             raise _damaged(path, f"clock row of {source!r:.80} fails its checksum")
         clock[source] = _check_ts(path, ts)
-    entries = _load_entries(db, path, clock, packed := "segments" in tables)
+    entries = _load_entries(db, path, clock)
     snapshot = _state_row(db, path, "snapshot", _snapshot_crc)
     if snapshot is not None:
         for source, ts in snapshot[1].items():
@@ -857,7 +849,7 @@ def _load(
                 raise _damaged(
                     path, f"the snapshot goes beyond the clock of {source!r}"
                 )
-    checkpoint = _state_row(db, path, "checkpoint", _checkpoint_crc) if packed else None
+    checkpoint = _state_row(db, path, "checkpoint", _checkpoint_crc)
     if checkpoint is not None and checkpoint[1] != clock:
         checkpoint = None  # only a checkpoint of exactly what the store holds
     return Loaded(
@@ -962,7 +954,7 @@ def _merged(
 
 
 def _load_entries(
-    db: sqlite3.Connection, path: str, clock: dict[str, float], packed: bool
+    db: sqlite3.Connection, path: str, clock: dict[str, float]
 ) -> list[Run]:
     """Every entry, as runs ``(source, stamps, changes, signatures)`` in
     stamp order: the packed segments (less their gaps), then the rows
@@ -976,9 +968,8 @@ def _load_entries(
     gc.disable()
     try:
         held: _Held = {}
-        if packed:
-            _load_segments(db, path, clock, held)
-            _drop_gaps(db, path, held)  # gaps are entries dropped from segments
+        _load_segments(db, path, clock, held)
+        _drop_gaps(db, path, held)  # gaps are entries dropped from segments
         _load_rows(db, path, clock, held)
         out: list[Run] = []
         for source, (stamps, changes, sigs) in held.items():
@@ -1073,7 +1064,7 @@ def _load_rows(
         except orjson.JSONDecodeError:  # pragma: no cover  (the CRC matched)
             raise _damaged(path, f"an entry of {source!r:.80} is not JSON") from None
         # Stamps are canonical: a whole number as an int.
-        stamps = [int(t) if t.is_integer() else t for t in raw]
+        stamps = list(map(canonical_stamp, raw))
         _held_run(held, path, source, (stamps, values, sigs))
 
 

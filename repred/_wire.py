@@ -68,8 +68,10 @@ __all__ = [
     "Repair",
     "RepairSnapshot",
     "Snapshot",
+    "canonical_stamp",
     "check_unique_keys",
     "check_value",
+    "decode",
     "depth_within",
     "encode_ae",
     "encode_batch",
@@ -81,13 +83,11 @@ __all__ = [
     "encode_repair_snapshot",
     "encode_snapshot",
     "entry_snippet",
-    "fast_entry",
     "loads_batch",
     "loads_line",
     "loads_strict",
     "mapped_bytes",
     "parse_entry",
-    "parse_line",
     "parse_message",
     "snippet",
 ]
@@ -178,6 +178,9 @@ class Digest:
     #: The peer compares hash trees after a sync (anti-entropy, a repred
     #: extension), in this format.
     antientropy: bool = False
+    #: The peer's replica object (a random token; a repred extension): the
+    #: same one on both ends is a link of a replica to itself.
+    instance: str | None = None
 
 
 @attrs.frozen
@@ -522,6 +525,52 @@ def _bad(message: str, reason: str, line: bytes) -> RemoteProtocolError:
     return RemoteProtocolError(message, reason=reason, line=snippet(line))
 
 
+def canonical_stamp(ts: float) -> float:
+    """A stamp as every replica writes and compares it: a whole number as an
+    ``int`` (the one rule; the hot paths of this module inline it)."""
+    if type(ts) is float and ts.is_integer():
+        return int(ts)
+    return ts
+
+
+def decode(line: bytes, batches: bool = False) -> Any:
+    """One line from a peer to a message, checked: an entry (a tuple of
+    three, or four with a signature), a :class:`Batch` (if ``batches``),
+    or any other message (see :func:`parse_message`). The one decoder of
+    the receive path.
+
+    Raises:
+        RemoteProtocolError: the line is not a valid message.
+    """
+    if batches and line.startswith(BATCH_PREFIX):
+        return loads_batch(line)
+    try:
+        msg = _loads(line)
+    except _JSONDecodeError as exc:
+        raise _bad(f"malformed JSON: {exc}", "malformed-json", line) from None
+    if type(msg) is not list:
+        return parse_message(msg, line)
+    # The hot path of every sync: an entry [change, ts, source] that
+    # passes every check of parse_entry, in one expression (parse_entry
+    # says what is wrong with any other).
+    if len(msg) == 3:
+        ts, source = msg[1], msg[2]
+        kind = type(ts)
+        if (
+            (kind is int or kind is float)
+            and 0 <= ts <= MAX_STAMP
+            and type(source) is str
+            and 0 < len(source) <= MAX_SOURCE_LENGTH
+            and source != "__proto__"
+            # Only a line this long can nest too deep to be encoded again.
+            and (len(line) <= MAX_DEPTH or depth_within(msg[0]))
+        ):
+            if kind is float and ts.is_integer():
+                ts = int(ts)
+            return (msg[0], ts, source)
+    return parse_entry(msg, line)
+
+
 def _stamp(value: Any, line: bytes) -> float:
     kind = type(value)
     if kind is int:
@@ -535,21 +584,34 @@ def _stamp(value: Any, line: bytes) -> float:
     raise _bad(f"stamp must be a number, not {kind.__name__}", "bad-stamp", line)
 
 
+def is_source(value: Any) -> bool:
+    """Whether ``value`` is a source id every peer takes: a non-empty
+    string of at most :data:`MAX_SOURCE_LENGTH` characters, and not
+    ``__proto__`` (a JS peer's objects would lose it). The one rule, for
+    entries, clocks, replicas' own ids and stores; the hot paths of this
+    module inline it."""
+    return (
+        type(value) is str
+        and 0 < len(value) <= MAX_SOURCE_LENGTH
+        and value != "__proto__"
+    )
+
+
+def is_stamp(value: Any) -> bool:
+    """Whether ``value`` is a stamp every peer takes: a number within
+    ``[0, MAX_STAMP]`` (the one rule; see :func:`canonical_stamp`)."""
+    kind = type(value)
+    return (kind is int or kind is float) and 0 <= value <= MAX_STAMP
+
+
 def _source(value: Any, line: bytes) -> str:
-    if type(value) is not str or not value or len(value) > MAX_SOURCE_LENGTH:
-        raise _bad("source must be a short non-empty string", "bad-source", line)
-    if value == "__proto__":
-        raise _bad("source '__proto__' is refused", "bad-source", line)
-    return value
-
-
-def parse_line(line: bytes) -> Any:
-    """One line to a message: an entry tuple, a :class:`Digest`, or ``SYNC``.
-
-    Raises:
-        RemoteProtocolError: the line is not a valid message.
-    """
-    return parse_message(loads_line(line), line)
+    if not is_source(value):
+        raise _bad(
+            "source must be a short non-empty string, not '__proto__'",
+            "bad-source",
+            line,
+        )
+    return value  # type: ignore[no-any-return]
 
 
 def loads_line(line: bytes) -> Any:
@@ -565,7 +627,8 @@ def loads_line(line: bytes) -> Any:
 
 
 def parse_message(msg: Any, line: bytes) -> Any:
-    """A decoded JSON value to a message (see :func:`parse_line`)."""
+    """A decoded JSON value to a message: an entry tuple, a :class:`Batch`,
+    a :class:`Digest`, ``SYNC`` or another of the messages above."""
     kind = type(msg)
     if kind is list:
         return parse_entry(msg, line)
@@ -639,33 +702,6 @@ def loads_strict(line: bytes, *members: str) -> Any:
     if type(msg) is dict:
         check_unique_keys(line, *members)
     return msg
-
-
-def fast_entry(msg: list[Any], line: bytes) -> tuple[Any, float, str] | None:
-    """An entry ``[change, ts, source]`` that passes every check, normalised;
-    ``None`` for anything else (then :func:`parse_entry` says what is wrong).
-
-    The hot path of every sync: the same rules as :func:`parse_entry`, in
-    one expression.
-    """
-    if len(msg) != 3:
-        return None
-    ts = msg[1]
-    source = msg[2]
-    kind = type(ts)
-    if (
-        (kind is int or kind is float)
-        and 0 <= ts <= MAX_STAMP
-        and type(source) is str
-        and 0 < len(source) <= MAX_SOURCE_LENGTH
-        and source != "__proto__"
-        # Only a line this long can nest too deep to be encoded again.
-        and (len(line) <= MAX_DEPTH or depth_within(msg[0]))
-    ):
-        if kind is float and ts.is_integer():
-            ts = int(ts)
-        return (msg[0], ts, source)
-    return None
 
 
 def parse_entry(msg: list[Any], line: bytes) -> tuple[Any, ...]:
@@ -1046,6 +1082,9 @@ def _digest(msg: dict[str, Any], line: bytes) -> Digest:
     ae = msg.get("antientropy")
     if ae is not None and (type(ae) is not int or ae < 1):
         raise _bad("antientropy must be a positive integer", "bad-digest", line)
+    instance = msg.get("instance")
+    if instance is not None and (type(instance) is not str or len(instance) > 64):
+        raise _bad("instance must be a short string", "bad-digest", line)
     return Digest(
         id=peer_id,
         clock=clean,
@@ -1055,6 +1094,7 @@ def _digest(msg: dict[str, Any], line: bytes) -> Digest:
         batch=batch,
         progress=progress == 1,
         antientropy=ae == AE_FORMAT,
+        instance=instance,
     )
 
 
@@ -1067,6 +1107,7 @@ def encode_digest(
     batches: bool = True,
     antientropy: bool = False,
     receive: bool = True,
+    instance: str | None = None,
 ) -> bytes:
     digest: dict[str, Any] = {
         "id": replica_id,
@@ -1084,6 +1125,8 @@ def encode_digest(
     digest["progress"] = 1
     if antientropy:
         digest["antientropy"] = AE_FORMAT
+    if instance is not None:
+        digest["instance"] = instance
     return _dumps(digest, option=_OPT)
 
 

@@ -132,7 +132,7 @@ def assert_complete(*replicas: Replica) -> None:
         held: dict[str, set[float]] = {}
         for e in r.history():
             held.setdefault(e.source, set()).add(e.ts)
-        covered = r.snapshot[1] if r.snapshot else {}
+        covered = r.compacted[1] if r.compacted else {}
         for source, ts in r.clock.items():
             floor = covered.get(source, -1)
             need = {t for t in everything.get(source, ()) if floor < t <= ts}

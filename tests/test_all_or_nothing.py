@@ -58,7 +58,7 @@ def snapshot_of(r):
         copy.deepcopy(r.state),
         dict(r.clock),
         list(r.history()),
-        r.snapshot,
+        r.compacted,
     )
 
 
@@ -222,6 +222,18 @@ def test_every_line_a_replica_writes_is_within_the_limit():
     with pytest.raises(ValueError, match="line limit"):
         g.add(*[f"item-{i}" for i in range(200_000)])
     assert len(g) == 0
+
+
+def test_a_member_longer_than_a_line_once_escaped_is_refused():
+    # Under the limit in characters, over it once encoded (each control
+    # character is six bytes in JSON): a set's add measures the worst case.
+    g = types.gset()
+    limit = repred.protocol.DEFAULT_MAX_LINE_BYTES
+    with pytest.raises(ValueError, match="line limit"):
+        g.add("\x01" * (limit // 6 + 1_000))
+    assert len(g) == 0
+    g.add("\x01" * (limit // 6 - 1_000))
+    assert len(g) == 1
 
 
 # -- listeners ---------------------------------------------------------------

@@ -98,15 +98,16 @@ def test_a_signed_entry_a_relay_skipped_is_repaired_and_still_verified():
 
 
 def test_a_forged_repair_is_refused_by_a_verifying_replica():
+    # Refused, and counted, without ending the link: a relay that does not
+    # verify may hold such an entry in good faith.
     w = model(signing_key=KEY)
     _written(w, 3)
     b = model(id="B", verify=True)
     _skipping_relay(w, b, skip=1)
     _change, ts, source, _ = _entries(w)[1]
-    with pytest.raises(repred.RemoteProtocolError) as info:
-        b.repair([(source, [ts], [["k1", "evil"]], [None])])
-    assert info.value.reason == "bad-signature"
+    assert b.repair([(source, [ts], [["k1", "evil"]], [None])]) == 0
     assert "k1" not in b.to_dict()
+    assert b.statistics().refused == 1
 
 
 def test_grow_only_and_stamped_types_are_repaired_too():
@@ -199,11 +200,13 @@ def test_a_proven_equivocator_is_refused_and_the_proof_spreads():
     sync(y, z)  # the proof travels with the next round
     assert [d.kind for d in seen if d.kind == "banned"] == ["banned"]
     assert z.statistics().banned == 1
+    assert z.to_dict() == x.to_dict() == y.to_dict()  # the stamp settled
     # The source's later entries are refused everywhere the proof went.
+    refused = z.statistics().refused
     late = (["late", 1], ts + 1, source)
     z.apply([(*late, KEY.sign(*late))])
     assert "late" not in z.to_dict()
-    assert z.statistics().refused == 1
+    assert z.statistics().refused == refused + 1
 
 
 def test_a_proof_that_does_not_hold_is_ignored():

@@ -24,7 +24,7 @@ def test_compact_empties_the_history_and_a_new_peer_gets_the_snapshot():
     state = set(a.state)
     a.compact()
     assert list(a.history()) == []
-    assert a.snapshot is not None
+    assert a.compacted is not None
     assert a.state == state
     pair = SessionPair(a, b)
     pair.pump()

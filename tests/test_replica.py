@@ -139,6 +139,25 @@ def test_reducer_error_leaves_clock_and_history_untouched():
     assert [e.change for e in r.history()] == ["good"]
 
 
+def test_a_reducer_error_inside_a_run_keeps_the_entries_before_it():
+    def picky(state, update):
+        if update == "bad":
+            raise ValueError("no")
+        state.append(update)
+        return update
+
+    r = repred.repred(picky, [])
+    run = [("a", 1, "B"), ("b", 2, "B"), ("bad", 3, "B"), ("c", 4, "B")]
+    with pytest.raises(ValueError, match="no"):
+        r.apply(run)
+    assert r.clock == {"B": 2}
+    assert [e.change for e in r.history()] == ["a", "b"]
+    assert r.state == ["a", "b"]
+    r.apply([entry for entry in run if entry[0] != "bad"])
+    assert [e.change for e in r.history()] == ["a", "b", "c"]
+    assert r.state == ["a", "b", "c"]
+
+
 def test_history_since_returns_only_what_is_missing_in_source_order():
     r = gset("A")
     r.apply([(["a1"], 1, "A")])

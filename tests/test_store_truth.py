@@ -110,7 +110,7 @@ def test_a_crash_while_rows_are_queued_loses_them_and_the_clock_with_them(tmp_pa
 
 def test_batch_mode_retries_a_failed_flush_and_refuses_writes_meanwhile(tmp_path):
     path = tmp_path / "m.db"
-    store = SqliteStore(path, durability="batch", batch_ms=1, busy_timeout=0)
+    store = SqliteStore(path, durability="batch", batch_interval=0.001, busy_timeout=0)
     m = model(store=store)
     m.set("early", 1)
     with write_locked(path):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import repred
 from repred import IncompatiblePeerError, RemoteProtocolError, SigningKey
-from repred._wire import loads_batch, parse_line
+from repred._wire import decode, loads_batch
 from repred.protocol import Session
 from repred.types import model
 
@@ -76,7 +76,7 @@ def test_a_second_spelling_of_a_signature_is_refused(verify, framing):
 )
 def test_a_signature_slot_is_one_spelling_of_64_bytes(slot):
     with pytest.raises(RemoteProtocolError) as info:
-        parse_line(orjson.dumps([["k", 1], 1, "src", slot]))
+        decode(orjson.dumps([["k", 1], 1, "src", slot]), batches=False)
     assert info.value.reason == "bad-signature"
 
 
@@ -99,7 +99,7 @@ _DUPLICATES = {
 @pytest.mark.parametrize("line", _DUPLICATES.values(), ids=_DUPLICATES.keys())
 def test_a_protocol_object_with_a_key_twice_is_refused(line):
     with pytest.raises(RemoteProtocolError) as info:
-        parse_line(line)
+        decode(line, batches=False)
     assert info.value.reason == "duplicate-key"
 
 
@@ -187,7 +187,7 @@ def test_an_object_too_deep_to_check_is_refused_on_its_link():
 
 def test_a_digest_with_a_key_twice_inside_an_extension_value_is_taken():
     # Only the digest's own keys and its clock's sources are the protocol's.
-    msg = parse_line(b'{"id":"X","clock":{"a":1},"x":{"y":1,"y":2}}')
+    msg = decode(b'{"id":"X","clock":{"a":1},"x":{"y":1,"y":2}}', batches=False)
     assert msg.clock == {"a": 1}
 
 
@@ -207,7 +207,7 @@ async def test_a_plain_link_to_a_gossip_port_says_what_the_port_is():
 def test_a_gossip_hello_read_as_a_digest_is_an_incompatible_peer():
     hello = b'{"repred-peer":2,"node":"127.0.0.1:8001","replicas":{"data":"model"}}'
     with pytest.raises(IncompatiblePeerError, match="gossip peer"):
-        parse_line(hello)
+        decode(hello, batches=False)
 
 
 _KEYS = ["batch", "stamps", "signatures", "changes"]
@@ -249,7 +249,7 @@ def test_the_fast_reading_of_a_batch_is_the_general_one(keys, data):
             return exc.reason
         return (batch.source, batch.stamps, batch.changes, batch.signatures)
 
-    assert outcome(loads_batch) == outcome(parse_line)
+    assert outcome(loads_batch) == outcome(lambda line: decode(line, batches=False))
 
 
 _HELLOS_TWICE = {

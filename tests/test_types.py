@@ -453,8 +453,13 @@ def test_model_is_a_mutable_mapping():
     m.update({"d": 4}, e=5)
     m.update([("f", 6)])
     assert m.to_dict() == {"c": 3, "d": 4, "e": 5, "f": 6}
-    # The replica's own write of a change still works through update().
-    assert m.update(["g", 7]) == ["g", 7]
+    # update() is the mapping's, exactly as dict.update (pairs of two
+    # characters are pairs); the replica's own write is Replica.update.
+    m.update(["gh"])
+    assert m["g"] == "h"
+    assert repred.Replica.update(m, ["i", 7]) == ["i", 7]
+    assert m["i"] == 7
+    del m["g"], m["i"]
     with pytest.raises(TypeError):
         m[1] = 2  # type: ignore[index]
     # Iteration is over a snapshot of the live keys.
@@ -559,6 +564,16 @@ def test_a_malformed_change_in_a_long_run_is_refused_as_alone(bad):
     assert str(refused.value) == str(expected.value)
     assert m.to_dict() == {f"k{i}": i for i in range(5)}
     assert dict(m.clock) == {"s": 5}
+
+
+def test_a_long_run_of_lists_is_kept_as_tuples():
+    # As one entry per line decodes them: lists, reduced a run at a time,
+    # kept immutable.
+    changes = [[f"k{i}", i] for i in range(10)]
+    m = model(id="me")
+    m.apply_runs([("s", list(range(1, 11)), changes, None)])
+    assert m.to_dict() == {f"k{i}": i for i in range(10)}
+    assert [e.change for e in m.history()] == [(f"k{i}", i) for i in range(10)]
 
 
 def test_a_long_run_that_writes_a_key_twice_keeps_the_later_write():

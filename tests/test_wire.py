@@ -9,9 +9,9 @@ from repred._wire import (
     SYNC,
     Digest,
     LineDecoder,
+    decode,
     encode_digest,
     encode_entry,
-    parse_line,
 )
 from repred.types import model
 
@@ -19,12 +19,12 @@ from repred.types import model
 def test_entry_round_trip_matches_js_bytes():
     line = encode_entry(["name", "héllo ✓"], 1795692308381, "A")
     assert line == '[["name","héllo ✓"],1795692308381,"A"]\n'.encode()
-    assert parse_line(line[:-1]) == (["name", "héllo ✓"], 1795692308381, "A")
+    assert decode(line[:-1], batches=False) == (["name", "héllo ✓"], 1795692308381, "A")
 
 
 def test_fractional_and_integral_float_stamps():
-    assert parse_line(b'[1,1795692308381.001,"A"]')[1] == 1795692308381.001
-    ts = parse_line(b'[1,1795692308381.0,"A"]')[1]
+    assert decode(b'[1,1795692308381.001,"A"]', batches=False)[1] == 1795692308381.001
+    ts = decode(b'[1,1795692308381.0,"A"]', batches=False)[1]
     assert ts == 1795692308381
     assert type(ts) is int
     assert b"1795692308381.002" in encode_entry(1, 1795692308381.002, "A")
@@ -32,7 +32,7 @@ def test_fractional_and_integral_float_stamps():
 
 def test_digest_round_trip():
     line = encode_digest("A", {"A": 5, "B": 6.5}, "model")
-    digest = parse_line(line)
+    digest = decode(line, batches=False)
     assert digest == Digest(
         id="A",
         clock={"A": 5, "B": 6.5},
@@ -45,15 +45,15 @@ def test_digest_round_trip():
 
 
 def test_js_digest_without_extensions():
-    digest = parse_line(b'{"id":"B","clock":{}}')
+    digest = decode(b'{"id":"B","clock":{}}', batches=False)
     assert digest.id == "B"
     assert digest.clock == {}
     assert digest.type_name is None
 
 
 def test_sync_and_crlf():
-    assert parse_line(b'"SYNC"') is SYNC
-    assert parse_line(b'"SYNC"\r') is SYNC
+    assert decode(b'"SYNC"', batches=False) is SYNC
+    assert decode(b'"SYNC"\r', batches=False) is SYNC
 
 
 @pytest.mark.parametrize(
@@ -94,7 +94,7 @@ def test_sync_and_crlf():
 )
 def test_bad_lines_are_typed_errors(line, reason):
     with pytest.raises(RemoteProtocolError) as info:
-        parse_line(line)
+        decode(line, batches=False)
     assert info.value.reason == reason
     assert info.value.line is not None
     assert len(info.value.line) <= 200
@@ -102,7 +102,7 @@ def test_bad_lines_are_typed_errors(line, reason):
 
 def test_future_protocol_version_is_refused():
     with pytest.raises(IncompatiblePeerError):
-        parse_line(b'{"clock":{},"repred":2}')
+        decode(b'{"clock":{},"repred":2}', batches=False)
 
 
 def test_decoder_splits_and_keeps_partial_line():
@@ -140,7 +140,7 @@ def test_decoder_refuses_endless_line_without_buffering_it():
 def test_a_model_write_near_the_line_limit_is_measured_exactly():
     # A line of exactly the limit is taken and one a byte longer refused.
     limit, now = 20_000, 1795692308381
-    m = model(id="A", max_line_bytes=limit, wall=lambda: now)
+    m = model(id="A", max_entry_bytes=limit, wall=lambda: now)
     fits = limit - len(encode_entry(["k", ""], now, "A"))
     m.set("k", "x" * fits)  # stamped now
     over = limit + 1 - len(encode_entry(["k", ""], now + 0.001, "A"))
@@ -188,7 +188,7 @@ def test_a_model_write_is_taken_exactly_when_its_line_fits(
     stamp = int(now) if float(now).is_integer() else now
     size = len(encode_entry([key, value], stamp, source))
     limit = size + slack
-    m = model(id=source, max_line_bytes=limit, wall=lambda: now)
+    m = model(id=source, max_entry_bytes=limit, wall=lambda: now)
     if slack >= 0:
         assert m.set(key, value) == [key, value]
         assert next(m.history()).ts == stamp

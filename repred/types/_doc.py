@@ -8,9 +8,9 @@ Moving a row to another set (changing that field) takes it out of the first.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Unpack
 
-from .._replica import Replica
+from .._replica import Replica, ReplicaOptions
 from ._base import build, owned
 from ._position import slot
 
@@ -174,6 +174,6 @@ class DocSeq(DocSet):
         return self.rows()
 
 
-def doc(**options: Any) -> Doc:
+def doc(**options: Unpack[ReplicaOptions]) -> Doc:
     """A document of rows, with live sets and seqs of rows."""
     return build(Doc, write_field, {}, "doc", last_write_wins=_field_key, **options)

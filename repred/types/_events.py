@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Unpack
 
-from .._replica import Replica, Stamp, is_empty
+from .._replica import Replica, ReplicaOptions, Stamp, is_empty
 from ._base import build, owned
 
 __all__ = ["Events", "events"]
@@ -61,6 +61,16 @@ class Events(Replica):
         """The retained events, oldest first."""
         return [(e[0], e[1]) for _, e in sorted(self.state.items())]
 
+    def horizon(self) -> float:
+        """Events older than what this replica keeps by its bounds are not
+        compared with peers (they may have been dropped, here or there)."""
+        horizon = super().horizon()
+        if self._max_age_ms is not None:
+            horizon = max(horizon, self._wall() - self._max_age_ms)
+        if self._max_events is not None and len(self.state) >= self._max_events:
+            horizon = max(horizon, min(self.state)[0])
+        return horizon
+
     def _dispatch(self, effect: Any, ts: float, source: str, origin: object) -> None:
         if not is_empty(effect):
             for handler in tuple(self._handlers.get(effect[0], ())):
@@ -85,7 +95,10 @@ class Events(Replica):
 
 
 def events(
-    *, max_events: int | None = None, max_age_ms: float | None = None, **options: Any
+    *,
+    max_events: int | None = None,
+    max_age_ms: float | None = None,
+    **options: Unpack[ReplicaOptions],
 ) -> Events:
     """A reliable event emitter; history bounded by count and/or age if given."""
     return build(

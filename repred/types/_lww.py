@@ -7,9 +7,9 @@ reducer, and the history keeps one entry per key.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Unpack
 
-from .._replica import Replica, Stamp
+from .._replica import Replica, ReplicaOptions, Stamp
 from ._base import MAX_COUNT, build, owned
 
 __all__ = [
@@ -60,7 +60,7 @@ class Register(Replica):
         return self.state[0]
 
 
-def register(initial: Any = None, **options: Any) -> Register:
+def register(initial: Any = None, **options: Unpack[ReplicaOptions]) -> Register:
     """A last-write-wins register holding ``initial`` until the first write."""
     return build(
         Register,
@@ -107,7 +107,7 @@ class Heartbeats(Replica):
         return sorted(n for n, t in self.state.items() if now - t <= horizon)
 
 
-def heartbeats(**options: Any) -> Heartbeats:
+def heartbeats(**options: Unpack[ReplicaOptions]) -> Heartbeats:
     """The newest heartbeat per name."""
     return build(
         Heartbeats,
@@ -163,6 +163,6 @@ class Counter(Replica):
         return sum(p - n for p, n in self.state.values())
 
 
-def counter(**options: Any) -> Counter:
+def counter(**options: Unpack[ReplicaOptions]) -> Counter:
     """A PN-counter: increments and decrements from any replica."""
     return build(Counter, totals, {}, "counter", last_write_wins=_first, **options)

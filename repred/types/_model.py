@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, MutableMapping
-from typing import Any
+from typing import Any, Unpack
 
-from .._replica import Replica
+from .._replica import Replica, ReplicaOptions
 from .._wire import CHAR_BYTES, SCALAR_BYTES, check_value, plain_scalar
 from ._base import build, owned
 
@@ -35,11 +35,12 @@ def lww_set(state: dict[str, Any], change: list[Any]) -> list[Any]:
 
 
 def model_pairs(changes: list[Any]) -> dict[str, Any] | None:
-    """``{key: value}`` of ``changes`` if every one is a tuple ``(key,
-    value)`` with a string key (as a link decodes them), checked a column
-    at a time; ``None`` otherwise (each then goes through
-    :func:`model_key`). A key written twice is there once."""
-    if set(map(type, changes)) != {tuple}:
+    """``{key: value}`` of ``changes`` if every one is a pair ``[key,
+    value]`` with a string key, all tuples or all lists (as a link decodes
+    them), checked a column at a time; ``None`` otherwise (each then goes
+    through :func:`model_key`). A key written twice is there once."""
+    kinds = set(map(type, changes))
+    if kinds != {tuple} and kinds != {list}:
         return None
     try:
         pairs = dict(changes)
@@ -118,29 +119,21 @@ class Model(Replica, MutableMapping[str, Any]):
         value = self.state.get(key)
         return default if value is None else value
 
-    def update(self, *args: Any, **kwargs: Any) -> Any:
-        """Write several keys, as ``dict.update`` does (one write per key).
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        """Write several keys, exactly as ``dict.update`` does (one write
+        per key): ``m.update({"a": 1}, b=2)``, or pairs.
 
-        ``m.update({"a": 1}, b=2)`` writes ``a`` and ``b``. Called with one
-        ``[key, value]`` list whose key is a string, it is the replica's own
-        write of that change (:meth:`repred.Replica.update`) and returns
-        the change, so code written for any replica works on a model too.
+        (A model is a mapping, so its ``update`` is the mapping's. The
+        replica's own write of one change is :meth:`set`, or
+        ``repred.Replica.update(m, [key, value])``.)
 
         >>> m = model()
         >>> m.update({"a": 1}, b=2)
+        >>> m.update([("c", 3)])
         >>> m.to_dict()
-        {'a': 1, 'b': 2}
+        {'a': 1, 'b': 2, 'c': 3}
         """
-        if (
-            len(args) == 1
-            and not kwargs
-            and type(args[0]) in (list, tuple)
-            and len(args[0]) == 2
-            and type(args[0][0]) is str
-        ):
-            return self.set(args[0][0], args[0][1])
         MutableMapping.update(self, *args, **kwargs)
-        return None
 
     def __getitem__(self, key: str) -> Any:
         value = self.state.get(key)
@@ -179,7 +172,7 @@ class Model(Replica, MutableMapping[str, Any]):
         return {k: v for k, v in self.state.items() if v is not None}
 
 
-def model(**options: Any) -> Model:
+def model(**options: Unpack[ReplicaOptions]) -> Model:
     """A new, empty last-write-wins map replica (type name ``"model"``).
 
     Takes the options every built-in type takes: ``id``, ``max_drift_ms``,

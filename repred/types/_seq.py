@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, Unpack
 
-from .._replica import Replica
+from .._replica import Replica, ReplicaOptions
 from ._base import build, owned
 from ._position import slot, valid
 
@@ -110,6 +110,6 @@ class Seq(Replica):
         return len(self.state)
 
 
-def seq(**options: Any) -> Seq:
+def seq(**options: Unpack[ReplicaOptions]) -> Seq:
     """An ordered list with deterministic order for concurrent inserts."""
     return build(Seq, place, {}, "seq", last_write_wins=_item_key, **options)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
-from .._replica import Replica
+from .._replica import Replica, ReplicaOptions
+from .._wire import CHAR_BYTES, SCALAR_BYTES
 from ._base import build, scalar
 
 if TYPE_CHECKING:
@@ -53,8 +54,15 @@ class GSet(Replica):
     __slots__ = ()
 
     def add(self, *items: Any) -> list[Any] | None:
-        # Each item is checked: the change (the new ones) need not be again.
-        return self._write([scalar(x) for x in items], checked=True)  # type: ignore[no-any-return]
+        # Each item is checked and measured (see CHAR_BYTES): the change,
+        # the new ones, need not be checked or encoded again.
+        size = 2
+        for item in items:
+            scalar(item)
+            size += (
+                3 + CHAR_BYTES * len(item) if type(item) is str else SCALAR_BYTES + 1
+            )
+        return self._write(list(items), checked=True, size=size)  # type: ignore[no-any-return]
 
     def __contains__(self, item: object) -> bool:
         return item in self.state
@@ -70,7 +78,7 @@ def _gset_snapshot(state: set[Any]) -> list[Any]:
     return sorted(state, key=repr)
 
 
-def gset(**options: Any) -> GSet:
+def gset(**options: Unpack[ReplicaOptions]) -> GSet:
     """A grow-only set (the talk's set of non-virgins); compacts to its items."""
     return build(GSet, union, set(), "gset", snapshot=_gset_snapshot, **options)
 
@@ -117,7 +125,7 @@ def _two_phase_snapshot(state: dict[str, set[Any]]) -> dict[str, list[Any]]:
     return {part: sorted(items, key=repr) for part, items in state.items()}
 
 
-def two_phase_set(**options: Any) -> TwoPhaseSet:
+def two_phase_set(**options: Unpack[ReplicaOptions]) -> TwoPhaseSet:
     """A two-phase set: born minus non-virgins (a delete is an update)."""
     return build(
         TwoPhaseSet,
@@ -192,7 +200,7 @@ def _orset_snapshot(state: dict[str, Any]) -> dict[str, list[list[Any]]]:
     return {"add": sorted(live, key=repr), "remove": sorted(dead, key=repr)}
 
 
-def orset(**options: Any) -> ORSet:
+def orset(**options: Unpack[ReplicaOptions]) -> ORSet:
     """An observed-remove set (add wins over a concurrent remove)."""
     return build(
         ORSet,
