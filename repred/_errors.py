@@ -4,7 +4,9 @@ Every error repred raises on purpose derives from :class:`RepredError`.
 Whose fault it was decides the class: :class:`LocalProtocolError` means the
 caller misused the API, :class:`RemoteProtocolError` means the peer sent
 something it must not. Construction-time misuse stays a plain ``TypeError``
-or ``ValueError``.
+or ``ValueError``. :class:`ReducerCheckFailed`, what the reducer checker
+of :mod:`repred.testing` finds, is an ``AssertionError``, as test runners
+expect of a failed check.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ __all__ = [
     "LocalProtocolError",
     "PeerClosed",
     "ProtocolError",
+    "ReducerCheckFailed",
     "RemoteProtocolError",
     "RepredError",
+    "SubscriptionOverflow",
     "SyncTimeout",
 ]
 
@@ -63,3 +67,11 @@ class PeerClosed(RepredError):
 
 class SyncTimeout(RepredError):
     """The peer stopped reading (or answering) for longer than allowed."""
+
+
+class SubscriptionOverflow(RepredError):
+    """A subscriber fell further behind than its buffer allows."""
+
+
+class ReducerCheckFailed(AssertionError):
+    """A reducer broke a property convergence needs (the message says which)."""

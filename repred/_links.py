@@ -21,6 +21,7 @@ from ._errors import (
     PeerClosed,
     RemoteProtocolError,
     RepredError,
+    SubscriptionOverflow,
     SyncTimeout,
 )
 from ._log import limited
@@ -1142,10 +1143,6 @@ class Change:
     change: Any
     ts: float
     source: str
-
-
-class SubscriptionOverflow(RepredError):
-    """A subscriber fell further behind than its buffer allows."""
 
 
 #: Changes a subscriber may fall behind before :class:`SubscriptionOverflow`.

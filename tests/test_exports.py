@@ -97,3 +97,26 @@ def test_import_repred_loads_no_optional_stack():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_every_exception_class_lives_in_one_module():
+    """The errors a program catches are defined in repred._errors (the
+    store's own StoreError aside), whichever module raises them, and stay
+    importable where they always were."""
+    import importlib
+    import pkgutil
+
+    import repred._errors
+
+    homes = {}
+    for info in pkgutil.walk_packages(repred.__path__, "repred."):
+        module = importlib.import_module(info.name)
+        for value in vars(module).values():
+            if isinstance(value, type) and issubclass(value, BaseException):
+                public = not value.__name__.startswith("_")
+                if public and value.__module__.startswith("repred."):
+                    homes[value.__name__] = value.__module__
+    homes.pop("StoreError")
+    assert set(homes.values()) == {"repred._errors"}, homes
+    assert repred.SubscriptionOverflow is repred._errors.SubscriptionOverflow
+    assert repred.testing.ReducerCheckFailed is repred._errors.ReducerCheckFailed
