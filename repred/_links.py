@@ -1119,10 +1119,6 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-def _ignore(conn: Connection) -> None:
-    pass
-
-
 def _no_wakeup() -> None:
     pass
 
