@@ -57,12 +57,13 @@ from ._links import (
     Connection,
     LinkOptions,
     LinkTable,
+    link_errors_logged,
     run_channel,
     single_errors,
     start_tls,
     tls_server,
 )
-from ._log import RateLimitedLog
+from ._log import limited, peer_log
 from ._replica import Replica, new_id, wall_ms
 from ._session import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_ENTRIES, Session
 from ._wire import DEFAULT_MAX_LINE_BYTES, LineDecoder, loads_strict, snippet
@@ -95,10 +96,6 @@ __all__ = [
     "parse_address",
     "parse_member",
 ]
-
-log = logging.getLogger("repred.peer")
-#: Records peers can cause, bounded (see repred._log).
-limited = RateLimitedLog(log)
 
 #: The name of the membership replica every peer carries.
 MEMBERS = "_members"
@@ -446,20 +443,18 @@ class _Mux:
         return b"".join(out)
 
 
-_mismatches_logged: set[tuple[str, str]] = set()
-
-
 def _log_type_mismatch(node: str, name: str, theirs: str, ours: str) -> None:
     """Said once per node and name: a shared name with different types."""
-    if (node, name) in _mismatches_logged or len(_mismatches_logged) > 10_000:
-        return
-    _mismatches_logged.add((node, name))
-    log.warning(
+    limited(
+        logging.WARNING,
+        "type-mismatch",
         "peer %s holds replica %r as type %r, this node as %r: not replicated",
         node,
         name,
         theirs,
         ours,
+        logger=peer_log,
+        once=(node, name),
     )
 
 
@@ -778,7 +773,7 @@ class Peer:
             try:
                 self._on_event(event)
             except Exception:
-                log.exception("peer event handler raised")
+                peer_log.exception("peer event handler raised")
 
     def _beat(self) -> None:
         self.membership.beat(self.address)
@@ -833,26 +828,8 @@ class Peer:
 
     async def _handle_inbound(self, stream: trio.abc.Stream) -> None:
         self._accepted += 1
-        try:
+        with link_errors_logged(peer_log, closed=logging.DEBUG):
             await self._run_link(stream, live=True, label="inbound")
-        except RemoteProtocolError as exc:
-            limited(
-                logging.WARNING,
-                "refused",
-                "inbound link refused: %s: %s",
-                type(exc).__name__,
-                exc,
-            )
-        except RepredError as exc:
-            limited(
-                logging.DEBUG,
-                "closed",
-                "inbound link closed: %s: %s",
-                type(exc).__name__,
-                exc,
-            )
-        except Exception:
-            log.exception("inbound link failed")
 
     async def _dial(self, node: str, *, live: bool, duration: float) -> bool:
         """Link to ``node``; ``live`` for ``duration`` s, else one sync.
@@ -880,7 +857,7 @@ class Peer:
         except Exception as exc:
             # Nothing a peer does may stop this one: a failure here is a bug,
             # logged in full, and the node is retried like any other.
-            log.exception("link to %s failed", node)
+            peer_log.exception("link to %s failed", node)
             self._dial_failed(node, exc)
             return False
         finally:
@@ -889,7 +866,7 @@ class Peer:
             self._dial_failed(node, TimeoutError("no handshake"))
             return False
         if self._failures.pop(node, 0):
-            limited(logging.INFO, "dial", "reached %s again", node)
+            limited(logging.INFO, "dial", "reached %s again", node, logger=peer_log)
         self._retry_at.pop(node, None)
         return True
 
@@ -910,6 +887,7 @@ class Peer:
                 node,
                 type(exc).__name__,
                 exc,
+                logger=peer_log,
             )
         else:
             limited(
@@ -918,6 +896,7 @@ class Peer:
                 "still cannot link to %s (%d tries)",
                 node,
                 failures,
+                logger=peer_log,
             )
 
     def _ready(self, node: str) -> bool:

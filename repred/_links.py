@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol, final
 
 import attrs
@@ -37,7 +37,14 @@ from ._wire import DEFAULT_MAX_LINE_BYTES
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable
+    from collections.abc import (
+        AsyncIterator,
+        Awaitable,
+        Callable,
+        Hashable,
+        Iterable,
+        Iterator,
+    )
 
     from ._replica import Replica
 
@@ -1030,26 +1037,43 @@ def stream_server(
                 on_connection(conn)
 
         try:
-            await _replicate(replica, stream, live, on_start, options)
-        except RemoteProtocolError as exc:
-            limited(
-                logging.WARNING,
-                "refused",
-                "repred: refused what a peer sent: %s",
-                _describe(exc),
-            )
-        except RepredError as exc:
-            limited(
-                logging.INFO, "closed", "repred: connection closed: %s", _describe(exc)
-            )
-        except Exception:
-            # Nothing one peer does may take the server down.
-            log.exception("repred: connection failed")
+            with link_errors_logged():
+                await _replicate(replica, stream, live, on_start, options)
         finally:
             for conn in started:
                 links.discard(conn)
 
     return handler
+
+
+@contextmanager
+def link_errors_logged(
+    logger: logging.Logger = log, closed: int = logging.INFO
+) -> Iterator[None]:
+    """Log whatever ends one peer's link (bounded, see :mod:`repred._log`)
+    and let it go no further: nothing one peer does may take a server down.
+    A refusal is a WARNING; a link that closed is logged at ``closed``; a
+    failure no peer should cause is logged in full."""
+    try:
+        yield
+    except RemoteProtocolError as exc:
+        limited(
+            logging.WARNING,
+            "refused",
+            "repred: refused what a peer sent: %s",
+            _describe(exc),
+            logger=logger,
+        )
+    except RepredError as exc:
+        limited(
+            closed,
+            "closed",
+            "repred: connection closed: %s",
+            _describe(exc),
+            logger=logger,
+        )
+    except Exception:
+        logger.exception("repred: connection failed")
 
 
 class LinkTable:
