@@ -37,8 +37,9 @@ from typing import TYPE_CHECKING
 import trio
 
 from ._http import Replay, RequestPolicy, header, read_request, respond
-from ._links import LinkOptions, stream_server
+from ._options import LinkOptions
 from ._pending import PendingTable
+from ._serving import stream_server
 from ._websocket import websocket_upgrade
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 
     import h11
 
-    from ._links import Connection
+    from ._connection import Connection
     from ._replica import Replica
 
 __all__ = ["PAGES", "serve_web"]

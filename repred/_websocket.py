@@ -19,27 +19,24 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import trio
 import trio_websocket
 
+from ._connection import Connection, ConnectionStatistics, run_link
 from ._errors import PeerClosed, SyncTimeout
+from ._groups import single_errors
 from ._http import Replay, RequestPolicy, header, read_request, respond
-from ._links import (
+from ._options import (
     DEFAULT_ANTIENTROPY_INTERVAL,
     DEFAULT_CLOSE_TIMEOUT,
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_KEEPALIVE_INTERVAL,
     DEFAULT_MAX_LINKS,
     DEFAULT_SEND_TIMEOUT,
-    Connection,
-    ConnectionStatistics,
     LinkOptions,
-    _link_options,
-    _replicate,
-    serve_streams,
-    single_errors,
-    start_tls,
-    stream_server,
+    pick,
 )
 from ._pending import PendingTable
+from ._serving import serve_streams, stream_server
 from ._session import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_ENTRIES
+from ._tls import start_tls
 from ._wire import DEFAULT_MAX_LINE_BYTES
 
 if TYPE_CHECKING:
@@ -126,37 +123,24 @@ async def serve_websocket(
 
     Like :func:`repred.serve_tcp` (``await nursery.start(...)`` reports the
     listeners, port 0 picks a free port, one peer's failure ends only its
-    connection), with WebSocket framing: see :mod:`repred._websocket`.
+    connection; the same options), with WebSocket framing: see
+    :mod:`repred._websocket`. With ``ssl_context`` it serves ``wss://``.
 
-    Who may connect (the same rules as the peer's web port; each refusal
-    is a 403 before the upgrade, logged):
-
-    * the ``Host`` header must name this server: its address (on every
-      interface, ``host=None``: any address), or ``localhost``, and on a
-      loopback address or every interface also ``127.0.0.1`` and ``::1``;
-      and any name in ``hosts``. A web page
-      whose own name an attacker pointed at this address (DNS rebinding)
-      names its own host, and is refused. Behind a proxy that forwards the
-      public name, list it in ``hosts``; ``hosts=None`` (or ``"*"`` in it)
-      takes any name, for a proxy that checks names itself.
-    * a browser's request (one with ``Origin``) must come from a page of
-      this server's own origin, or one of ``origins`` (``"http://host:port"``);
-      ``origins=None`` lets any page in. Programs send no ``Origin``.
-
-    Args:
-        hosts: more names ``Host`` may carry (see above).
-        origins: the origins of pages that may link, besides this
-            server's own (see above).
-        ssl_context: serve ``wss://`` with this server-side context.
-
-    The other options are those of :func:`repred.serve_tcp`. A message
-    longer than ``max_line_bytes`` (and 64 KiB) ends its connection.
+    Who may connect (each refusal is a 403 before the upgrade, logged): the
+    ``Host`` header must name this server: its address (any address, on
+    every interface), ``localhost``, on a loopback address or every
+    interface also ``127.0.0.1`` and ``::1``, or a name in ``hosts``
+    (``None``, or ``"*"`` in it: any name, for a proxy that checks names
+    itself), so that a page whose name an attacker pointed at this address
+    (DNS rebinding) is refused; and a browser's request (one with
+    ``Origin``; programs send none) must come from a page of this server's
+    own origin or of ``origins`` (``"http://host:port"``; ``None``: any).
 
     Raises:
         ValueError: a name in ``hosts`` or an origin that is not one (at
             the call), or a bad option as for :func:`repred.serve_tcp`.
     """
-    options = LinkOptions(**_link_options(locals()))
+    options = pick(LinkOptions, locals())
     policy = RequestPolicy.serving(host, hosts=hosts, origins=origins)
     handler = stream_server(replica, live, options, max_links, on_connection)
     await serve_streams(
@@ -286,15 +270,19 @@ async def connect_websocket(
         PeerClosed: the WebSocket handshake failed (the message says why).
         RepredError: as :func:`repred.replicate`.
     """
-    options = LinkOptions(**_link_options(locals()))
+    options = pick(LinkOptions, locals())
     async with open_websocket(
         url,
         ssl_context=ssl_context,
         max_message_size=max_line_bytes + _MESSAGE_SLACK,
         timeout=handshake_timeout,
     ) as ws:
-        return await _replicate(
-            replica, MessageStream(ws), live, task_status.started, options
+        return await run_link(
+            replica,
+            MessageStream(ws),
+            live=live,
+            on_start=task_status.started,
+            options=options,
         )
 
 

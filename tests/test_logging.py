@@ -87,13 +87,13 @@ def test_the_library_bounds_its_records_in_one_place():
 
 
 def test_a_type_mismatch_is_said_once_per_node_and_name(caplog):
-    from repred._gossip import _Mux
-    from repred._links import LinkOptions
+    from repred import LinkOptions
+    from repred._mux import Mux
 
     hello = b'{"repred-peer":2,"node":"127.0.0.1:9","replicas":{"data":"gset"}}\n'
     with caplog.at_level(logging.INFO, logger="repred.peer"):
         for _ in range(3):
-            _Mux({"data": model(id="m")}, "127.0.0.1:1", LinkOptions()).feed(hello)
+            Mux({"data": model(id="m")}, "127.0.0.1:1", LinkOptions()).feed(hello)
     said = [r for r in caplog.records if "not replicated" in r.getMessage()]
     assert len(said) == 1
     assert said[0].name == "repred.peer"
