@@ -39,8 +39,6 @@ __all__ = [
 ]
 
 _RECEIVE_SIZE = 64 * 1024
-
-
 _TRANSPORT_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
@@ -294,7 +292,7 @@ class Connection:
 
         Useful beside a server's ``on_connection``: a link ends when the
         peer closes it, breaks the protocol, stops reading or goes quiet
-        (see the timeouts of :func:`replicate`), or when :meth:`close` is
+        (see the timeouts of :class:`LinkOptions`), or when :meth:`close` is
         called.
         """
         await self._closed.wait()

@@ -12,6 +12,7 @@ only its link, statistics, ``wait_synced()`` and the timeouts.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ssl
 import urllib.parse
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -22,7 +23,7 @@ import trio_websocket
 from ._connection import Connection, ConnectionStatistics, run_link
 from ._errors import PeerClosed, SyncTimeout
 from ._groups import single_errors
-from ._http import Replay, RequestPolicy, header, read_request, respond
+from ._http import Replay, Request, RequestPolicy, header, read_request, respond
 from ._options import (
     DEFAULT_ANTIENTROPY_INTERVAL,
     DEFAULT_CLOSE_TIMEOUT,
@@ -41,8 +42,6 @@ from ._wire import DEFAULT_MAX_LINE_BYTES
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Collection
-
-    import h11
 
     from ._replica import Replica
 
@@ -144,7 +143,12 @@ async def serve_websocket(
     policy = RequestPolicy.serving(host, hosts=hosts, origins=origins)
     handler = stream_server(replica, live, options, max_links, on_connection)
     await serve_streams(
-        websocket_server(lambda path: handler, policy, options, max_links),
+        websocket_server(
+            lambda path: handler,
+            functools.partial(_answer, policy=policy),
+            options,
+            max_links,
+        ),
         port,
         host=host,
         ssl_context=ssl_context,
@@ -161,19 +165,21 @@ _NOT_FOUND = b"no such replica\n"
 
 def websocket_server(
     route: Callable[[str], Callable[[trio.abc.Stream], Awaitable[None]] | None],
-    policy: RequestPolicy,
+    answer: Callable[[trio.abc.Stream, Request], Awaitable[bytes | None]],
     options: LinkOptions,
     max_pending: int,
 ) -> Callable[[trio.abc.Stream], Awaitable[None]]:
-    """A handler that reads a WebSocket request on each stream and hands the
-    connection, as a :class:`MessageStream`, to ``route(path)``.
+    """A handler that reads an HTTP request on each stream, lets ``answer``
+    respond to it (a refusal, a page) or take it as a WebSocket upgrade (it
+    gives back the bytes read), and hands each WebSocket, as a
+    :class:`MessageStream`, to ``route(path)`` (a path that routes nowhere
+    gets 404).
 
-    A request ``policy`` refuses gets 403; a path that routes nowhere gets
-    404, a request that is no WebSocket upgrade 400. Each request is read
-    within the handshake timeout and 16 KiB; at most ``max_pending`` are
-    read at once, and 16 from one client address: one more pushes out the
-    oldest (see :mod:`repred._pending`), so connections that never finish
-    a request cost bounded sockets and time, and never keep others out.
+    Each request is read within the handshake timeout and 16 KiB; at most
+    ``max_pending`` are read at once, and 16 from one client address: one
+    more pushes out the oldest (see :mod:`repred._pending`), so connections
+    that never finish a request cost bounded sockets and time, and never
+    keep others out.
     """
     pending = PendingTable(max_pending)
     upgrade = websocket_upgrade(route, options)
@@ -183,7 +189,7 @@ def websocket_server(
         with pending.hold(stream):
             read = await read_request(stream, options.handshake_timeout)
             if read is not None:
-                head = await _answer(stream, read, policy)
+                head = await answer(stream, read)
         if head is None:
             await trio.aclose_forcefully(stream)
         else:
@@ -193,12 +199,11 @@ def websocket_server(
 
 
 async def _answer(
-    stream: trio.abc.Stream,
-    read: tuple[h11.Connection, h11.Request, bytes],
-    policy: RequestPolicy,
+    stream: trio.abc.Stream, read: Request, policy: RequestPolicy
 ) -> bytes | None:
     """The bytes read of a WebSocket request ``policy`` takes (to replay to
-    the upgrade), or ``None`` once another request is answered."""
+    the upgrade), or ``None`` once another request is answered: 400 for
+    one that is no WebSocket upgrade, 403 for one ``policy`` refuses."""
     conn, request, head = read
     wants = header(request.headers, b"upgrade")
     if wants is None or wants.lower() != b"websocket":
