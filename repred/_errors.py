@@ -15,6 +15,7 @@ __all__ = [
     "IncompatiblePeerError",
     "LocalProtocolError",
     "PeerClosed",
+    "PortalClosed",
     "ProtocolError",
     "ReducerCheckFailed",
     "RemoteProtocolError",
@@ -67,6 +68,11 @@ class PeerClosed(RepredError):
 
 class SyncTimeout(RepredError):
     """The peer stopped reading (or answering) for longer than allowed."""
+
+
+class PortalClosed(RepredError):
+    """A call reached a portal that is closed, or closed while it ran (see
+    :mod:`repred.aio`)."""
 
 
 class SubscriptionOverflow(RepredError):
