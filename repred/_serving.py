@@ -142,9 +142,6 @@ class LinkTable:
         self.limit = limit
         self._links: set[Connection] = set()
 
-    def __len__(self) -> int:
-        return len(self._links)
-
     def add(self, conn: Connection) -> None:
         """Take a new link, dropping the quietest if there are too many."""
         while len(self._links) >= self.limit:
