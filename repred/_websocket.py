@@ -120,10 +120,9 @@ async def serve_websocket(
 ) -> NoReturn:
     """Accept peers over WebSockets and replicate with each (any path).
 
-    Like :func:`repred.serve_tcp` (``await nursery.start(...)`` reports the
-    listeners, port 0 picks a free port, one peer's failure ends only its
-    connection; the same options), with WebSocket framing: see
-    :mod:`repred._websocket`. With ``ssl_context`` it serves ``wss://``.
+    Like :func:`repred.serve_tcp` (the same options; with ``ssl_context``
+    it serves ``wss://``), with WebSocket framing: see
+    :mod:`repred._websocket`.
 
     Who may connect (each refusal is a 403 before the upgrade, logged): the
     ``Host`` header must name this server: its address (any address, on
@@ -142,13 +141,9 @@ async def serve_websocket(
     options = pick(LinkOptions, locals())
     policy = RequestPolicy.serving(host, hosts=hosts, origins=origins)
     handler = stream_server(replica, live, options, max_links, on_connection)
+    answer = functools.partial(_answer, policy=policy)
     await serve_streams(
-        websocket_server(
-            lambda path: handler,
-            functools.partial(_answer, policy=policy),
-            options,
-            max_links,
-        ),
+        websocket_server(lambda path: handler, answer, options, max_links),
         port,
         host=host,
         ssl_context=ssl_context,
