@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import protocol as protocol
 from . import types as types
+from ._connection import Connection as Connection
+from ._connection import ConnectionStatistics as ConnectionStatistics
 from ._divergence import Divergence as Divergence
 from ._divergence import ReplicaStatistics as ReplicaStatistics
 from ._errors import IncompatiblePeerError as IncompatiblePeerError
@@ -30,23 +32,25 @@ from ._errors import ProtocolError as ProtocolError
 from ._errors import RemoteProtocolError as RemoteProtocolError
 from ._errors import RepredError as RepredError
 from ._errors import StoreError as StoreError
+from ._errors import SubscriptionOverflow as SubscriptionOverflow
 from ._errors import SyncTimeout as SyncTimeout
 from ._gossip import Peer as Peer
 from ._gossip import PeerStatistics as PeerStatistics
 from ._gossip import open_peer as open_peer
-from ._links import Change as Change
-from ._links import Connection as Connection
-from ._links import ConnectionStatistics as ConnectionStatistics
-from ._links import Subscription as Subscription
-from ._links import SubscriptionOverflow as SubscriptionOverflow
 from ._links import connect_tcp as connect_tcp
 from ._links import replicate as replicate
 from ._links import serve_tcp as serve_tcp
-from ._links import subscribe as subscribe
+from ._options import LinkOptions as LinkOptions
+from ._options import PeerOptions as PeerOptions
+from ._options import Trust as Trust
 from ._placement import owners as owners
 from ._replica import Replica as Replica
 from ._replica import repred as repred
 from ._store import SqliteStore as SqliteStore
+from ._subscribe import Change as Change
+from ._subscribe import Subscription as Subscription
+from ._subscribe import subscribe as subscribe
+from ._transport import Transport as Transport
 from ._trust import SigningKey as SigningKey
 
 __all__ = [
@@ -95,4 +99,6 @@ def __getattr__(name: str) -> Any:
 
 # Also importable from here, for annotations, though not names one needs to
 # learn: the records the functions above return (Change, ConnectionStatistics,
-# PeerStatistics, ReplicaStatistics, Subscription).
+# PeerStatistics, ReplicaStatistics, Subscription), and the values and the
+# protocol their options are described by (LinkOptions, PeerOptions, Trust,
+# Transport).

@@ -4,7 +4,9 @@ Every error repred raises on purpose derives from :class:`RepredError`.
 Whose fault it was decides the class: :class:`LocalProtocolError` means the
 caller misused the API, :class:`RemoteProtocolError` means the peer sent
 something it must not. Construction-time misuse stays a plain ``TypeError``
-or ``ValueError``.
+or ``ValueError``. :class:`ReducerCheckFailed`, what the reducer checker
+of :mod:`repred.testing` finds, is an ``AssertionError``, as test runners
+expect of a failed check.
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ __all__ = [
     "IncompatiblePeerError",
     "LocalProtocolError",
     "PeerClosed",
+    "PortalClosed",
     "ProtocolError",
+    "ReducerCheckFailed",
     "RemoteProtocolError",
     "RepredError",
     "StoreError",
+    "SubscriptionOverflow",
     "SyncTimeout",
 ]
 
@@ -69,3 +74,16 @@ class SyncTimeout(RepredError):
 class StoreError(RepredError):
     """The store cannot be used: in use, not a repred store, damaged, or a
     write that could not be made durable."""
+
+
+class PortalClosed(RepredError):
+    """A call reached a portal that is closed, or closed while it ran (see
+    :mod:`repred.aio`)."""
+
+
+class SubscriptionOverflow(RepredError):
+    """A subscriber fell further behind than its buffer allows."""
+
+
+class ReducerCheckFailed(AssertionError):
+    """A reducer broke a property convergence needs (the message says which)."""

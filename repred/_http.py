@@ -27,6 +27,7 @@ __all__ = [
     "HEAD_LIMIT",
     "LOOPBACK_NAMES",
     "Replay",
+    "Request",
     "RequestPolicy",
     "check_origin",
     "header",
@@ -215,6 +216,10 @@ class RequestPolicy:
 
 HEAD_LIMIT = 16 * 1024
 
+#: A request's head as :func:`read_request` gives it: h11's connection, the
+#: request, and the bytes read (to replay to a WebSocket upgrade).
+Request = tuple[h11.Connection, h11.Request, bytes]
+
 
 class Replay(trio.abc.Stream):
     """A stream whose first bytes were already read: they are read again."""
@@ -266,9 +271,7 @@ async def respond(
     await stream.send_all(data)
 
 
-async def read_request(
-    stream: trio.abc.Stream, seconds: float
-) -> tuple[h11.Connection, h11.Request, bytes] | None:
+async def read_request(stream: trio.abc.Stream, seconds: float) -> Request | None:
     """A request's head, read with h11 (and the bytes read), or ``None``."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=HEAD_LIMIT)
     head = bytearray()

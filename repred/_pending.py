@@ -4,7 +4,7 @@ A connection that never finishes opening holds a socket and a task until
 its timeout. The servers keep at most ``limit`` of them, and at most
 ``per_client`` from one client address; one more, past either bound,
 pushes out the oldest (of that client, or of all), as a listener's
-:class:`repred._links.LinkTable` pushes out the quietest link. So stalled
+:class:`repred._serving.LinkTable` pushes out the quietest link. So stalled
 openings from one address cost a bounded share and never lock others out,
 and a new connection is always taken: one from the same address as a flood
 is served if it opens before ``per_client`` newer ones arrive.

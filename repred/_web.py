@@ -36,17 +36,16 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ._http import Replay, RequestPolicy, header, read_request, respond
-from ._links import LinkOptions, stream_server
-from ._pending import PendingTable
-from ._websocket import websocket_upgrade
+from ._http import RequestPolicy, header, respond
+from ._options import DEFAULT_MAX_LINKS, LinkOptions
+from ._serving import stream_server
+from ._websocket import websocket_server
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
 
-    import h11
-
-    from ._links import Connection
+    from ._connection import Connection
+    from ._http import Request
     from ._replica import Replica
 
 __all__ = ["PAGES", "serve_web"]
@@ -71,7 +70,7 @@ async def serve_web(
     host: str = "127.0.0.1",
     policy: RequestPolicy | None = None,
     options: LinkOptions | None = None,
-    max_links: int = 512,
+    max_links: int = DEFAULT_MAX_LINKS,
     on_connection: Callable[[Connection], None] | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -95,20 +94,10 @@ async def serve_web(
     def route(path: str) -> Callable[[trio.abc.Stream], Awaitable[None]] | None:
         return handlers.get(path[len(prefix) :]) if path.startswith(prefix) else None
 
-    upgrade = websocket_upgrade(route, options)
     # Requests being read (each within the handshake timeout): at most
     # max_links, 16 from one address, the oldest pushed out past that.
-    pending = PendingTable(max_links)
-
-    async def handle(stream: trio.abc.Stream) -> None:
-        head = None
-        with pending.hold(stream):
-            read = await read_request(stream, options.handshake_timeout)
-            if read is not None:
-                head = await _answer(stream, read, policy)
-        if head is not None:
-            await upgrade(Replay(stream, head))
-
+    answer = functools.partial(_answer, policy=policy)
+    handle = websocket_server(route, answer, options, max_links)
     listeners = await trio.open_tcp_listeners(port, host=host)
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, handle, listeners)
@@ -116,9 +105,7 @@ async def serve_web(
 
 
 async def _answer(
-    stream: trio.abc.Stream,
-    read: tuple[h11.Connection, h11.Request, bytes],
-    policy: RequestPolicy,
+    stream: trio.abc.Stream, read: Request, policy: RequestPolicy
 ) -> bytes | None:
     """Answer a request read from ``stream`` (a page, or why not), or, for
     a WebSocket upgrade ``policy`` takes, give back the bytes read, to be

@@ -12,6 +12,7 @@ only its link, statistics, ``wait_synced()`` and the timeouts.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ssl
 import urllib.parse
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -19,33 +20,28 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import trio
 import trio_websocket
 
+from ._connection import Connection, ConnectionStatistics, run_link
 from ._errors import PeerClosed, SyncTimeout
-from ._http import Replay, RequestPolicy, header, read_request, respond
-from ._links import (
+from ._groups import single_errors
+from ._http import Replay, Request, RequestPolicy, header, read_request, respond
+from ._options import (
     DEFAULT_ANTIENTROPY_INTERVAL,
     DEFAULT_CLOSE_TIMEOUT,
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_KEEPALIVE_INTERVAL,
     DEFAULT_MAX_LINKS,
     DEFAULT_SEND_TIMEOUT,
-    Connection,
-    ConnectionStatistics,
     LinkOptions,
-    _link_options,
-    _replicate,
-    serve_streams,
-    single_errors,
-    start_tls,
-    stream_server,
+    pick,
 )
 from ._pending import PendingTable
+from ._serving import serve_streams, stream_server
 from ._session import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_ENTRIES
+from ._tls import start_tls
 from ._wire import DEFAULT_MAX_LINE_BYTES
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Collection
-
-    import h11
 
     from ._replica import Replica
 
@@ -124,43 +120,30 @@ async def serve_websocket(
 ) -> NoReturn:
     """Accept peers over WebSockets and replicate with each (any path).
 
-    Like :func:`repred.serve_tcp` (``await nursery.start(...)`` reports the
-    listeners, port 0 picks a free port, one peer's failure ends only its
-    connection), with WebSocket framing: see :mod:`repred._websocket`.
+    Like :func:`repred.serve_tcp` (the same options; with ``ssl_context``
+    it serves ``wss://``), with WebSocket framing: see
+    :mod:`repred._websocket`.
 
-    Who may connect (the same rules as the peer's web port; each refusal
-    is a 403 before the upgrade, logged):
-
-    * the ``Host`` header must name this server: its address (on every
-      interface, ``host=None``: any address), or ``localhost``, and on a
-      loopback address or every interface also ``127.0.0.1`` and ``::1``;
-      and any name in ``hosts``. A web page
-      whose own name an attacker pointed at this address (DNS rebinding)
-      names its own host, and is refused. Behind a proxy that forwards the
-      public name, list it in ``hosts``; ``hosts=None`` (or ``"*"`` in it)
-      takes any name, for a proxy that checks names itself.
-    * a browser's request (one with ``Origin``) must come from a page of
-      this server's own origin, or one of ``origins`` (``"http://host:port"``);
-      ``origins=None`` lets any page in. Programs send no ``Origin``.
-
-    Args:
-        hosts: more names ``Host`` may carry (see above).
-        origins: the origins of pages that may link, besides this
-            server's own (see above).
-        ssl_context: serve ``wss://`` with this server-side context.
-
-    The other options are those of :func:`repred.serve_tcp`. A message
-    longer than ``max_line_bytes`` (and 64 KiB) ends its connection.
+    Who may connect (each refusal is a 403 before the upgrade, logged): the
+    ``Host`` header must name this server: its address (any address, on
+    every interface), ``localhost``, on a loopback address or every
+    interface also ``127.0.0.1`` and ``::1``, or a name in ``hosts``
+    (``None``, or ``"*"`` in it: any name, for a proxy that checks names
+    itself), so that a page whose name an attacker pointed at this address
+    (DNS rebinding) is refused; and a browser's request (one with
+    ``Origin``; programs send none) must come from a page of this server's
+    own origin or of ``origins`` (``"http://host:port"``; ``None``: any).
 
     Raises:
         ValueError: a name in ``hosts`` or an origin that is not one (at
             the call), or a bad option as for :func:`repred.serve_tcp`.
     """
-    options = LinkOptions(**_link_options(locals()))
+    options = pick(LinkOptions, locals())
     policy = RequestPolicy.serving(host, hosts=hosts, origins=origins)
     handler = stream_server(replica, live, options, max_links, on_connection)
+    answer = functools.partial(_answer, policy=policy)
     await serve_streams(
-        websocket_server(lambda path: handler, policy, options, max_links),
+        websocket_server(lambda path: handler, answer, options, max_links),
         port,
         host=host,
         ssl_context=ssl_context,
@@ -177,19 +160,21 @@ _NOT_FOUND = b"no such replica\n"
 
 def websocket_server(
     route: Callable[[str], Callable[[trio.abc.Stream], Awaitable[None]] | None],
-    policy: RequestPolicy,
+    answer: Callable[[trio.abc.Stream, Request], Awaitable[bytes | None]],
     options: LinkOptions,
     max_pending: int,
 ) -> Callable[[trio.abc.Stream], Awaitable[None]]:
-    """A handler that reads a WebSocket request on each stream and hands the
-    connection, as a :class:`MessageStream`, to ``route(path)``.
+    """A handler that reads an HTTP request on each stream, lets ``answer``
+    respond to it (a refusal, a page) or take it as a WebSocket upgrade (it
+    gives back the bytes read), and hands each WebSocket, as a
+    :class:`MessageStream`, to ``route(path)`` (a path that routes nowhere
+    gets 404).
 
-    A request ``policy`` refuses gets 403; a path that routes nowhere gets
-    404, a request that is no WebSocket upgrade 400. Each request is read
-    within the handshake timeout and 16 KiB; at most ``max_pending`` are
-    read at once, and 16 from one client address: one more pushes out the
-    oldest (see :mod:`repred._pending`), so connections that never finish
-    a request cost bounded sockets and time, and never keep others out.
+    Each request is read within the handshake timeout and 16 KiB; at most
+    ``max_pending`` are read at once, and 16 from one client address: one
+    more pushes out the oldest (see :mod:`repred._pending`), so connections
+    that never finish a request cost bounded sockets and time, and never
+    keep others out.
     """
     pending = PendingTable(max_pending)
     upgrade = websocket_upgrade(route, options)
@@ -199,7 +184,7 @@ def websocket_server(
         with pending.hold(stream):
             read = await read_request(stream, options.handshake_timeout)
             if read is not None:
-                head = await _answer(stream, read, policy)
+                head = await answer(stream, read)
         if head is None:
             await trio.aclose_forcefully(stream)
         else:
@@ -209,12 +194,11 @@ def websocket_server(
 
 
 async def _answer(
-    stream: trio.abc.Stream,
-    read: tuple[h11.Connection, h11.Request, bytes],
-    policy: RequestPolicy,
+    stream: trio.abc.Stream, read: Request, policy: RequestPolicy
 ) -> bytes | None:
     """The bytes read of a WebSocket request ``policy`` takes (to replay to
-    the upgrade), or ``None`` once another request is answered."""
+    the upgrade), or ``None`` once another request is answered: 400 for
+    one that is no WebSocket upgrade, 403 for one ``policy`` refuses."""
     conn, request, head = read
     wants = header(request.headers, b"upgrade")
     if wants is None or wants.lower() != b"websocket":
@@ -286,15 +270,19 @@ async def connect_websocket(
         PeerClosed: the WebSocket handshake failed (the message says why).
         RepredError: as :func:`repred.replicate`.
     """
-    options = LinkOptions(**_link_options(locals()))
+    options = pick(LinkOptions, locals())
     async with open_websocket(
         url,
         ssl_context=ssl_context,
         max_message_size=max_line_bytes + _MESSAGE_SLACK,
         timeout=handshake_timeout,
     ) as ws:
-        return await _replicate(
-            replica, MessageStream(ws), live, task_status.started, options
+        return await run_link(
+            replica,
+            MessageStream(ws),
+            live=live,
+            on_start=task_status.started,
+            options=options,
         )
 
 

@@ -74,8 +74,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, TypeVarTuple, Unpack, f
 
 import trio
 
-from ._errors import RepredError
-from ._links import DEFAULT_SUBSCRIPTION_BUFFER, subscribe
+from ._errors import PortalClosed
+from ._subscribe import DEFAULT_SUBSCRIPTION_BUFFER, subscribe
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Hashable
@@ -84,8 +84,8 @@ if TYPE_CHECKING:
 
     from outcome import Outcome
 
-    from ._links import Change, Subscription
     from ._replica import Replica
+    from ._subscribe import Change, Subscription
 
 __all__ = ["Portal", "PortalClosed", "PortalSubscription", "open_portal"]
 
@@ -95,10 +95,6 @@ PosArgsT = TypeVarTuple("PosArgsT")
 #: What a call's trio task reports: ``(True, value)``, ``(False, error)``,
 #: or ``None`` when trio cancelled it (the portal was closing).
 _Result = tuple[bool, Any] | None
-
-
-class PortalClosed(RepredError):
-    """A call reached a portal that is closed, or closed while it ran."""
 
 
 def open_portal() -> Portal:

@@ -40,9 +40,11 @@ from typing import Any, NoReturn
 import orjson
 import trio
 
+from ._address import parse_address
 from ._errors import RepredError
-from ._gossip import PeerOptions, open_peer, parse_address
-from ._links import single_errors
+from ._gossip import open_peer
+from ._groups import single_errors
+from ._options import PeerOptions
 from ._store import SqliteStore
 from ._trust import SigningKey, is_key_id
 from ._wire import LineDecoder

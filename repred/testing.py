@@ -14,6 +14,7 @@ import attrs
 import trio
 import trio.testing
 
+from ._errors import ReducerCheckFailed
 from ._replica import Replica
 
 if TYPE_CHECKING:
@@ -363,10 +364,6 @@ async def simulate_peers(
 
 
 # -- checking reducers -------------------------------------------------------
-
-
-class ReducerCheckFailed(AssertionError):
-    """A reducer broke a property convergence needs (the message says which)."""
 
 
 def _fold(

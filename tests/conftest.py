@@ -2,7 +2,6 @@
 
 import pytest
 
-from repred import _gossip
 from repred._log import limited
 
 
@@ -10,4 +9,3 @@ from repred._log import limited
 def _fresh_log_limits():
     """Each test sees the library's log limits afresh (they are per process)."""
     limited.reset()
-    _gossip.limited.reset()

@@ -311,14 +311,14 @@ async def test_self_is_recognised_under_any_spelling():
         assert not peer.is_self(f"127.0.0.1:{port + 1}")
         for wildcard in ("0.0.0.0", "::", "[::]"):
             with pytest.raises(ValueError):
-                repred._gossip.parse_member(f"{wildcard}:{port}")
+                repred._address.parse_member(f"{wildcard}:{port}")
 
 
 @pytest.mark.parametrize(
     "junk", ["not an address", "host:0", "host:70000", "0.0.0.0:80", ":80", "a b:1"]
 )
 def test_junk_members_are_refused_on_the_link(junk):
-    from repred._gossip import members_replica
+    from repred._members import members_replica
 
     members = members_replica(wall=FakeWall())
     s = Session(members)
@@ -331,7 +331,7 @@ def test_junk_members_are_refused_on_the_link(junk):
 def test_a_member_address_is_checked_on_every_heartbeat():
     # Checks are remembered for speed; refusals must not be, nor may a
     # good address stand in for a bad one.
-    from repred._gossip import members_replica
+    from repred._members import members_replica
 
     wall = FakeWall()
     members = members_replica(wall=wall)
@@ -344,7 +344,7 @@ def test_a_member_address_is_checked_on_every_heartbeat():
 
 
 def test_the_membership_map_is_bounded_and_reaped():
-    from repred._gossip import members_replica
+    from repred._members import members_replica
 
     wall = FakeWall()
     members = members_replica(wall=wall, max_members=100)
@@ -357,7 +357,7 @@ def test_the_membership_map_is_bounded_and_reaped():
     assert len(members.state) == 100
     wall.now += 10_000
     members.beat("127.0.0.1:5")
-    assert len(members.reap(wall.now - 5000)) == 100
+    assert len(members.reap(older_than=5.0)) == 100
     assert list(members.state) == ["127.0.0.1:5"]
     assert len(list(members.history())) == 1
 
@@ -647,7 +647,7 @@ async def test_idle_connections_past_the_bound_push_out_only_idle_ones():
 
 
 async def test_an_oversized_hello_is_refused():
-    from repred._gossip import MAX_HELLO_BYTES
+    from repred._mux import MAX_HELLO_BYTES
 
     async with repred.open_peer() as peer:
         stream = await trio.open_tcp_stream("127.0.0.1", peer.port)

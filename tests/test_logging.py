@@ -59,3 +59,42 @@ async def test_a_flood_of_bad_peers_logs_a_bounded_number_of_warnings(caplog):
     refused = [r for r in caplog.records if "refused what a peer sent" in r.message]
     assert 1 <= len(refused) <= 10
     assert all(r.levelno == logging.WARNING for r in refused)
+
+
+def test_a_record_said_once_per_thing(caplog):
+    logger = logging.getLogger("repred.test-once")
+    limit = RateLimitedLog(logger, burst=100, window=10.0, clock=lambda: 0.0)
+    with caplog.at_level(logging.INFO, logger="repred.test-once"):
+        for _ in range(3):
+            for node in ("a", "b"):
+                limit(logging.WARNING, "mismatch", "about %s", node, once=node)
+    assert [r.getMessage() for r in caplog.records] == ["about a", "about b"]
+
+
+def test_the_library_bounds_its_records_in_one_place():
+    """Every module logs what peers cause through the one limited log, so
+    one reset (as each test's fixture does) starts every window afresh."""
+    import importlib
+    import pkgutil
+
+    found = set()
+    for info in pkgutil.walk_packages(repred.__path__, "repred."):
+        module = importlib.import_module(info.name)
+        for value in vars(module).values():
+            if isinstance(value, RateLimitedLog):
+                found.add(id(value))
+    assert found == {id(limited)}
+
+
+def test_a_type_mismatch_is_said_once_per_node_and_name(caplog):
+    from repred import LinkOptions
+    from repred._mux import Mux
+
+    hello = b'{"repred-peer":2,"node":"127.0.0.1:9","replicas":{"data":"gset"}}\n'
+    with caplog.at_level(logging.INFO, logger="repred.peer"):
+        for _ in range(3):
+            Mux({"data": model(id="m")}, "127.0.0.1:1", LinkOptions()).feed(hello)
+    said = [r for r in caplog.records if "not replicated" in r.getMessage()]
+    assert len(said) == 1
+    assert said[0].name == "repred.peer"
+    assert said[0].levelno == logging.WARNING

@@ -10,9 +10,9 @@ import trio
 import trio.testing
 
 import repred
-from repred import Connection
-from repred._gossip import _Mux, parse_address
-from repred._links import LinkOptions
+from repred import Connection, LinkOptions
+from repred._address import parse_address
+from repred._mux import Mux
 from repred.protocol import Session
 from repred.types import model
 
@@ -74,20 +74,20 @@ async def test_names_the_other_side_lacks_are_skipped():
 
 
 async def test_mux_refuses_unknown_names_and_non_peers():
-    mux = _Mux({"data": gset("A")}, "127.0.0.1:1", LinkOptions())
+    mux = Mux({"data": gset("A")}, "127.0.0.1:1", LinkOptions())
     mux.feed(b'{"repred-peer":2,"node":"x:1","replicas":{"data":"union"}}\n')
     assert mux.peer_id == "x:1"
     assert len(mux.sessions) == 1
     with pytest.raises(repred.RemoteProtocolError) as info:
         mux.feed(b'1\tother\t{"id":"Z","clock":{}}\n')  # not agreed on
     assert info.value.reason == "unknown-replica"
-    mux = _Mux({"data": gset("A")}, "127.0.0.1:1", LinkOptions())
+    mux = Mux({"data": gset("A")}, "127.0.0.1:1", LinkOptions())
     mux.feed(b'{"repred-peer":2,"node":"x:1","replicas":{"data":"union"}}\n')
     with pytest.raises(repred.RemoteProtocolError) as info:
         mux.feed(b"no tab here\n")
     assert info.value.reason == "not-a-peer"
     with pytest.raises(repred.RemoteProtocolError):
-        _Mux({}, "n:1", LinkOptions()).feed(b'{"id":"A","clock":{}}\n')
+        Mux({}, "n:1", LinkOptions()).feed(b'{"id":"A","clock":{}}\n')
 
 
 async def test_mux_refuses_lines_lost_repeated_or_reordered():
@@ -99,7 +99,7 @@ async def test_mux_refuses_lines_lost_repeated_or_reordered():
         [b"1", b"3"],  # one lost in the middle
     ]:
         a = gset("A")
-        mux = _Mux({"data": a}, "127.0.0.1:1", LinkOptions())
+        mux = Mux({"data": a}, "127.0.0.1:1", LinkOptions())
         mux.feed(hello)
         body = b"".join(seq + b"\tdata\t" + digest + b"\n" for seq in lines)
         with pytest.raises(repred.RemoteProtocolError) as info:
@@ -166,7 +166,7 @@ async def test_reconnects_without_new_data_leave_memory_flat():
             tracemalloc.stop()
         gc.collect()
         alive = [
-            o for o in gc.get_objects() if isinstance(o, Session | Connection | _Mux)
+            o for o in gc.get_objects() if isinstance(o, Session | Connection | Mux)
         ]
         # Only the two long-lived gossip links (a mux, a connection and two
         # sessions at each end) may remain.

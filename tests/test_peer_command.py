@@ -363,7 +363,7 @@ async def test_misspelt_options_fail_at_the_call():
 
 
 def test_long_syncs_report_their_progress():
-    from repred._links import ConnectionStatistics
+    from repred import ConnectionStatistics
     from repred.peer import format_event, progress_events
 
     class Link:

@@ -263,10 +263,10 @@ _HELLOS_TWICE = {
 
 @pytest.mark.parametrize("hello", _HELLOS_TWICE.values(), ids=_HELLOS_TWICE.keys())
 def test_a_gossip_hello_with_a_key_twice_is_refused(hello):
-    from repred._gossip import _Mux
-    from repred._links import LinkOptions
+    from repred import LinkOptions
+    from repred._mux import Mux
 
-    mux = _Mux({"data": model(id="p")}, "127.0.0.1:9", LinkOptions())
+    mux = Mux({"data": model(id="p")}, "127.0.0.1:9", LinkOptions())
     with pytest.raises(RemoteProtocolError) as info:
         mux.feed(hello + b"\n")
     assert info.value.reason == "duplicate-key"

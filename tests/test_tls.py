@@ -167,7 +167,7 @@ async def test_gossip_peers_over_mutual_tls_and_a_read_only_node(ca):
 
 def test_a_peer_needs_both_tls_contexts(ca):
     with pytest.raises(ValueError, match="both"):
-        repred._gossip.TcpTransport(ssl_context=_server_context(ca))
+        repred._transport.TcpTransport(ssl_context=_server_context(ca))
 
 
 def test_the_peer_command_checks_its_tls_files(tmp_path, capsys):

@@ -1,0 +1,238 @@
+"""Several named replicas over one link: the gossip peers' framing.
+
+Each side first sends a hello line, ``{"repred-peer": 2, "node":
+"host:port", "replicas": {name: type}}``; then every line of every
+replica's scuttlebutt session goes as ``seq TAB name TAB line``, where
+``seq`` counts the lines sent on the link (1, 2, ...): a line lost,
+repeated or reordered on the way ends the link before it is applied, so no
+source's entries are ever taken out of order. A replica the other side
+lacks (or holds with another type) is skipped; a line for a replica the
+two did not agree on is refused. The membership map is always received,
+even on a read-only peer: heartbeats keep the network whole.
+
+Pure, beside :mod:`repred._session`: bytes in, bytes out, no trio.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import orjson
+
+from ._errors import RemoteProtocolError
+from ._log import limited, peer_log
+from ._members import MEMBERS
+from ._wire import LineDecoder, loads_strict, snippet
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from ._options import LinkOptions
+    from ._session import Session
+
+__all__ = [
+    "MAX_HELLO_BYTES",
+    "MAX_HELLO_REPLICAS",
+    "MAX_NAME_LENGTH",
+    "PEER_PROTOCOL",
+    "Mux",
+]
+
+PEER_PROTOCOL = 2
+#: The longest hello accepted, and its limits.
+MAX_HELLO_BYTES = 64 * 1024
+MAX_HELLO_REPLICAS = 256
+MAX_NAME_LENGTH = 128
+
+
+def _bad(message: str, line: bytes, reason: str = "not-a-peer") -> RemoteProtocolError:
+    return RemoteProtocolError(message, reason=reason, line=snippet(line))
+
+
+class Mux:
+    """The framing of a peer link (see the module docstring): a hello,
+    then ``seq TAB name TAB line`` per line of each replica's session.
+
+    It drives a :class:`~repred.protocol.Session` per replica both sides
+    hold with one type, as the trio edge drives any channel: bytes in
+    (:meth:`feed`), bytes out (:meth:`data_to_send`).
+    """
+
+    def __init__(
+        self,
+        replicas: Mapping[str, Any],
+        node: str,
+        options: LinkOptions,
+        *,
+        receive_writes: bool = True,
+    ) -> None:
+        self._replicas = replicas
+        self._decoder = LineDecoder(MAX_HELLO_BYTES)
+        self._options = options
+        #: Apply what the peer writes to the named replicas (membership is
+        #: always received: heartbeats keep the network whole).
+        self._receive_writes = receive_writes
+        self._out = [
+            orjson.dumps(
+                {
+                    "repred-peer": PEER_PROTOCOL,
+                    "node": node,
+                    "replicas": {n: r.type_name for n, r in replicas.items()},
+                },
+                option=orjson.OPT_APPEND_NEWLINE,
+            )
+        ]
+        self.hello: dict[str, Any] | None = None
+        #: Lines numbered in each direction: a line lost, repeated or
+        #: reordered on the way ends the link before it is applied.
+        self._seq_in = 0
+        self._seq_out = 0
+        self.sessions: list[Session] = []
+        self._by_name: dict[bytes, Session] = {}
+        self._wakeup: Callable[[], None] | None = None
+
+    @property
+    def peer_id(self) -> str | None:
+        return None if self.hello is None else self.hello["node"]
+
+    @property
+    def handshake_done(self) -> bool:
+        return self.hello is not None
+
+    @property
+    def lines_in(self) -> int:
+        return self._decoder.lines
+
+    @property
+    def buffered(self) -> int:
+        return self._decoder.buffered
+
+    @property
+    def expects_keepalives(self) -> bool:
+        return True  # every peer link is between repred peers
+
+    def keepalive(self) -> None:
+        for session in self.sessions:
+            session.keepalive()
+
+    def set_wakeup(self, wakeup: Callable[[], None]) -> None:
+        self._wakeup = wakeup
+
+    def feed(self, data: bytes | bytearray) -> list[object]:
+        events: list[object] = []
+        if data:
+            self._route(self._decoder.feed(data), events)
+            if self._decoder.error is not None:
+                raise self._decoder.error
+            return events
+        rest = self._decoder.eof()
+        self._route([rest] if rest is not None else [], events)
+        for session in self.sessions:
+            if session.their_state.value not in ("closed", "error"):
+                events += session.receive_data(None)
+        return events
+
+    def _route(self, lines: list[bytes], events: list[object]) -> None:
+        start = 0
+        if self.hello is None and lines:
+            self._on_hello(lines[0])
+            start = 1
+        current: Session | None = None
+        bodies: list[bytes] = []
+        by_name = self._by_name
+        for line in lines[start:]:
+            seq, tab, rest = line.partition(b"\t")
+            name, tab2, body = rest.partition(b"\t")
+            if not (tab and tab2):
+                raise _bad("a peer line is SEQ TAB NAME TAB LINE", line)
+            self._seq_in += 1
+            if seq != b"%d" % self._seq_in:
+                # A line lost, repeated or out of place on the way (a bad
+                # middlebox, or a peer's bug): nothing after it can be
+                # trusted to keep each source's entries in order.
+                if current is not None and bodies:
+                    events += current.receive_data(b"\n".join(bodies) + b"\n")
+                raise _bad(
+                    f"line {seq[:20]!r} where line {self._seq_in} was due",
+                    line,
+                    "out-of-order",
+                )
+            session = by_name.get(name)
+            if session is None:
+                raise _bad(
+                    f"a line for replica {name[:80]!r}, not one both sides hold",
+                    line,
+                    "unknown-replica",
+                )
+            if session is not current:
+                if current is not None and bodies:
+                    events += current.receive_data(b"\n".join(bodies) + b"\n")
+                current, bodies = session, []
+            bodies.append(body)
+        if current is not None and bodies:
+            events += current.receive_data(b"\n".join(bodies) + b"\n")
+
+    def _on_hello(self, line: bytes) -> None:
+        msg = loads_strict(line, "replicas")
+        if (
+            type(msg) is not dict
+            or msg.get("repred-peer") != PEER_PROTOCOL
+            or type(msg.get("node")) is not str
+            or len(msg["node"]) > 300
+            or type(msg.get("replicas")) is not dict
+        ):
+            raise _bad("not a repred peer (no hello)", line)
+        theirs = msg["replicas"]
+        if len(theirs) > MAX_HELLO_REPLICAS or not all(
+            type(n) is str
+            and type(t) is str
+            and 0 < len(n) <= MAX_NAME_LENGTH
+            and len(t) <= MAX_NAME_LENGTH
+            for n, t in theirs.items()
+        ):
+            raise _bad("a hello with too many or bad replica names", line)
+        for name, replica in self._replicas.items():
+            if theirs.get(name) == replica.type_name:
+                options = self._options
+                if not self._receive_writes and name != MEMBERS:
+                    options = attrs.evolve(options, receive=False)
+                session = options.session(replica)
+                session.wakeup = self._wakeup
+                self.sessions.append(session)
+                self._by_name[name.encode()] = session
+            elif name in theirs:
+                _log_type_mismatch(msg["node"], name, theirs[name], replica.type_name)
+        self.hello = msg
+        # Past the hello, a line may carry a whole entry and its prefix.
+        self._decoder.set_limit(self._options.max_line_bytes + 256)
+        if self._wakeup is not None:
+            self._wakeup()
+
+    def data_to_send(self) -> bytes:
+        out = self._out
+        self._out = []
+        for name, session in self._by_name.items():
+            data = session.data_to_send()
+            if data:
+                prefix = b"\t" + name + b"\t"
+                for line in data[:-1].split(b"\n"):
+                    self._seq_out += 1
+                    out.append(b"%d%s%s\n" % (self._seq_out, prefix, line))
+        return b"".join(out)
+
+
+def _log_type_mismatch(node: str, name: str, theirs: str, ours: str) -> None:
+    """Said once per node and name: a shared name with different types."""
+    limited(
+        logging.WARNING,
+        "type-mismatch",
+        "peer %s holds replica %r as type %r, this node as %r: not replicated",
+        node,
+        name,
+        theirs,
+        ours,
+        logger=peer_log,
+        once=(node, name),
+    )
