@@ -44,9 +44,12 @@ from ._options import LinkOptions as LinkOptions
 from ._options import PeerOptions as PeerOptions
 from ._options import Trust as Trust
 from ._placement import owners as owners
+from ._replica import ReducerOptions as ReducerOptions
 from ._replica import Replica as Replica
+from ._replica import ReplicaOptions as ReplicaOptions
 from ._replica import repred as repred
 from ._store import SqliteStore as SqliteStore
+from ._store import StoreContents as StoreContents
 from ._subscribe import Change as Change
 from ._subscribe import Subscription as Subscription
 from ._subscribe import subscribe as subscribe
@@ -61,11 +64,14 @@ __all__ = [
     "Peer",
     "PeerClosed",
     "ProtocolError",
+    "ReducerOptions",
     "RemoteProtocolError",
     "Replica",
+    "ReplicaOptions",
     "RepredError",
     "SigningKey",
     "SqliteStore",
+    "StoreContents",
     "StoreError",
     "SubscriptionOverflow",
     "SyncTimeout",

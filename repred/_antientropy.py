@@ -70,6 +70,7 @@ import orjson
 
 from ._errors import RemoteProtocolError
 from ._hashtree import FANOUT, ITEMS, MAX_LEVEL, fingerprint, span
+from ._replica import log_of
 from ._summary import Summary, bucket_bytes, wire_record
 from ._wire import (
     MAX_AE_ITEMS,
@@ -568,7 +569,7 @@ class AntiEntropy:
         if len(stamps) > _REPAIR_ENTRIES:
             self._repairs.appendleft((source, stamps[_REPAIR_ENTRIES:]))
             stamps = stamps[:_REPAIR_ENTRIES]
-        log = self.replica.log_of(source)
+        log = log_of(self.replica, source)
         if log is None:
             return b""
         held = [(ts, log.get(ts)) for ts in stamps]

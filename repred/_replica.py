@@ -1012,10 +1012,6 @@ class Replica:
             if source not in sent or clock[source] > sent[source]
         ]
 
-    def log_of(self, source: str) -> SourceLog | None:
-        """The log of ``source`` (read only; for anti-entropy)."""
-        return self._history.logs.get(source)
-
     def repair(self, entry_runs: Iterable[Run], origin: object = None) -> int:
         """Take entries a peer found this replica lacks although its clock
         covers them (anti-entropy); return how many were taken.
@@ -1803,6 +1799,13 @@ _WRITE_OPTIONS = ("checked", "key", "size", "again")
 #: The shortest run a type's bulk path takes (below it, checking whether
 #: it may costs more than the loop).
 _BULK_MIN = 8
+
+
+def log_of(replica: Replica, source: str) -> SourceLog | None:
+    """The log of ``source`` in ``replica``, to read: how a link, its
+    anti-entropy and their summary read what a replica holds (no public
+    name of the replica's gives it)."""
+    return replica._history.logs.get(source)
 
 
 def _next_stamp(ts: float) -> float:

@@ -84,6 +84,7 @@ from ._errors import (
 )
 from ._history import runs
 from ._log import limited
+from ._replica import log_of
 from ._wire import (
     BATCH_FORMAT,
     BATCH_PREFIX,
@@ -862,12 +863,12 @@ class Session:
     def _fill(self, out: list[bytes]) -> None:
         """Add what the queued sources have for the peer, up to the budget."""
         queue, queued, sent = self._queue, self._queued, self._sent
-        log_of = self.replica.log_of
+        replica = self.replica
         budget = self._batch_bytes
         size = sent_count = 0
         while queue and size < budget:
             source = queue.popleft()
-            log = log_of(source)
+            log = log_of(replica, source)
             if log is None:
                 queued.discard(source)
                 continue

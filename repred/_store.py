@@ -76,7 +76,7 @@ try:
 except ImportError:  # pragma: no cover  (not POSIX)
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["SqliteStore", "StoreError"]
+__all__ = ["SqliteStore", "StoreContents", "StoreError"]
 
 log = logging.getLogger("repred")
 
@@ -162,8 +162,9 @@ def _gap_crc(source: str, ts: float) -> int:
 
 
 @attrs.frozen(kw_only=True)
-class Loaded:
-    """What a store held when it was opened."""
+class StoreContents:
+    """What a store held when it was opened (:meth:`SqliteStore.open` gives
+    it to the replica that opens the store, which takes it in)."""
 
     id: str
     clock: dict[str, float]
@@ -235,7 +236,9 @@ class SqliteStore:
 
     # -- opening -------------------------------------------------------
 
-    def open(self, type_name: str, replica_id: str | None, new_id: str) -> Loaded:
+    def open(
+        self, type_name: str, replica_id: str | None, new_id: str
+    ) -> StoreContents:
         """Open (or create) the store for a replica; return what it held.
 
         ``replica_id`` is the id the caller insists on (``None``: whatever
@@ -269,7 +272,7 @@ class SqliteStore:
 
     def _checked_open(
         self, db: sqlite3.Connection, type_name: str, replica_id: str | None
-    ) -> Loaded:
+    ) -> StoreContents:
         """What ``db`` holds, checked before anything is written, even a
         pragma; the database is closed if it is refused."""
         import sqlite3
@@ -814,7 +817,7 @@ def _check_ts(path: str, ts: Any) -> float:
 
 def _load(
     db: sqlite3.Connection, path: str, type_name: str, replica_id: str | None
-) -> Loaded:
+) -> StoreContents:
     tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
     if not _ALL_TABLES <= tables:
         raise StoreError(f"{path} is an SQLite database, but not a repred store")
@@ -852,7 +855,7 @@ def _load(
     checkpoint = _state_row(db, path, "checkpoint", _checkpoint_crc)
     if checkpoint is not None and checkpoint[1] != clock:
         checkpoint = None  # only a checkpoint of exactly what the store holds
-    return Loaded(
+    return StoreContents(
         id=stored_id,
         clock=clock,
         entries=entries,

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ._hashtree import bucket_of, entry_hash, fingerprint, span
+from ._replica import log_of
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -76,7 +77,7 @@ class Summary:
         return out
 
     def record(self, source: str, horizon: float, upto: float) -> Record:
-        log = self.replica.log_of(source)
+        log = log_of(self.replica, source)
         if log is None or horizon > upto:
             return source, upto, None, 0, b""
         node, count, fp = log.tree().summary(log.view(), horizon, upto)
@@ -85,7 +86,7 @@ class Summary:
     def node(
         self, source: str, node: Node, horizon: float, upto: float
     ) -> tuple[int, bytes]:
-        log = self.replica.log_of(source)
+        log = log_of(self.replica, source)
         if log is None or horizon > upto:
             return 0, b""
         return log.tree().node(log.view(), node, horizon, upto)
@@ -93,7 +94,7 @@ class Summary:
     def children(
         self, source: str, node: Node, horizon: float, upto: float
     ) -> list[tuple[int, int, bytes]]:
-        log = self.replica.log_of(source)
+        log = log_of(self.replica, source)
         if log is None or horizon > upto:
             return []
         return log.tree().children(log.view(), node, horizon, upto)
@@ -102,7 +103,7 @@ class Summary:
         self, source: str, node: Node, horizon: float, upto: float
     ) -> list[tuple[float, bytes]]:
         """``(ts, entry hash)`` of the entries of ``node`` in ``[horizon, upto]``."""
-        log = self.replica.log_of(source)
+        log = log_of(self.replica, source)
         if log is None:
             return []
         view = log.view()
@@ -119,7 +120,7 @@ class Summary:
     def stamps(self, source: str, low: float, high: float) -> list[float]:
         """The stamps held of ``source`` in ``[low, high]`` (a dropped one
         may be among them: it is skipped when sent)."""
-        log = self.replica.log_of(source)
+        log = log_of(self.replica, source)
         if log is None or low > high:
             return []
         stamps = log.view().stamps

@@ -18,6 +18,7 @@ import pytest
 import repred
 from repred import _summary
 from repred._hashtree import SourceTree, entry_hash, node_of
+from repred._replica import log_of
 from repred.protocol import Session
 from repred.types import events, gset, model
 
@@ -323,7 +324,7 @@ def _victim_and_stamp():
     victim = model(id="V")
     for i in range(10):
         victim.set(f"k{i}", i)
-    return victim, next(iter(victim.log_of("V").view().stamps))
+    return victim, next(iter(log_of(victim, "V").view().stamps))
 
 
 def test_children_of_a_deepest_node_are_a_protocol_error():
