@@ -561,8 +561,10 @@ async def run_channel(
             session.close()
             session.wakeup = None
         channel.set_wakeup(_no_wakeup)
-        await trio.aclose_forcefully(stream)
-        conn._closed.set()
+        try:
+            await trio.aclose_forcefully(stream)  # raises if cancelled
+        finally:
+            conn._closed.set()
     # What a link held goes back as it ends, by reference counting alone:
     # nothing may point back at the connection (the sessions' wakeups did)
     # or at the error (held by the connection, and its traceback by the

@@ -38,6 +38,24 @@ async def test_live_replication_over_memory_streams():
         nursery.cancel_scope.cancel()
 
 
+async def test_a_link_cancelled_from_outside_is_closed(autojump_clock):
+    # Cancelled by an enclosing scope (not by Connection.close): the link
+    # still says it ended, and anyone waiting for that wakes.
+    a, b = model(id="A"), model(id="B")
+    left, right = trio.testing.memory_stream_pair()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as outer:
+            async with trio.open_nursery() as nursery:
+                ca = await nursery.start(repred.replicate, a, left)
+                cb = await nursery.start(repred.replicate, b, right)
+                await ca.wait_synced()
+                await cb.wait_synced()
+                outer.start_soon(ca.wait_closed)
+                nursery.cancel_scope.cancel()
+    assert ca.closed
+    assert cb.closed
+
+
 async def test_live_false_returns_when_both_sides_have_everything():
     a, b = gset("A"), gset("B")
     a.update(["a"])
