@@ -61,6 +61,7 @@ __all__ = [
     "StoreError",
     "SubscriptionOverflow",
     "SyncTimeout",
+    "connect_redis",
     "connect_tcp",
     "connect_websocket",
     "open_peer",
@@ -74,6 +75,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from ._redis import connect_redis as connect_redis
     from ._websocket import connect_websocket as connect_websocket
     from ._websocket import serve_websocket as serve_websocket
 
@@ -85,6 +87,11 @@ def __getattr__(name: str) -> Any:
         from . import _websocket
 
         return getattr(_websocket, name)
+    if name == "connect_redis":
+        # coredis is an extra: pip install 'repred[redis]'.
+        from . import _redis
+
+        return _redis.connect_redis
     raise AttributeError(f"module 'repred' has no attribute {name!r}")
 
 

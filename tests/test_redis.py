@@ -1,0 +1,449 @@
+"""Replicas through Redis, against a real redis-server on a free port."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import shutil
+import socket
+import subprocess
+import time
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+
+import repred
+from repred._wire import encode_digest, encode_entry
+from repred.types import gset, model
+
+coredis = pytest.importorskip("coredis", reason="pip install 'repred[redis]'")
+
+REDIS_SERVER = shutil.which("redis-server") or shutil.which(
+    "redis-server", path="/usr/bin:/usr/sbin"
+)
+pytestmark = pytest.mark.skipif(
+    REDIS_SERVER is None,
+    reason="redis-server is not installed (Debian: apt-get install redis-server)",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A redis-server with persistence off, in a temporary directory, that
+    a test stops, starts again (empty) and flushes."""
+
+    def __init__(self, directory) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        assert REDIS_SERVER is not None
+        self.proc = subprocess.Popen(
+            [
+                REDIS_SERVER,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:  # until it accepts connections
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.1).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.01)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@asynccontextmanager
+async def raw_client(server):
+    async with coredis.Redis.from_url(server.url) as client:
+        yield client
+
+
+async def until(predicate):
+    """Wait until ``predicate()`` holds. A real server and real sockets:
+    what the test waits for happens in another process, so it is looked
+    at every few milliseconds (the bound is only there to fail, not to
+    time anything)."""
+    with trio.fail_after(30):
+        while not predicate():  # noqa: ASYNC110
+            await trio.sleep(0.005)
+
+
+def link(replica, server, **options):
+    options.setdefault("name", "data")
+    options.setdefault("retry_seconds", 0.05)
+    return functools.partial(repred.connect_redis, replica, server.url, **options)
+
+
+async def test_two_replicas_converge_and_nothing_is_echoed(redis_server):
+    a, b = model(), model()
+    a.set("colour", "blue")
+    async with trio.open_nursery() as nursery:
+        la = await nursery.start(link(a, redis_server))
+        lb = await nursery.start(link(b, redis_server))
+        await la.wait_synced()
+        await lb.wait_synced()
+        await until(lambda: b.get("colour") == "blue")
+        b.set("size", 3)
+        a.set("shape", "round")
+        await until(lambda: a.get("size") == 3 and b.get("shape") == "round")
+        await until(lambda: la.statistics().updates_in == 1)
+        sa, sb = la.statistics(), lb.statistics()
+        # Each side wrote its own entries once and read only the other's.
+        assert (sa.updates_out, sa.updates_in) == (2, 1)
+        assert (sb.updates_out, sb.updates_in) == (1, 2)
+        assert sa.bytes_out > 0
+        assert sb.bytes_in >= sa.bytes_out
+        assert sa.connected
+        assert sa.synced
+        assert sa.refused == 0
+        async with raw_client(redis_server) as client:
+            records = await client.xrange("repred:{data}:log")
+        assert len(records) == 3  # one record per write, none echoed
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_joiner_starts_from_the_image_then_the_tail(redis_server):
+    a = model()
+    for i in range(3000):
+        a.set(f"k{i}", i)
+    options = {"compact_bytes": 1, "tail_seconds": 0, "batch_bytes": 4096}
+    async with trio.open_nursery() as nursery:
+        la = await nursery.start(link(a, redis_server, **options))
+        await la.wait_synced()
+        await until(lambda: la.statistics().images_written >= 1)
+        for i in range(10):
+            a.set(f"late{i}", i)  # the tail after the image
+        async with raw_client(redis_server) as client:
+            meta = await client.hgetall("repred:{data}:meta")
+            records = await client.xrange("repred:{data}:log")
+        # The stream was trimmed behind the image: it starts at the last
+        # record the image covers.
+        assert meta[b"trimmed"] == meta[b"image_id"] == records[0].identifier
+        c = model()
+        lc = await nursery.start(link(c, redis_server))
+        await lc.wait_synced()
+        await until(lambda: c.get("late9") == 9)
+        assert c.to_dict() == a.to_dict()
+        assert lc.statistics().images_loaded == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_replica_holding_the_image_already_reads_only_the_tail(
+    redis_server,
+):
+    a = model()
+    for i in range(500):
+        a.set(f"k{i}", i)
+    async with trio.open_nursery() as nursery:
+        la = await nursery.start(link(a, redis_server, compact_bytes=1))
+        await la.wait_synced()
+        await until(lambda: la.statistics().images_written >= 1)
+        b = model()
+        lb = await nursery.start(link(b, redis_server))
+        await lb.wait_synced()
+        first = lb.statistics()
+        assert first.images_loaded == 1
+        lb.close()
+        await lb.wait_closed()
+        a.set("while-away", 1)
+        lb = await nursery.start(link(b, redis_server))
+        await lb.wait_synced()
+        await until(lambda: b.get("while-away") == 1)
+        # Its clock covered the image: only the stream was read.
+        assert lb.statistics().images_loaded == 0
+        assert b.to_dict() == a.to_dict()
+        nursery.cancel_scope.cancel()
+
+
+async def test_signed_entries_travel_whole_and_forgeries_are_refused(
+    redis_server, caplog
+):
+    key = repred.SigningKey.generate()
+    a = model(signing_key=key)
+    b = model(verify=True)
+    a.set("signed", 1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(link(a, redis_server))
+        lb = await nursery.start(link(b, redis_server))
+        await lb.wait_synced()
+        await until(lambda: b.get("signed") == 1)
+        assert b.signature(key.id, a.clock[key.id]) == a.signature(
+            key.id, a.clock[key.id]
+        )
+        now = a.clock[key.id]
+        forged = b'[["signed", 666], %d, "%s"]\n' % (now + 1, key.id.encode())
+        bad = [
+            forged,  # unsigned, in the key's name
+            b"[1, 2\n",  # malformed
+            b'{"id": "x", "clock": {}}\n',  # a digest
+            b'"SYNC"\n',  # out of place
+            b"x" * 2_000_000,  # too long for a record
+            b'{"batch": "s", "stamps": [2, 1], "changes": [1, 2]}\n',
+        ]
+        async with raw_client(redis_server) as client:
+            for payload in bad:
+                await client.xadd("repred:{data}:log", {"d": payload, "w": "x"})
+            await client.xadd("repred:{data}:log", {"other": "field"})
+        a.set("after", 2)
+        await until(lambda: b.get("after") == 2)
+        assert b.get("signed") == 1
+        assert lb.statistics().refused == 7
+        assert lb.statistics().connected
+        assert "refused" in caplog.text
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_type_mismatch_on_a_name_is_an_error(redis_server):
+    a, b = model(), gset()
+    async with trio.open_nursery() as nursery:
+        la = await nursery.start(link(a, redis_server))
+        await la.wait_synced()
+        with pytest.raises(repred.IncompatiblePeerError, match="'model'"):
+            await repred.connect_redis(b, redis_server.url, name="data")
+        nursery.cancel_scope.cancel()
+
+
+async def test_it_starts_without_redis_and_says_so_once(redis_server, caplog):
+    redis_server.stop()
+    caplog.set_level(logging.INFO, logger="repred")
+    a, b = model(), model()
+    async with trio.open_nursery() as nursery:
+        la = await nursery.start(link(a, redis_server))
+        a.set("early", 1)  # works locally meanwhile
+        await until(lambda: la.statistics().attempts_failed >= 3)
+        waiting = [r for r in caplog.records if "waiting for Redis" in r.message]
+        assert len(waiting) == 1
+        assert not la.statistics().connected
+        redis_server.start()
+        lb = await nursery.start(link(b, redis_server))
+        await until(lambda: b.get("early") == 1)
+        back = [r for r in caplog.records if "reached Redis" in r.message]
+        assert len(back) == 1
+        assert la.statistics().connected
+        nursery.cancel_scope.cancel()
+    del lb
+
+
+async def test_the_password_is_never_logged(caplog):
+    url = f"redis://user:sekrit@127.0.0.1:{free_port()}"
+    a = model()
+    async with trio.open_nursery() as nursery:
+        la = await nursery.start(
+            functools.partial(
+                repred.connect_redis, a, url, name="data", retry_seconds=0.05
+            )
+        )
+        await until(lambda: la.statistics().attempts_failed >= 1)
+        nursery.cancel_scope.cancel()
+    assert "sekrit" not in caplog.text
+    assert "user:***@127.0.0.1" in caplog.text
+    assert "sekrit" not in repr(la)
+
+
+async def test_a_restarted_empty_redis_is_filled_again(redis_server, caplog):
+    a, b = model(), model()
+    a.set("before", 1)
+    async with trio.open_nursery() as nursery:
+        la = await nursery.start(link(a, redis_server))
+        lb = await nursery.start(link(b, redis_server))
+        await la.wait_synced()
+        await until(lambda: b.get("before") == 1)
+        redis_server.stop()
+        a.set("while-down-a", 2)  # both keep working locally
+        b.set("while-down-b", 3)
+        await until(lambda: not la.connected and not lb.connected)
+        redis_server.start()  # empty: persistence is off
+        await until(lambda: a.get("while-down-b") == 3 and b.get("while-down-a") == 2)
+        c = model()
+        lc = await nursery.start(link(c, redis_server))
+        await lc.wait_synced()
+        await until(lambda: c.to_dict() == a.to_dict() == b.to_dict())
+        assert c.get("before") == 1
+        lost = [r for r in caplog.records if "lost Redis" in r.message]
+        assert len(lost) == 2  # once per link for the spell
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_flushed_redis_is_filled_again(redis_server, caplog):
+    a, b = model(), model()
+    a.set("x", 1)
+    b.set("y", 2)
+    async with trio.open_nursery() as nursery:
+        la = await nursery.start(link(a, redis_server, poll_seconds=0.05))
+        lb = await nursery.start(link(b, redis_server, poll_seconds=0.05))
+        await la.wait_synced()
+        await lb.wait_synced()
+        await until(lambda: a.to_dict() == b.to_dict() == {"x": 1, "y": 2})
+        async with raw_client(redis_server) as client:
+            await client.flushall()
+            # Refilled by both links: a joiner finds everything.
+            c = model()
+            lc = await nursery.start(link(c, redis_server))
+            await lc.wait_synced()
+            await until(lambda: c.to_dict() == {"x": 1, "y": 2})
+        assert "lost its data" in caplog.text
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_dropped_connection_reads_on_from_where_it_was(redis_server):
+    a, b = model(), model()
+    for i in range(50):
+        a.set(f"k{i}", i)
+    async with trio.open_nursery() as nursery:
+        la = await nursery.start(link(a, redis_server))
+        lb = await nursery.start(link(b, redis_server))
+        await la.wait_synced()
+        await until(lambda: b.to_dict() == a.to_dict())
+        async with raw_client(redis_server) as client:
+            before = await client.xlen("repred:{data}:log")
+            await client.client_kill(type_=coredis.tokens.PureToken.NORMAL, skipme=True)
+            await until(lambda: la.statistics().reconnects == 1)
+            await until(lambda: lb.statistics().reconnects == 1)
+            a.set("after", 1)
+            await until(lambda: b.get("after") == 1)
+            # Nothing was written again: the links knew what Redis held.
+            assert await client.xlen("repred:{data}:log") == before + 1
+        assert la.statistics().updates_out == 51
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_stream_that_lost_records_is_filled_again(redis_server):
+    a, b = model(), model()
+    a.set("x", 1)
+    async with trio.open_nursery() as nursery:
+        la = await nursery.start(link(a, redis_server))
+        await la.wait_synced()
+        async with raw_client(redis_server) as client:
+            await client.delete(["repred:{data}:log"])  # as if restored older
+            await client.client_kill(type_=coredis.tokens.PureToken.NORMAL, skipme=True)
+            await until(lambda: la.statistics().reconnects == 1)
+            lb = await nursery.start(link(b, redis_server))
+            await lb.wait_synced()
+            await until(lambda: b.get("x") == 1)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_reader_behind_a_trim_starts_again_from_the_image(redis_server):
+    b = model()
+    async with trio.open_nursery() as nursery:
+        lb = await nursery.start(link(b, redis_server))
+        await lb.wait_synced()  # at the start of an empty stream
+        now = int(time.time() * 1000)
+        head = encode_digest("image", {"hand": now}, "model")
+        async with raw_client(redis_server) as client:
+            # Another writer, as one step: an image covering a record, and
+            # the stream trimmed up to it, past where the reader is.
+            async with client.pipeline(transaction=True) as multi:
+                multi.rpush(
+                    "repred:{data}:image:hand",
+                    [head, encode_entry(["in-image", 1], now, "hand")],
+                )
+                multi.xadd(
+                    "repred:{data}:log",
+                    {"d": encode_entry(["in-stream", 1], now - 1, "hand2")},
+                    identifier="1-1",
+                )
+                multi.hset(
+                    "repred:{data}:meta",
+                    {
+                        "image": "hand",
+                        "image_id": "1-1",
+                        "image_len": 2,
+                        "trimmed": "1-1",
+                    },
+                )
+        await until(lambda: b.get("in-image") == 1)
+        assert lb.statistics().images_loaded == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_stream_trimmed_past_its_image_starts_a_new_epoch(redis_server):
+    a, b = model(), model()
+    for i in range(100):
+        a.set(f"k{i}", i)
+    async with trio.open_nursery() as nursery:
+        la = await nursery.start(link(a, redis_server, compact_bytes=1))
+        await until(lambda: la.statistics().images_written >= 1)
+        async with raw_client(redis_server) as client:
+            a.set("last", 1)
+            await until(lambda: la.statistics().updates_out == 101)
+            newest = (await client.xrevrange("repred:{data}:log", count=1))[0]
+            # By hand: the stream emptied past what the image covers.
+            await client.xtrim("repred:{data}:log", "MAXLEN", 0)
+            await client.hset(
+                "repred:{data}:meta", {"trimmed": newest.identifier + b"1"}
+            )
+        await nursery.start(link(b, redis_server))
+        await until(lambda: b.to_dict() == a.to_dict())
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_image_over_its_bound_is_not_written(redis_server, caplog):
+    a, b = model(), model()
+    for i in range(200):
+        a.set(f"k{i}", i)
+    async with trio.open_nursery() as nursery:
+        la = await nursery.start(
+            link(a, redis_server, compact_bytes=1, max_image_bytes=1000)
+        )
+        await la.wait_synced()
+        a.set("more", 1)  # a second look at the tail
+        await until(lambda: "max_image_bytes" in caplog.text)
+        assert la.statistics().images_written == 0
+        lb = await nursery.start(link(b, redis_server))
+        await lb.wait_synced()
+        await until(lambda: b.to_dict() == a.to_dict())
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"name": "a{b}"}, "braces"),
+        ({"name": ""}, "name"),
+        ({"name": "ok", "read_count": 0}, "read_count"),
+        ({"name": "ok", "poll_seconds": 0}, "poll_seconds"),
+        ({"name": "ok", "tail_seconds": -1}, "tail_seconds"),
+    ],
+)
+async def test_bad_options_are_refused_at_the_call(options, message):
+    with pytest.raises(ValueError, match=message):
+        await repred.connect_redis(model(), "redis://127.0.0.1:1", **options)
