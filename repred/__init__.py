@@ -75,6 +75,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from ._redis import RedisLink as RedisLink
+    from ._redis import RedisStatistics as RedisStatistics
     from ._redis import connect_redis as connect_redis
     from ._websocket import connect_websocket as connect_websocket
     from ._websocket import serve_websocket as serve_websocket
@@ -87,14 +89,15 @@ def __getattr__(name: str) -> Any:
         from . import _websocket
 
         return getattr(_websocket, name)
-    if name == "connect_redis":
+    if name in ("connect_redis", "RedisLink", "RedisStatistics"):
         # coredis is an extra: pip install 'repred[redis]'.
         from . import _redis
 
-        return _redis.connect_redis
+        return getattr(_redis, name)
     raise AttributeError(f"module 'repred' has no attribute {name!r}")
 
 
 # Also importable from here, for annotations, though not names one needs to
 # learn: the records the functions above return (Change, ConnectionStatistics,
-# PeerStatistics, Subscription).
+# PeerStatistics, Subscription, and RedisLink and RedisStatistics, with the
+# redis extra).

@@ -444,6 +444,12 @@ class RedisLink:
 
     Reported through ``task_status`` by :func:`connect_redis` as soon as it
     starts, whether or not Redis can be reached yet.
+
+    Attributes:
+        replica: the replica it links.
+        name: the name the replica is shared under.
+        url: the Redis URL, without its password.
+        started: when the link started (``trio.current_time()``).
     """
 
     def __init__(
@@ -482,6 +488,8 @@ class RedisLink:
         self._image_bytes = 0
         self._rewind: tuple[bytes, float] | None = None
         self._compacting = False
+        #: The writer has nothing left to send.
+        self._flushed = False
         self._failure: BaseException | None = None
         self._live_nursery: trio.Nursery | None = None
         # Counters of the sessions that ended, and the link's own.
@@ -513,6 +521,7 @@ class RedisLink:
 
     @property
     def closed(self) -> bool:
+        """The link has ended."""
         return self._closed.is_set()
 
     async def wait_synced(self) -> None:
@@ -521,6 +530,7 @@ class RedisLink:
         await self._synced.wait()
 
     async def wait_closed(self) -> None:
+        """Wait until the link has ended (closed, or cancelled)."""
         await self._closed.wait()
 
     def close(self) -> None:
@@ -528,6 +538,7 @@ class RedisLink:
         self._scope.cancel()
 
     def statistics(self) -> RedisStatistics:
+        """The link's counters, over every connection it made so far."""
         updates_in, updates_out, deferred = self._done
         if self._session is not None:
             now = self._session.statistics()
@@ -963,6 +974,7 @@ class RedisLink:
         """Write what the replica holds beyond Redis, and read what others
         write, until something fails (raised here, as one exception)."""
         self._failure = None
+        self._flushed = False
         async with trio.open_nursery() as nursery:
             self._live_nursery = nursery
             nursery.start_soon(self._guard, self._writer, client)
@@ -994,8 +1006,10 @@ class RedisLink:
                 self._written = await self._call(client.xadd(self._keys.log, fields))
                 self._bytes_out += len(payload)
             if data:
+                self._flushed = False
                 continue
             if session is self._session:
+                self._flushed = True
                 self._note_flushed()
                 if self.synced:
                     self._synced.set()
@@ -1035,8 +1049,9 @@ class RedisLink:
         if (
             self._tail_bytes >= threshold
             and not self._compacting
-            # Read past its own records: the image covers everything up to
-            # where it starts.
+            # Everything written, and read past its own records: the
+            # records before the image's id hold all the replica did.
+            and self._flushed
             and _stream_id(self._position) >= _stream_id(self._written)
             and nursery is not None
         ):
