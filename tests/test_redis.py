@@ -166,6 +166,27 @@ async def test_a_joiner_starts_from_the_image_then_the_tail(redis_server):
         nursery.cancel_scope.cancel()
 
 
+async def test_a_first_image_covers_the_whole_first_fill(redis_server):
+    a = model()
+    for i in range(3000):
+        a.set(f"k{i}", i)
+    async with trio.open_nursery() as nursery:
+        la = await nursery.start(
+            link(a, redis_server, compact_bytes=1, batch_bytes=4096)
+        )
+        await until(lambda: la.statistics().images_written == 1)
+        async with raw_client(redis_server) as client:
+            meta = await client.hgetall("repred:{data}:meta")
+        c = model()
+        lc = await nursery.start(link(c, redis_server))
+        await lc.wait_synced()
+        assert c.to_dict() == a.to_dict()
+        # The image and nothing after it: its id is the last record the
+        # first fill wrote.
+        assert lc.statistics().bytes_in <= int(meta[b"image_bytes"])
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_replica_holding_the_image_already_reads_only_the_tail(
     redis_server,
 ):
