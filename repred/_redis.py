@@ -139,6 +139,8 @@ _LOCK_MS = 120_000
 _REWIND_SECONDS = 30.0
 #: Seconds between two copies of the replica's clock as what Redis holds.
 _KNOWN_EVERY = 1.0
+#: Seconds a link may read only its own records without looking at the meta.
+_CHECK_EVERY = 1.0
 #: Bytes of image elements pushed in one call.
 _PUSH_BYTES = 1 << 20
 #: The first attempts to reach Redis again wait this long, doubling.
@@ -487,6 +489,9 @@ class RedisLink:
         self._image_id = _ZERO
         self._image_bytes = 0
         self._rewind: tuple[bytes, float] | None = None
+        #: Where reads were last checked against the meta, and when, if
+        #: some were not (see _check_later).
+        self._unchecked: tuple[bytes, float] | None = None
         self._compacting = False
         #: The writer has nothing left to send.
         self._flushed = False
@@ -624,6 +629,7 @@ class RedisLink:
         self._known = {}
         self._known_at = -math.inf
         self._rewind = None
+        self._unchecked = None
         self._tail_bytes = 0
 
     # -- feeding what Redis holds ----------------------------------------
@@ -930,17 +936,40 @@ class RedisLink:
         (read after them) says the stream was trimmed past that position:
         then ``False`` (nothing applied). Raises :class:`_Resync` if Redis
         lost its data meanwhile."""
-        before = self._position
+        before = self._position if self._unchecked is None else self._unchecked[0]
         assert before is not None
+        if records and all(r.field_values.get(_WRITER) == self._id for r in records):
+            # All this link's own: nothing to apply, so a live write's round
+            # trip need not wait for the meta. The next read that applies
+            # anything checks from before them (as does this one, once a
+            # second has passed or an image is due).
+            if self._unchecked is None:
+                self._unchecked = (before, trio.current_time())
+            for record in records:
+                self._take_record(record)
+            if not self._check_due():
+                return True
+            records = ()
         meta = await self._read_meta(client)
         if meta.epoch != self._epoch:
             raise _Resync
         self._note_image(meta)
+        self._unchecked = None
         if _stream_id(before) < _stream_id(meta.trimmed):
+            self._position = before  # nothing after it is known to be whole
             return False
         for record in records:
             self._take_record(record)
         return True
+
+    def _check_due(self) -> bool:
+        """Reads left unchecked must be checked now: a second has passed,
+        or an image is due (an image covers only checked reads)."""
+        unchecked = self._unchecked
+        return unchecked is not None and (
+            trio.current_time() - unchecked[1] >= _CHECK_EVERY
+            or self._tail_bytes >= max(self._image_bytes, self._options.compact_bytes)
+        )
 
     def _take_record(self, record: Any) -> None:
         fields = record.field_values
@@ -1052,6 +1081,7 @@ class RedisLink:
             # Everything written, and read past its own records: the
             # records before the image's id hold all the replica did.
             and self._flushed
+            and self._unchecked is None
             and _stream_id(self._position) >= _stream_id(self._written)
             and nursery is not None
         ):

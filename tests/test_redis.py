@@ -416,6 +416,49 @@ async def test_a_reader_behind_a_trim_starts_again_from_the_image(redis_server):
         nursery.cancel_scope.cancel()
 
 
+async def test_a_trim_hidden_behind_a_links_own_records_is_seen(redis_server):
+    a, b = model(), model()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(link(a, redis_server))
+        lb = await nursery.start(link(b, redis_server))
+        await lb.wait_synced()
+        b.set("mine", 1)
+        async with raw_client(redis_server) as client:
+            await until(lambda: lb.statistics().bytes_out > 0)
+            (own,) = await client.xrange("repred:{data}:log")
+            writer = own.field_values[b"w"]
+            now = int(time.time() * 1000)
+            head = encode_digest("image", {"hand": now}, "model")
+            ms = int(own.identifier.split(b"-")[0]) + 1
+            other, mine = f"{ms}-0", f"{ms}-1"
+            # Another writer's record, then one in b's name, and the first
+            # trimmed away behind an image that holds it, all at once: b
+            # reads only its own record, which it need not check at once.
+            async with client.pipeline(transaction=True) as multi:
+                multi.rpush(
+                    "repred:{data}:image:hand",
+                    [head, encode_entry(["in-image", 1], now, "hand")],
+                )
+                line = encode_entry(["in-image", 1], now, "hand")
+                multi.xadd("repred:{data}:log", {"d": line}, identifier=other)
+                multi.xadd(
+                    "repred:{data}:log", {"d": b"[]\n", "w": writer}, identifier=mine
+                )
+                multi.xtrim("repred:{data}:log", "MINID", mine)
+                multi.hset(
+                    "repred:{data}:meta",
+                    {
+                        "image": "hand",
+                        "image_id": mine,
+                        "image_len": 2,
+                        "trimmed": mine,
+                    },
+                )
+        a.set("after", 1)  # a record to apply: b checks from before its own
+        await until(lambda: b.get("in-image") == 1)
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_stream_trimmed_past_its_image_starts_a_new_epoch(redis_server):
     a, b = model(), model()
     for i in range(100):
