@@ -86,6 +86,7 @@ from ._wire import (
 
 try:
     import coredis
+    import coredis.connection
     import coredis.exceptions
     import coredis.retry
     import coredis.tokens
@@ -393,6 +394,7 @@ class _Options:
     max_image_bytes: int
     compact_bytes: int
     tail_seconds: float
+    cluster: bool
 
     def __attrs_post_init__(self) -> None:
         for name in ("read_count", "max_line_bytes", "batch_entries", "batch_bytes"):
@@ -717,10 +719,18 @@ class RedisLink:
         )
 
     def _client(self) -> Any:
-        return coredis.Redis.from_url(
-            self._url,
-            retry_policy=coredis.retry.NoRetryPolicy(),
-            connect_timeout=self._options.timeout,
+        options: dict[str, Any] = {
+            "retry_policy": coredis.retry.NoRetryPolicy(),
+            "connect_timeout": self._options.timeout,
+        }
+        if not self._options.cluster:
+            return coredis.Redis.from_url(self._url, **options)
+        # The first node as a TCPLocation: from the URL alone, coredis
+        # names it in a form it warns is deprecated.
+        parts = urllib.parse.urlsplit(self._url)
+        first = coredis.connection.TCPLocation(parts.hostname or "", parts.port or 6379)
+        return coredis.RedisCluster.from_url(
+            self._url, startup_nodes=[first], **options
         )
 
     async def _call(self, request: Awaitable[Any], seconds: float = 0.0) -> Any:
@@ -1227,6 +1237,7 @@ async def connect_redis(
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
     compact_bytes: int = DEFAULT_COMPACT_BYTES,
     tail_seconds: float = DEFAULT_TAIL_SECONDS,
+    cluster: bool = False,
     task_status: trio.TaskStatus[RedisLink] = trio.TASK_STATUS_IGNORED,
 ) -> RedisStatistics:
     """Link ``replica`` to a Redis server under ``name``; runs until cancelled.
@@ -1276,6 +1287,8 @@ async def connect_redis(
         tail_seconds: records this much older than a new image stay in the
             stream, so that a reader a little behind reads on rather than
             loads the image.
+        cluster: ``url`` is a node of a Redis Cluster (the client follows
+            the cluster's slots; every key of a name lives in one).
 
     Returns:
         The link's final statistics.
@@ -1300,6 +1313,7 @@ async def connect_redis(
         max_image_bytes=max_image_bytes,
         compact_bytes=compact_bytes,
         tail_seconds=tail_seconds,
+        cluster=bool(cluster),
     )
     link = RedisLink(replica, url, name, options)
     task_status.started(link)

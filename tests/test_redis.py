@@ -44,7 +44,7 @@ class RedisServer:
         self.url = f"redis://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, extra: tuple[str, ...] | list[str] = ()) -> None:
         assert REDIS_SERVER is not None
         self.proc = subprocess.Popen(
             [
@@ -59,6 +59,7 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.directory),
+                *extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -495,6 +496,62 @@ async def test_an_image_over_its_bound_is_not_written(redis_server, caplog):
         lb = await nursery.start(link(b, redis_server))
         await lb.wait_synced()
         await until(lambda: b.to_dict() == a.to_dict())
+        nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+def redis_cluster(tmp_path):
+    """Three redis-servers made one Redis Cluster (with redis-cli)."""
+    cli = shutil.which("redis-cli") or shutil.which("redis-cli", path="/usr/bin")
+    if cli is None:
+        pytest.skip("redis-cli is not installed (Debian: apt-get install redis-tools)")
+    nodes = []
+    try:
+        for i in range(3):
+            (tmp_path / str(i)).mkdir()
+            node = RedisServer(tmp_path / str(i))
+            # The cluster bus listens on a port of its own (by default the
+            # node's plus 10000, which may be taken or out of range).
+            bus = str(free_port())
+            node.start(["--cluster-enabled", "yes", "--cluster-port", bus])
+            nodes.append(node)
+        subprocess.run(
+            [cli, "--cluster", "create", "--cluster-replicas", "0", "--cluster-yes"]
+            + [f"127.0.0.1:{node.port}" for node in nodes],
+            check=True,
+            capture_output=True,
+        )
+        deadline = time.monotonic() + 20
+        while (
+            b"cluster_state:ok"
+            not in subprocess.run(
+                [cli, "-p", str(nodes[0].port), "cluster", "info"], capture_output=True
+            ).stdout
+        ):
+            assert time.monotonic() < deadline, "the cluster never came up"
+            time.sleep(0.05)
+        yield nodes[0]
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+@pytest.mark.slow
+async def test_replicas_converge_through_a_redis_cluster(redis_cluster):
+    a, b = model(), model()
+    for i in range(2000):
+        a.set(f"k{i}", i)
+    async with trio.open_nursery() as nursery:
+        la = await nursery.start(
+            link(a, redis_cluster, cluster=True, compact_bytes=1, tail_seconds=0)
+        )
+        await until(lambda: la.statistics().images_written == 1)
+        lb = await nursery.start(link(b, redis_cluster, cluster=True))
+        await lb.wait_synced()
+        b.set("back", 1)
+        await until(lambda: a.get("back") == 1)
+        assert b.to_dict() == a.to_dict()
+        assert lb.statistics().images_loaded == 1
         nursery.cancel_scope.cancel()
 
 
