@@ -827,6 +827,10 @@ class RedisLink:
         the link has no position in the stream (or one trimmed away), then
         the stream to its end."""
         self._live_phase = False
+        if self._rewind is not None and self._position is not None:
+            # Entries were stamped too far ahead to apply: read them again.
+            self._position = self._rewind[0]
+        self._rewind = None
         while True:
             if self._position is None or _stream_id(self._position) < _stream_id(
                 meta.trimmed
@@ -915,6 +919,7 @@ class RedisLink:
                     self._refused += 1
                     continue
                 self._feed(element, "an image")
+                await trio.lowlevel.checkpoint()
             index = last + 1
         self._images_loaded += 1
         return True
@@ -970,6 +975,9 @@ class RedisLink:
             return False
         for record in records:
             self._take_record(record)
+            # A read holds up to read_count records of a send's worth each:
+            # other tasks run between them, as between a TCP link's reads.
+            await trio.lowlevel.checkpoint()
         return True
 
     def _check_due(self) -> bool:

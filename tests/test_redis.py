@@ -16,6 +16,7 @@ import trio
 import repred
 from repred._wire import encode_digest, encode_entry
 from repred.types import gset, model
+from tests.helpers import FakeWall
 
 coredis = pytest.importorskip("coredis", reason="pip install 'repred[redis]'")
 
@@ -102,7 +103,7 @@ async def until(predicate):
     what the test waits for happens in another process, so it is looked
     at every few milliseconds (the bound is only there to fail, not to
     time anything)."""
-    with trio.fail_after(30):
+    with trio.fail_after(20):
         while not predicate():  # noqa: ASYNC110
             await trio.sleep(0.005)
 
@@ -250,6 +251,23 @@ async def test_signed_entries_travel_whole_and_forgeries_are_refused(
         assert lb.statistics().refused == 7
         assert lb.statistics().connected
         assert "refused" in caplog.text
+        nursery.cancel_scope.cancel()
+
+
+async def test_entries_stamped_too_far_ahead_are_read_again_later(redis_server):
+    wall = FakeWall(time.time() * 1000 - 10 * 60 * 1000)  # ten minutes behind
+    b = model(wall=wall)
+    async with trio.open_nursery() as nursery:
+        lb = await nursery.start(link(b, redis_server))
+        await lb.wait_synced()
+        line = encode_entry(["ahead", 1], int(time.time() * 1000), "elsewhere")
+        async with raw_client(redis_server) as client:
+            await client.xadd("repred:{data}:log", {"d": line})
+            await until(lambda: lb.statistics().deferred == 1)
+            assert b.get("ahead") is None
+            wall.now += 10 * 60 * 1000  # b's clock is right again
+            await client.client_kill(type_=coredis.tokens.PureToken.NORMAL, skipme=True)
+        await until(lambda: b.get("ahead") == 1)
         nursery.cancel_scope.cancel()
 
 
