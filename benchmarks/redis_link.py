@@ -49,8 +49,10 @@ def start_redis(directory: str) -> tuple[subprocess.Popen[bytes], str]:
     server = shutil.which("redis-server") or "/usr/bin/redis-server"
     port = free_port()
     proc = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1"]
-        + ["--save", "", "--appendonly", "no", "--dir", directory],
+        [
+            *(server, "--port", str(port), "--bind", "127.0.0.1"),
+            *("--save", "", "--appendonly", "no", "--dir", directory),
+        ],
         stdout=subprocess.DEVNULL,
     )
     for _ in range(1000):
