@@ -742,6 +742,7 @@ class RedisLink:
         """One connection to Redis: sync, then stay live until it fails."""
         # coredis runs a task group per client, which wraps whatever ends
         # the block in an exception group: one error comes out as itself.
+        first = self._epoch is None
         async with single_errors(), self._client() as client:
             meta = await self._attach(client)
             if failures:
@@ -754,7 +755,7 @@ class RedisLink:
                     failures,
                     trio.current_time() - spell_started,
                 )
-            elif self._epoch is None:
+            elif first:
                 log.info("repred: Redis link %r linked to %s", self.name, self.url)
             self._connected = True
             while True:
@@ -852,7 +853,6 @@ class RedisLink:
         there is none); returns the meta it went by."""
         while True:
             if meta.image is None:
-                self._known = {}
                 self._new_session()
                 self._position = _ZERO
                 return meta
@@ -903,7 +903,10 @@ class RedisLink:
                 meta.image,
             )
             return False
-        self._known = dict(digest.clock)
+        known = self._known  # what the link knew stands, in this epoch
+        for source, ts in digest.clock.items():
+            if ts > known.get(source, -1):
+                known[source] = ts
         self._new_session()
         if _covers(self.replica.clock, digest.clock):
             return True  # nothing in it is new here
@@ -991,14 +994,12 @@ class RedisLink:
 
     def _take_record(self, record: Any) -> None:
         fields = record.field_values
-        prior = self._position
-        self._position = record.identifier
         payload = fields.get(_DATA)
         size = len(payload) if isinstance(payload, bytes) else 0
         self._tail_bytes += size
         if fields.get(_WRITER) == self._id:
-            return  # this link's own: the session sent it
-        if not size or size > self._longest:
+            pass  # this link's own: the session sent it
+        elif not size or size > self._longest:
             self._refused += 1
             limited(
                 logging.WARNING,
@@ -1008,12 +1009,15 @@ class RedisLink:
                 record.identifier,
                 "it holds no entries" if not size else f"{size} bytes, too long",
             )
-            return
-        deferred = self.replica.deferred
-        self._feed(payload, f"the stream record {record.identifier!r}")
-        if self.replica.deferred > deferred and self._rewind is None:
-            # Stamped too far ahead to apply now: read again later.
-            self._rewind = (prior or _ZERO, trio.current_time())
+        else:
+            deferred = self.replica.deferred
+            # A store that fails raises here, before the position moves: the
+            # record is read again once the link reconnects.
+            self._feed(payload, f"the stream record {record.identifier!r}")
+            if self.replica.deferred > deferred and self._rewind is None:
+                # Stamped too far ahead to apply now: read again later.
+                self._rewind = (self._position or _ZERO, trio.current_time())
+        self._position = record.identifier
 
     # -- live --------------------------------------------------------------
 

@@ -6,6 +6,7 @@ import functools
 import logging
 import shutil
 import socket
+import sqlite3
 import subprocess
 import time
 from contextlib import asynccontextmanager
@@ -114,7 +115,8 @@ def link(replica, server, **options):
     return functools.partial(repred.connect_redis, replica, server.url, **options)
 
 
-async def test_two_replicas_converge_and_nothing_is_echoed(redis_server):
+async def test_two_replicas_converge_and_nothing_is_echoed(redis_server, caplog):
+    caplog.set_level(logging.INFO, logger="repred")
     a, b = model(), model()
     a.set("colour", "blue")
     async with trio.open_nursery() as nursery:
@@ -139,6 +141,8 @@ async def test_two_replicas_converge_and_nothing_is_echoed(redis_server):
         async with raw_client(redis_server) as client:
             records = await client.xrange("repred:{data}:log")
         assert len(records) == 3  # one record per write, none echoed
+        linked = [r for r in caplog.records if "linked to redis://" in r.message]
+        assert len(linked) == 2  # once per link
         nursery.cancel_scope.cancel()
 
 
@@ -269,6 +273,31 @@ async def test_entries_stamped_too_far_ahead_are_read_again_later(redis_server):
             await client.client_kill(type_=coredis.tokens.PureToken.NORMAL, skipme=True)
         await until(lambda: b.get("ahead") == 1)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_record_the_store_could_not_keep_is_read_again(redis_server, tmp_path):
+    b = model(store=repred.SqliteStore(tmp_path / "b.db", busy_timeout=0))
+    try:
+        async with trio.open_nursery() as nursery:
+            lb = await nursery.start(link(b, redis_server))
+            await lb.wait_synced()
+            other = sqlite3.connect(tmp_path / "b.db", isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")  # b's commits fail meanwhile
+            now = int(time.time() * 1000)
+            two_lines = encode_entry(["one", 1], now, "s1") + encode_entry(
+                ["two", 2], now, "s2"
+            )
+            async with raw_client(redis_server) as client:
+                await client.xadd("repred:{data}:log", {"d": two_lines})
+                await until(lambda: lb.statistics().attempts_failed >= 1)
+            other.execute("ROLLBACK")
+            other.close()
+            # The line after the one whose commit failed is read again.
+            await until(lambda: b.get("two") == 2)
+            assert b.get("one") == 1
+            nursery.cancel_scope.cancel()
+    finally:
+        b.close()
 
 
 async def test_a_type_mismatch_on_a_name_is_an_error(redis_server):
