@@ -127,6 +127,8 @@ DEFAULT_POLL_SECONDS = 5.0
 DEFAULT_TIMEOUT = 10.0
 #: The longest wait between two attempts to reach Redis.
 DEFAULT_RETRY_SECONDS = 5.0
+#: Seconds a cancelled link may take to write what Redis lacks.
+DEFAULT_FLUSH_SECONDS = 5.0
 
 #: Seconds of records before a new image's id that stay in the stream, so
 #: that readers a little behind read on rather than load the image.
@@ -395,6 +397,7 @@ class _Options:
     compact_bytes: int
     tail_seconds: float
     cluster: bool
+    flush_seconds: float
 
     def __attrs_post_init__(self) -> None:
         for name in ("read_count", "max_line_bytes", "batch_entries", "batch_bytes"):
@@ -410,6 +413,8 @@ class _Options:
                 raise ValueError(f"{name} must be positive")
         if not self.tail_seconds >= 0:
             raise ValueError("tail_seconds must not be negative")
+        if not self.flush_seconds >= 0:
+            raise ValueError("flush_seconds must not be negative")
         if not isinstance(self.prefix, str) or "{" in self.prefix:
             raise ValueError("prefix must be a string without braces")
 
@@ -477,6 +482,10 @@ class RedisLink:
         self._synced = trio.Event()
         self._closed = trio.Event()
         self._scope = trio.CancelScope()
+        #: Where the link runs, shielded (see _run); _closing once the
+        #: caller is done with it.
+        self._inner = trio.CancelScope(shield=True)
+        self._closing = False
         self._connected = False
         #: Caught up with the stream since it last connected.
         self._live_phase = False
@@ -667,30 +676,58 @@ class RedisLink:
     # -- running ---------------------------------------------------------
 
     async def _run(self) -> None:
-        """Link to Redis until closed, reconnecting whenever it is lost."""
+        """Link to Redis until closed or cancelled; then write what Redis
+        lacks, for at most ``flush_seconds``, before returning.
+
+        The link runs shielded (the Redis client's own tasks live inside
+        it, so a cancelled caller would cancel them before anything could
+        be written); the caller's cancellation, or :meth:`close`, lands in
+        this task, which lets the writer finish and bounds how long."""
+        async with single_errors(), trio.open_nursery() as nursery:
+            nursery.start_soon(self._shielded, nursery.cancel_scope)
+            try:
+                with self._scope:
+                    await trio.sleep_forever()
+            finally:
+                self._closing = True
+                if self._live_phase:
+                    flush = self._options.flush_seconds
+                    self._inner.deadline = trio.current_time() + flush
+                    self._wakeup()
+                else:
+                    self._inner.cancel()  # nothing can be written now
+
+    async def _shielded(self, outer: trio.CancelScope) -> None:
+        with self._inner:
+            await self._loop()
+        outer.cancel()  # the link is over, for whatever reason
+
+    async def _loop(self) -> None:
+        """Link to Redis, reconnecting whenever it is lost."""
         remove = self.replica.watch(self._on_applied)
         failures = 0
         spell_started = 0.0
         try:
-            with self._scope:
-                while True:
-                    try:
-                        await self._attempt(failures, spell_started)
-                    except IncompatiblePeerError:
+            while True:
+                try:
+                    await self._attempt(failures, spell_started)
+                except IncompatiblePeerError:
+                    raise
+                except Exception as exc:
+                    if not _unavailable(exc):
                         raise
-                    except Exception as exc:
-                        if not _unavailable(exc):
-                            raise
-                        if self._connected:
-                            failures = 0  # it was linked: a new spell
-                        if failures == 0:
-                            spell_started = trio.current_time()
-                            self._log_unreachable(exc)
-                        failures += 1
-                        self._attempts_failed += 1
-                    self._connected = self._live_phase = False
-                    self._end_session()
-                    await trio.sleep(self._backoff(failures))
+                    if self._connected:
+                        failures = 0  # it was linked: a new spell
+                    if failures == 0:
+                        spell_started = trio.current_time()
+                        self._log_unreachable(exc)
+                    failures += 1
+                    self._attempts_failed += 1
+                    if self._closing:
+                        return  # Redis is away: nothing more can be written
+                self._connected = self._live_phase = False
+                self._end_session()
+                await trio.sleep(self._backoff(failures))
         finally:
             remove()
             self._connected = False
@@ -1064,6 +1101,8 @@ class RedisLink:
                 self._note_flushed()
                 if self.synced:
                     self._synced.set()
+                if self._closing:
+                    self._inner.cancel()  # everything is in Redis: done
             await self._wake.wait()
 
     async def _reader(self, client: Any) -> None:
@@ -1250,6 +1289,7 @@ async def connect_redis(
     compact_bytes: int = DEFAULT_COMPACT_BYTES,
     tail_seconds: float = DEFAULT_TAIL_SECONDS,
     cluster: bool = False,
+    flush_seconds: float = DEFAULT_FLUSH_SECONDS,
     task_status: trio.TaskStatus[RedisLink] = trio.TASK_STATUS_IGNORED,
 ) -> RedisStatistics:
     """Link ``replica`` to a Redis server under ``name``; runs until cancelled.
@@ -1301,6 +1341,9 @@ async def connect_redis(
             loads the image.
         cluster: ``url`` is a node of a Redis Cluster (the client follows
             the cluster's slots; every key of a name lives in one).
+        flush_seconds: once cancelled (or closed), the link may take this
+            long to write what Redis still lacks (writes made just before
+            a shutdown), if it is linked; it returns as soon as it has.
 
     Returns:
         The link's final statistics.
@@ -1326,6 +1369,7 @@ async def connect_redis(
         compact_bytes=compact_bytes,
         tail_seconds=tail_seconds,
         cluster=bool(cluster),
+        flush_seconds=flush_seconds,
     )
     link = RedisLink(replica, url, name, options)
     task_status.started(link)

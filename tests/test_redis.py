@@ -300,6 +300,22 @@ async def test_a_record_the_store_could_not_keep_is_read_again(redis_server, tmp
         b.close()
 
 
+async def test_writes_made_just_before_a_shutdown_reach_redis(redis_server):
+    a, b = model(), model()
+    async with trio.open_nursery() as nursery:
+        la = await nursery.start(link(a, redis_server))
+        await la.wait_synced()
+        a.set("last-words", 1)
+        nursery.cancel_scope.cancel()  # before the link's writer has run
+    assert la.closed
+    async with trio.open_nursery() as nursery:
+        lb = await nursery.start(link(b, redis_server))
+        await lb.wait_synced()
+        assert b.get("last-words") == 1
+        lb.close()
+    assert lb.closed
+
+
 async def test_a_type_mismatch_on_a_name_is_an_error(redis_server):
     a, b = model(), gset()
     async with trio.open_nursery() as nursery:
