@@ -925,10 +925,12 @@ class RedisLink:
         head = await self._call(client.lrange(key, 0, 0))
         if not head:
             return False
-        try:
-            digest = parse_line(head[0])
-        except RepredError:
-            digest = None
+        digest = None
+        if len(head[0]) <= self._options.max_line_bytes:
+            try:
+                digest = parse_line(head[0])
+            except RepredError:
+                pass
         if type(digest) is not Digest:
             self._refused += 1
             limited(

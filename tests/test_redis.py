@@ -316,6 +316,30 @@ async def test_writes_made_just_before_a_shutdown_reach_redis(redis_server):
     assert lb.closed
 
 
+@pytest.mark.parametrize(
+    "head",
+    [b"x" * 2_000_000, b"[1, 2]\n", b"{not json\n"],
+    ids=["long", "entry", "bad"],
+)
+async def test_an_image_that_does_not_start_with_a_clock_is_lost(redis_server, head):
+    a, b = model(), model()
+    a.set("x", 1)
+    async with trio.open_nursery() as nursery:
+        la = await nursery.start(link(a, redis_server, poll_seconds=0.05))
+        await la.wait_synced()
+        async with raw_client(redis_server) as client:
+            await client.rpush("repred:{data}:image:bad", [head])
+            await client.hset(
+                "repred:{data}:meta",
+                {"image": "bad", "image_id": "1-0", "image_len": 1},
+            )
+        lb = await nursery.start(link(b, redis_server))
+        # Taken as lost: a new epoch, which a fills again.
+        await until(lambda: b.get("x") == 1)
+        assert lb.statistics().refused >= 1
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_type_mismatch_on_a_name_is_an_error(redis_server):
     a, b = model(), gset()
     async with trio.open_nursery() as nursery:
