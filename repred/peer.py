@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import json
 import logging
 import math
@@ -134,8 +135,37 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ORIGIN",
         help="another origin (http://host:port) whose pages may link (repeatable)",
     )
+    p.add_argument(
+        "--redis",
+        type=_redis_url,
+        metavar="URL",
+        help="also replicate the map and the membership through Redis at URL"
+        " (redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://, unix://): peers"
+        " given the same URL converge with no address to share; needs"
+        " pip install 'repred[redis]'",
+    )
+    p.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="--redis names a node of a Redis Cluster",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log link errors")
     return p
+
+
+def _check_redis_extra() -> None:
+    try:
+        import coredis  # noqa: F401
+    except ImportError:
+        raise ValueError("--redis needs pip install 'repred[redis]'") from None
+
+
+def _redis_url(text: str) -> str:
+    if not text.startswith(("redis://", "rediss://", "unix://")):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a redis://, rediss:// or unix:// URL"
+        )
+    return text
 
 
 def _trust_options(p: argparse.ArgumentParser) -> None:
@@ -281,6 +311,9 @@ events printed with --json (one JSON object per line):
   progress   {"event":"progress","peer":"127.0.0.1:8002","received":5000,
               "expected":100000,"rate":5000} (each second of a sync that takes
               longer than one; printed as text only on a terminal)
+  redis      {"event":"redis","state":"waiting","url":"redis://host:6379"}
+             (with --redis: "waiting" once while Redis cannot be reached,
+             "linked" once every replica is linked; never the password)
 
 End of input, Ctrl-C or SIGTERM stops the peer (exit 0); bad options exit 2.
 """
@@ -384,6 +417,10 @@ def format_event(event: dict[str, Any], as_json: bool) -> str:
         return f"sync with {_plain(event['peer'])}: {done}, {event['rate']:,}/s"
     if kind == "dropped":
         return f"note: {event['count']} lines of output dropped (stdout not read)"
+    if kind == "redis":
+        if event["state"] == "waiting":
+            return f"waiting for Redis at {_plain(event['url'])} (working locally)"
+        return f"linked to Redis at {_plain(event['url'])}"
     message = str(event.get("message", ""))
     if not message.isprintable():
         message = orjson.dumps(message).decode()
@@ -649,6 +686,8 @@ async def _serve(
         trio.open_nursery() as nursery,
     ):
         _show_updates(data, out)
+        if args.redis:
+            await _link_redis(nursery, peer, args, out)
         # Said once the peer is ready for commands.
         listening = {"event": "listening", "address": peer.address, "id": data.id}
         if peer.web_address is not None:
@@ -661,6 +700,44 @@ async def _serve(
         async with _open_stdin() as stdin:
             await _commands(stdin, data, peer, out)
         nursery.cancel_scope.cancel()
+
+
+async def _link_redis(
+    nursery: trio.Nursery, peer: Any, args: argparse.Namespace, out: _Output
+) -> None:
+    """Link every replica of the peer (the membership too) to Redis, and
+    say when Redis cannot be reached and when every link is up."""
+    from ._redis import connect_redis, display_url
+
+    links = [
+        await nursery.start(
+            functools.partial(
+                connect_redis,
+                replica,
+                args.redis,
+                name=name,
+                cluster=args.redis_cluster,
+            )
+        )
+        for name, replica in peer.replicas.items()
+    ]
+    nursery.start_soon(_watch_redis, links, display_url(args.redis), out)
+
+
+async def _watch_redis(links: list[Any], url: str, out: _Output) -> None:
+    said: str | None = None
+    while True:
+        state: str | None
+        if all(link.connected for link in links):
+            state = "linked"
+        elif any(link.statistics().attempts_failed for link in links):
+            state = "waiting"
+        else:
+            state = said
+        if state != said:
+            out({"event": "redis", "state": state, "url": url})
+            said = state
+        await trio.sleep(0.2)
 
 
 #: A sync that takes longer than this (seconds) reports its progress, once
@@ -721,6 +798,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--verify needs --key (a verifying network signs)")
         if args.writer_ids is not None and not args.verify:
             raise ValueError("--writers needs --verify")
+        if args.redis_cluster and not args.redis:
+            raise ValueError("--redis-cluster needs --redis")
+        if args.redis:
+            _check_redis_extra()
     except (ValueError, OSError) as exc:
         print(f"repred.peer: error: {exc}", file=sys.stderr)
         return 2

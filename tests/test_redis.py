@@ -8,6 +8,7 @@ import shutil
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
 from contextlib import asynccontextmanager
 
@@ -17,7 +18,8 @@ import trio
 import repred
 from repred._wire import encode_digest, encode_entry
 from repred.types import gset, model
-from tests.helpers import FakeWall
+
+from .helpers import FakeWall, PeerProcess
 
 coredis = pytest.importorskip("coredis", reason="pip install 'repred[redis]'")
 
@@ -655,3 +657,108 @@ async def test_replicas_converge_through_a_redis_cluster(redis_cluster):
 async def test_bad_options_are_refused_at_the_call(options, message):
     with pytest.raises(ValueError, match=message):
         await repred.connect_redis(model(), "redis://127.0.0.1:1", **options)
+
+
+# -- the peer command ---------------------------------------------------------
+
+PEER_ARGS = ["--json", "--heartbeat", "0.1", "--down-after", "1.0", "--gossip", "0.4"]
+
+
+async def _peer(nursery, *extra):
+    cmd = [sys.executable, "-m", "repred.peer", "0", *extra, *PEER_ARGS]
+    process = await nursery.start(
+        functools.partial(
+            trio.run_process,
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            check=False,
+        )
+    )
+    node = PeerProcess(process)
+    node.id = (await node.until(lambda e: e["event"] == "listening"))["id"]
+    return node
+
+
+def _has(key, value):
+    return lambda e: e["event"] == "update" and e["key"] == key and e["value"] == value
+
+
+def _redis(state):
+    return lambda e: e["event"] == "redis" and e["state"] == state
+
+
+async def _stop(node):
+    await node.process.stdin.aclose()  # end of input: the peer stops
+    await node.process.wait()
+
+
+@pytest.mark.slow
+async def test_peers_sharing_only_a_redis_url_converge_and_catch_up(
+    redis_server, tmp_path
+):
+    url = redis_server.url
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            one = await _peer(nursery, "--redis", url)
+            two = await _peer(nursery, "--redis", url, "--data", str(tmp_path / "two"))
+            for node in (one, two):
+                await node.until(_redis("linked"))
+            await one.send("set left 1")
+            await two.send("set right 2")
+            await one.until(_has("right", 2))
+            await two.until(_has("left", 1))
+            # The membership travels through Redis too: each sees the other.
+            await one.until(lambda e: e["event"] == "up" and e["id"] == two.id)
+            # Two goes down; one writes; one goes down too. Only Redis holds
+            # the write when two comes back, and all of it for a newcomer.
+            await _stop(two)
+            await one.send("set while-down 3")
+            await one.until(_has("while-down", 3))
+            await _stop(one)  # at once: its link writes it before it exits
+            two = await _peer(nursery, "--redis", url, "--data", str(tmp_path / "two"))
+            await two.until(_has("while-down", 3))
+            three = await _peer(nursery, "--redis", url)
+            for key, value in (("left", 1), ("right", 2), ("while-down", 3)):
+                await three.until(_has(key, value))
+            await _stop(two)
+            await _stop(three)
+
+
+@pytest.mark.slow
+async def test_a_peer_says_it_waits_for_redis_and_works_meanwhile(redis_server):
+    redis_server.stop()
+    url = redis_server.url
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            one = await _peer(nursery, "--redis", url)
+            waiting = await one.until(lambda e: e["event"] == "redis")
+            assert waiting == {"event": "redis", "state": "waiting", "url": url}
+            await one.send("set early 1")
+            await one.until(_has("early", 1))
+            redis_server.start()
+            await one.until(_redis("linked"))
+            two = await _peer(nursery, "--redis", url)
+            await two.until(_has("early", 1))
+            await _stop(one)
+            await _stop(two)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--redis", "http://127.0.0.1:6379"], "redis://"),
+        (["--redis-cluster"], "--redis-cluster needs --redis"),
+    ],
+)
+def test_the_peers_redis_options_are_checked_before_anything_starts(args, says):
+    done = subprocess.run(
+        [sys.executable, "-m", "repred.peer", "0", *args],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.decode().count("\n") == 1
+    assert says in done.stderr.decode()
+    assert done.stdout == b""
