@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import protocol as protocol
 from . import types as types
+from ._divergence import Divergence as Divergence
+from ._divergence import ReplicaStatistics as ReplicaStatistics
 from ._errors import IncompatiblePeerError as IncompatiblePeerError
 from ._errors import LocalProtocolError as LocalProtocolError
 from ._errors import PeerClosed as PeerClosed
@@ -48,6 +50,7 @@ from ._trust import SigningKey as SigningKey
 
 __all__ = [
     "Connection",
+    "Divergence",
     "IncompatiblePeerError",
     "LocalProtocolError",
     "Peer",
@@ -99,5 +102,5 @@ def __getattr__(name: str) -> Any:
 
 # Also importable from here, for annotations, though not names one needs to
 # learn: the records the functions above return (Change, ConnectionStatistics,
-# PeerStatistics, Subscription, and RedisLink and RedisStatistics, with the
-# redis extra).
+# PeerStatistics, ReplicaStatistics, Subscription, and RedisLink and
+# RedisStatistics, with the redis extra).

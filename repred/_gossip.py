@@ -50,6 +50,7 @@ import trio
 
 from ._errors import RemoteProtocolError, RepredError
 from ._links import (
+    DEFAULT_ANTIENTROPY_INTERVAL,
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_LINKS,
     DEFAULT_SEND_TIMEOUT,
@@ -77,6 +78,7 @@ if TYPE_CHECKING:
         Sequence,
     )
 
+    from ._divergence import Divergence
     from ._trust import SigningKey, Writers
 
 __all__ = [
@@ -245,7 +247,7 @@ def members_replica(
     under ``node_id``; signed with ``signing_key``, and only signed ones
     taken with ``verify``."""
     own = node_id or (new_id() if signing_key is None else signing_key.id)
-    return Members(
+    members = Members(
         functools.partial(_heard, cap=max_members, own=own),
         {},
         id=own,
@@ -258,6 +260,10 @@ def members_replica(
         verify=verify,
         writers=writers,
     )
+    # Heartbeats heal themselves within a beat: comparing trees of them
+    # would cost more than it finds.
+    members.antientropy = False
+    return members
 
 
 # -- the link framing -------------------------------------------------------
@@ -521,6 +527,8 @@ class PeerStatistics:
         dials: outbound connection attempts.
         dial_failures: attempts that failed (connect, handshake or protocol).
         accepted: inbound connections accepted.
+        refused: entries of the named replicas not applied because the peer
+            is ``read_only``, over every link so far.
     """
 
     address: str
@@ -531,6 +539,7 @@ class PeerStatistics:
     dials: int
     dial_failures: int
     accepted: int
+    refused: int = 0
 
 
 def _seconds(_: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -633,6 +642,8 @@ class Peer:
         self._dials = 0
         self._dial_failures = 0
         self._accepted = 0
+        #: Entries refused (read_only) on links that have ended.
+        self._refused = 0
 
     def __repr__(self) -> str:
         return f"<repred.Peer {self.address} links={len(self._links)}>"
@@ -671,9 +682,37 @@ class Peer:
             dials=self._dials,
             dial_failures=self._dial_failures,
             accepted=self._accepted,
+            refused=self._refused + sum(c.statistics().refused for c in self._links),
         )
 
     # -- running -------------------------------------------------------
+
+    def _watch_divergence(self) -> Callable[[], None]:
+        """Say what anti-entropy finds in the named replicas, as events."""
+        removers = []
+        for name, replica in self.replicas.items():
+            if name != MEMBERS:
+                handler = functools.partial(self._on_divergence, name)
+                removers.append(replica.on_divergence(handler))
+
+        def remove() -> None:
+            for r in removers:
+                r()
+
+        return remove
+
+    def _on_divergence(self, name: str, found: Divergence) -> None:
+        event: dict[str, Any] = {
+            "event": found.kind,
+            "replica": name,
+            "source": found.source,
+            "message": found.message,
+        }
+        if found.ts is not None:
+            event["ts"] = found.ts
+        if found.kind == "repaired":
+            event["entries"] = found.entries
+        self._emit(event)
 
     async def _start(self, nursery: trio.Nursery) -> None:
         bound = await self._transport.listen(
@@ -758,7 +797,8 @@ class Peer:
             self.replicas,
             self.address,
             self._options,
-            receive_writes=not (self._read_only and label == "inbound"),
+            # Read-only holds on every link, whichever side dialled.
+            receive_writes=not self._read_only,
         )
         conn_ref: list[Connection] = []
 
@@ -778,6 +818,7 @@ class Peer:
             for conn in conn_ref:
                 self._links.pop(conn, None)
                 self._inbound.discard(conn)
+                self._refused += conn.statistics().refused
 
     async def _handle_inbound(self, stream: trio.abc.Stream) -> None:
         self._accepted += 1
@@ -959,6 +1000,7 @@ def _peer_links(
     max_line_bytes: int,
     batch_entries: int,
     batch_bytes: int,
+    antientropy_interval: float | None = DEFAULT_ANTIENTROPY_INTERVAL,
 ) -> LinkOptions:
     """The options of a peer's links, paced by its heartbeat."""
     return LinkOptions(
@@ -971,6 +1013,7 @@ def _peer_links(
         max_line_bytes=max_line_bytes,
         batch_entries=batch_entries,
         batch_bytes=batch_bytes,
+        antientropy_interval=antientropy_interval,
     )
 
 
@@ -1009,6 +1052,7 @@ async def open_peer(
     node_id: str | None = None,
     web_port: int | None = None,
     web_origins: Collection[str] = (),
+    antientropy_interval: float | None = DEFAULT_ANTIENTROPY_INTERVAL,
 ) -> AsyncIterator[Peer]:
     """Run a gossip peer inside the caller's trio program.
 
@@ -1044,7 +1088,15 @@ async def open_peer(
         max_links: the most inbound links held at once (the quietest is
             dropped to make room).
         on_event: called with ``{"event": "up", "peer": "host:port", "id":
-            node_id}`` and ``{"event": "down", "peer": "host:port"}``.
+            node_id}`` and ``{"event": "down", "peer": "host:port"}``, and
+            with what anti-entropy finds in a named replica (see
+            :class:`repred.Divergence`): ``{"event": kind, "replica": name,
+            "source": ..., "message": ...}`` where kind is ``"repaired"``
+            (with ``"entries"``), ``"equivocation"`` (with ``"ts"``),
+            ``"twin-id"`` or ``"banned"``.
+        antientropy_interval: seconds between anti-entropy rounds on a
+            live link (a round also follows every sync; see
+            :func:`repred.replicate`).
         rng: the source of randomness (tests pass a seeded one).
         transport: how peers reach each other: TCP by default;
             :class:`repred.testing.MemoryNetwork` for simulations.
@@ -1058,9 +1110,11 @@ async def open_peer(
             other nodes' certificates, and this node's own chain for mutual
             TLS). Nodes are dialled by their ``host:port``, so their
             certificates must name that host.
-        read_only: serve the named replicas but apply nothing that inbound
-            links write to them (membership still flows); what they send is
-            counted as refused.
+        read_only: serve the named replicas but apply nothing that other
+            nodes write to them, on any link, whichever side dialled
+            (membership still flows); what they send is counted in
+            :attr:`PeerStatistics.refused`. The web port's links are
+            read-only too.
         node_id: the id this node's heartbeats go out under, and that
             ``up`` events and :meth:`Peer.node_id` report for it: give the
             id of the node's own replica (the peer command does), so that
@@ -1097,7 +1151,12 @@ async def open_peer(
         max_links=max_links,
     )
     link_options = _peer_links(
-        options, send_timeout, max_line_bytes, batch_entries, batch_bytes
+        options,
+        send_timeout,
+        max_line_bytes,
+        batch_entries,
+        batch_bytes,
+        antientropy_interval,
     )
     peer = Peer(
         host=host,
@@ -1125,6 +1184,7 @@ async def open_peer(
             "writers": writers,
         },
     )
+    stop_watching = peer._watch_divergence()
     async with single_errors(), trio.open_nursery() as nursery:
         await peer._start(nursery)
         if web_port is not None:
@@ -1145,4 +1205,5 @@ async def open_peer(
         try:
             yield peer
         finally:
+            stop_watching()
             nursery.cancel_scope.cancel()

@@ -24,6 +24,8 @@ from itertools import compress, repeat
 from operator import is_not
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from ._hashtree import SourceTree, View
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 
@@ -49,7 +51,7 @@ class SourceLog:
     slower: stamps a thousandth of a millisecond apart hash badly.)
     """
 
-    __slots__ = ("_changes", "_live", "_sigs", "_stamps")
+    __slots__ = ("_changes", "_live", "_sigs", "_stamps", "_tree")
 
     def __init__(self) -> None:
         self._stamps: list[float] = []
@@ -57,6 +59,8 @@ class SourceLog:
         #: Signatures by stamp, for the entries that came signed (or None).
         self._sigs: dict[float, str] | None = None
         self._live = 0
+        #: The fingerprints of these entries, once anti-entropy asked.
+        self._tree: SourceTree | None = None
 
     def __len__(self) -> int:
         return self._live
@@ -70,12 +74,64 @@ class SourceLog:
         self._live -= 1
         if self._sigs:
             self._sigs.pop(ts, None)
+        if self._tree is not None:
+            self._tree.changed(ts)
         if len(stamps) > 64 and self._live * 2 < len(stamps):
-            # The selector is made twice, not kept in a list: a list of it
-            # would add a pointer per entry to the peak memory.
-            changes = self._changes
-            self._stamps = list(compress(stamps, map(is_not, changes, repeat(_GONE))))
-            self._changes = list(compress(changes, map(is_not, changes, repeat(_GONE))))
+            self._compact()
+
+    def _compact(self) -> None:
+        """Leave out the dropped entries' slots."""
+        # The selector is made twice, not kept in a list: a list of it
+        # would add a pointer per entry to the peak memory.
+        changes = self._changes
+        self._stamps = list(compress(self._stamps, map(is_not, changes, repeat(_GONE))))
+        self._changes = list(compress(changes, map(is_not, changes, repeat(_GONE))))
+
+    def live(self) -> tuple[list[float], list[Any]]:
+        """The entries' stamps and changes, in stamp order, with no dropped
+        slot (the lists are the log's own: read, never change them)."""
+        if self._live != len(self._stamps):
+            self._compact()
+        return self._stamps, self._changes
+
+    def view(self) -> View:
+        """The log as its tree reads it (see repred._hashtree.View): its
+        lists as they are, dropped slots and all, unless those are many."""
+        dropped = len(self._stamps) - self._live
+        if dropped * 16 > len(self._stamps):
+            self._compact()
+            dropped = 0
+        return View(self._stamps, self._changes, dropped, _GONE)
+
+    def tree(self) -> SourceTree:
+        """The fingerprints of this log's entries (see repred._hashtree)."""
+        if self._tree is None:
+            self._tree = SourceTree()
+        return self._tree
+
+    def put(self, ts: float, change: Any, signature: str | None = None) -> bool:
+        """Keep an entry at ``ts`` anywhere in the log (a repair: below the
+        newest stamp), replacing the one held there, if any; ``True`` if
+        one was replaced."""
+        stamps = self._stamps
+        i = bisect_left(stamps, ts)
+        replaced = i < len(stamps) and stamps[i] == ts
+        if replaced:
+            if self._changes[i] is _GONE:
+                self._live += 1
+                replaced = False
+            self._changes[i] = change
+        else:
+            stamps.insert(i, ts)
+            self._changes.insert(i, change)
+            self._live += 1
+        if self._sigs:
+            self._sigs.pop(ts, None)
+        if signature is not None:
+            self.sign(ts, signature)
+        if self._tree is not None:
+            self._tree.changed(ts)
+        return replaced
 
     def signature(self, ts: float) -> str | None:
         """The signature the entry at ``ts`` came with, or ``None``."""
@@ -160,6 +216,7 @@ class History:
         log._changes = []
         log._live = 0
         log._sigs = None
+        log._tree = None
         return log
 
     def record(
@@ -195,12 +252,41 @@ class History:
             log._changes = [change]
             log._live = 1
             log._sigs = None
+            log._tree = None
             return
         # Appended in place (the hot path of every sync): the caller has
         # checked that ts is above every stamp already in this log.
         log._stamps.append(ts)
         log._changes.append(change)
         log._live += 1
+
+    def put(
+        self,
+        change: Any,
+        ts: float,
+        source: str,
+        key: Hashable = None,
+        old: tuple[float, str] | None = None,
+        signature: str | None = None,
+    ) -> None:
+        """Keep an entry anywhere in its source's log (a repair: below the
+        newest stamp), as :meth:`record` does at the end."""
+        if key is not None:
+            if old is not None:
+                self.logs[old[1]].discard(old[0])
+            self._index[key] = (ts, source)
+        if type(change) is list:
+            change = tuple(change)
+        log = self.logs.get(source)
+        if log is None:
+            log = self.new_log(source)
+        log.put(ts, change, signature)
+
+    def unindex(self, key: Hashable, stamp: tuple[float, str]) -> None:
+        """Forget that ``stamp`` is the entry kept for ``key`` (it is being
+        replaced), if it is."""
+        if self._index.get(key) == stamp:
+            del self._index[key]
 
     def cover(self, clock: Mapping[str, float]) -> None:
         """Drop every entry a snapshot covering ``clock`` holds (the store's too)."""

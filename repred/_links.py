@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from ._replica import Replica
 
 __all__ = [
+    "DEFAULT_ANTIENTROPY_INTERVAL",
     "DEFAULT_CLOSE_TIMEOUT",
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_KEEPALIVE_INTERVAL",
@@ -73,6 +74,9 @@ DEFAULT_KEEPALIVE_INTERVAL = 15.0
 #: Inbound links one listener keeps at most; past it, the link that has been
 #: quiet longest is dropped to make room.
 DEFAULT_MAX_LINKS = 512
+#: Seconds between anti-entropy rounds on a live link (see
+#: repred._antientropy): each side compares a root hash of what it holds.
+DEFAULT_ANTIENTROPY_INTERVAL = 5.0
 
 _RECEIVE_SIZE = 64 * 1024
 _TRANSPORT_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
@@ -99,6 +103,12 @@ class ConnectionStatistics:
             the announcement). With ``entries_received``, the progress of a
             long sync.
         started: when the connection started (``trio.current_time()``).
+        antientropy_rounds: anti-entropy rounds this side started (see
+            ``antientropy_interval``).
+        antientropy_differed: rounds in which the two replicas turned out
+            to hold different entries although their clocks agreed.
+        repaired_in: entries anti-entropy took from the peer.
+        repaired_out: entries anti-entropy sent to the peer.
     """
 
     peer_id: str | None
@@ -112,6 +122,10 @@ class ConnectionStatistics:
     entries_received: int = 0
     entries_expected: int | None = None
     started: float = 0.0
+    antientropy_rounds: int = 0
+    antientropy_differed: int = 0
+    repaired_in: int = 0
+    repaired_out: int = 0
 
 
 def _total(counts: Iterable[int | None]) -> int | None:
@@ -173,6 +187,17 @@ class Channel(Protocol):
     def set_wakeup(self, wakeup: Callable[[], None]) -> None:
         """Call ``wakeup()`` whenever there is something new to send."""
         ...
+
+
+def _settled(channel: Channel) -> bool:
+    """Every session's anti-entropy rounds have ended (see Session.settled)."""
+    return all(s.settled for s in channel.sessions)
+
+
+def _antientropy(channel: Channel) -> None:
+    """Start an anti-entropy round on every session that has one."""
+    for session in channel.sessions:
+        session.antientropy()
 
 
 class _Plain:
@@ -265,6 +290,8 @@ class Connection:
         #: When the peer last made progress (trio time).
         self.last_progress = self.started
         self._unproven = 0  # bytes received since the last progress
+        #: When the next anti-entropy round starts (live links, once synced).
+        self._next_round: float | None = None
         channel.set_wakeup(self._wakeup)
 
     def __repr__(self) -> str:
@@ -338,6 +365,10 @@ class Connection:
             entries_received=sum(s.entries_received for s in stats),
             entries_expected=_total(s.entries_expected for s in stats),
             started=self.started,
+            antientropy_rounds=sum(s.antientropy_rounds for s in stats),
+            antientropy_differed=sum(s.antientropy_differed for s in stats),
+            repaired_in=sum(s.repaired_in for s in stats),
+            repaired_out=sum(s.repaired_out for s in stats),
         )
 
     def close(self) -> None:
@@ -469,6 +500,28 @@ class Connection:
         finally:
             self._lingering = None
 
+    async def _wait(self, live: bool, options: LinkOptions) -> None:
+        """Until there is something to send: a wakeup, the keep-alive
+        interval (then a keep-alive goes out), or the next anti-entropy
+        round of a live link."""
+        now = trio.current_time()
+        deadline = now + options.keepalive_interval
+        interval = options.antientropy_interval
+        due = math.inf
+        if live and interval is not None and self._synced.is_set():
+            if self._next_round is None:
+                self._next_round = now + interval
+            due = self._next_round
+        with trio.move_on_at(min(deadline, due)):
+            await self._wake.wait()
+        if self._wake.is_set():
+            return
+        if trio.current_time() >= due:
+            self._next_round = None
+            _antientropy(self._channel)
+        else:
+            self._channel.keepalive()  # quiet for a while: say "still here"
+
     async def _writer(self, live: bool, options: LinkOptions) -> None:
         channel = self._channel
         stream = self.stream
@@ -492,14 +545,11 @@ class Connection:
                     self._check_synced()
                 if data:
                     continue
-                if not live and self._synced.is_set():
+                if not live and self._synced.is_set() and _settled(channel):
                     break
                 if channel.handshake_done and not channel.sessions:
                     break  # nothing in common: nothing will ever flow
-                with trio.move_on_after(options.keepalive_interval):
-                    await self._wake.wait()
-                if not self._wake.is_set():
-                    channel.keepalive()  # quiet for a while: say "still here"
+                await self._wait(live, options)
             # live=False: everything is exchanged. Say so, and give the peer
             # a moment to finish its side before the connection is dropped.
             if isinstance(stream, trio.abc.HalfCloseableStream):
@@ -534,6 +584,9 @@ class LinkOptions:
             offers it too).
         send: send entries (``False``: only the digest and keep-alives).
         receive: apply what the peer sends (``False``: count it as refused).
+        antientropy_interval: seconds between anti-entropy rounds on a live
+            link with a repred peer (a round also follows every sync);
+            ``None``: only after the sync.
     """
 
     send_timeout: float = DEFAULT_SEND_TIMEOUT
@@ -546,6 +599,7 @@ class LinkOptions:
     batches: bool = True
     send: bool = True
     receive: bool = True
+    antientropy_interval: float | None = DEFAULT_ANTIENTROPY_INTERVAL
 
     @property
     def idle_timeout(self) -> float:
@@ -566,6 +620,11 @@ class LinkOptions:
                 raise TypeError(f"{name} must be a bool")
         if self.max_line_bytes < 64 or self.batch_entries < 1 or self.batch_bytes < 1:
             raise ValueError("limits must be positive (max_line_bytes >= 64)")
+        interval = self.antientropy_interval
+        if interval is not None and not (
+            isinstance(interval, int | float) and 0 < interval < math.inf
+        ):
+            raise ValueError("antientropy_interval must be positive seconds or None")
 
     def session(self, replica: Replica) -> Session:
         """A protocol session over ``replica`` with these limits."""
@@ -713,6 +772,7 @@ async def replicate(
     batches: bool = True,
     send: bool = True,
     receive: bool = True,
+    antientropy_interval: float | None = DEFAULT_ANTIENTROPY_INTERVAL,
     task_status: trio.TaskStatus[Connection] = trio.TASK_STATUS_IGNORED,
 ) -> ConnectionStatistics:
     """Replicate ``replica`` with one peer over ``stream``.
@@ -758,6 +818,13 @@ async def replicate(
         receive: apply what the peer sends. With ``False`` its entries are
             checked and counted in ``refused``, never applied, and the link
             stays up (a read-only mirror, JS ``createReadStream``).
+        antientropy_interval: with a repred peer, on a link that sends and
+            receives, both sides compare hash trees of what they hold after
+            the sync (a ``live=False`` sync returns once that is done) and,
+            on a live link, every this many seconds; whatever one holds that
+            the other lacks, although their clocks agree, is repaired (see
+            :meth:`repred.Replica.on_divergence`). ``None``: only after the
+            sync.
 
     Returns:
         The connection's final statistics.
@@ -807,6 +874,7 @@ async def connect_tcp(
     batches: bool = True,
     send: bool = True,
     receive: bool = True,
+    antientropy_interval: float | None = DEFAULT_ANTIENTROPY_INTERVAL,
     ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[Connection] = trio.TASK_STATUS_IGNORED,
 ) -> ConnectionStatistics:
@@ -853,6 +921,7 @@ async def serve_tcp(
     batches: bool = True,
     send: bool = True,
     receive: bool = True,
+    antientropy_interval: float | None = DEFAULT_ANTIENTROPY_INTERVAL,
     ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:

@@ -24,8 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ._divergence import Divergence, ReplicaStatistics
 from ._errors import RemoteProtocolError
-from ._history import Entry, History
+from ._hashtree import entry_hash
+from ._history import Entry, History, SourceLog
 from ._log import limited
 from ._store import StoreError
 from ._trust import SigningKey, Writers, is_key_id, verifier
@@ -107,6 +109,10 @@ Listener = Callable[[Any, float, str, object], None]
 #: update; the links use it to learn that there is something to send.
 Watcher = Callable[[str, float, object], None]
 
+
+#: A signed entry, as a proof of equivocation holds it:
+#: ``(change, ts, source, signature)``.
+Entry4 = tuple[Any, float, str, str]
 
 #: A run: ``(source, stamps, changes, signatures)``, the entries of one
 #: source with stamps strictly increasing; ``signatures`` is ``None`` when
@@ -207,16 +213,20 @@ class Replica:
     ) = None
 
     __slots__ = (
+        "_banned",
         "_checks_first",
         "_clock",
         "_clock_bytes",
         "_clock_view",
+        "_divergence",
+        "_forgot",
         "_history",
         "_initial",
         "_key",
         "_last",
         "_listeners",
         "_map",
+        "_on_divergence",
         "_reducer",
         "_signer",
         "_snapshot_fn",
@@ -225,6 +235,7 @@ class Replica:
         "_wall",
         "_watchers",
         "_writers",
+        "antientropy",
         "deferred",
         "id",
         "max_ahead_ms",
@@ -313,6 +324,17 @@ class Replica:
         #: write, and a watcher may remove itself while being called.
         self._watchers: tuple[Watcher, ...] = ()
         self._snapshot_fn = snapshot
+        #: Take part in anti-entropy (see repred._antientropy).
+        self.antientropy = True
+        #: The newest stamp this replica dropped by its type's own bound
+        #: (an event log kept for a time): older entries are not compared.
+        self._forgot: float = -1.0
+        #: Divergences seen: kind -> count (see :meth:`statistics`).
+        self._divergence: dict[str, int] = {}
+        #: Sources proven to sign two entries for one stamp, with the proof.
+        self._banned: dict[str, tuple[Entry4, Entry4]] = {}
+        #: Called with each divergence seen (see :meth:`on_divergence`).
+        self._on_divergence: tuple[Callable[[Divergence], None], ...] = ()
         #: ``(update, clock)``: the folded history, if compacted.
         self.snapshot: tuple[Any, dict[str, float]] | None = None
         self.snapshot_version = 0
@@ -529,8 +551,8 @@ class Replica:
         """
         if skipped is None:
             skipped = set()
-        # Entries applied, and the clock's new reading.
-        progress: list[Any] = [0, self._last]
+        # Entries applied, the clock's new reading, and entries repaired.
+        progress: list[Any] = [0, self._last, 0]
         try:
             for source, stamps, changes, sigs in entry_runs:
                 self._apply_run(
@@ -538,7 +560,7 @@ class Replica:
                 )
         finally:
             self._last = progress[1]
-            if self.store is not None and progress[0]:
+            if self.store is not None and (progress[0] or progress[2]):
                 # Recorded before anyone hears of it: the peer's clock for
                 # us only moves on what we send after this returns. If the
                 # commit fails, the rows stay queued and every later commit
@@ -573,8 +595,13 @@ class Replica:
         start = 0
         if known is not None and stamps[0] <= known:
             start = bisect_right(stamps, known)
+            taken = 0
             for i in range(start):
-                self._check_known(changes[i], stamps[i], source)
+                sig = None if sigs is None else sigs[i]
+                taken += self._known(changes[i], stamps[i], source, sig, origin)
+            if taken:
+                self._repaired(source, taken)
+                progress[2] += taken  # committed with the entries
             if start == n:
                 return
         if source in skipped:
@@ -595,18 +622,27 @@ class Replica:
                     self.deferred += n - end
                     if start == end:
                         return
-        refused: RemoteProtocolError | None = None
         if source == self.id:
             latest = max(progress[1], now)
             if stamps[end - 1] > latest:
-                # Entries up to the forged one stand; it and those after it don't.
-                end = bisect_right(stamps, latest, start, end)
-                refused = RemoteProtocolError(
-                    f"an entry in this replica's own name ({source!r}) stamped"
-                    f" {stamps[end]!r}, later than it has written",
-                    reason="forged",
-                    line=entry_snippet(changes[end], stamps[end], source),
+                # Stamped later than this replica could have written: not
+                # applied on this link (like an entry too far ahead), and
+                # someone else writes in its name.
+                forged = bisect_right(stamps, latest, start, end)
+                skipped.add(source)
+                self.deferred += end - forged
+                self._twin(
+                    f"an entry in its name stamped {stamps[forged]!r}, later"
+                    " than it has written"
                 )
+                end = forged
+                if start == end:
+                    return
+        if source in self._banned and self._verify is not None:
+            self._divergence["refused"] = (
+                self._divergence.get("refused", 0) + end - start
+            )
+            return
         if self._verify is not None:
             self._check_signed(source, stamps, changes, sigs, start, end)
         if known is None and start < end:
@@ -724,8 +760,6 @@ class Replica:
                     watcher(source, ts, origin)
             elif known is None:
                 self._clock_bytes -= clock_cost(source)  # admitted, not taken
-        if refused is not None:
-            raise refused
 
     def _listeners_for(self, origin: object) -> list[Listener]:
         """The listeners to tell of entries from ``origin`` (never its own)."""
@@ -786,35 +820,313 @@ class Replica:
             )
         self._clock_bytes += cost
 
-    def _check_known(self, change: Any, ts: float, source: str) -> None:
-        """An entry already covered: refuse it if it contradicts the one held."""
+    # -- divergence: repairs, equivocation, twin ids ------------------------
+
+    def on_divergence(
+        self, handler: Callable[[Divergence], None]
+    ) -> Callable[[], None]:
+        """Call ``handler(divergence)`` for each :class:`~repred.Divergence`
+        found: an entry repaired, an equivocation, a twin id, a banned
+        source. Returns a function that removes the handler. A handler that
+        raises is logged and otherwise ignored."""
+        self._on_divergence += (handler,)
+
+        def remove() -> None:
+            self._on_divergence = tuple(
+                h for h in self._on_divergence if h is not handler
+            )
+
+        return remove
+
+    def statistics(self) -> ReplicaStatistics:
+        """Counts of this replica: sources, entries, and divergences found."""
+        seen = self._divergence
+        return ReplicaStatistics(
+            sources=len(self._clock),
+            entries=len(self._history),
+            repaired=seen.get("repaired", 0),
+            equivocations=seen.get("equivocation", 0),
+            twin_ids=seen.get("twin-id", 0),
+            banned=len(self._banned),
+            refused=seen.get("refused", 0),
+        )
+
+    def horizon(self) -> float:
+        """The stamp below which this replica may have dropped entries by
+        its type's own bound (an event log kept for a time); anti-entropy
+        compares only newer ones. ``0`` for types that keep everything."""
+        return max(self._forgot, 0)
+
+    def log_of(self, source: str) -> SourceLog | None:
+        """The log of ``source`` (read only; for anti-entropy)."""
+        return self._history.logs.get(source)
+
+    def repair(self, entry_runs: Iterable[Run], origin: object = None) -> int:
+        """Take entries a peer found this replica lacks although its clock
+        covers them (anti-entropy); return how many were taken.
+
+        Each is checked as any entry from a peer. One this replica holds
+        in another version is an equivocation, settled the same way on
+        every replica; one it holds already, one its type dominates or has
+        dropped by declaration, and one beyond its clock (which the
+        protocol delivers in order) change nothing.
+
+        Raises:
+            RemoteProtocolError: an entry is refused (a bad signature with
+                ``verify=True``, too many sources).
+            StoreError: the store could not write them (kept queued).
+            Exception: whatever the reducer raised; nothing of that entry
+                was applied.
+        """
+        taken = 0
+        try:
+            for source, stamps, changes, sigs in entry_runs:
+                known = self._clock.get(source, -1)
+                n = 0
+                for i, ts in enumerate(stamps):
+                    if ts <= known:
+                        sig = None if sigs is None else sigs[i]
+                        n += self._known(changes[i], ts, source, sig, origin)
+                if n:
+                    self._repaired(source, n)
+                taken += n
+        finally:
+            if taken and self.store is not None:
+                self.store.commit()
+        return taken
+
+    def _repaired(self, source: str, n: int) -> None:
+        self._diverged(
+            Divergence(
+                kind="repaired",
+                source=source,
+                entries=n,
+                message=f"took {n} entries of source {source[:80]!r} that this"
+                " replica lacked although its clock covered them",
+            ),
+            logging.INFO,
+        )
+
+    def _known(
+        self, change: Any, ts: float, source: str, signature: str | None, origin: object
+    ) -> int:
+        """An entry at or below the clock: take it if this replica lacks it
+        (1), settle an equivocation, or do nothing (0)."""
         held = self._history.get(source, ts)
         if held is None:
-            return  # not held (dominated, compacted) or never sent to us
-        if type(held) is tuple:
-            held = list(held)
-        if type(change) is tuple:
-            change = list(change)
-        if held == change and type(held) is type(change):
-            return
-        ours, theirs = orjson.dumps(held), orjson.dumps(change)
-        if ours == theirs:
-            return
-        limited(
-            logging.WARNING,
-            "equivocation",
-            "repred: equivocation from source %r at stamp %r: held change"
-            " %s, received %s",
-            source,
-            ts,
-            _digest(ours),
-            _digest(theirs),
+            return int(self._take(change, ts, source, signature, origin))
+        if type(held) is type(change) and held == change:
+            return 0
+        if (
+            type(held) is tuple
+            and type(change) in (list, tuple)
+            and list(held) == list(change)
+        ):
+            return 0
+        self._equivocation(source, ts, held, change, signature, origin)
+        return 0
+
+    def _take(
+        self, change: Any, ts: float, source: str, signature: str | None, origin: object
+    ) -> bool:
+        """Apply one entry below this source's clock (see :meth:`repair`)."""
+        snapshot = self.snapshot
+        if ts < self.horizon() or (
+            snapshot is not None and ts <= snapshot[1].get(source, -1)
+        ):
+            return False  # dropped by declaration, or folded into the snapshot
+        if self._verify is not None:
+            if source in self._banned:
+                self._divergence["refused"] = self._divergence.get("refused", 0) + 1
+                return False
+            self._check_signed(source, [ts], [change], [signature], 0, 1)
+        k = old = None
+        if self._key is not None:
+            k = self._key(change)
+            old = self._history.newest(k)
+            if old is not None and old >= (ts, source):
+                return False  # dominated: known in effect
+        given = list(change) if type(change) is tuple else change
+        try:
+            if self._stamped:
+                effect = self._reducer(self.state, given, (ts, source))
+            else:
+                effect = self._reducer(self.state, given)
+        except BaseException:
+            if not self._checks_first:
+                self._rebuild()
+            raise
+        self._history.put(given, ts, source, k, old, signature)
+        if self.store is not None:
+            if old is not None:
+                self.store.drop(*old)
+            self.store.add(given, ts, source, signature)
+        if source == self.id:
+            self._twin(f"an entry in its name at stamp {ts!r} that it never wrote")
+        if self._listeners:
+            self._notify(effect, ts, source, origin, self._listeners_for(origin))
+        return True
+
+    def _equivocation(
+        self,
+        source: str,
+        ts: float,
+        held: Any,
+        change: Any,
+        signature: str | None,
+        origin: object,
+    ) -> None:
+        """Two versions of one stamp: every replica keeps the one whose
+        entry hash is smaller, whatever the order they arrive in."""
+        mine, theirs = entry_hash(ts, held), entry_hash(ts, change)
+        if mine == theirs:
+            return  # one JSON value, spelt two ways
+        self._diverged(
+            Divergence(
+                kind="equivocation",
+                source=source,
+                ts=ts,
+                message=f"source {source[:80]!r} wrote two different entries"
+                f" with stamp {ts!r} (hashes {mine.hex()} and {theirs.hex()});"
+                " every replica keeps the one with the smaller hash",
+            )
         )
-        raise RemoteProtocolError(
-            f"source {source!r} sent two different entries for stamp {ts!r}",
-            reason="equivocation",
-            line=entry_snippet(change, ts, source),
+        if source == self.id:
+            self._twin(f"a second version of its own entry at stamp {ts!r}")
+        held_sig = self._history.signature(source, ts)
+        if signature is not None and held_sig is not None:
+            self._proven((held, ts, source, held_sig), (change, ts, source, signature))
+        if theirs < mine:
+            self._replace(source, ts, held, change, signature, origin)
+
+    def _replace(
+        self,
+        source: str,
+        ts: float,
+        held: Any,
+        change: Any,
+        signature: str | None,
+        origin: object,
+    ) -> None:
+        """Keep ``change`` at ``(source, ts)`` instead of ``held``."""
+        if self._verify is not None:
+            self._check_signed(source, [ts], [change], [signature], 0, 1)
+        given = list(change) if type(change) is tuple else change
+        history = self._history
+        k = old = None
+        if self._key is not None:
+            k = self._key(given)
+            history.unindex(self._key(held), (ts, source))
+            old = history.newest(k)
+        history.logs[source].discard(ts)
+        store = self.store
+        if old is None or old < (ts, source):
+            history.put(given, ts, source, k, old, signature)
+            if store is not None:
+                if old is not None:
+                    store.drop(*old)
+                store.replace(given, ts, source, signature)
+        elif store is not None:
+            store.drop(ts, source)  # the version kept is dominated here
+        self._rebuild()
+        if self.store is not None:
+            self.store.commit()
+        if self._listeners:
+            self._notify(given, ts, source, origin, self._listeners_for(origin))
+
+    def _twin(self, evidence: str) -> None:
+        self._diverged(
+            Divergence(
+                kind="twin-id",
+                source=self.id,
+                message=f"another live replica writes under this replica's id"
+                f" {self.id[:80]!r}: it received {evidence}. Two nodes were"
+                " probably started from one copied store (a restored backup,"
+                " a cloned machine). Their entries still converge, but any"
+                " two writes that get one stamp keep only one version: give"
+                " one of them a new id (Replica.take_new_id(), or restart the"
+                " peer command with --new-id); it keeps the data it holds.",
+            )
         )
+
+    def take_new_id(self, new: str | None = None) -> str:
+        """Write under a new source id from now on (another live replica
+        uses this one's); return it. Everything held stays, the entries
+        written under the old id among them. Made durable in the store.
+
+        Raises:
+            ValueError: a signed replica's id is its key's: give it a new
+                :class:`~repred.SigningKey` instead.
+            StoreError: the store could not record it.
+        """
+        if self._signer is not None:
+            raise ValueError(
+                "a signed replica's id is its key's id: make it with a new"
+                " SigningKey instead"
+            )
+        new = check_id(new_id() if new is None else new)
+        if new == self.id or new in self._clock:
+            raise ValueError(f"{new!r} is already a source this replica holds")
+        if self.store is not None:
+            self.store.set_id(new)
+        self.id = new
+        return new
+
+    def twin_seen(self, peer_id: str | None) -> None:
+        """A peer's handshake named this replica's own id."""
+        if peer_id == self.id:
+            self._twin("a link whose other end says it is this replica")
+
+    def _diverged(self, event: Divergence, level: int = logging.WARNING) -> None:
+        seen = self._divergence
+        seen[event.kind] = seen.get(event.kind, 0) + event.entries
+        limited(level, event.kind, "repred: %s: %s", self.type_name, event.message)
+        for handler in self._on_divergence:
+            try:
+                handler(event)
+            except Exception:
+                log.exception("repred divergence handler %r raised", handler)
+
+    # -- proven equivocators ----------------------------------------------
+
+    def proofs(self) -> list[tuple[Entry4, Entry4]]:
+        """The proofs held: two signed entries of one source for one stamp."""
+        return list(self._banned.values())
+
+    def prove(self, first: Entry4, second: Entry4) -> bool:
+        """Take a proof of equivocation from a peer; ``True`` if it is new
+        and sound (both signatures valid, one source and stamp, two
+        different changes). A replica that verifies refuses the source's
+        later entries."""
+        return self._proven(first, second)
+
+    def _proven(self, first: Entry4, second: Entry4) -> bool:
+        source, ts = first[2], first[1]
+        if (
+            source in self._banned
+            or second[2] != source
+            or second[1] != ts
+            or not is_key_id(source)
+            or entry_hash(ts, first[0]) == entry_hash(ts, second[0])
+        ):
+            return False
+        check = self._verify or verifier()
+        if not (check(*first) and check(*second)):
+            return False
+        self._banned[source] = (first, second)
+        if self.store is not None:
+            self.store.save_proof(first, second)
+        self._diverged(
+            Divergence(
+                kind="banned",
+                source=source,
+                ts=ts,
+                message=f"source {source[:80]!r} signed two different entries"
+                f" for stamp {ts!r}: proven to equivocate"
+                + (", its later entries are refused" if self._verify else ""),
+            )
+        )
+        return True
 
     # -- keeping the state true ----------------------------------------
 
@@ -869,6 +1181,8 @@ class Replica:
         """Restore id, clock, history and state from ``store``."""
         loaded = store.open(self.type_name, wanted_id, self.id)
         self.id = loaded.id
+        for first, second in loaded.proofs:
+            self._banned[first[2]] = (first, second)
         # The state saved at a clean close stands for the replay of the
         # whole history, for a type that declares how to save it (its
         # snapshot function: what compaction relies on too). A verifying
@@ -946,8 +1260,33 @@ class Replica:
         self._set_snapshot(update, clock)
         self._history.cover(clock)
 
-    def apply_snapshot(
+    @property
+    def has_snapshot_fn(self) -> bool:
+        """The type folds its history into snapshots (``snapshot=``), and
+        this replica takes them (it does not verify signatures)."""
+        return self._snapshot_fn is not None and self._verify is None
+
+    def snapshot_of_state(self) -> Any:
+        """The whole state as the type's snapshot function gives it."""
+        if self._snapshot_fn is None:
+            raise ValueError(f"{self.type_name!r} declares no snapshot= function")
+        return self._snapshot_fn(self.state)
+
+    def join_snapshot(
         self, update: Any, clock: Mapping[str, float], origin: object = None
+    ) -> bool:
+        """Join a peer's whole state into this one (anti-entropy found the
+        two states differ although their clocks agree); as
+        :meth:`apply_snapshot`, but taken even when the clock covers it."""
+        return self.apply_snapshot(update, clock, origin, join=True)
+
+    def apply_snapshot(
+        self,
+        update: Any,
+        clock: Mapping[str, float],
+        origin: object = None,
+        *,
+        join: bool = False,
     ) -> bool:
         """Merge a peer's snapshot; ``False`` if it held nothing new.
 
@@ -972,7 +1311,7 @@ class Replica:
                 reason="bad-signature",
             )
         clock = {s: ts for s, ts in clock.items() if s != self.id}
-        if all(self._clock.get(s, -1) >= ts for s, ts in clock.items()):
+        if not join and all(self._clock.get(s, -1) >= ts for s, ts in clock.items()):
             return False
         limit = self._wall() + self.max_drift_ms
         if any(ts > limit for ts in clock.values()):
@@ -1015,10 +1354,10 @@ class Replica:
             if ts > self._clock.get(source, -1):
                 self._clock[source] = ts
         cap = self._wall() + self.max_ahead_ms
-        self._last = max(self._last, min(max(clock.values()), cap))
+        self._last = max(self._last, min(max(clock.values(), default=0), cap))
         self.snapshot = (merged_update, merged)
         self.snapshot_version += 1
-        if self._listeners:
+        if self._listeners and clock:
             # A snapshot has no single source: listeners see the source of
             # the newest stamp it covers.
             newest = max(clock.items(), key=lambda item: item[1])

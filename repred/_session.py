@@ -75,6 +75,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import orjson
 
+from ._antientropy import AntiEntropy
 from ._errors import (
     IncompatiblePeerError,
     LocalProtocolError,
@@ -90,10 +91,14 @@ from ._wire import (
     KEEPALIVE_LINE,
     SYNC,
     SYNC_LINE,
+    AeMessage,
     Batch,
     Digest,
     Expect,
     LineDecoder,
+    Proof,
+    Repair,
+    RepairSnapshot,
     Snapshot,
     encode_batch,
     encode_digest,
@@ -179,6 +184,13 @@ TRANSITIONS: dict[tuple[str, SessionState, _Event], SessionState] = {
 #: The reason given when the peer causes an event its state does not allow.
 _REFUSALS = {_Event.DIGEST: "duplicate-digest", _Event.SYNC: "unexpected-sync"}
 
+#: Anti-entropy is offered only on links whose both sides take lines this
+#: long (its steps are cut to fit).
+AE_MIN_LINE_BYTES = 64 * 1024
+
+#: The messages anti-entropy adds (see repred._antientropy).
+_AE_MESSAGES = (AeMessage, Repair, RepairSnapshot, Proof)
+
 
 @attrs.frozen
 class SyncReceived:
@@ -209,6 +221,11 @@ class SessionStatistics:
             long sync's progress, with ``entries_expected``).
         entries_expected: how many entries the peer said its history holds,
             if it said (a repred peer does); ``None`` otherwise.
+        antientropy_rounds: anti-entropy rounds this side started.
+        antientropy_differed: rounds (started by either side) in which the
+            two replicas turned out to hold different entries.
+        repaired_in: entries taken from the peer by anti-entropy.
+        repaired_out: entries sent to the peer by anti-entropy.
     """
 
     updates_in: int
@@ -220,6 +237,10 @@ class SessionStatistics:
     refused: int = 0
     entries_received: int = 0
     entries_expected: int | None = None
+    antientropy_rounds: int = 0
+    antientropy_differed: int = 0
+    repaired_in: int = 0
+    repaired_out: int = 0
 
 
 def _decode_batch(line: bytes) -> Batch:
@@ -271,6 +292,11 @@ class Session:
             snapshots are checked and counted as refused
             (:attr:`SessionStatistics.refused`), never applied, and the link
             stays up: a read-only mirror (JS ``createReadStream``).
+        antientropy: offer anti-entropy (a repred extension, used only when
+            the peer offers it too, on a link that sends and receives; see
+            :mod:`repred._antientropy`): after the sync, and whenever
+            :meth:`antientropy` is called, both sides compare hash trees of
+            what they hold and repair what differs.
 
     Attributes:
         wakeup: called (with no arguments) whenever the session gains
@@ -288,6 +314,7 @@ class Session:
         batches: bool = True,
         send: bool = True,
         receive: bool = True,
+        antientropy: bool = True,
     ) -> None:
         if max_line_bytes < 64 or batch_entries < 1 or batch_bytes < 1:
             raise ValueError("limits must be positive (max_line_bytes >= 64)")
@@ -307,13 +334,32 @@ class Session:
         self._refused = 0
         self._received = 0
         self._expected: int | None = None
+        self._ae_offered = (
+            antientropy
+            and send
+            and receive
+            and replica.antientropy
+            and max_line_bytes >= AE_MIN_LINE_BYTES
+        )
+        #: Anti-entropy with the peer, once both offered it.
+        self._ae: AntiEntropy | None = None
+        #: The round that follows the sync is yet to start (or not: see
+        #: _starts_round), and what decides who starts it.
+        self._ae_due = False
+        self._entries_out = 0
+        self._history_out = 0
+        self._history_in = 0
+        #: The clock our digest says (what we held before the sync).
+        self._digest_clock = dict(replica.clock) if self._ae_offered else {}
         self._out: list[bytes] = [
             encode_digest(
                 replica.id,
-                replica.clock,
+                self._digest_clock if self._ae_offered else replica.clock,
                 replica.type_name,
                 max_line_bytes,
                 batches=batches,
+                antientropy=self._ae_offered,
+                receive=receive,
             )
         ]
         #: The longest line the peer takes (with its newline), once known.
@@ -369,6 +415,38 @@ class Session:
         return self.sync_sent and self.sync_received
 
     @property
+    def settled(self) -> bool:
+        """After the sync, the anti-entropy round that follows it has ended
+        and every repair has gone out (or there is no anti-entropy on this
+        link)."""
+        ae = self._ae
+        return ae is None or (not self._ae_due and ae.settled and ae.ended > 0)
+
+    def _starts_round(self) -> bool:
+        """Whether this side starts the round that follows the sync: the
+        side that sent more entries (it finished first, and its tree may be
+        computed while the other still reads); the smaller id on a tie;
+        both, for twins. Both sides count the same entries (those before
+        each "SYNC"), so exactly one starts."""
+        sent, got = self._history_out, self._history_in
+        if sent != got:
+            return sent > got
+        peer = None if self.peer is None else self.peer.id
+        return peer is None or self.replica.id <= peer
+
+    def antientropy(self) -> bool:
+        """Start an anti-entropy round now, if the link has one and none of
+        this side's is in progress; ``True`` if one started."""
+        ae = self._ae
+        if ae is None or not self.synced or self._ae_due:
+            return False
+        if not ae.start():
+            return False
+        if self.wakeup is not None:
+            self.wakeup()
+        return True
+
+    @property
     def lines_in(self) -> int:
         """Complete lines received so far (a measure of the peer's progress)."""
         return self._decoder.lines
@@ -389,6 +467,10 @@ class Session:
             refused=self._refused,
             entries_received=self._received,
             entries_expected=self._expected,
+            antientropy_rounds=0 if self._ae is None else self._ae.rounds,
+            antientropy_differed=0 if self._ae is None else self._ae.differed,
+            repaired_in=0 if self._ae is None else self._ae.repaired_in,
+            repaired_out=0 if self._ae is None else self._ae.repaired_out,
         )
 
     # -- incoming ------------------------------------------------------
@@ -571,12 +653,57 @@ class Session:
             self._expected = msg.entries
         elif type(msg) is Snapshot:
             self._on_snapshot(msg, line)
+        elif type(msg) in _AE_MESSAGES:
+            self._on_antientropy(msg, line)
         elif msg is SYNC:
+            self._history_in = self._received
             self._advance("theirs", _Event.SYNC, line)
             events.append(SyncReceived())
         else:
             self._on_digest(msg, line)
             events.append(msg)
+
+    def _on_antientropy(
+        self, msg: AeMessage | Repair | RepairSnapshot | Proof, line: bytes
+    ) -> None:
+        if type(msg) is Proof:
+            if self.their_state is SessionState.HELLO:
+                raise _bad("a proof before the digest", "no-digest", line)
+            self.replica.prove(msg.first, msg.second)
+            return
+        ae = self._ae
+        if ae is None or self.their_state is not SessionState.LIVE:
+            raise _bad(
+                "an anti-entropy message on a link without it, or before SYNC",
+                "bad-antientropy",
+                line,
+            )
+        if type(msg) is AeMessage:
+            ae.receive(msg, line)
+            if self.wakeup is not None:
+                self.wakeup()
+            return
+        try:
+            if isinstance(msg, Repair):
+                self._sent_upto(msg.source, msg.stamps[-1])
+                ae.take_repair(msg.source, msg.stamps, msg.changes, msg.signatures)
+            elif isinstance(msg, RepairSnapshot):
+                ae.take_snapshot(msg.update, msg.clock)
+        except (RemoteProtocolError, StoreError):
+            raise
+        except Exception as exc:  # the reducer refused it
+            raise RemoteProtocolError(
+                f"the replica refused what anti-entropy sent: {exc!r}",
+                reason="reducer-error",
+                line=snippet(line),
+            ) from exc
+        if self.wakeup is not None:
+            self.wakeup()
+
+    def _sent_upto(self, source: str, ts: float) -> None:
+        """The peer holds entries of ``source`` up to ``ts``."""
+        if self._sent.get(source, -1) < ts:
+            self._sent[source] = ts
 
     def _on_snapshot(self, snapshot: Snapshot, line: bytes) -> None:
         if self.their_state not in (SessionState.HISTORY, SessionState.LIVE):
@@ -642,9 +769,21 @@ class Session:
             )
         self._advance("theirs", _Event.DIGEST, line)
         self.peer = digest
+        self.replica.twin_seen(digest.id)
         if digest.max_line is not None:
             self._peer_max_line = digest.max_line + 1  # the LF is not counted
         self._batched = self._batches and digest.batch == BATCH_FORMAT
+        if (
+            self._ae_offered
+            and digest.antientropy
+            and self._peer_max_line > AE_MIN_LINE_BYTES
+        ):
+            mine = self._digest_clock
+            common = {
+                s: min(ts, mine[s]) for s, ts in digest.clock.items() if s in mine
+            }
+            self._ae = AntiEntropy(self.replica, self, self._peer_max_line, common)
+            self._ae_due = True
         sent = self._sent = dict(digest.clock)
         replica = self.replica
         logs = replica._history.logs
@@ -709,7 +848,15 @@ class Session:
                 self._fill(out)
             if state is SessionState.HISTORY and not self._queue:
                 out.append(SYNC_LINE)
+                self._history_out = self._entries_out
                 self._advance("ours", _Event.SENT_ALL)
+            ae = self._ae
+            if ae is not None and self.our_state is SessionState.LIVE:
+                if self._ae_due and self.sync_received:
+                    self._ae_due = False
+                    if self._starts_round():
+                        ae.start(after_sync=True)
+                out += ae.data(self._batch_bytes)
         data = b"".join(out)
         self._bytes_out += len(data)
         return data
@@ -805,6 +952,7 @@ class Session:
             elif queued:
                 queued.discard(source)
         self._updates_out += sent_count
+        self._entries_out += sent_count
 
     def _too_long_for_peer(
         self, change: Any, ts: float, source: str, size: int

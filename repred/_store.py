@@ -181,6 +181,8 @@ class Loaded:
     #: The state saved at the last clean close, if nothing was written
     #: since: ``(payload, clock)``, the clock being the store's.
     checkpoint: tuple[Any, dict[str, float]] | None = None
+    #: Proofs of equivocation kept (see :meth:`SqliteStore.save_proof`).
+    proofs: list[tuple[Any, Any]] = attrs.Factory(list)
 
 
 class SqliteStore:
@@ -224,6 +226,9 @@ class SqliteStore:
         self._lock = threading.Lock()
         self._adds: list[tuple[str, float, bytes, int]] = []
         self._drops: list[tuple[str, float]] = []
+        #: Entries that take the place of one dropped at the same stamp (a
+        #: second version kept instead of the first): written after drops.
+        self._replaces: list[tuple[str, float, bytes, int]] = []
         self._clock: dict[str, float] = {}
         self._error: StoreError | None = None
         #: A checkpoint row is on disk (deleted by the next write).
@@ -401,6 +406,42 @@ class SqliteStore:
         with self._lock:
             self._drops.append((source, ts))
 
+    def replace(
+        self, change: Any, ts: float, source: str, signature: str | None = None
+    ) -> None:
+        """Queue an entry that takes the place of the one held at its stamp
+        (dropped first, in the same transaction)."""
+        blob = orjson.dumps(change)
+        if signature is not None:
+            blob += b"\n" + signature.encode()
+        row = (source, ts, blob, _entry_crc(source, float(ts), blob))
+        with self._lock:
+            self._drops.append((source, ts))
+            self._replaces.append(row)
+
+    def save_proof(self, first: Any, second: Any) -> None:
+        """Keep a proof that a source equivocates (two signed entries for
+        one stamp), so that it is refused after a restart too."""
+        k = "proof:" + str(first[2])
+        v = orjson.dumps([list(first), list(second)]).decode()
+        with self._lock:
+            self._write()
+            with self._transaction() as db:
+                db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES (?, ?, ?)",
+                    (k, v, _meta_crc(k, v)),
+                )
+
+    def set_id(self, replica_id: str) -> None:
+        """Give the replica a new id (its old entries keep theirs)."""
+        with self._lock:
+            self._write()
+            with self._transaction() as db:
+                db.execute(
+                    "UPDATE meta SET v = ?, crc = ? WHERE k = 'id'",
+                    (replica_id, _meta_crc("id", replica_id)),
+                )
+
     def advance(self, source: str, ts: float) -> None:
         """Queue a clock advance, written with the entries before it."""
         with self._lock:
@@ -439,6 +480,7 @@ class SqliteStore:
             except StoreError:
                 if discard_on_error:
                     self._adds, self._drops, self._clock = [], [], {}
+                    self._replaces = []
                 raise
 
     def save_snapshot(
@@ -470,7 +512,8 @@ class SqliteStore:
     def _write(self) -> None:
         """Write every queued row in one transaction; keep them if it fails."""
         adds, drops, clock = self._adds, self._drops, self._clock
-        if not (adds or drops or clock):
+        replaces = self._replaces
+        if not (adds or drops or clock or replaces):
             return
         with self._transaction() as db:
             if self._checkpointed:
@@ -490,9 +533,14 @@ class SqliteStore:
                     " ORDER BY first DESC LIMIT 1) >= ?2",
                     [(s, ts, _gap_crc(s, float(ts))) for s, ts in drops],
                 )
+            if replaces:
+                db.executemany(
+                    "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?)", replaces
+                )
             if clock:
                 _advance_clock(db, clock)
         self._adds, self._drops, self._clock = [], [], {}
+        self._replaces = []
         self._checkpointed = False
         if self._error is not None:
             log.info("repred: %s: queued writes are written again", self.path)
@@ -677,7 +725,9 @@ def _pack_rows(db: sqlite3.Connection) -> None:
         )
         chunk = rows.fetchmany(SEGMENT_ENTRIES)
         if packed_to is not None and chunk[0][0] <= packed_to:
-            continue  # never the case; left as rows, which open as they are
+            # Rows below packed segments (entries a peer found this
+            # replica lacked): left as rows, which open merged in order.
+            continue
         while chunk:
             stamps = [_num(ts) for ts, _ in chunk]
             blobs, sigs = _split_signatures([blob for _, blob in chunk])
@@ -816,7 +866,17 @@ def _load(
         entries=entries,
         snapshot=snapshot,
         checkpoint=checkpoint,
+        proofs=[_proof(path, v) for k, v in meta.items() if k.startswith("proof:")],
     )
+
+
+def _proof(path: str, text: str) -> tuple[Any, Any]:
+    """A kept proof: two entries ``[change, ts, source, signature]``."""
+    try:
+        first, second = orjson.loads(text)
+        return tuple(first), tuple(second)
+    except (orjson.JSONDecodeError, ValueError, TypeError):
+        raise _damaged(path, "a kept proof of equivocation is malformed") from None
 
 
 def _state_row(
@@ -869,13 +929,36 @@ def _held_run(
         held[source] = run
         return
     stamps, changes, sigs = run
-    if stamps[0] <= mine[0][-1]:
-        raise _damaged(path, f"entries of {source!r:.80} overlap")
+    if mine[0] and stamps[0] <= mine[0][-1]:
+        held[source] = _merged(path, source, mine, run)
+        return
     if sigs is not None or mine[2] is not None:
         merged = (mine[2] or [None] * len(mine[0])) + (sigs or [None] * len(stamps))
         held[source] = (mine[0], mine[1], merged)
     mine[0].extend(stamps)
     mine[1].extend(changes)
+
+
+def _merged(
+    path: str,
+    source: str,
+    mine: tuple[list[Any], list[Any], list[str | None] | None],
+    run: tuple[list[Any], list[Any], list[str | None] | None],
+) -> tuple[list[Any], list[Any], list[str | None] | None]:
+    """Two runs of one source whose stamps interleave (rows written below
+    packed segments: entries a peer found this replica lacked), in order."""
+    rows = sorted(
+        itertools.chain(
+            zip(mine[0], mine[1], mine[2] or itertools.repeat(None), strict=False),
+            zip(run[0], run[1], run[2] or itertools.repeat(None), strict=False),
+        ),
+        key=operator.itemgetter(0),
+    )
+    stamps = [r[0] for r in rows]
+    if any(map(operator.eq, stamps, itertools.islice(stamps, 1, None))):
+        raise _damaged(path, f"two entries of {source!r:.80} have one stamp")
+    sigs = [r[2] for r in rows]
+    return stamps, [r[1] for r in rows], sigs if any(sigs) else None
 
 
 def _load_entries(
@@ -895,9 +978,8 @@ def _load_entries(
         held: _Held = {}
         if packed:
             _load_segments(db, path, clock, held)
+            _drop_gaps(db, path, held)  # gaps are entries dropped from segments
         _load_rows(db, path, clock, held)
-        if packed:
-            _drop_gaps(db, path, held)
         out: list[Run] = []
         for source, (stamps, changes, sigs) in held.items():
             if stamps:

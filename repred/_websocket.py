@@ -23,6 +23,7 @@ import trio_websocket
 from ._errors import PeerClosed, SyncTimeout
 from ._http import Replay, header, read_request, respond
 from ._links import (
+    DEFAULT_ANTIENTROPY_INTERVAL,
     DEFAULT_CLOSE_TIMEOUT,
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_KEEPALIVE_INTERVAL,
@@ -127,6 +128,7 @@ async def serve_websocket(
     batches: bool = True,
     send: bool = True,
     receive: bool = True,
+    antientropy_interval: float | None = DEFAULT_ANTIENTROPY_INTERVAL,
     ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[list[Any]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
@@ -271,6 +273,7 @@ async def connect_websocket(
     batches: bool = True,
     send: bool = True,
     receive: bool = True,
+    antientropy_interval: float | None = DEFAULT_ANTIENTROPY_INTERVAL,
     ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[Connection] = trio.TASK_STATUS_IGNORED,
 ) -> ConnectionStatistics:

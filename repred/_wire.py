@@ -37,6 +37,7 @@ import orjson
 from ._errors import IncompatiblePeerError, RemoteProtocolError
 
 __all__ = [
+    "AE_FORMAT",
     "DEFAULT_MAX_LINE_BYTES",
     "KEEPALIVE",
     "KEEPALIVE_LINE",
@@ -48,17 +49,25 @@ __all__ = [
     "PROTOCOL_VERSION",
     "SYNC",
     "SYNC_LINE",
+    "AeMessage",
     "Batch",
     "Digest",
     "Expect",
     "LineDecoder",
+    "Proof",
+    "Repair",
+    "RepairSnapshot",
     "Snapshot",
     "check_value",
     "depth_within",
+    "encode_ae",
     "encode_batch",
     "encode_digest",
     "encode_entry",
     "encode_expect",
+    "encode_proof",
+    "encode_repair",
+    "encode_repair_snapshot",
     "encode_snapshot",
     "entry_snippet",
     "fast_entry",
@@ -112,6 +121,10 @@ PROTOCOL_VERSION = 1
 #: The batch format this side reads, sent in the digest's ``"batches"`` key.
 BATCH_FORMAT = 1
 
+#: The anti-entropy format this side speaks, sent in the digest's
+#: ``"antientropy"`` key (see :mod:`repred._antientropy`).
+AE_FORMAT = 1
+
 #: How a batch line starts as repred writes it (the prefix that selects the
 #: fast decoder; any other spelling of a batch is read by the general one).
 BATCH_PREFIX = b'{"batch":'
@@ -144,6 +157,9 @@ class Digest:
     batch: int | None = None
     #: The peer reads ``{"expect": n}`` announcements (a repred extension).
     progress: bool = False
+    #: The peer compares hash trees after a sync (anti-entropy, a repred
+    #: extension), in this format.
+    antientropy: bool = False
 
 
 @attrs.frozen
@@ -464,6 +480,14 @@ def parse_message(msg: Any, line: bytes) -> Any:
     if kind is dict:
         if "batch" in msg:
             return _batch(msg, line, depth_checked=False)
+        if "ae" in msg:
+            return _ae(msg, line)
+        if "repair" in msg:
+            return _repair(msg, line)
+        if "proof" in msg:
+            return _proof(msg, line)
+        if "repair_snapshot" in msg:
+            return _repair_snapshot(msg, line)
         if "snapshot" in msg:
             return _snapshot(msg, line)
         if "expect" in msg:
@@ -546,8 +570,14 @@ def _orjson_depth() -> int:
 #: change, and a change may nest MAX_DEPTH levels.
 _PAD = _orjson_depth() - (MAX_DEPTH + 2)
 _OPEN, _CLOSE = b"[" * max(_PAD, 0), b"]" * max(_PAD, 0)
-_BATCH_KEYS = frozenset(("batch", "stamps", "changes"))
-_SIGNED_BATCH_KEYS = _BATCH_KEYS | {"signatures"}
+#: The keys of a run of entries: a batch, or a repair (the same shape).
+_RUN_KEYS = {
+    key: (
+        frozenset((key, "stamps", "changes")),
+        frozenset((key, "stamps", "changes", "signatures")),
+    )
+    for key in ("batch", "repair")
+}
 _NUMBERS = frozenset((int, float))
 
 
@@ -626,13 +656,16 @@ def _loads_within_depth(line: bytes) -> Any:
     return msg
 
 
-def _batch(msg: dict[str, Any], line: bytes, *, depth_checked: bool) -> Batch:
+def _batch(
+    msg: dict[str, Any], line: bytes, *, depth_checked: bool, key: str = "batch"
+) -> Batch:
+    plain, signed = _RUN_KEYS[key]
     keys = msg.keys()
-    if keys != _BATCH_KEYS and keys != _SIGNED_BATCH_KEYS:
+    if keys != plain and keys != signed:
         raise _bad(
-            "a batch is {batch, stamps, changes[, signatures]}", "bad-batch", line
+            f"a {key} is {{{key}, stamps, changes[, signatures]}}", "bad-batch", line
         )
-    source = _source(msg["batch"], line)
+    source = _source(msg[key], line)
     stamps, changes = msg["stamps"], msg["changes"]
     if (
         type(stamps) is not list
@@ -765,6 +798,9 @@ def _digest(msg: dict[str, Any], line: bytes) -> Digest:
     batch = msg.get("batches")
     if batch is not None and (type(batch) is not int or batch < 1):
         raise _bad("batches must be a positive integer", "bad-digest", line)
+    ae = msg.get("antientropy")
+    if ae is not None and (type(ae) is not int or ae < 1):
+        raise _bad("antientropy must be a positive integer", "bad-digest", line)
     return Digest(
         id=peer_id,
         clock=clean,
@@ -773,6 +809,7 @@ def _digest(msg: dict[str, Any], line: bytes) -> Digest:
         max_line=max_line,
         batch=batch,
         progress=progress == 1,
+        antientropy=ae == AE_FORMAT,
     )
 
 
@@ -783,8 +820,10 @@ def encode_digest(
     max_line: int = DEFAULT_MAX_LINE_BYTES,
     *,
     batches: bool = True,
+    antientropy: bool = False,
+    receive: bool = True,
 ) -> bytes:
-    digest = {
+    digest: dict[str, Any] = {
         "id": replica_id,
         "clock": dict(clock),
         "repred": PROTOCOL_VERSION,
@@ -793,7 +832,13 @@ def encode_digest(
     }
     if batches:
         digest["batches"] = BATCH_FORMAT
+    if not receive:
+        # This side applies nothing the peer sends (a repred extension):
+        # a client that writes (the browser's) shows its writes as refused.
+        digest["receive"] = 0
     digest["progress"] = 1
+    if antientropy:
+        digest["antientropy"] = AE_FORMAT
     return _dumps(digest, option=_OPT)
 
 
@@ -803,3 +848,342 @@ def encode_entry(
     if signature is None:
         return _dumps([change, ts, source], option=_OPT)
     return _dumps([change, ts, source, signature], option=_OPT)
+
+
+# -- anti-entropy -----------------------------------------------------------
+#
+# Between two repred peers that both offer it (``"antientropy": 1`` in the
+# digest),
+# each side compares hash trees of what it holds with the other's after the
+# sync and then now and then (see repred._antientropy for the protocol and
+# repred._hashtree for the trees). Its messages are objects with an ``"ae"``
+# key; what a round finds lacking travels as repairs, runs of entries shaped
+# like a batch under ``"repair"``. Everything is checked here, as any
+# message is, and bounded: a message holds at most MAX_AE_RANGES ranges and
+# MAX_AE_ITEMS listed entries in all.
+
+#: The most ranges one anti-entropy message holds.
+MAX_AE_RANGES = 512
+#: The most entries (stamps, listed items, fingerprints) one holds in all.
+MAX_AE_ITEMS = 8192
+#: The deepest level of a hash tree, and its fan-out (see repred._hashtree).
+AE_MAX_LEVEL = 16
+AE_FANOUT = 16
+#: Hex digits of a node's fingerprint, and of an entry's hash.
+FP_HEX = 32
+ITEM_HEX = 16
+
+#: The kinds of anti-entropy message: a round's first, a step, its end.
+AE_KINDS = frozenset(("root", "step", "end"))
+
+
+@attrs.frozen(kw_only=True)
+class AeMessage:
+    """One anti-entropy message.
+
+    Attributes:
+        kind: ``"root"`` (a round's first), ``"step"`` or ``"end"``.
+        round: the round's number, counted by the side that started it.
+        mine: the sender started this round.
+        horizon: (root) the stamp below which the sender may have dropped
+            entries by declaration; both sides compare only newer ones.
+        fp: (root) the fingerprint of everything the sender holds.
+        snap: (root) the sender holds a snapshot (a compacted history).
+        sync: (root) the round that follows a sync: both compare only what
+            both held before it (the older of the two digests' clocks).
+        ranges: (step) what the sender found, as checked tuples (see
+            :func:`_ae_range`).
+        more: (step) the next step continues this one (a reply too long
+            for one line goes as several; they are answered together).
+    """
+
+    kind: str
+    round: int
+    mine: bool
+    horizon: float = 0
+    fp: bytes = b""
+    snap: bool = False
+    sync: bool = False
+    ranges: tuple[Any, ...] = ()
+    more: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class Proof:
+    """Two entries a source signed for one stamp: proof that it equivocates."""
+
+    first: tuple[Any, float, str, str]
+    second: tuple[Any, float, str, str]
+
+
+@attrs.frozen(kw_only=True)
+class RepairSnapshot:
+    """A peer's whole state (its snapshot) for a replica whose state differs."""
+
+    update: Any = attrs.field(hash=False)
+    clock: dict[str, float] = attrs.field(hash=False)
+
+
+def _ae_bad(message: str, line: bytes) -> RemoteProtocolError:
+    return _bad(message, "bad-antientropy", line)
+
+
+def _ae(msg: dict[str, Any], line: bytes) -> AeMessage:
+    kind, rnd, mine = msg.get("ae"), msg.get("r"), msg.get("mine")
+    if (
+        kind not in AE_KINDS
+        or type(rnd) is not int
+        or rnd < 0
+        or type(mine) is not bool
+    ):
+        raise _ae_bad("an anti-entropy message is {ae, r, mine, ...}", line)
+    if kind == "end":
+        if len(msg) != 3:
+            raise _ae_bad("an end is {ae, r, mine}", line)
+        return AeMessage(kind=kind, round=rnd, mine=mine)
+    if kind == "root":
+        if (
+            set(msg) != {"ae", "r", "mine", "h", "fp", "snap", "sync"}
+            or type(msg["snap"]) is not bool
+            or type(msg["sync"]) is not bool
+        ):
+            raise _ae_bad("a root is {ae, r, mine, h, fp, snap, sync}", line)
+        return AeMessage(
+            kind=kind,
+            round=rnd,
+            mine=mine,
+            horizon=_stamp(msg["h"], line),
+            fp=_hex(msg["fp"], FP_HEX, line, empty=True),
+            snap=msg["snap"],
+            sync=msg["sync"],
+        )
+    ranges, more = msg.get("ranges"), msg.get("more", False)
+    if (
+        set(msg) - {"more"} != {"ae", "r", "mine", "ranges"}
+        or type(ranges) is not list
+        or type(more) is not bool
+    ):
+        raise _ae_bad("a step is {ae, r, mine, ranges[, more]}", line)
+    if not 0 < len(ranges) <= MAX_AE_RANGES:
+        raise _ae_bad(f"a step holds 1 to {MAX_AE_RANGES} ranges", line)
+    budget = [MAX_AE_ITEMS]
+    checked = tuple(_ae_range(r, line, budget) for r in ranges)
+    return AeMessage(kind=kind, round=rnd, mine=mine, ranges=checked, more=more)
+
+
+def _hex(value: Any, size: int, line: bytes, *, empty: bool = False) -> bytes:
+    """A fingerprint: ``size`` lowercase hex digits (or ``""`` if allowed)."""
+    if type(value) is str and (len(value) == size or (empty and not value)):
+        try:
+            data = bytes.fromhex(value)
+        except ValueError:
+            data = None
+        if data is not None and data.hex() == value:
+            return data
+    raise _ae_bad(f"a fingerprint is {size} lowercase hex digits", line)
+
+
+def _count(value: Any, line: bytes) -> int:
+    if type(value) is not int or value < 0:
+        raise _ae_bad("a count is a non-negative integer", line)
+    return value
+
+
+def _node(level: Any, index: Any, line: bytes) -> tuple[int, int]:
+    if (
+        type(level) is not int
+        or type(index) is not int
+        or not 0 <= level <= AE_MAX_LEVEL
+        or not 0 <= index < AE_FANOUT**level
+    ):
+        raise _ae_bad("a node is a level and an index within it", line)
+    return level, index
+
+
+def _spend(budget: list[int], n: int, line: bytes) -> None:
+    budget[0] -= n
+    if budget[0] < 0:
+        raise _ae_bad(f"an anti-entropy message lists at most {MAX_AE_ITEMS}", line)
+
+
+def _ae_list(value: Any, line: bytes, budget: list[int]) -> list[Any]:
+    if type(value) is not list:
+        raise _ae_bad("expected a list", line)
+    _spend(budget, len(value), line)
+    return value
+
+
+def _ae_range(r: Any, line: bytes, budget: list[int]) -> tuple[Any, ...]:
+    """One range of a step, checked (the tags are explained in
+    repred._antientropy)."""
+    if type(r) is not list or not r or r[0] not in _RANGE_ARITY:
+        raise _ae_bad("a range is a list that starts with its tag", line)
+    tag = r[0]
+    if len(r) != _RANGE_ARITY[tag]:
+        raise _ae_bad(f"a {tag!r} range has {_RANGE_ARITY[tag]} parts", line)
+    if tag == "B":
+        buckets = r[1]
+        if type(buckets) is not list:
+            raise _ae_bad("buckets are a list", line)
+        _spend(budget, len(buckets), line)
+        return (
+            "B",
+            {
+                _bucket(b, line): _hex(fp, FP_HEX, line)
+                for b, fp in _pairs(buckets, line)
+            },
+        )
+    if tag == "R":
+        return ("R", _source_record(r[1:], line))
+    if tag == "S":
+        covered = [_bucket(b, line) for b in _ae_list(r[1], line, budget)]
+        return (
+            "S",
+            frozenset(covered),
+            [_source_record(x, line) for x in _ae_list(r[2], line, budget)],
+        )
+    if tag in ("T", "X", "H"):
+        if tag == "X":
+            return ("X",)
+        if tag == "H":
+            return ("H", _stamp(r[1], line))
+        return ("T", _hex(r[1], FP_HEX, line), _hex(r[2], FP_HEX, line))
+    source = _source(r[1], line)
+    if tag == "E":
+        return ("E", source, [_stamp(ts, line) for ts in _ae_list(r[2], line, budget)])
+    upto = _stamp(r[2], line)
+    node = _node(r[3], r[4], line)
+    if tag == "W":
+        return ("W", source, upto, node)
+    if tag == "N":
+        kids = []
+        for kid in _ae_list(r[5], line, budget):
+            if type(kid) is not list or len(kid) != 3:
+                raise _ae_bad("a child is [slot, count, fingerprint]", line)
+            slot = kid[0]
+            if type(slot) is not int or not 0 <= slot < AE_FANOUT:
+                raise _ae_bad("a child's slot is 0-15", line)
+            kids.append((slot, _count(kid[1], line), _hex(kid[2], FP_HEX, line)))
+        return ("N", source, upto, node, kids)
+    items = []
+    for item in _ae_list(r[5], line, budget):
+        if type(item) is not list or len(item) != 2:
+            raise _ae_bad("an item is [ts, hash]", line)
+        items.append((_stamp(item[0], line), _hex(item[1], ITEM_HEX, line)))
+    return ("I", source, upto, node, items)
+
+
+_RANGE_ARITY = {
+    "B": 2,
+    "S": 3,
+    "N": 6,
+    "I": 6,
+    "W": 5,
+    "E": 3,
+    "T": 3,
+    "X": 1,
+    "H": 2,
+    "R": 7,
+}
+
+
+def _pairs(items: list[Any], line: bytes) -> list[tuple[Any, Any]]:
+    if not all(type(p) is list and len(p) == 2 for p in items):
+        raise _ae_bad("expected [key, value] pairs", line)
+    return [(p[0], p[1]) for p in items]
+
+
+def _bucket(value: Any, line: bytes) -> int:
+    if type(value) is not int or not 0 <= value < 256:
+        raise _ae_bad("a bucket is 0-255", line)
+    return value
+
+
+def _source_record(
+    x: Any, line: bytes
+) -> tuple[str, float, tuple[int, int] | None, int, bytes]:
+    """``[source, clock, level, index, count, fingerprint]`` (level and
+    index -1, and no fingerprint, for a source with nothing to compare)."""
+    if type(x) is not list or len(x) != 6:
+        raise _ae_bad(
+            "a source record is [source, clock, level, index, count, fp]", line
+        )
+    source, clock = _source(x[0], line), _stamp(x[1], line)
+    count = _count(x[4], line)
+    if count == 0:
+        if x[2] != -1 or x[3] != -1 or x[5] != "":
+            raise _ae_bad("an empty source record has no node", line)
+        return source, clock, None, 0, b""
+    return source, clock, _node(x[2], x[3], line), count, _hex(x[5], FP_HEX, line)
+
+
+def encode_ae(kind: str, rnd: int, mine: bool, **fields: Any) -> bytes:
+    """An anti-entropy message (``fields`` as :func:`_ae` reads them)."""
+    return _dumps({"ae": kind, "r": rnd, "mine": mine, **fields}, option=_OPT)
+
+
+@attrs.frozen
+class Repair:
+    """Entries of one source a peer found this replica lacks (anti-entropy),
+    in stamp order, as their author wrote them: a batch under ``"repair"``."""
+
+    source: str
+    stamps: list[float] = attrs.field(hash=False)
+    changes: list[Any] = attrs.field(hash=False)
+    signatures: list[str | None] | None = attrs.field(default=None, hash=False)
+
+
+def _repair(msg: dict[str, Any], line: bytes) -> Repair:
+    changes = msg.get("changes")
+    if type(changes) is list and not all(map(depth_within, changes)):
+        raise _bad(f"change nested deeper than {MAX_DEPTH} levels", "too-deep", line)
+    run = _batch(msg, line, depth_checked=True, key="repair")
+    return Repair(run.source, run.stamps, run.changes, run.signatures)
+
+
+def encode_repair(
+    source: str, stamps: Any, changes: Any, signatures: Any = None
+) -> bytes:
+    """A repair line: entries a peer lacks, as their author wrote them."""
+    repair: dict[str, Any] = {"repair": source, "stamps": stamps, "changes": changes}
+    if signatures is not None:
+        repair["signatures"] = signatures
+    return _dumps(repair, option=_OPT)
+
+
+def _proof(msg: dict[str, Any], line: bytes) -> Proof:
+    pair = msg["proof"]
+    if len(msg) != 1 or type(pair) is not list or len(pair) != 2:
+        raise _bad("a proof is {proof: [entry, entry]}", "bad-proof", line)
+    first, second = (parse_entry(e, line) if type(e) is list else None for e in pair)
+    if (
+        first is None
+        or second is None
+        or len(first) != 4
+        or len(second) != 4
+        or first[1:3] != second[1:3]
+    ):
+        raise _bad("a proof is two signed entries of one stamp", "bad-proof", line)
+    return Proof(first=first, second=second)
+
+
+def encode_proof(first: Any, second: Any) -> bytes:
+    return _dumps({"proof": [list(first), list(second)]}, option=_OPT)
+
+
+def _repair_snapshot(msg: dict[str, Any], line: bytes) -> RepairSnapshot:
+    if set(msg) != {"repair_snapshot", "clock"}:
+        raise _bad(
+            "a repair snapshot is {repair_snapshot, clock}", "bad-snapshot", line
+        )
+    if not depth_within(msg["repair_snapshot"]):
+        raise _bad(
+            f"a snapshot nested deeper than {MAX_DEPTH} levels", "too-deep", line
+        )
+    return RepairSnapshot(
+        update=msg["repair_snapshot"], clock=_clock(msg["clock"], line)
+    )
+
+
+def encode_repair_snapshot(update: Any, clock: dict[str, float]) -> bytes:
+    return _dumps({"repair_snapshot": update, "clock": clock}, option=_OPT)

@@ -9,6 +9,8 @@ replicates a last-write-wins map named ``data``. Type on standard input::
     del KEY
     peers
 
+KEY is one word, or a JSON string: ``set "my key" 1``.
+
 End of input, Ctrl-C or SIGTERM stops the peer (exit code 0). With
 ``--no-stdin`` it reads no input and runs until SIGINT or SIGTERM, as a
 service does.
@@ -22,16 +24,20 @@ from __future__ import annotations
 
 import argparse
 import collections
+import errno
 import functools
 import json
 import logging
 import math
 import os
 import signal
+import socket
 import ssl
 import sys
 import threading
-from typing import TYPE_CHECKING, Any, NoReturn
+import urllib.parse
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import orjson
 import trio
@@ -43,9 +49,6 @@ from ._store import SqliteStore
 from ._trust import SigningKey, is_key_id
 from ._wire import LineDecoder
 from .types import doc, model
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
 
 __all__ = ["main"]
 
@@ -74,16 +77,43 @@ def _listen_port(text: str) -> int:
     return _port(text)
 
 
-def _seconds(text: str) -> float:
+def _seconds(least: float) -> Callable[[str], float]:
+    """Seconds from ``least`` to a day: shorter intervals only spin."""
+
+    def seconds(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected seconds, not {text!r}"
+            ) from None
+        if not (math.isfinite(value) and least <= value <= 86_400):
+            raise argparse.ArgumentTypeError(
+                f"seconds must be at least {least:g} and at most a day, not {text}"
+            )
+        return value
+
+    return seconds
+
+
+def _origin(text: str) -> str:
+    """A page's origin, as a browser sends it: ``http(s)://host[:port]``."""
     try:
-        value = float(text)
+        parts = urllib.parse.urlsplit(text)
+        port = parts.port  # a bad port raises here
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, not {text!r}") from None
-    if not (math.isfinite(value) and 0 < value <= 86_400):
+        port = -1
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or port == -1
+        or text != f"{parts.scheme}://{parts.netloc}"
+        or "@" in parts.netloc
+    ):
         raise argparse.ArgumentTypeError(
-            f"seconds must be positive and at most a day, not {text}"
+            f"{text!r} is not an origin: http://host[:port] or https://host[:port]"
         )
-    return value
+    return text
 
 
 def _address(text: str) -> str:
@@ -120,6 +150,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="keep the replicated map in DIR (SQLite), across restarts",
     )
+    p.add_argument(
+        "--new-id",
+        action="store_true",
+        help="write under a new id from now on, keeping the data held (for a"
+        " node started from a copy of another's --data: a restored backup, a"
+        " cloned machine)",
+    )
     _trust_options(p)
     p.add_argument(
         "--web",
@@ -132,6 +169,7 @@ def _parser() -> argparse.ArgumentParser:
         "--web-origin",
         action="append",
         default=[],
+        type=_origin,
         metavar="ORIGIN",
         help="another origin (http://host:port) whose pages may link (repeatable)",
     )
@@ -184,7 +222,7 @@ def _trust_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--read-only",
         action="store_true",
-        help="serve the map; apply nothing inbound peers write to it",
+        help="serve the map; apply nothing other nodes or pages write to it",
     )
     p.add_argument(
         "--key",
@@ -293,8 +331,11 @@ commands on standard input (one per line):
   set KEY VALUE   write KEY; VALUE is JSON if it parses, else text
                   e.g.  set colour "blue"    set n 3    set tags ["a","b"]
   get KEY         print KEY's value             e.g.  get colour
-  del KEY         delete KEY                    e.g.  del colour
+  del KEY         delete KEY (if it is set)     e.g.  del colour
   peers           print the nodes seen alive
+  KEY is one word, or a JSON string (a key with spaces or quotes):
+                  e.g.  set "my key" 1    get "my key"    del "say \\"hi\\""
+  a command without its words prints its usage (usage: set KEY VALUE)
 
 events printed with --json (one JSON object per line):
   listening  {"event":"listening","address":"127.0.0.1:8001","id":"..."}
@@ -311,6 +352,17 @@ events printed with --json (one JSON object per line):
   progress   {"event":"progress","peer":"127.0.0.1:8002","received":5000,
               "expected":100000,"rate":5000} (each second of a sync that takes
               longer than one; printed as text only on a terminal)
+  repaired   {"event":"repaired","replica":"data","source":"...","entries":1,
+              "message":"..."} (entries this node lacked although its clock
+              covered them, found by comparing hash trees with a peer)
+  equivocation  {"event":"equivocation","replica":"data","source":"...",
+              "ts":...,"message":"..."} (a source wrote two entries with one
+              stamp; every node keeps the one with the smaller hash)
+  twin-id    {"event":"twin-id","replica":"data","source":"...","message":
+              "..."} (another live node writes under this node's id: this
+              node refuses set and del until restarted with --new-id)
+  banned     {"event":"banned",...} (with --verify: a source proven to sign
+              two entries for one stamp; its later entries are refused)
   redis      {"event":"redis","state":"waiting","url":"redis://host:6379"}
              (with --redis: "waiting" once while Redis cannot be reached,
              "linked" once every replica is linked; never the password)
@@ -336,27 +388,121 @@ def _network_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-#: The peer's pacing options: flag, the PeerOptions field, what it is.
+#: The peer's pacing options: flag, the PeerOptions field, what it is, and
+#: the shortest interval taken (a link needs some milliseconds to complete a
+#: handshake; shorter intervals spin without ever joining).
 _PACE = [
-    ("--heartbeat", "heartbeat_interval", "seconds between heartbeats"),
-    ("--down-after", "down_after", "a peer silent this long is down"),
-    ("--gossip", "gossip_interval", "seconds before moving to another random peer"),
-    ("--seed-interval", "seed_interval", "seconds between re-dials of the seeds"),
-    ("--max-backoff", "max_backoff", "the longest wait before re-dialling a peer"),
+    ("--heartbeat", "heartbeat_interval", "seconds between heartbeats", 0.05),
+    ("--down-after", "down_after", "a peer silent this long is down", 0.1),
+    (
+        "--gossip",
+        "gossip_interval",
+        "seconds before moving to another random peer",
+        0.1,
+    ),
+    ("--seed-interval", "seed_interval", "seconds between re-dials of the seeds", 0.1),
+    (
+        "--max-backoff",
+        "max_backoff",
+        "the longest wait before re-dialling a peer",
+        0.1,
+    ),
 ]
 
 
 def _pace_options(p: argparse.ArgumentParser) -> None:
     defaults = PeerOptions()  # one owner for the defaults: the library's
-    for flag, field, what in _PACE:
+    for flag, field, what, least in _PACE:
         default = getattr(defaults, field)
         p.add_argument(
             flag,
-            type=_seconds,
+            type=_seconds(least),
             default=default,
             metavar="S",
-            help=f"{what} (default {default:g})",
+            help=f"{what} (default {default:g}, at least {least:g})",
         )
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse what the options say together, before anything listens.
+
+    Raises:
+        ValueError: one line saying what is wrong (the flag, host, path or
+            port).
+    """
+    if args.down_after < 2 * args.heartbeat:
+        raise ValueError(
+            f"--down-after {args.down_after:g} must be at least twice --heartbeat"
+            f" {args.heartbeat:g}: a live peer would be seen down between beats"
+        )
+    if args.web and args.web == args.server_port:
+        raise ValueError(f"--web {args.web} is SERVER_PORT too: give it its own port")
+    if args.data:
+        _data_directory(args.data)
+
+
+def _data_directory(path: str) -> None:
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"--data {path} is not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(
+            f"--data {path}: cannot make the directory ({exc.strerror})"
+        ) from None
+
+
+def check_listening(host: str, ports: dict[int, str]) -> None:
+    """Bind each port (``{port: what it is}``) on ``host`` and let it go:
+    a host this machine cannot listen on, or a port in use, is named here
+    rather than failing halfway through starting.
+
+    Raises:
+        ValueError: one line naming the host, or the port and its flag.
+    """
+    try:
+        addresses = socket.getaddrinfo(
+            host or None, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (OSError, UnicodeError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise ValueError(f"--host {host}: no address to listen on ({why})") from None
+    for port, what in ports.items():
+        for family, kind, proto, _, address in addresses:
+            sockaddr = (address[0], port, *address[2:])
+            error = _bind_error(family, kind, proto, sockaddr)
+            if error is None:
+                continue
+            if error.errno == errno.EADDRINUSE:
+                raise ValueError(
+                    f"cannot listen on {_join(str(address[0]), port)} ({what}):"
+                    " the port is in use"
+                )
+            raise ValueError(f"--host {host}: cannot listen there ({error.strerror})")
+
+
+def _bind_error(family: int, kind: int, proto: int, sockaddr: Any) -> OSError | None:
+    """Why a listener could not bind ``sockaddr`` (``None``: it could), set
+    up as trio's listeners are."""
+    try:
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        # A family this system lacks is skipped, as trio skips it.
+        return None if exc.errno == errno.EAFNOSUPPORT else exc
+    with sock:
+        try:
+            # SO_REUSEADDR as trio sets it, so a port in TIME_WAIT is free.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(sockaddr)
+        except OSError as exc:
+            return exc
+    return None
+
+
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 # -- output ----------------------------------------------------------------
@@ -534,39 +680,130 @@ def _open_stdin() -> trio.lowlevel.FdStream:
     return trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
 
 
+class CommandLines:
+    """Splits typed input into lines; a line over ``limit`` is dropped whole.
+
+    The part of an over-long line that follows the limit is skipped up to
+    the line's end, never read as a line of its own: otherwise its tail
+    would run as a command.
+    """
+
+    def __init__(self, limit: int = MAX_COMMAND_BYTES) -> None:
+        self._limit = limit
+        self._decoder = LineDecoder(limit)
+        self._skipping = False
+        self._dropped = 0
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The complete lines ``data`` finished (over-long ones left out)."""
+        lines: list[bytes] = []
+        while data:
+            if self._skipping:
+                end = data.find(b"\n")
+                if end < 0:
+                    return lines
+                self._skipping = False
+                data = data[end + 1 :]
+                continue
+            held = self._decoder.buffered
+            got = self._decoder.feed(data)
+            lines += got
+            if self._decoder.error is None:
+                return lines
+            # The decoder stopped at the over-long line, which starts in data
+            # after the lines it returned (or began in what it held): go on
+            # after that line's end, or skip to it.
+            self._dropped += 1
+            self._decoder = LineDecoder(self._limit)
+            start = max(sum(len(line) + 1 for line in got) - held, 0)
+            end = data.find(b"\n", start)
+            self._skipping = end < 0
+            data = b"" if end < 0 else data[end + 1 :]
+        return lines
+
+    def take_dropped(self) -> int:
+        """Over-long lines dropped since the last call."""
+        dropped, self._dropped = self._dropped, 0
+        return dropped
+
+    def eof(self) -> bytes | None:
+        """The unfinished last line, if any (none while skipping one)."""
+        return None if self._skipping else self._decoder.eof()
+
+
 async def _commands(
     stdin: trio.lowlevel.FdStream, data: Any, peer: Any, out: _Output
 ) -> None:
     """Run the commands typed on standard input until it ends."""
-    decoder = LineDecoder(MAX_COMMAND_BYTES)
+    reader = CommandLines()
     while chunk := await stdin.receive_some(65536):
-        for line in decoder.feed(chunk):
+        for line in reader.feed(chunk):
             _command(line, data, peer, out)
-        if decoder.error is not None:
+        for _ in range(reader.take_dropped()):
             out({"event": "error", "message": "input line too long; dropped"})
-            decoder = LineDecoder(MAX_COMMAND_BYTES)
-    rest = decoder.eof()
+    rest = reader.eof()
     if rest is not None:
         _command(rest, data, peer, out)
 
 
 def _command(raw: bytes, data: Any, peer: Any, out: _Output) -> None:
     text = raw.decode("utf-8", "replace").strip()
-    words = text.split(None, 2)
-    if not words:
+    if not text:
         return
-    cmd = words[0].lower()
-    run = _COMMANDS.get((cmd, len(words)))
-    if run is None or (len(words) > 1 and not words[1]):
+    name, _, rest = text.partition(" ")
+    cmd = name.lower()
+    if cmd not in _COMMANDS:
         out({"event": "error", "message": f"unknown command: {text[:200]}"})
         return
+    run, words = _COMMANDS[cmd]
+    args = _arguments(rest.strip(), words)
+    if args is None:
+        out({"event": "error", "message": f"usage: {_USAGE[cmd]}"})
+        return
     try:
-        run(words[1:], data, peer, out)
+        run(args, data, peer, out)
     except (TypeError, ValueError, RepredError) as exc:
         out({"event": "error", "message": f"{cmd}: {exc}"})
 
 
+def _writable(data: Any) -> None:
+    """Refuse to write under an id another live node writes under."""
+    if data.statistics().twin_ids:
+        raise RepredError(
+            f"refused: another live node writes under this node's id {data.id}"
+            " (was it started from a copy of this one's --data?); restart this"
+            " node with --new-id to take a new id, keeping the data it holds"
+        )
+
+
+def _arguments(text: str, words: int) -> list[str] | None:
+    """KEY (a word, or a JSON string for a key with spaces), then the rest
+    of the line if ``words`` is 2: ``None`` unless exactly that many."""
+    if words == 0:
+        return None if text else []
+    if not text:
+        return None
+    if text.startswith('"'):
+        try:
+            key, end = _JSON_STRING.raw_decode(text)
+        except ValueError:
+            return None
+        if type(key) is not str or text[end : end + 1] not in ("", " ", "\t"):
+            return None
+        rest = text[end:].strip()
+    else:
+        key, _, rest = text.partition(" ")
+        rest = rest.strip()
+    if (words == 2) != bool(rest):
+        return None
+    return [key, rest] if rest else [key]
+
+
+_JSON_STRING = json.JSONDecoder()
+
+
 def _set(args: list[str], data: Any, peer: Any, out: _Output) -> None:
+    _writable(data)
     data.set(args[0], _value(args[1]))
 
 
@@ -579,6 +816,11 @@ def _get(args: list[str], data: Any, peer: Any, out: _Output) -> None:
 
 
 def _del(args: list[str], data: Any, peer: Any, out: _Output) -> None:
+    _writable(data)
+    if data.get(args[0]) is None:
+        # Nothing to delete: a delete would still be recorded and sent to
+        # every peer, for a key no one ever wrote.
+        raise ValueError(f"{_plain(args[0])} is not set")
     data.delete(args[0])
 
 
@@ -586,13 +828,17 @@ def _peers(args: list[str], data: Any, peer: Any, out: _Output) -> None:
     out({"event": "peers", "peers": peer.members()})
 
 
-#: The commands typed on standard input: (name, words) -> what runs.
-_COMMANDS: dict[tuple[str, int], Callable[[list[str], Any, Any, _Output], None]] = {
-    ("set", 3): _set,
-    ("get", 2): _get,
-    ("del", 2): _del,
-    ("peers", 1): _peers,
+_Command = Callable[[list[str], Any, Any, _Output], None]
+
+#: The commands typed on standard input: name -> (what runs, the words it
+#: takes after its name: KEY, or KEY VALUE).
+_COMMANDS: dict[str, tuple[_Command, int]] = {
+    "set": (_set, 2),
+    "get": (_get, 1),
+    "del": (_del, 1),
+    "peers": (_peers, 0),
 }
+_USAGE = {"set": "set KEY VALUE", "get": "get KEY", "del": "del KEY", "peers": "peers"}
 
 
 def _show_updates(data: Any, out: _Output) -> None:
@@ -634,6 +880,8 @@ async def run(args: argparse.Namespace) -> None:
         "writers": args.writer_ids,
     }
     data = model(store=store, **trust)
+    if args.new_id:
+        data.take_new_id()
     replicas: dict[str, Any] = {"data": data}
     if args.web is not None:
         # The todo page's lists, a doc() beside the map.
@@ -641,6 +889,8 @@ async def run(args: argparse.Namespace) -> None:
         if args.data:
             todo_store = SqliteStore(os.path.join(args.data, "todo.db"))
         replicas["todo"] = doc(store=todo_store, **trust)
+        if args.new_id:
+            replicas["todo"].take_new_id(data.id)
     try:
         async with single_errors(), trio.open_nursery() as nursery:
             with trio.CancelScope() as scope:
@@ -789,9 +1039,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
+        check_options(args)
         args.tls = tls_contexts(args.tls_cert, args.tls_key, args.tls_ca)
-        if args.data:
-            os.makedirs(args.data, exist_ok=True)
         args.signing_key = signing_key(args.key, args.data)
         args.writer_ids = writer_ids(args.writers)
         if args.verify and args.signing_key is None:
@@ -802,6 +1051,15 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--redis-cluster needs --redis")
         if args.redis:
             _check_redis_extra()
+        if args.new_id and args.signing_key is not None:
+            raise ValueError(
+                "--new-id with --key: a signed node's id is its key's; give it"
+                " a new key file instead"
+            )
+        ports = {args.server_port: "SERVER_PORT"}
+        if args.web is not None:
+            ports[args.web] = "--web"
+        check_listening(args.host, ports)
     except (ValueError, OSError) as exc:
         print(f"repred.peer: error: {exc}", file=sys.stderr)
         return 2

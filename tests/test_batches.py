@@ -322,27 +322,30 @@ def test_a_batch_to_a_side_that_did_not_offer_is_refused():
     assert victim.state == set()
 
 
-def test_an_entry_refused_inside_a_batch_keeps_the_ones_before_it():
+def test_a_second_version_inside_a_batch_is_settled_and_the_rest_applied():
     wall = FakeWall()
     a = gset("A", wall=wall)
     for x in "pqr":
         a.update([x])
     victim, s = _victim()
     stamps = [e.ts for e in a.history()]
-    # The same entries, then a different change for the second stamp.
     s.receive_data(
-        orjson.dumps({"batch": "A", "stamps": stamps, "changes": [["p"], ["q"], ["r"]]})
+        orjson.dumps({"batch": "A", "stamps": stamps[:2], "changes": [["p"], ["q"]]})
         + b"\n"
     )
-    assert victim.state == {"p", "q", "r"}
-    with pytest.raises(RemoteProtocolError) as info:
-        s.receive_data(
-            orjson.dumps({"batch": "A", "stamps": [stamps[1]], "changes": [["forged"]]})
-            + b"\n"
+    # A different change for the second stamp, then the third entry: the
+    # two versions settle on one (the smaller hash), the link stays up, and
+    # the entry after it is applied.
+    s.receive_data(
+        orjson.dumps(
+            {"batch": "A", "stamps": stamps[1:], "changes": [["forged"], ["r"]]}
         )
-    assert info.value.reason == "equivocation"
-    assert b'"forged"' in info.value.line  # the error names the entry
-    assert victim.state == {"p", "q", "r"}
+        + b"\n"
+    )
+    assert victim.statistics().equivocations == 1
+    assert "r" in victim.state
+    assert "p" in victim.state
+    assert len(victim.state) == 3
 
 
 def test_a_reducer_error_inside_a_batch_names_the_entry():

@@ -276,3 +276,258 @@ def test_the_page_breaks_ties_as_python_does(browser, peer):
         for change, ts, source in order:
             m.apply([(change, ts, source)])
         assert in_js[0] == in_js[1] == m.to_dict() == {"k": "from-a", "j": "later"}
+
+
+# -- what the page refuses, and what it keeps ---------------------------------
+
+
+def _message(page):
+    return page.inner_text("#message")
+
+
+def _until_says(page, words):
+    """Wait until the page's message says ``words``."""
+    _until(
+        page, "w => document.getElementById('message').textContent.includes(w)", words
+    )
+
+
+def _peer_entries(url):
+    """The peer's map entries as [change, ts, source], pulled over a link."""
+    from repred.types import model
+
+    mine = model()
+    trio.run(lambda: repred.connect_websocket(mine, url + "replicas/data", live=False))
+    return {e[0][0]: e for e in mine.history()}
+
+
+@pytest.mark.slow
+def test_the_page_refuses_what_peers_would_refuse_and_keeps_its_link(browser, peer):
+    tab = _tab(browser, peer.web)
+    for key, value, says in [
+        ("big", json.dumps("x" * 1_200_000), "line limit"),
+        ("deep", "[" * 200 + "]" * 200, "nested deeper than 128"),
+        ("huge", str(2**53), "2**53"),
+    ]:
+        _set(tab, key, value)
+        _until_says(tab, says)
+        assert key not in _state(tab)
+        assert key in _message(tab)
+        assert tab.is_visible("#message")
+    # The link stayed up, and a good write after the refused ones arrives.
+    assert tab.is_visible("#status.online")
+    _set(tab, "fine", '"after"')
+    peer.until(lambda e: e["event"] == "update" and e["key"] == "fine")
+    assert set(_peer_entries(peer.ws)) == {"fine"}
+    assert tab.is_visible("#status.online")
+
+
+@pytest.mark.slow
+def test_the_client_checks_a_value_as_python_does(browser, peer):
+    """The rules of repred's check_value and line limit, in the browser:
+    each value is refused by both or by neither."""
+    from repred._wire import MAX_DEPTH, check_value, encode_entry
+
+    tab = _tab(browser, peer.web)
+    results = tab.evaluate(
+        """() => {
+        const nest = n => { let v = 0; for (let i = 0; i < n; i++) v = [v]; return v }
+        const values = {
+            safe: 2 ** 53 - 1, unsafe: 2 ** 53, negative: -(2 ** 53), float: 1e300,
+            nan: NaN, inf: -Infinity, deep127: nest(127), deep128: nest(128),
+            fn: [() => 1], undef: {a: undefined}, date: new Date(0), map: new Map(),
+            hole: [1, , 2], surrogate: 'a\\ud800', pair: '\\ud83d\\ude00',
+            proto: JSON.parse('{"__proto__": 1}'), bigint: [1n],
+        }
+        const m = repred.map()
+        const out = {}
+        for (const [name, value] of Object.entries(values)) {
+            try { m.set(name, value); out[name] = 'ok' }
+            catch (e) { out[name] = e.message }
+        }
+        return out
+    }"""
+    )
+    depth = MAX_DEPTH - 1  # the value sits inside its change, ["key", value]
+    nest = 0
+    for _ in range(depth):
+        nest = [nest]
+    python = {
+        "safe": 2**53 - 1,
+        "unsafe": 2**53,
+        "negative": -(2**53),
+        "float": 1e300,
+        "deep127": nest,
+        "deep128": [nest],
+        "pair": "\U0001f600",
+        "proto": {"__proto__": 1},
+    }
+    for name, value in python.items():
+        try:
+            check_value([name, value])
+            accepted = True
+        except TypeError:
+            accepted = False
+        assert (results[name] == "ok") == accepted, (name, results[name])
+    for name in ("nan", "inf", "fn", "undef", "date", "map", "hole", "surrogate"):
+        assert results[name] != "ok", name
+    assert "bigint" in results["bigint"]
+    assert "2**53" in results["unsafe"]
+    assert "deep128" in results["deep128"]
+    # The line limit counts UTF-8 bytes, with the stamp and source the
+    # entry is written with and its line break (as update() measures it):
+    # a limit met exactly is taken, one byte over not.
+    lines = tab.evaluate(
+        """limit => {
+        const now = Date.now
+        Date.now = () => 1700000000000
+        try {
+            const out = []
+            for (const extra of [0, 1]) {
+                const m = repred.map()
+                m.maxLine = limit
+                const room = limit - 1 - JSON.stringify([['k', ''], 17e11, m.id]).length
+                const value = '\\u00e9'.repeat(room >> 1) + 'x'.repeat(room % 2 + extra)
+                let ok
+                try { m.set('k', value); ok = true } catch (e) { ok = e.message }
+                out.push([value, m.id, ok])
+            }
+            return out
+        } finally { Date.now = now }
+    }""",
+        300,
+    )
+    for (value, source, ok), expected in zip(lines, (True, False), strict=True):
+        size = len(encode_entry(["k", value], 1_700_000_000_000, source))
+        assert (size <= 300) is expected
+        assert (ok is True) is expected, ok
+
+
+@pytest.mark.slow
+def test_keys_named_like_object_properties_replicate_both_ways(browser, peer):
+    names = ["constructor", "toString", "__proto__", "hasOwnProperty", "valueOf"]
+    for i, name in enumerate(names):
+        peer.send(f"set {name} {i}")
+    tab = _tab(browser, peer.web)
+    expected = {name: i for i, name in enumerate(names)}
+    _until(tab, "n => Object.keys(window.page.data.toObject()).length === n", 5)
+    as_json = "JSON.stringify(window.page.data.toObject())"
+    assert json.loads(tab.evaluate(as_json)) == expected
+    assert tab.locator("tr[data-key=__proto__] td.value").inner_text() == "2"
+    # A tab that writes them keeps a sound clock: every stamp is a number.
+    for name in ("toString", "__proto__", "later"):
+        _set(tab, name, '"from the tab"')
+        peer.until(lambda e, n=name: e["event"] == "update" and e["key"] == n)
+    entries = _peer_entries(peer.ws)
+    for name in ("toString", "__proto__", "later"):
+        change, ts, _ = entries[name]
+        assert list(change) == [name, "from the tab"]
+        assert isinstance(ts, int | float)
+    assert list(entries["constructor"][0]) == ["constructor", 0]
+
+
+@pytest.mark.slow
+def test_a_read_only_peer_shows_the_pages_writes_as_refused(browser):
+    node = Peer("--read-only")
+    try:
+        node.send("set seen yes")
+        context = browser.new_context()
+        # A write an earlier page kept, not yet sent: taken back once the
+        # peer's digest says it takes none.
+        entry = json.dumps([["kept", "x"], 1_700_000_000_000, "earlier"])
+        context.add_init_script(
+            "localStorage.setItem('repred.outbox.data.earlier 1700000000000',"
+            f" {json.dumps(entry)})"
+        )
+        tab = context.new_page()
+        tab.goto(node.web)
+        tab.wait_for_selector("#status.online", timeout=WAIT_MS)
+        _until(tab, "() => window.page.data.get('seen') === 'yes'")
+        assert "kept" not in _state(tab)
+        assert "refused by the peer" in _message(tab)
+        assert tab.evaluate("Object.keys(localStorage).length") == 0
+        _set(tab, "mine", '"refused?"')
+        _until_says(tab, "read-only")
+        assert "mine" not in _state(tab)
+        assert tab.is_visible("#status.online")
+        assert node.get("mine") is None
+        assert node.get("kept") is None
+        context.close()
+    finally:
+        node.close()
+
+
+@pytest.mark.slow
+def test_writes_a_verifying_peer_refuses_are_shown_as_refused(browser, tmp_path):
+    node = Peer("--verify", "--key", str(tmp_path / "node.key"))
+    try:
+        tab = _tab(browser, node.web)
+        _set(tab, "unsigned", '"no"')
+        _until_says(tab, "refused")
+        assert "unsigned" not in _state(tab)
+        tab.wait_for_selector("#status.online", timeout=WAIT_MS)
+        assert node.get("unsigned") is None
+        # Refused once and for all: the link is no longer cut again and again.
+        opened = tab.evaluate("window.page.link.opened")
+        node.send("set from-python 1")
+        _until(tab, "() => window.page.data.get('from-python') === 1")
+        assert tab.evaluate("window.page.link.opened") == opened
+    finally:
+        node.close()
+
+
+@pytest.mark.slow
+def test_unsent_writes_survive_a_reload_and_are_cleared_once_the_peer_has_them(
+    browser, peer
+):
+    context = browser.new_context()
+    tab = context.new_page()
+    tab.goto(peer.web)
+    tab.wait_for_selector("#status.online", timeout=WAIT_MS)
+    tab.evaluate("window.page.link.disconnect()")
+    tab.wait_for_selector("#status:not(.online)", timeout=WAIT_MS)
+    _set(tab, "offline", '"kept"')
+    kept = "() => Object.keys(localStorage).filter(k => k.startsWith('repred.')).length"
+    assert tab.evaluate(kept) == 1
+    tab.reload()  # the write was never sent; the new page sends it
+    tab.wait_for_selector("#status.online", timeout=WAIT_MS)
+    peer.until(lambda e: e["event"] == "update" and e["key"] == "offline")
+    assert peer.get("offline") == "kept"
+    _until(tab, "() => window.page.data.get('offline') === 'kept'")
+    # Once a digest of the peer's covers it, it is no longer kept.
+    tab.evaluate("window.page.link.disconnect()")
+    tab.evaluate("window.page.link.reconnect()")
+    _until(tab, kept.replace("() =>", "() => 0 ===", 1))
+    # A write kept by a tab that closed before sending is sent by the next.
+    tab.evaluate("window.page.link.disconnect()")
+    _set(tab, "closed", '"tab"')
+    tab.close()
+    other = context.new_page()
+    other.goto(peer.web)
+    peer.until(lambda e: e["event"] == "update" and e["key"] == "closed")
+    context.close()
+
+
+@pytest.mark.slow
+def test_a_refused_write_gives_its_key_back_to_what_held_it(browser, peer):
+    tab = _tab(browser, peer.web)
+    result = tab.evaluate(
+        """() => {
+        const m = repred.map(), seen = [], refused = []
+        const now = Date.now()
+        m._apply(['k', 'first'], now - 3000, 'P')
+        m._apply(['other', 1], now - 2999, 'P')
+        m.set('k', 'mine')
+        m.set('new', 'mine too')
+        // A peer's write older than ours, newer than what ours replaced.
+        m._apply(['k', 'between'], now - 1000, 'Q')
+        m.on(change => seen.push(change))
+        m.onrefused((change, why) => refused.push([change, why]))
+        m._refuse(m.pending(), 'no')
+        return {state: m.toObject(), seen, refused, pending: m.pending().length}
+    }"""
+    )
+    assert result["state"] == {"k": "between", "other": 1}
+    assert result["pending"] == 0
+    assert sorted(map(tuple, result["seen"])) == [("k", "between"), ("new", None)]
+    assert sorted(c[0] for c, why in result["refused"]) == ["k", "new"]

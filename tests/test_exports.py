@@ -18,6 +18,8 @@ TOP_LEVEL = {
     "connect_redis",
     "Connection",
     "subscribe",
+    # what anti-entropy finds
+    "Divergence",
     # gossip
     "open_peer",
     "Peer",

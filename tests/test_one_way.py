@@ -3,11 +3,15 @@ link (send=False), as JS scuttlebutt's createReadStream/createWriteStream."""
 
 from __future__ import annotations
 
+import errno
+from contextlib import AsyncExitStack
+
 import pytest
 import trio
 
 import repred
 from repred.protocol import Session
+from repred.testing import MemoryNetwork
 from repred.types import model
 
 from .helpers import SessionPair
@@ -87,3 +91,109 @@ async def test_one_way_links_over_tcp():
 async def test_options_are_checked():
     with pytest.raises(TypeError, match="send must be a bool"):
         await repred.connect_tcp(model(), "127.0.0.1", 1, send="yes")
+
+
+async def test_a_mirror_that_dials_refuses_what_the_served_side_sends():
+    """receive=False holds whichever side dialled: here the mirror dials."""
+    mirror, writer = _filled("M"), _filled("W")
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(repred.serve_tcp, writer, 0)
+        port = listeners[0].socket.getsockname()[1]
+        stats = await repred.connect_tcp(
+            mirror, "127.0.0.1", port, live=False, receive=False
+        )
+        assert stats.synced
+        assert stats.refused == 20
+        assert stats.updates_in == 0
+        assert not any(k.startswith("W") for k in mirror.to_dict())
+        assert set(writer.to_dict()) >= set(mirror.to_dict())  # it still serves
+        nursery.cancel_scope.cancel()
+
+
+class _OneWayNetwork(MemoryNetwork):
+    """A network on which one node may not dial another (the other way
+    round works): so a test knows which side dialled every link."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused: set[tuple[str, str]] = set()
+
+    async def connect(self, address: str, *, source: str) -> trio.abc.Stream:
+        if (source, address) in self.refused:
+            await trio.lowlevel.checkpoint()
+            raise OSError(errno.ECONNREFUSED, f"{source} may not dial {address}")
+        return await super().connect(address, source=source)
+
+
+def _wall():
+    return 1_700_000_000_000 + trio.current_time() * 1000
+
+
+@pytest.mark.parametrize("dials", ["read-only node", "writer"])
+async def test_a_read_only_peer_applies_no_data_whichever_side_dials(
+    dials, autojump_clock
+):
+    network = _OneWayNetwork()
+    ro_data, writer_data = model(id="ro", wall=_wall), model(id="w", wall=_wall)
+    ro_data.set("from-ro", 1)
+    writer_data.set("early", 1)
+    opts = {
+        "transport": network,
+        "wall": _wall,
+        "heartbeat_interval": 0.5,
+        "gossip_interval": 2.0,
+        "seed_interval": 1.0,
+    }
+    async with AsyncExitStack() as stack:
+
+        async def peer(data, seeds=(), **more):
+            return await stack.enter_async_context(
+                repred.open_peer(replicas={"data": data}, seeds=seeds, **opts, **more)
+            )
+
+        if dials == "read-only node":
+            writer = await peer(writer_data)
+            ro = await peer(ro_data, [writer.address], read_only=True)
+            network.refused.add((writer.address, ro.address))
+        else:
+            ro = await peer(ro_data, read_only=True)
+            writer = await peer(writer_data, [ro.address])
+            network.refused.add((ro.address, writer.address))
+        await trio.sleep(5)
+        writer_data.set("injected", "evil")
+        await trio.sleep(10)  # several gossip rounds, links up and down
+        # Membership flows both ways (fresh heartbeats; the side that may
+        # not dial holds the other as suspect), the read-only node's data
+        # goes out...
+        for a, b in [(ro, writer), (writer, ro)]:
+            assert _wall() - a.membership.state[b.address] < 2000
+        assert writer_data.get("from-ro") == 1
+        # ...but nothing the writer wrote, before or during a link, lands.
+        assert "injected" not in ro_data
+        assert "early" not in ro_data
+        stats = ro.statistics()
+        assert stats.refused >= 2  # counted, over links that came and went
+        if dials == "read-only node":
+            assert stats.dials > stats.dial_failures
+        else:
+            assert stats.accepted > 0
+
+
+def test_a_side_that_does_not_receive_says_so_in_its_digest():
+    """So a client that cannot otherwise tell (a page) shows its writes as
+    refused instead of sending them into the void."""
+    import orjson
+
+    def digest(**options):
+        first = Session(model(id="A"), **options).data_to_send().split(b"\n")[0]
+        return orjson.loads(first)
+
+    assert digest(receive=False)["receive"] == 0
+    assert "receive" not in digest()  # as before: JS peers see no change
+    # A repred peer reading such a digest goes on as before.
+    mirror, writer = _filled("M"), _filled("W")
+    pair = SessionPair(mirror, writer)
+    pair.a = Session(mirror, receive=False)
+    pair.pump()
+    assert pair.b.synced
+    assert set(writer.to_dict()) >= set(mirror.to_dict())

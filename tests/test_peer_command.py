@@ -45,6 +45,19 @@ def _run(*args, stdin=b""):
         (["0", "--seed", "nohost"], "HOST:PORT"),
         (["0", "--host", "0.0.0.0"], "--advertise"),
         (["x"], "port"),
+        # Intervals too short to do anything but spin.
+        (["0", "--gossip", "0.0000001"], "--gossip"),
+        (["0", "--heartbeat", "0.001"], "--heartbeat"),
+        (["0", "--down-after", "0.01"], "--down-after"),
+        (["0", "--seed-interval", "0.001"], "--seed-interval"),
+        (["0", "--max-backoff", "0.001"], "--max-backoff"),
+        # Pacing that contradicts itself: every node down between beats.
+        (["0", "--heartbeat", "10", "--down-after", "1"], "--down-after 1"),
+        (["0", "--web-origin", "foo"], "--web-origin: 'foo'"),
+        (["0", "--web-origin", "http://host:1/path"], "origin"),
+        (["0", "--web-origin", "null"], "origin"),
+        (["0", "--host", "999.1.1.1"], "--host 999.1.1.1"),
+        (["0", "--host", "no-such-host.invalid"], "--host no-such-host.invalid"),
     ],
 )
 def test_every_option_is_checked_before_anything_listens(args, says):
@@ -56,11 +69,46 @@ def test_every_option_is_checked_before_anything_listens(args, says):
     assert done.stdout == b""  # never said "listening"
 
 
+def _one_line_exit_2(done, *says):
+    assert done.returncode == 2, done
+    err = done.stderr.decode()
+    assert err.count("\n") == 1, err
+    assert "Errno" not in err
+    for word in says:
+        assert word in err
+    assert done.stdout == b""  # never said "listening"
+
+
+def test_ports_in_use_are_named_before_anything_listens():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        _one_line_exit_2(_run("0", "--web", port), f"127.0.0.1:{port}", "--web")
+        _one_line_exit_2(_run(port), f"127.0.0.1:{port}", "in use")
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = str(free.getsockname()[1])
+    _one_line_exit_2(_run(port, "--web", port), f"--web {port}")
+
+
+def test_a_data_path_that_cannot_be_a_directory_is_named(tmp_path):
+    a_file = tmp_path / "passwd"
+    a_file.write_text("root:x:0:0\n")
+    _one_line_exit_2(_run("0", "--data", str(a_file)), f"--data {a_file}")
+    _one_line_exit_2(
+        _run("0", "--data", str(a_file / "below")), f"--data {a_file / 'below'}"
+    )
+    assert a_file.read_text() == "root:x:0:0\n"
+
+
 def test_help_lists_the_commands_and_the_json_events():
     done = _run("--help")
     assert done.returncode == 0
     text = done.stdout.decode()
-    for word in ["set KEY VALUE", "get KEY", "del KEY", "peers"]:
+    for word in ["set KEY VALUE", "get KEY", "del KEY", "peers", 'set "my key" 1']:
         assert word in text
     for event in ["listening", "update", "delete", "value", "up / down", "error"]:
         assert event in text
@@ -99,7 +147,7 @@ def test_values_that_cannot_be_replicated_print_an_error_and_the_peer_goes_on():
     assert len(errors) == 4, errors
     assert any("2**53" in m for m in errors)
     assert any("deeper" in m for m in errors)
-    assert any("unknown command: set onlykey" == m for m in errors)
+    assert any("usage: set KEY VALUE" == m for m in errors)
     assert any("line limit" in m for m in errors)
     assert not any("b'" in m for m in errors)
     values = {e["key"]: e["value"] for e in events if e["event"] == "value"}
@@ -355,3 +403,123 @@ def test_long_syncs_report_their_progress():
     (event,) = progress_events([js], 11.0, seen)
     assert format_event(event, as_json=False).endswith(": 42 entries, 4/s")
     assert slow not in seen  # gone links are forgotten
+
+
+# -- typed commands ----------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "line",
+    [
+        # The tail of an over-long line must not run as a command of its own,
+        # wherever the limit falls: here 4 MiB + 64 KiB into the line...
+        b"set a " + b"z" * (65 * 65536 - 6) + b'set evil "injected"',
+        # ...and here over 12 MiB of one line, past three limits.
+        b"set a " + b"z" * (3 * (4 << 20) + 12345) + b' set evil "injected"',
+    ],
+)
+def test_a_line_past_the_limit_is_dropped_whole_with_one_error(line):
+    done = _run("0", "--json", stdin=line + b"\nset after 1\nget evil\n")
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(x) for x in done.stdout.splitlines()]
+    errors = [e["message"] for e in events if e["event"] == "error"]
+    assert errors == ["input line too long; dropped"]
+    updates = {e["key"] for e in events if e["event"] == "update"}
+    assert "evil" not in updates
+    assert "after" in updates  # the next line runs
+    (value,) = [e for e in events if e["event"] == "value"]
+    assert value["value"] is None
+
+
+def test_the_command_reader_drops_an_over_long_line_in_any_chunking():
+    from repred.peer import CommandLines
+
+    data = b"ok 1\n" + b"x" * 50 + b"tail\nok 2\n" + b"y" * 40 + b"\nlast"
+    for size in (1, 3, 7, 16, 41, 64, len(data)):
+        reader = CommandLines(limit=32)
+        lines, errors = [], 0
+        for i in range(0, len(data), size):
+            got = reader.feed(data[i : i + size])
+            lines += got
+            errors += reader.take_dropped()
+        rest = reader.eof()
+        assert (lines, rest, errors) == ([b"ok 1", b"ok 2"], b"last", 2), size
+
+
+def test_commands_missing_words_print_their_usage():
+    done = _run(
+        "0", "--json", stdin=b"set\nset onlykey\nget\nget a b\ndel\npeers x\nsett a 1\n"
+    )
+    events = [json.loads(x) for x in done.stdout.splitlines()]
+    errors = [e["message"] for e in events if e["event"] == "error"]
+    assert errors == [
+        "usage: set KEY VALUE",
+        "usage: set KEY VALUE",
+        "usage: get KEY",
+        "usage: get KEY",
+        "usage: del KEY",
+        "usage: peers",
+        "unknown command: sett a 1",
+    ]
+
+
+def test_a_key_may_be_quoted_as_a_json_string():
+    done = _run(
+        "0",
+        "--json",
+        stdin=(
+            b'set "quoted key" 1\n'
+            b'set "tab\\there" {"a": 1}\n'
+            b'get "quoted key"\n'
+            b'del "quoted key"\n'
+            b'get "quoted key"\n'
+            b'get "tab\\there"\n'
+            b'set "unterminated 1\n'
+            b'set "a"b 1\n'
+        ),
+    )
+    events = [json.loads(x) for x in done.stdout.splitlines()]
+    updates = [(e["key"], e["value"]) for e in events if e["event"] == "update"]
+    assert updates == [("quoted key", 1), ("tab\there", {"a": 1})]
+    values = [e for e in events if e["event"] == "value"]
+    assert [v["value"] for v in values] == [1, None, {"a": 1}]
+    assert values[1]["deleted"] is True
+    errors = [e["message"] for e in events if e["event"] == "error"]
+    assert len(errors) == 2
+    assert all("usage: set KEY VALUE" in m for m in errors), errors
+
+
+@pytest.mark.slow
+async def test_deleting_a_key_never_set_records_and_sends_nothing():
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(
+            partial(
+                trio.run_process,
+                [*PEER, "0", "--json", *FAST],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                check=False,
+            )
+        )
+        listening = (await _lines(node, lambda e: e["event"] == "listening"))[-1]
+        watcher = model(id="watcher")
+        async with repred.open_peer(
+            replicas={"data": watcher},
+            seeds=[listening["address"]],
+            heartbeat_interval=0.1,
+            gossip_interval=0.4,
+        ):
+            await node.stdin.send_all(b"del nonexist\nset marker 1\n")
+            events = await _lines(node, lambda e: e.get("key") == "marker")
+            with trio.fail_after(30):
+                await wait_until(watcher, lambda: watcher.get("marker") == 1)
+        await node.stdin.send_all(b"get nonexist\n")
+        events += await _lines(node, lambda e: e["event"] == "value")
+        await node.stdin.aclose()
+        assert await node.wait() == 0
+    assert "nonexist" not in watcher.state  # no delete went out
+    assert not [e for e in events if e["event"] == "delete"]
+    errors = [e["message"] for e in events if e["event"] == "error"]
+    assert errors == ["del: nonexist is not set"]
+    assert events[-1] == {"event": "value", "key": "nonexist", "value": None}

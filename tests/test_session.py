@@ -18,7 +18,7 @@ def test_digest_goes_out_first_and_alone():
     s = Session(a)
     assert (
         s.data_to_send() == b'{"id":"A","clock":{"A":%d},"repred":1,"type":"union",'
-        b'"max_line":1048576,"batches":1,"progress":1}\n' % a.clock["A"]
+        b'"max_line":1048576,"batches":1,"progress":1,"antientropy":1}\n' % a.clock["A"]
     )
     assert s.data_to_send() == b""
     assert s.our_state is SessionState.HELLO
