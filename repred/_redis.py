@@ -46,6 +46,11 @@ stream behind the new one, keeping ``tail_seconds`` of records. A reader
 whose position is behind ``trimmed`` may have missed records: it starts
 again from the image. The stream is never trimmed otherwise.
 
+Anti-entropy: none. The stream carries entry lines only (see
+``_ENTRY_STARTS``), so a replica that reaches the others only through Redis
+is not compared with them by hash trees, and what a peer link repairs below
+a replica's clock is not passed on to the stream.
+
 Faults: any Redis error ends the attempt; the link retries with backoff,
 logging once per spell of failures, and the replica goes on working. On
 reconnecting, a new epoch (Redis was emptied or restarted without its data)
@@ -82,6 +87,7 @@ from ._wire import (
     Digest,
     encode_digest,
     parse_line,
+    snippet,
 )
 
 try:
@@ -294,17 +300,24 @@ class _Meta:
         )
 
 
+#: How the lines a stream carries start: batches, entries and snapshots, as
+#: a session writes them. A link's digest, announcements, ``"SYNC"`` and
+#: keep-alives are for a peer on a link, and so is anti-entropy: it is a
+#: conversation between two replicas, each answering the other's hashes of
+#: what it holds, round by round. A stream has no one to answer (Redis holds
+#: no tree, and many readers each hold something else), so a Redis link
+#: never offers it, and a line of it in a record is refused, a proof of
+#: equivocation too: a verifying replica bans a source on a peer's word
+#: only.
+_ENTRY_STARTS = (BATCH_PREFIX, b"[", b'{"snapshot":')
+
+
 def _entry_lines(data: bytes) -> bytes:
-    """The lines of a session's output that carry entries (batches,
-    entries, snapshots): its digest, announcements, ``"SYNC"`` and
-    keep-alives are for a peer on a link, not for the stream."""
+    """The lines of a session's output that carry entries (see
+    _ENTRY_STARTS)."""
     if not data:
         return b""
-    kept = [
-        line
-        for line in data.split(b"\n")
-        if line.startswith((BATCH_PREFIX, b"[", b'{"snapshot":'))
-    ]
+    kept = [line for line in data.split(b"\n") if line.startswith(_ENTRY_STARTS)]
     if not kept:
         return b""
     kept.append(b"")
@@ -589,6 +602,7 @@ class RedisLink:
             max_line_bytes=options.max_line_bytes,
             batch_entries=options.batch_entries,
             batch_bytes=options.batch_bytes,
+            antientropy=False,  # see _ENTRY_STARTS
         )
         clock = self.replica.clock
         known = {s: ts for s, ts in self._known.items() if s in clock}
@@ -656,6 +670,12 @@ class RedisLink:
             session = self._session
             assert session is not None
             try:
+                if not line.startswith(_ENTRY_STARTS):
+                    raise RemoteProtocolError(
+                        "a stream record holds batches, entries and snapshots only",
+                        reason="not-entries",
+                        line=snippet(line),
+                    )
                 session.receive_data(line + b"\n")
             except RemoteProtocolError as exc:
                 self._refuse(exc, where)
@@ -1233,6 +1253,7 @@ class RedisLink:
             max_line_bytes=options.max_line_bytes,
             batch_entries=options.batch_entries,
             batch_bytes=options.batch_bytes,
+            antientropy=False,
         )
         try:
             empty = encode_digest(

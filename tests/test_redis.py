@@ -16,7 +16,14 @@ import pytest
 import trio
 
 import repred
-from repred._wire import encode_digest, encode_entry
+from repred._wire import (
+    encode_ae,
+    encode_digest,
+    encode_entry,
+    encode_proof,
+    encode_repair,
+    encode_repair_snapshot,
+)
 from repred.types import gset, model
 
 from .helpers import FakeWall, PeerProcess
@@ -257,6 +264,39 @@ async def test_signed_entries_travel_whole_and_forgeries_are_refused(
         assert lb.statistics().refused == 7
         assert lb.statistics().connected
         assert "refused" in caplog.text
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_stream_carries_no_anti_entropy(redis_server):
+    """Anti-entropy is a conversation between two peers: what a record
+    holds of it is refused, a sound proof of equivocation too (a verifying
+    replica bans no source on a stream record's word)."""
+    key = repred.SigningKey.generate()
+    now = int(time.time() * 1000)
+    first = (["k", 1], now, key.id, key.sign(["k", 1], now, key.id))
+    second = (["k", 2], now, key.id, key.sign(["k", 2], now, key.id))
+    proof = encode_proof(first, second)
+    records = [
+        proof,
+        b'{"snapshot":0,' + proof[1:],  # spelt to pass as a snapshot
+        encode_ae("end", 0, True),
+        encode_repair(key.id, [now], [["k", 1]], [first[3]]),
+        encode_repair_snapshot({"k": 1}, {key.id: now}),
+    ]
+    a = model(signing_key=repred.SigningKey.generate())
+    b = model(verify=True)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(link(a, redis_server))
+        lb = await nursery.start(link(b, redis_server))
+        await lb.wait_synced()
+        async with raw_client(redis_server) as client:
+            for payload in records:
+                await client.xadd("repred:{data}:log", {"d": payload, "w": "x"})
+        a.set("after", 1)  # read after every record above
+        await until(lambda: b.get("after") == 1)
+        assert b.proofs() == []
+        assert b.get("k") is None
+        assert lb.statistics().refused == len(records)
         nursery.cancel_scope.cancel()
 
 
