@@ -372,7 +372,8 @@ class RedisStatistics:
         deferred: entries not applied because they were stamped too far
             ahead (the link reads them again later).
         refused: lines or records read from Redis that were refused (each
-            is logged, bounded); the link goes on past them.
+            is logged, bounded; the link goes on past them), and, on a link
+            that does not receive, the entries read that were new here.
         reconnects: times the link connected to Redis again after losing it.
         attempts_failed: attempts to reach Redis that failed.
         images_loaded: images a sync started from.
@@ -411,8 +412,18 @@ class _Options:
     tail_seconds: float
     cluster: bool
     flush_seconds: float
+    send: bool = True
+    receive: bool = True
 
     def __attrs_post_init__(self) -> None:
+        for name in ("send", "receive"):
+            if type(getattr(self, name)) is not bool:
+                raise TypeError(f"{name} must be a bool")
+        if not (self.send or self.receive):
+            raise ValueError(
+                "send=False and receive=False: a link that neither writes nor"
+                " reads has nothing to do"
+            )
         for name in ("read_count", "max_line_bytes", "batch_entries", "batch_bytes"):
             value = getattr(self, name)
             if type(value) is not int or value < 1:
@@ -517,12 +528,13 @@ class RedisLink:
         #: some were not (see _check_later).
         self._unchecked: tuple[bytes, float] | None = None
         self._compacting = False
+        self._said_no_image = False
         #: The writer has nothing left to send.
         self._flushed = False
         self._failure: BaseException | None = None
         self._live_nursery: trio.Nursery | None = None
         # Counters of the sessions that ended, and the link's own.
-        self._done = [0, 0, 0]  # updates_in, updates_out, deferred
+        self._done = [0, 0, 0, 0]  # updates_in, updates_out, deferred, refused
         self._bytes_in = 0
         self._bytes_out = 0
         self._refused = 0
@@ -568,12 +580,13 @@ class RedisLink:
 
     def statistics(self) -> RedisStatistics:
         """The link's counters, over every connection it made so far."""
-        updates_in, updates_out, deferred = self._done
+        updates_in, updates_out, deferred, refused = self._done
         if self._session is not None:
             now = self._session.statistics()
             updates_in += now.updates_in
             updates_out += now.updates_out
             deferred += now.deferred
+            refused += now.refused
         return RedisStatistics(
             name=self.name,
             connected=self._connected,
@@ -583,7 +596,7 @@ class RedisLink:
             bytes_in=self._bytes_in,
             bytes_out=self._bytes_out,
             deferred=deferred,
-            refused=self._refused,
+            refused=self._refused + refused,
             reconnects=self._reconnects,
             attempts_failed=self._attempts_failed,
             images_loaded=self._images_loaded,
@@ -602,6 +615,8 @@ class RedisLink:
             max_line_bytes=options.max_line_bytes,
             batch_entries=options.batch_entries,
             batch_bytes=options.batch_bytes,
+            send=options.send,
+            receive=options.receive,
             antientropy=False,  # see _ENTRY_STARTS
         )
         clock = self.replica.clock
@@ -625,6 +640,7 @@ class RedisLink:
         self._done[0] += stats.updates_in
         self._done[1] += stats.updates_out
         self._done[2] += stats.deferred
+        self._done[3] += stats.refused
         session.close()
         self._session = None
 
@@ -1168,8 +1184,25 @@ class RedisLink:
             and _stream_id(self._position) >= _stream_id(self._written)
             and nursery is not None
         ):
-            self._compacting = True
-            nursery.start_soon(self._guard, self._compact, client)
+            if self._options.send and self._options.receive:
+                self._compacting = True
+                nursery.start_soon(self._guard, self._compact, client)
+            else:
+                self._no_image()
+
+    def _no_image(self) -> None:
+        """A one-way link writes no image: one that does not receive holds
+        less than the stream (the stream would be trimmed behind what it
+        lacks), and one that does not send would publish what it keeps."""
+        if not self._said_no_image:
+            self._said_no_image = True
+            log.info(
+                "repred: Redis link %r writes no image (it %s): the stream is"
+                " trimmed only behind images written by links that send and"
+                " receive",
+                self.name,
+                "does not receive" if self._options.send else "does not send",
+            )
 
     # -- images ------------------------------------------------------------
 
@@ -1313,6 +1346,8 @@ async def connect_redis(
     tail_seconds: float = DEFAULT_TAIL_SECONDS,
     cluster: bool = False,
     flush_seconds: float = DEFAULT_FLUSH_SECONDS,
+    send: bool = True,
+    receive: bool = True,
     task_status: trio.TaskStatus[RedisLink] = trio.TASK_STATUS_IGNORED,
 ) -> RedisStatistics:
     """Link ``replica`` to a Redis server under ``name``; runs until cancelled.
@@ -1367,6 +1402,14 @@ async def connect_redis(
         flush_seconds: once cancelled (or closed), the link may take this
             long to write what Redis still lacks (writes made just before
             a shutdown), if it is linked; it returns as soon as it has.
+        send: write what the replica holds to Redis (``False``: nothing is
+            written).
+        receive: apply what is read from Redis. With ``False`` its entries
+            are checked and counted in ``refused``, never applied: a
+            read-only mirror, as ``receive=False`` on :func:`connect_tcp`.
+            A link that does not send or does not receive writes no image
+            (another link must, for the stream to be trimmed). Not both
+            ``False``.
 
     Returns:
         The link's final statistics.
@@ -1393,6 +1436,8 @@ async def connect_redis(
         tail_seconds=tail_seconds,
         cluster=bool(cluster),
         flush_seconds=flush_seconds,
+        send=send,
+        receive=receive,
     )
     link = RedisLink(replica, url, name, options)
     task_status.started(link)

@@ -364,8 +364,9 @@ events printed with --json (one JSON object per line):
   banned     {"event":"banned",...} (with --verify: a source proven to sign
               two entries for one stamp; its later entries are refused)
   redis      {"event":"redis","state":"waiting","url":"redis://host:6379"}
-             (with --redis: "waiting" once while Redis cannot be reached,
-             "linked" once every replica is linked; never the password)
+              (with --redis: "waiting" once while Redis cannot be reached,
+              "linked" once every replica has read what Redis holds and
+              written what it lacked; never the password)
 
 End of input, Ctrl-C or SIGTERM stops the peer (exit 0); bad options exit 2.
 """
@@ -956,7 +957,9 @@ async def _link_redis(
     nursery: trio.Nursery, peer: Any, args: argparse.Namespace, out: _Output
 ) -> None:
     """Link every replica of the peer (the membership too) to Redis, and
-    say when Redis cannot be reached and when every link is up."""
+    say when Redis cannot be reached and when every link is up. A read-only
+    peer applies nothing of its data that comes through Redis either; its
+    membership flows both ways, as over its peer links."""
     from ._redis import connect_redis, display_url
 
     links = [
@@ -967,6 +970,7 @@ async def _link_redis(
                 args.redis,
                 name=name,
                 cluster=args.redis_cluster,
+                receive=not args.read_only or replica is peer.membership,
             )
         )
         for name, replica in peer.replicas.items()
@@ -978,7 +982,7 @@ async def _watch_redis(links: list[Any], url: str, out: _Output) -> None:
     said: str | None = None
     while True:
         state: str | None
-        if all(link.connected for link in links):
+        if all(link.synced for link in links):
             state = "linked"
         elif any(link.statistics().attempts_failed for link in links):
             state = "waiting"

@@ -300,6 +300,80 @@ async def test_the_stream_carries_no_anti_entropy(redis_server):
         nursery.cancel_scope.cancel()
 
 
+async def test_a_link_that_does_not_receive_applies_nothing_from_redis(
+    redis_server, caplog
+):
+    caplog.set_level(logging.INFO, logger="repred")
+    a, b = model(), model()
+    a.set("theirs", 1)
+    async with trio.open_nursery() as nursery:
+        la = await nursery.start(link(a, redis_server))
+        await la.wait_synced()  # "theirs" is in Redis
+        lb = await nursery.start(
+            link(b, redis_server, receive=False, compact_bytes=1, tail_seconds=0)
+        )
+        await lb.wait_synced()  # read it, and refused it
+        assert b.get("theirs") is None
+        assert (lb.statistics().refused, lb.statistics().updates_in) == (1, 0)
+        b.set("mine", 2)  # what it writes still goes out
+        await until(lambda: a.get("mine") == 2)
+        a.set("live", 3)
+        await until(lambda: lb.statistics().refused == 2)
+        assert b.get("live") is None
+        # No image of b: it would lack what the others wrote, and the stream
+        # would be trimmed behind it.
+        await until(
+            lambda: "writes no image" in caplog.text or lb.statistics().images_written
+        )
+        assert lb.statistics().images_written == 0
+        c = model()
+        lc = await nursery.start(link(c, redis_server))
+        await lc.wait_synced()
+        assert c.to_dict() == a.to_dict() == {"theirs": 1, "mine": 2, "live": 3}
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_link_that_does_not_receive_applies_nothing_of_an_image(
+    redis_server,
+):
+    a, b = model(), model()
+    a.set("theirs", 1)
+    async with trio.open_nursery() as nursery:
+        la = await nursery.start(link(a, redis_server, compact_bytes=1))
+        await until(lambda: la.statistics().images_written == 1)
+        lb = await nursery.start(link(b, redis_server, receive=False))
+        await lb.wait_synced()
+        assert b.get("theirs") is None
+        stats = lb.statistics()
+        assert (stats.images_loaded, stats.refused, stats.updates_in) == (1, 1, 0)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_link_that_does_not_send_writes_nothing_to_redis(redis_server, caplog):
+    caplog.set_level(logging.INFO, logger="repred")
+    a, b = model(), model()
+    b.set("local", 1)
+    async with trio.open_nursery() as nursery:
+        lb = await nursery.start(link(b, redis_server, send=False, compact_bytes=1))
+        await lb.wait_synced()
+        la = await nursery.start(link(a, redis_server))
+        await la.wait_synced()
+        a.set("theirs", 2)
+        await until(lambda: b.get("theirs") == 2)  # it still receives
+        await until(
+            lambda: "writes no image" in caplog.text or lb.statistics().images_written
+        )
+        stats = lb.statistics()
+        assert (stats.updates_out, stats.bytes_out, stats.images_written) == (0, 0, 0)
+        async with raw_client(redis_server) as client:
+            records = await client.xrange("repred:{data}:log")
+        assert [r.field_values[b"d"] for r in records] == [
+            encode_entry(["theirs", 2], a.clock[a.id], a.id)
+        ]
+        assert a.get("local") is None
+        nursery.cancel_scope.cancel()
+
+
 async def test_entries_stamped_too_far_ahead_are_read_again_later(redis_server):
     wall = FakeWall(time.time() * 1000 - 10 * 60 * 1000)  # ten minutes behind
     b = model(wall=wall)
@@ -692,11 +766,20 @@ async def test_replicas_converge_through_a_redis_cluster(redis_cluster):
         ({"name": "ok", "read_count": 0}, "read_count"),
         ({"name": "ok", "poll_seconds": 0}, "poll_seconds"),
         ({"name": "ok", "tail_seconds": -1}, "tail_seconds"),
+        ({"name": "ok", "send": False, "receive": False}, "send=False"),
     ],
 )
 async def test_bad_options_are_refused_at_the_call(options, message):
     with pytest.raises(ValueError, match=message):
         await repred.connect_redis(model(), "redis://127.0.0.1:1", **options)
+
+
+@pytest.mark.parametrize("option", ["send", "receive"])
+async def test_send_and_receive_are_bools(option):
+    with pytest.raises(TypeError, match=option):
+        await repred.connect_redis(
+            model(), "redis://127.0.0.1:1", name="ok", **{option: 1}
+        )
 
 
 # -- the peer command ---------------------------------------------------------
@@ -781,6 +864,32 @@ async def test_a_peer_says_it_waits_for_redis_and_works_meanwhile(redis_server):
             two = await _peer(nursery, "--redis", url)
             await two.until(_has("early", 1))
             await _stop(one)
+            await _stop(two)
+
+
+@pytest.mark.slow
+async def test_a_read_only_peer_applies_nothing_from_redis(redis_server):
+    url = redis_server.url
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            one = await _peer(nursery, "--redis", url)
+            await one.until(_redis("linked"))
+            await one.send("set theirs 1")
+            await one.until(_has("theirs", 1))
+            await _stop(one)  # its link writes "theirs" before it exits
+            ro = await _peer(nursery, "--redis", url, "--read-only")
+            await ro.until(_redis("linked"))  # read what Redis holds
+            await ro.send("get theirs")
+            value = await ro.until(lambda e: e["event"] == "value")
+            assert value["value"] is None
+            # Membership still flows, and so does what it writes itself.
+            two = await _peer(nursery, "--redis", url)
+            await ro.until(lambda e: e["event"] == "up" and e["id"] == two.id)
+            await ro.send("set mine 2")
+            await two.until(_has("mine", 2))
+            await two.until(_has("theirs", 1))
+            assert not [e for e in ro.events if e.get("key") == "theirs"][1:]
+            await _stop(ro)
             await _stop(two)
 
 
