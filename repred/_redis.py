@@ -529,6 +529,8 @@ class RedisLink:
         self._unchecked: tuple[bytes, float] | None = None
         self._compacting = False
         self._said_no_image = False
+        #: Set when the statistics change, if someone waits on them.
+        self._changed: trio.Event | None = None
         #: The writer has nothing left to send.
         self._flushed = False
         self._failure: BaseException | None = None
@@ -573,6 +575,33 @@ class RedisLink:
     async def wait_closed(self) -> None:
         """Wait until the link has ended (closed, or cancelled)."""
         await self._closed.wait()
+
+    async def wait_statistics(
+        self, predicate: Callable[[RedisStatistics], object]
+    ) -> RedisStatistics:
+        """Wait until ``predicate(link.statistics())`` is true, looking again
+        whenever they change (``connected``, ``synced`` or a counter);
+        return them.
+
+        Raises:
+            trio.ClosedResourceError: the link ended before it was true.
+        """
+        while True:
+            stats = self.statistics()
+            if predicate(stats):
+                return stats
+            if self.closed:
+                raise trio.ClosedResourceError("the Redis link has ended")
+            if self._changed is None:
+                self._changed = trio.Event()
+            await self._changed.wait()
+
+    def _touch(self) -> None:
+        """The statistics may have changed: wake wait_statistics."""
+        changed = self._changed
+        if changed is not None:
+            self._changed = None
+            changed.set()
 
     def close(self) -> None:
         """End the link (its :func:`connect_redis` call returns)."""
@@ -696,6 +725,7 @@ class RedisLink:
             except RemoteProtocolError as exc:
                 self._refuse(exc, where)
                 self._new_session()
+        self._touch()
 
     def _refuse(self, exc: RemoteProtocolError, where: str) -> None:
         self._refused += 1
@@ -763,12 +793,14 @@ class RedisLink:
                         return  # Redis is away: nothing more can be written
                 self._connected = self._live_phase = False
                 self._end_session()
+                self._touch()
                 await trio.sleep(self._backoff(failures))
         finally:
             remove()
             self._connected = False
             self._end_session()
             self._closed.set()
+            self._touch()
 
     def _backoff(self, failures: int) -> float:
         wait = _RETRY_FIRST * 2 ** min(failures, 20)
@@ -831,6 +863,7 @@ class RedisLink:
             elif first:
                 log.info("repred: Redis link %r linked to %s", self.name, self.url)
             self._connected = True
+            self._touch()
             while True:
                 try:
                     await self._catch_up(client, meta)
@@ -969,6 +1002,7 @@ class RedisLink:
                 pass
         if type(digest) is not Digest:
             self._refused += 1
+            self._touch()
             limited(
                 logging.WARNING,
                 "redis-refused",
@@ -995,11 +1029,13 @@ class RedisLink:
             for element in page:
                 if len(element) > self._longest:
                     self._refused += 1
+                    self._touch()
                     continue
                 self._feed(element, "an image")
                 await trio.lowlevel.checkpoint()
             index = last + 1
         self._images_loaded += 1
+        self._touch()
         return True
 
     async def _read_meta(self, client: Any) -> _Meta:
@@ -1076,6 +1112,7 @@ class RedisLink:
             pass  # this link's own: the session sent it
         elif not size or size > self._longest:
             self._refused += 1
+            self._touch()
             limited(
                 logging.WARNING,
                 "redis-refused",
@@ -1133,12 +1170,14 @@ class RedisLink:
                 self._bytes_out += len(payload)
             if data:
                 self._flushed = False
+                self._touch()
                 continue
             if session is self._session:
                 self._flushed = True
                 self._note_flushed()
                 if self.synced:
                     self._synced.set()
+                self._touch()
                 if self._closing:
                     self._inner.cancel()  # everything is in Redis: done
             await self._wake.wait()
@@ -1270,6 +1309,7 @@ class RedisLink:
         )
         if committed:
             self._images_written += 1
+            self._touch()
             self._note_image(_Meta(epoch=epoch, image_id=covers, image_bytes=size))
         else:
             await self._call(client.delete([key]))

@@ -981,17 +981,31 @@ async def _link_redis(
 async def _watch_redis(links: list[Any], url: str, out: _Output) -> None:
     said: str | None = None
     while True:
+        seen = [link.statistics() for link in links]
         state: str | None
-        if all(link.synced for link in links):
+        if all(stats.synced for stats in seen):
             state = "linked"
-        elif any(link.statistics().attempts_failed for link in links):
+        elif any(stats.attempts_failed for stats in seen):
             state = "waiting"
         else:
             state = said
         if state != said:
             out({"event": "redis", "state": state, "url": url})
             said = state
-        await trio.sleep(0.2)
+        async with trio.open_nursery() as nursery:
+            for link, stats in zip(links, seen, strict=True):
+                nursery.start_soon(_changes, link, stats, nursery.cancel_scope)
+
+
+async def _changes(link: Any, seen: Any, done: trio.CancelScope) -> None:
+    """Wait until ``link`` is synced or not, or failed again, unlike in
+    ``seen``; then cancel ``done``."""
+    await link.wait_statistics(
+        lambda stats: (
+            (stats.synced, stats.attempts_failed) != (seen.synced, seen.attempts_failed)
+        )
+    )
+    done.cancel()
 
 
 #: A sync that takes longer than this (seconds) reports its progress, once

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 import trio
+import trio.testing
 
 import repred
 from repred._wire import (
@@ -26,7 +27,7 @@ from repred._wire import (
 )
 from repred.types import gset, model
 
-from .helpers import FakeWall, PeerProcess
+from .helpers import FakeWall, PeerProcess, wait_until
 
 coredis = pytest.importorskip("coredis", reason="pip install 'repred[redis]'")
 
@@ -72,23 +73,24 @@ class RedisServer:
                 str(self.directory),
                 *extra,
             ],
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while True:  # until it accepts connections
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.1).close()
+        # Its log (standard output) says when it accepts connections; the
+        # few lines it writes after that fit in the pipe.
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if b"Ready to accept connections" in line:
                 return
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.01)
+        self.stop()
+        raise RuntimeError("redis-server did not start")
 
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.terminate()
             self.proc.wait(10)
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
             self.proc = None
 
 
@@ -108,14 +110,53 @@ async def raw_client(server):
         yield client
 
 
-async def until(predicate):
-    """Wait until ``predicate()`` holds. A real server and real sockets:
-    what the test waits for happens in another process, so it is looked
-    at every few milliseconds (the bound is only there to fail, not to
-    time anything)."""
-    with trio.fail_after(20):
-        while not predicate():  # noqa: ASYNC110
-            await trio.sleep(0.005)
+#: The longest a test runs. Every wait in this file is on an event (a
+#: replica's changes, a link's statistics, a log record, a peer's printed
+#: events); the bound only ends a test that would otherwise hang.
+BOUND = 30
+
+
+def bounded(test):
+    """Fail ``test`` with TooSlowError past BOUND seconds."""
+
+    @functools.wraps(test)
+    async def run(*args, **kwargs):
+        with trio.fail_after(BOUND):
+            await test(*args, **kwargs)
+
+    return run
+
+
+@asynccontextmanager
+async def logged(text):
+    """An event set when the "repred" logger passes on a record that says
+    ``text`` (the logger's level is the test's to set)."""
+    event = trio.Event()
+
+    class Handler(logging.Handler):
+        def emit(self, record):
+            if text in record.getMessage():
+                event.set()
+
+    handler = Handler()
+    logger = logging.getLogger("repred")
+    logger.addHandler(handler)
+    try:
+        yield event
+    finally:
+        logger.removeHandler(handler)
+
+
+async def first(*waits):
+    """Wait until the first of ``waits`` (async functions) returns."""
+    async with trio.open_nursery() as nursery:
+
+        async def run(wait):
+            await wait()
+            nursery.cancel_scope.cancel()
+
+        for wait in waits:
+            nursery.start_soon(run, wait)
 
 
 def link(replica, server, **options):
@@ -124,6 +165,7 @@ def link(replica, server, **options):
     return functools.partial(repred.connect_redis, replica, server.url, **options)
 
 
+@bounded
 async def test_two_replicas_converge_and_nothing_is_echoed(redis_server, caplog):
     caplog.set_level(logging.INFO, logger="repred")
     a, b = model(), model()
@@ -133,11 +175,11 @@ async def test_two_replicas_converge_and_nothing_is_echoed(redis_server, caplog)
         lb = await nursery.start(link(b, redis_server))
         await la.wait_synced()
         await lb.wait_synced()
-        await until(lambda: b.get("colour") == "blue")
+        await wait_until(b, lambda: b.get("colour") == "blue")
         b.set("size", 3)
         a.set("shape", "round")
-        await until(lambda: a.get("size") == 3 and b.get("shape") == "round")
-        await until(lambda: la.statistics().updates_in == 1)
+        await wait_until(a, lambda: a.get("size") == 3)
+        await wait_until(b, lambda: b.get("shape") == "round")
         sa, sb = la.statistics(), lb.statistics()
         # Each side wrote its own entries once and read only the other's.
         assert (sa.updates_out, sa.updates_in) == (2, 1)
@@ -155,6 +197,7 @@ async def test_two_replicas_converge_and_nothing_is_echoed(redis_server, caplog)
         nursery.cancel_scope.cancel()
 
 
+@bounded
 async def test_a_joiner_starts_from_the_image_then_the_tail(redis_server):
     a = model()
     for i in range(3000):
@@ -163,7 +206,7 @@ async def test_a_joiner_starts_from_the_image_then_the_tail(redis_server):
     async with trio.open_nursery() as nursery:
         la = await nursery.start(link(a, redis_server, **options))
         await la.wait_synced()
-        await until(lambda: la.statistics().images_written >= 1)
+        await la.wait_statistics(lambda s: s.images_written >= 1)
         for i in range(10):
             a.set(f"late{i}", i)  # the tail after the image
         async with raw_client(redis_server) as client:
@@ -175,12 +218,13 @@ async def test_a_joiner_starts_from_the_image_then_the_tail(redis_server):
         c = model()
         lc = await nursery.start(link(c, redis_server))
         await lc.wait_synced()
-        await until(lambda: c.get("late9") == 9)
+        await wait_until(c, lambda: c.get("late9") == 9)
         assert c.to_dict() == a.to_dict()
         assert lc.statistics().images_loaded == 1
         nursery.cancel_scope.cancel()
 
 
+@bounded
 async def test_a_first_image_covers_the_whole_first_fill(redis_server):
     a = model()
     for i in range(3000):
@@ -189,7 +233,7 @@ async def test_a_first_image_covers_the_whole_first_fill(redis_server):
         la = await nursery.start(
             link(a, redis_server, compact_bytes=1, batch_bytes=4096)
         )
-        await until(lambda: la.statistics().images_written == 1)
+        await la.wait_statistics(lambda s: s.images_written == 1)
         async with raw_client(redis_server) as client:
             meta = await client.hgetall("repred:{data}:meta")
         c = model()
@@ -202,6 +246,7 @@ async def test_a_first_image_covers_the_whole_first_fill(redis_server):
         nursery.cancel_scope.cancel()
 
 
+@bounded
 async def test_a_replica_holding_the_image_already_reads_only_the_tail(
     redis_server,
 ):
@@ -211,7 +256,7 @@ async def test_a_replica_holding_the_image_already_reads_only_the_tail(
     async with trio.open_nursery() as nursery:
         la = await nursery.start(link(a, redis_server, compact_bytes=1))
         await la.wait_synced()
-        await until(lambda: la.statistics().images_written >= 1)
+        await la.wait_statistics(lambda s: s.images_written >= 1)
         b = model()
         lb = await nursery.start(link(b, redis_server))
         await lb.wait_synced()
@@ -222,13 +267,14 @@ async def test_a_replica_holding_the_image_already_reads_only_the_tail(
         a.set("while-away", 1)
         lb = await nursery.start(link(b, redis_server))
         await lb.wait_synced()
-        await until(lambda: b.get("while-away") == 1)
+        await wait_until(b, lambda: b.get("while-away") == 1)
         # Its clock covered the image: only the stream was read.
         assert lb.statistics().images_loaded == 0
         assert b.to_dict() == a.to_dict()
         nursery.cancel_scope.cancel()
 
 
+@bounded
 async def test_signed_entries_travel_whole_and_forgeries_are_refused(
     redis_server, caplog
 ):
@@ -240,7 +286,7 @@ async def test_signed_entries_travel_whole_and_forgeries_are_refused(
         await nursery.start(link(a, redis_server))
         lb = await nursery.start(link(b, redis_server))
         await lb.wait_synced()
-        await until(lambda: b.get("signed") == 1)
+        await wait_until(b, lambda: b.get("signed") == 1)
         assert b.signature(key.id, a.clock[key.id]) == a.signature(
             key.id, a.clock[key.id]
         )
@@ -259,7 +305,7 @@ async def test_signed_entries_travel_whole_and_forgeries_are_refused(
                 await client.xadd("repred:{data}:log", {"d": payload, "w": "x"})
             await client.xadd("repred:{data}:log", {"other": "field"})
         a.set("after", 2)
-        await until(lambda: b.get("after") == 2)
+        await wait_until(b, lambda: b.get("after") == 2)
         assert b.get("signed") == 1
         assert lb.statistics().refused == 7
         assert lb.statistics().connected
@@ -267,6 +313,7 @@ async def test_signed_entries_travel_whole_and_forgeries_are_refused(
         nursery.cancel_scope.cancel()
 
 
+@bounded
 async def test_the_stream_carries_no_anti_entropy(redis_server):
     """Anti-entropy is a conversation between two peers: what a record
     holds of it is refused, a sound proof of equivocation too (a verifying
@@ -293,20 +340,24 @@ async def test_the_stream_carries_no_anti_entropy(redis_server):
             for payload in records:
                 await client.xadd("repred:{data}:log", {"d": payload, "w": "x"})
         a.set("after", 1)  # read after every record above
-        await until(lambda: b.get("after") == 1)
+        await wait_until(b, lambda: b.get("after") == 1)
         assert b.proofs() == []
         assert b.get("k") is None
         assert lb.statistics().refused == len(records)
         nursery.cancel_scope.cancel()
 
 
+@bounded
 async def test_a_link_that_does_not_receive_applies_nothing_from_redis(
     redis_server, caplog
 ):
     caplog.set_level(logging.INFO, logger="repred")
     a, b = model(), model()
     a.set("theirs", 1)
-    async with trio.open_nursery() as nursery:
+    async with (
+        logged("writes no image") as no_image,
+        trio.open_nursery() as nursery,
+    ):
         la = await nursery.start(link(a, redis_server))
         await la.wait_synced()  # "theirs" is in Redis
         lb = await nursery.start(
@@ -316,14 +367,15 @@ async def test_a_link_that_does_not_receive_applies_nothing_from_redis(
         assert b.get("theirs") is None
         assert (lb.statistics().refused, lb.statistics().updates_in) == (1, 0)
         b.set("mine", 2)  # what it writes still goes out
-        await until(lambda: a.get("mine") == 2)
+        await wait_until(a, lambda: a.get("mine") == 2)
         a.set("live", 3)
-        await until(lambda: lb.statistics().refused == 2)
+        await lb.wait_statistics(lambda s: s.refused == 2)
         assert b.get("live") is None
         # No image of b: it would lack what the others wrote, and the stream
         # would be trimmed behind it.
-        await until(
-            lambda: "writes no image" in caplog.text or lb.statistics().images_written
+        await first(
+            no_image.wait,
+            functools.partial(lb.wait_statistics, lambda s: s.images_written),
         )
         assert lb.statistics().images_written == 0
         c = model()
@@ -333,6 +385,7 @@ async def test_a_link_that_does_not_receive_applies_nothing_from_redis(
         nursery.cancel_scope.cancel()
 
 
+@bounded
 async def test_a_link_that_does_not_receive_applies_nothing_of_an_image(
     redis_server,
 ):
@@ -340,7 +393,7 @@ async def test_a_link_that_does_not_receive_applies_nothing_of_an_image(
     a.set("theirs", 1)
     async with trio.open_nursery() as nursery:
         la = await nursery.start(link(a, redis_server, compact_bytes=1))
-        await until(lambda: la.statistics().images_written == 1)
+        await la.wait_statistics(lambda s: s.images_written == 1)
         lb = await nursery.start(link(b, redis_server, receive=False))
         await lb.wait_synced()
         assert b.get("theirs") is None
@@ -349,19 +402,24 @@ async def test_a_link_that_does_not_receive_applies_nothing_of_an_image(
         nursery.cancel_scope.cancel()
 
 
+@bounded
 async def test_a_link_that_does_not_send_writes_nothing_to_redis(redis_server, caplog):
     caplog.set_level(logging.INFO, logger="repred")
     a, b = model(), model()
     b.set("local", 1)
-    async with trio.open_nursery() as nursery:
+    async with (
+        logged("writes no image") as no_image,
+        trio.open_nursery() as nursery,
+    ):
         lb = await nursery.start(link(b, redis_server, send=False, compact_bytes=1))
         await lb.wait_synced()
         la = await nursery.start(link(a, redis_server))
         await la.wait_synced()
         a.set("theirs", 2)
-        await until(lambda: b.get("theirs") == 2)  # it still receives
-        await until(
-            lambda: "writes no image" in caplog.text or lb.statistics().images_written
+        await wait_until(b, lambda: b.get("theirs") == 2)  # it still receives
+        await first(
+            no_image.wait,
+            functools.partial(lb.wait_statistics, lambda s: s.images_written),
         )
         stats = lb.statistics()
         assert (stats.updates_out, stats.bytes_out, stats.images_written) == (0, 0, 0)
@@ -374,6 +432,48 @@ async def test_a_link_that_does_not_send_writes_nothing_to_redis(redis_server, c
         nursery.cancel_scope.cancel()
 
 
+@bounded
+async def test_anti_entropy_on_a_peer_link_beside_a_redis_link(redis_server):
+    """b has a peer link to a, which runs anti-entropy, and a Redis link to
+    c: entries cross both, and only entry lines reach the stream."""
+    a, b, c = model(), model(), model()
+    a.set("from-a", 1)
+    async with trio.open_nursery() as nursery:
+        lb = await nursery.start(link(b, redis_server))
+        lc = await nursery.start(link(c, redis_server))
+        left, right = trio.testing.memory_stream_pair()
+        async with trio.open_nursery() as pair:
+            pair.start_soon(functools.partial(repred.replicate, b, right, live=False))
+            # Returns once the round that follows the sync has ended.
+            stats = await repred.replicate(a, left, live=False)
+        assert stats.antientropy_rounds == 1  # a sent more: a started it
+        await wait_until(c, lambda: c.get("from-a") == 1)
+        c.set("from-c", 2)
+        await wait_until(b, lambda: b.get("from-c") == 2)
+        assert lb.statistics().refused == lc.statistics().refused == 0
+        async with raw_client(redis_server) as client:
+            records = await client.xrange("repred:{data}:log")
+        lines = [ln for r in records for ln in r.field_values[b"d"].splitlines()]
+        assert lines
+        assert all(ln.startswith((b"[", b'{"batch":')) for ln in lines)
+        nursery.cancel_scope.cancel()
+
+
+@bounded
+async def test_waiting_on_statistics_ends_with_the_link(redis_server):
+    a = model()
+    async with trio.open_nursery() as nursery:
+        la = await nursery.start(link(a, redis_server))
+        stats = await la.wait_statistics(lambda s: s.synced)
+        assert stats.synced
+        assert (await la.wait_statistics(lambda s: s.connected)).connected
+        la.close()
+        with pytest.raises(trio.ClosedResourceError):
+            await la.wait_statistics(lambda s: s.images_written)
+        assert la.closed
+
+
+@bounded
 async def test_entries_stamped_too_far_ahead_are_read_again_later(redis_server):
     wall = FakeWall(time.time() * 1000 - 10 * 60 * 1000)  # ten minutes behind
     b = model(wall=wall)
@@ -383,14 +483,15 @@ async def test_entries_stamped_too_far_ahead_are_read_again_later(redis_server):
         line = encode_entry(["ahead", 1], int(time.time() * 1000), "elsewhere")
         async with raw_client(redis_server) as client:
             await client.xadd("repred:{data}:log", {"d": line})
-            await until(lambda: lb.statistics().deferred == 1)
+            await lb.wait_statistics(lambda s: s.deferred == 1)
             assert b.get("ahead") is None
             wall.now += 10 * 60 * 1000  # b's clock is right again
             await client.client_kill(type_=coredis.tokens.PureToken.NORMAL, skipme=True)
-        await until(lambda: b.get("ahead") == 1)
+        await wait_until(b, lambda: b.get("ahead") == 1)
         nursery.cancel_scope.cancel()
 
 
+@bounded
 async def test_a_record_the_store_could_not_keep_is_read_again(redis_server, tmp_path):
     b = model(store=repred.SqliteStore(tmp_path / "b.db", busy_timeout=0))
     try:
@@ -405,17 +506,18 @@ async def test_a_record_the_store_could_not_keep_is_read_again(redis_server, tmp
             )
             async with raw_client(redis_server) as client:
                 await client.xadd("repred:{data}:log", {"d": two_lines})
-                await until(lambda: lb.statistics().attempts_failed >= 1)
+                await lb.wait_statistics(lambda s: s.attempts_failed >= 1)
             other.execute("ROLLBACK")
             other.close()
             # The line after the one whose commit failed is read again.
-            await until(lambda: b.get("two") == 2)
+            await wait_until(b, lambda: b.get("two") == 2)
             assert b.get("one") == 1
             nursery.cancel_scope.cancel()
     finally:
         b.close()
 
 
+@bounded
 async def test_writes_made_just_before_a_shutdown_reach_redis(redis_server):
     a, b = model(), model()
     async with trio.open_nursery() as nursery:
@@ -437,6 +539,7 @@ async def test_writes_made_just_before_a_shutdown_reach_redis(redis_server):
     [b"x" * 2_000_000, b"[1, 2]\n", b"{not json\n"],
     ids=["long", "entry", "bad"],
 )
+@bounded
 async def test_an_image_that_does_not_start_with_a_clock_is_lost(redis_server, head):
     a, b = model(), model()
     a.set("x", 1)
@@ -451,11 +554,12 @@ async def test_an_image_that_does_not_start_with_a_clock_is_lost(redis_server, h
             )
         lb = await nursery.start(link(b, redis_server))
         # Taken as lost: a new epoch, which a fills again.
-        await until(lambda: b.get("x") == 1)
+        await wait_until(b, lambda: b.get("x") == 1)
         assert lb.statistics().refused >= 1
         nursery.cancel_scope.cancel()
 
 
+@bounded
 async def test_a_type_mismatch_on_a_name_is_an_error(redis_server):
     a, b = model(), gset()
     async with trio.open_nursery() as nursery:
@@ -466,6 +570,7 @@ async def test_a_type_mismatch_on_a_name_is_an_error(redis_server):
         nursery.cancel_scope.cancel()
 
 
+@bounded
 async def test_it_starts_without_redis_and_says_so_once(redis_server, caplog):
     redis_server.stop()
     caplog.set_level(logging.INFO, logger="repred")
@@ -473,13 +578,13 @@ async def test_it_starts_without_redis_and_says_so_once(redis_server, caplog):
     async with trio.open_nursery() as nursery:
         la = await nursery.start(link(a, redis_server))
         a.set("early", 1)  # works locally meanwhile
-        await until(lambda: la.statistics().attempts_failed >= 3)
+        await la.wait_statistics(lambda s: s.attempts_failed >= 3)
         waiting = [r for r in caplog.records if "waiting for Redis" in r.message]
         assert len(waiting) == 1
         assert not la.statistics().connected
         redis_server.start()
         lb = await nursery.start(link(b, redis_server))
-        await until(lambda: b.get("early") == 1)
+        await wait_until(b, lambda: b.get("early") == 1)
         back = [r for r in caplog.records if "reached Redis" in r.message]
         assert len(back) == 1
         assert la.statistics().connected
@@ -487,6 +592,7 @@ async def test_it_starts_without_redis_and_says_so_once(redis_server, caplog):
     del lb
 
 
+@bounded
 async def test_the_password_is_never_logged(caplog):
     url = f"redis://user:sekrit@127.0.0.1:{free_port()}"
     a = model()
@@ -496,13 +602,14 @@ async def test_the_password_is_never_logged(caplog):
                 repred.connect_redis, a, url, name="data", retry_seconds=0.05
             )
         )
-        await until(lambda: la.statistics().attempts_failed >= 1)
+        await la.wait_statistics(lambda s: s.attempts_failed >= 1)
         nursery.cancel_scope.cancel()
     assert "sekrit" not in caplog.text
     assert "user:***@127.0.0.1" in caplog.text
     assert "sekrit" not in repr(la)
 
 
+@bounded
 async def test_a_restarted_empty_redis_is_filled_again(redis_server, caplog):
     a, b = model(), model()
     a.set("before", 1)
@@ -510,23 +617,27 @@ async def test_a_restarted_empty_redis_is_filled_again(redis_server, caplog):
         la = await nursery.start(link(a, redis_server))
         lb = await nursery.start(link(b, redis_server))
         await la.wait_synced()
-        await until(lambda: b.get("before") == 1)
+        await wait_until(b, lambda: b.get("before") == 1)
         redis_server.stop()
         a.set("while-down-a", 2)  # both keep working locally
         b.set("while-down-b", 3)
-        await until(lambda: not la.connected and not lb.connected)
+        await la.wait_statistics(lambda s: not s.connected)
+        await lb.wait_statistics(lambda s: not s.connected)
         redis_server.start()  # empty: persistence is off
-        await until(lambda: a.get("while-down-b") == 3 and b.get("while-down-a") == 2)
+        await wait_until(a, lambda: a.get("while-down-b") == 3)
+        await wait_until(b, lambda: b.get("while-down-a") == 2)
         c = model()
         lc = await nursery.start(link(c, redis_server))
         await lc.wait_synced()
-        await until(lambda: c.to_dict() == a.to_dict() == b.to_dict())
+        await wait_until(c, lambda: c.to_dict() == a.to_dict())
+        assert a.to_dict() == b.to_dict()
         assert c.get("before") == 1
         lost = [r for r in caplog.records if "lost Redis" in r.message]
         assert len(lost) == 2  # once per link for the spell
         nursery.cancel_scope.cancel()
 
 
+@bounded
 async def test_a_flushed_redis_is_filled_again(redis_server, caplog):
     a, b = model(), model()
     a.set("x", 1)
@@ -536,18 +647,20 @@ async def test_a_flushed_redis_is_filled_again(redis_server, caplog):
         lb = await nursery.start(link(b, redis_server, poll_seconds=0.05))
         await la.wait_synced()
         await lb.wait_synced()
-        await until(lambda: a.to_dict() == b.to_dict() == {"x": 1, "y": 2})
+        await wait_until(a, lambda: a.to_dict() == {"x": 1, "y": 2})
+        await wait_until(b, lambda: b.to_dict() == {"x": 1, "y": 2})
         async with raw_client(redis_server) as client:
             await client.flushall()
             # Refilled by both links: a joiner finds everything.
             c = model()
             lc = await nursery.start(link(c, redis_server))
             await lc.wait_synced()
-            await until(lambda: c.to_dict() == {"x": 1, "y": 2})
+            await wait_until(c, lambda: c.to_dict() == {"x": 1, "y": 2})
         assert "lost its data" in caplog.text
         nursery.cancel_scope.cancel()
 
 
+@bounded
 async def test_a_dropped_connection_reads_on_from_where_it_was(redis_server):
     a, b = model(), model()
     for i in range(50):
@@ -556,20 +669,21 @@ async def test_a_dropped_connection_reads_on_from_where_it_was(redis_server):
         la = await nursery.start(link(a, redis_server))
         lb = await nursery.start(link(b, redis_server))
         await la.wait_synced()
-        await until(lambda: b.to_dict() == a.to_dict())
+        await wait_until(b, lambda: b.to_dict() == a.to_dict())
         async with raw_client(redis_server) as client:
             before = await client.xlen("repred:{data}:log")
             await client.client_kill(type_=coredis.tokens.PureToken.NORMAL, skipme=True)
-            await until(lambda: la.statistics().reconnects == 1)
-            await until(lambda: lb.statistics().reconnects == 1)
+            await la.wait_statistics(lambda s: s.reconnects == 1)
+            await lb.wait_statistics(lambda s: s.reconnects == 1)
             a.set("after", 1)
-            await until(lambda: b.get("after") == 1)
+            await wait_until(b, lambda: b.get("after") == 1)
             # Nothing was written again: the links knew what Redis held.
             assert await client.xlen("repred:{data}:log") == before + 1
         assert la.statistics().updates_out == 51
         nursery.cancel_scope.cancel()
 
 
+@bounded
 async def test_a_stream_that_lost_records_is_filled_again(redis_server):
     a, b = model(), model()
     a.set("x", 1)
@@ -579,13 +693,14 @@ async def test_a_stream_that_lost_records_is_filled_again(redis_server):
         async with raw_client(redis_server) as client:
             await client.delete(["repred:{data}:log"])  # as if restored older
             await client.client_kill(type_=coredis.tokens.PureToken.NORMAL, skipme=True)
-            await until(lambda: la.statistics().reconnects == 1)
+            await la.wait_statistics(lambda s: s.reconnects == 1)
             lb = await nursery.start(link(b, redis_server))
             await lb.wait_synced()
-            await until(lambda: b.get("x") == 1)
+            await wait_until(b, lambda: b.get("x") == 1)
         nursery.cancel_scope.cancel()
 
 
+@bounded
 async def test_a_reader_behind_a_trim_starts_again_from_the_image(redis_server):
     b = model()
     async with trio.open_nursery() as nursery:
@@ -615,11 +730,12 @@ async def test_a_reader_behind_a_trim_starts_again_from_the_image(redis_server):
                         "trimmed": "1-1",
                     },
                 )
-        await until(lambda: b.get("in-image") == 1)
+        await wait_until(b, lambda: b.get("in-image") == 1)
         assert lb.statistics().images_loaded == 1
         nursery.cancel_scope.cancel()
 
 
+@bounded
 async def test_a_trim_hidden_behind_a_links_own_records_is_seen(redis_server):
     a, b = model(), model()
     async with trio.open_nursery() as nursery:
@@ -628,7 +744,7 @@ async def test_a_trim_hidden_behind_a_links_own_records_is_seen(redis_server):
         await lb.wait_synced()
         b.set("mine", 1)
         async with raw_client(redis_server) as client:
-            await until(lambda: lb.statistics().bytes_out > 0)
+            await lb.wait_statistics(lambda s: s.bytes_out > 0)
             (own,) = await client.xrange("repred:{data}:log")
             writer = own.field_values[b"w"]
             now = int(time.time() * 1000)
@@ -659,20 +775,21 @@ async def test_a_trim_hidden_behind_a_links_own_records_is_seen(redis_server):
                     },
                 )
         a.set("after", 1)  # a record to apply: b checks from before its own
-        await until(lambda: b.get("in-image") == 1)
+        await wait_until(b, lambda: b.get("in-image") == 1)
         nursery.cancel_scope.cancel()
 
 
+@bounded
 async def test_a_stream_trimmed_past_its_image_starts_a_new_epoch(redis_server):
     a, b = model(), model()
     for i in range(100):
         a.set(f"k{i}", i)
     async with trio.open_nursery() as nursery:
         la = await nursery.start(link(a, redis_server, compact_bytes=1))
-        await until(lambda: la.statistics().images_written >= 1)
+        await la.wait_statistics(lambda s: s.images_written >= 1)
         async with raw_client(redis_server) as client:
             a.set("last", 1)
-            await until(lambda: la.statistics().updates_out == 101)
+            await la.wait_statistics(lambda s: s.updates_out == 101)
             newest = (await client.xrevrange("repred:{data}:log", count=1))[0]
             # By hand: the stream emptied past what the image covers.
             await client.xtrim("repred:{data}:log", "MAXLEN", 0)
@@ -680,25 +797,29 @@ async def test_a_stream_trimmed_past_its_image_starts_a_new_epoch(redis_server):
                 "repred:{data}:meta", {"trimmed": newest.identifier + b"1"}
             )
         await nursery.start(link(b, redis_server))
-        await until(lambda: b.to_dict() == a.to_dict())
+        await wait_until(b, lambda: b.to_dict() == a.to_dict())
         nursery.cancel_scope.cancel()
 
 
-async def test_an_image_over_its_bound_is_not_written(redis_server, caplog):
+@bounded
+async def test_an_image_over_its_bound_is_not_written(redis_server):
     a, b = model(), model()
     for i in range(200):
         a.set(f"k{i}", i)
-    async with trio.open_nursery() as nursery:
+    async with (
+        logged("max_image_bytes") as too_large,
+        trio.open_nursery() as nursery,
+    ):
         la = await nursery.start(
             link(a, redis_server, compact_bytes=1, max_image_bytes=1000)
         )
         await la.wait_synced()
         a.set("more", 1)  # a second look at the tail
-        await until(lambda: "max_image_bytes" in caplog.text)
+        await too_large.wait()
         assert la.statistics().images_written == 0
         lb = await nursery.start(link(b, redis_server))
         await lb.wait_synced()
-        await until(lambda: b.to_dict() == a.to_dict())
+        await wait_until(b, lambda: b.to_dict() == a.to_dict())
         nursery.cancel_scope.cancel()
 
 
@@ -724,6 +845,8 @@ def redis_cluster(tmp_path):
             check=True,
             capture_output=True,
         )
+        # Whether every node agrees on the slots can only be asked of a
+        # node: a query loop, bounded, not a sleep standing in for an event.
         deadline = time.monotonic() + 20
         while (
             b"cluster_state:ok"
@@ -740,6 +863,7 @@ def redis_cluster(tmp_path):
 
 
 @pytest.mark.slow
+@bounded
 async def test_replicas_converge_through_a_redis_cluster(redis_cluster):
     a, b = model(), model()
     for i in range(2000):
@@ -748,11 +872,11 @@ async def test_replicas_converge_through_a_redis_cluster(redis_cluster):
         la = await nursery.start(
             link(a, redis_cluster, cluster=True, compact_bytes=1, tail_seconds=0)
         )
-        await until(lambda: la.statistics().images_written == 1)
+        await la.wait_statistics(lambda s: s.images_written == 1)
         lb = await nursery.start(link(b, redis_cluster, cluster=True))
         await lb.wait_synced()
         b.set("back", 1)
-        await until(lambda: a.get("back") == 1)
+        await wait_until(a, lambda: a.get("back") == 1)
         assert b.to_dict() == a.to_dict()
         assert lb.statistics().images_loaded == 1
         nursery.cancel_scope.cancel()
@@ -769,12 +893,14 @@ async def test_replicas_converge_through_a_redis_cluster(redis_cluster):
         ({"name": "ok", "send": False, "receive": False}, "send=False"),
     ],
 )
+@bounded
 async def test_bad_options_are_refused_at_the_call(options, message):
     with pytest.raises(ValueError, match=message):
         await repred.connect_redis(model(), "redis://127.0.0.1:1", **options)
 
 
 @pytest.mark.parametrize("option", ["send", "receive"])
+@bounded
 async def test_send_and_receive_are_bools(option):
     with pytest.raises(TypeError, match=option):
         await repred.connect_redis(
@@ -817,6 +943,7 @@ async def _stop(node):
 
 
 @pytest.mark.slow
+@bounded
 async def test_peers_sharing_only_a_redis_url_converge_and_catch_up(
     redis_server, tmp_path
 ):
@@ -849,6 +976,7 @@ async def test_peers_sharing_only_a_redis_url_converge_and_catch_up(
 
 
 @pytest.mark.slow
+@bounded
 async def test_a_peer_says_it_waits_for_redis_and_works_meanwhile(redis_server):
     redis_server.stop()
     url = redis_server.url
@@ -868,6 +996,7 @@ async def test_a_peer_says_it_waits_for_redis_and_works_meanwhile(redis_server):
 
 
 @pytest.mark.slow
+@bounded
 async def test_a_read_only_peer_applies_nothing_from_redis(redis_server):
     url = redis_server.url
     with trio.fail_after(60):
