@@ -77,11 +77,6 @@ def filled(n: int):
     return m
 
 
-async def wait_for(predicate) -> None:
-    while not predicate():  # noqa: ASYNC110  (another process's doing)
-        await trio.sleep(0.001)
-
-
 async def child(how: str, where: str, n: int) -> None:
     """In a child process: catch up from Redis (``where`` its URL) or over
     TCP (``where`` the port), and report."""
@@ -128,7 +123,7 @@ async def catch_up(url: str, n: int) -> None:
             )
         )
         await link.wait_synced()
-        await wait_for(lambda: link.statistics().images_written >= 1)
+        await link.wait_statistics(lambda s: s.images_written >= 1)
         held = await used_memory(url) - base
         report(
             "redis_memory",
@@ -163,7 +158,7 @@ async def memory_untrimmed(url: str, n: int) -> None:
             functools.partial(repred.connect_redis, writer, url, name="bench")
         )
         await link.wait_synced()
-        await wait_for(lambda: link.statistics().images_written >= 1)
+        await link.wait_statistics(lambda s: s.images_written >= 1)
         held = await used_memory(url) - base
         report(
             "redis_memory",
