@@ -501,6 +501,9 @@ class RedisLink:
         self._keys = _Keys.of(options.prefix, name)
         #: Marks this link's records, which it does not read back.
         self._id = secrets.token_urlsafe(9).encode()
+        #: The id its sessions are told Redis has: random, so that no
+        #: replica (one whose id is "redis", say) takes it for its own twin.
+        self._peer_id = f"redis-{self._id.decode()}"
         self._session: Session | None = None
         self._wake = trio.Event()
         self._synced = trio.Event()
@@ -651,7 +654,7 @@ class RedisLink:
         clock = self.replica.clock
         known = {s: ts for s, ts in self._known.items() if s in clock}
         digest = encode_digest(
-            "redis", known, self.replica.type_name, options.max_line_bytes
+            self._peer_id, known, self.replica.type_name, options.max_line_bytes
         )
         # The stream has no history phase: what comes is live, and a
         # "SYNC" in it is out of place.
@@ -1330,7 +1333,7 @@ class RedisLink:
         )
         try:
             empty = encode_digest(
-                "redis", {}, replica.type_name, options.max_line_bytes
+                self._peer_id, {}, replica.type_name, options.max_line_bytes
             )
             session.receive_data(empty)
             pending, size, length = [head], len(head), 0

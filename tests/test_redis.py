@@ -460,6 +460,22 @@ async def test_anti_entropy_on_a_peer_link_beside_a_redis_link(redis_server):
 
 
 @bounded
+async def test_a_replica_named_redis_is_not_its_own_twin(redis_server):
+    """What a link tells its session of Redis names no replica: one whose
+    id is "redis" links, and writes an image, without a twin reported."""
+    a, b = model(id="redis"), model()
+    a.set("mine", 1)
+    async with trio.open_nursery() as nursery:
+        la = await nursery.start(link(a, redis_server, compact_bytes=1))
+        await la.wait_statistics(lambda s: s.images_written)
+        await nursery.start(link(b, redis_server))
+        b.set("theirs", 2)
+        await wait_until(a, lambda: a.get("theirs") == 2)
+        assert a.statistics().twin_ids == 0
+        nursery.cancel_scope.cancel()
+
+
+@bounded
 async def test_waiting_on_statistics_ends_with_the_link(redis_server):
     a = model()
     async with trio.open_nursery() as nursery:
