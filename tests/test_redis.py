@@ -746,8 +746,9 @@ async def test_a_reader_behind_a_trim_starts_again_from_the_image(redis_server):
                         "trimmed": "1-1",
                     },
                 )
-        await wait_until(b, lambda: b.get("in-image") == 1)
-        assert lb.statistics().images_loaded == 1
+        # Counted once every element of the image is applied.
+        await lb.wait_statistics(lambda s: s.images_loaded == 1)
+        assert b.get("in-image") == 1
         nursery.cancel_scope.cancel()
 
 
