@@ -17,11 +17,17 @@ and how many bytes crossed (and the bytes per entry).
         (default: 100000 1000000) both sizes alternately, three times
         each; prints every figure and the median ratio of their times
         (one run of the small size is too short to compare on its own)
+    python benchmarks/full_sync.py --against DIR [N] [ROUNDS]
+        (default: 100000 keys, 7 rounds) the repred of another checkout
+        (DIR holds its ``repred`` package, e.g. ``git worktree add DIR
+        main``) and this one alternately, a fresh pair of processes each
+        time; prints every figure and the median ratio this / other
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -97,8 +103,45 @@ def js(n: int) -> float:
     return seconds
 
 
+def run_with(checkout: Path, n: int) -> float:
+    """A full sync of ``n`` keys in fresh processes, with the repred of
+    ``checkout``; its seconds."""
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    out = subprocess.run(
+        [sys.executable, __file__, str(n)],
+        capture_output=True,
+        check=True,
+        text=True,
+        env=env,
+    ).stdout
+    seconds: float = json.loads(out.splitlines()[-1])["seconds"]
+    return seconds
+
+
+def against(other: Path, n: int, rounds: int) -> None:
+    this = Path(__file__).resolve().parents[1]
+    times: dict[str, list[float]] = {"this": [], "other": []}
+    for _ in range(rounds):
+        times["other"].append(run_with(other, n))
+        times["this"].append(run_with(this, n))
+        report("against", keys=n, **{k: round(v[-1], 4) for k, v in times.items()})
+    ratios = [a / b for a, b in zip(times["this"], times["other"], strict=True)]
+    report(
+        "against",
+        keys=n,
+        other=str(other),
+        median_this=round(statistics.median(times["this"]), 4),
+        median_other=round(statistics.median(times["other"]), 4),
+        median_ratio=round(statistics.median(ratios), 3),
+    )
+
+
 def main() -> None:
     args = sys.argv[1:]
+    if args[:1] == ["--against"]:
+        n = int(args[2]) if len(args) > 2 else 100_000
+        against(Path(args[1]).resolve(), n, int(args[3]) if len(args) > 3 else 7)
+        return
     if args[:1] == ["--client"]:
         trio.run(
             client, int(args[1]), int(args[2]), args[3] == "True", args[4] == "True"

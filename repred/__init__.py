@@ -42,6 +42,7 @@ from ._links import connect_tcp as connect_tcp
 from ._links import replicate as replicate
 from ._links import serve_tcp as serve_tcp
 from ._links import subscribe as subscribe
+from ._placement import owners as owners
 from ._replica import Replica as Replica
 from ._replica import repred as repred
 from ._store import SqliteStore as SqliteStore
@@ -68,6 +69,7 @@ __all__ = [
     "connect_tcp",
     "connect_websocket",
     "open_peer",
+    "owners",
     "protocol",
     "replicate",
     "repred",

@@ -65,7 +65,7 @@ from ._links import (
 from ._log import RateLimitedLog
 from ._replica import Replica, new_id, wall_ms
 from ._session import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_ENTRIES, Session
-from ._wire import DEFAULT_MAX_LINE_BYTES, LineDecoder, loads_line, snippet
+from ._wire import DEFAULT_MAX_LINE_BYTES, LineDecoder, loads_strict, snippet
 
 if TYPE_CHECKING:
     import ssl
@@ -190,8 +190,19 @@ def _member_key(change: Any) -> str:
     if not isinstance(change, list | tuple) or len(change) != 1:
         raise ValueError(f"a membership change is [address], not {change!r:.80}")
     address = change[0]
+    if type(address) is not str:
+        raise ValueError(f"a member is HOST:PORT, not {address!r:.80}")
+    _check_member(address)
+    return address
+
+
+@functools.lru_cache(maxsize=DEFAULT_MAX_MEMBERS)
+def _check_member(address: str) -> None:
+    """``parse_member``, remembered for the addresses seen lately: every
+    heartbeat a node takes in names one of a few known nodes, and parsing
+    an address (``ipaddress``, ``inet_aton``) costs more than applying it.
+    A refused address raises, so it is never remembered."""
     parse_member(address)
-    return address  # type: ignore[no-any-return]
 
 
 def _heard(
@@ -387,7 +398,7 @@ class _Mux:
             events += current.receive_data(b"\n".join(bodies) + b"\n")
 
     def _on_hello(self, line: bytes) -> None:
-        msg = loads_line(line)
+        msg = loads_strict(line, "replicas")
         if (
             type(msg) is not dict
             or msg.get("repred-peer") != PEER_PROTOCOL
@@ -759,7 +770,7 @@ class Peer:
     def node_id(self, address: str) -> str | None:
         """The id the node at ``address`` beats under (its ``node_id``), as
         last heard; ``None`` if it is not in the membership map."""
-        stamp = self.membership._history.newest(address)
+        stamp = self.membership.newest(address)
         return None if stamp is None else stamp[1]
 
     def _emit(self, event: dict[str, Any]) -> None:
@@ -1052,6 +1063,7 @@ async def open_peer(
     node_id: str | None = None,
     web_port: int | None = None,
     web_origins: Collection[str] = (),
+    web_hosts: Collection[str] = (),
     antientropy_interval: float | None = DEFAULT_ANTIENTROPY_INTERVAL,
 ) -> AsyncIterator[Peer]:
     """Run a gossip peer inside the caller's trio program.
@@ -1129,6 +1141,12 @@ async def open_peer(
             for each; :attr:`Peer.web_address` says where.
         web_origins: origins besides the web port's own whose pages may
             open WebSocket links (``"http://host:port"``).
+        web_hosts: names the web port's requests may carry in ``Host``
+            besides ``host`` (any address, on every interface),
+            ``advertise``, ``localhost`` (and 127.0.0.1 and ::1 when
+            listening on them); ``"*"``: any. Every other name gets 403, so
+            that a page whose name was pointed at this address (DNS
+            rebinding) can neither read the pages nor link.
         signing_key, verify, writers: as for :func:`repred.repred`, for the
             membership map: heartbeats are signed with the key, and a
             verifying peer takes only signed ones (from ``writers`` only,
@@ -1140,6 +1158,13 @@ async def open_peer(
         Exception: whatever the ``async with`` block raised, as itself
             (never wrapped in an exception group).
     """
+    web_policy = None
+    if web_port is not None:
+        from ._http import RequestPolicy  # (only with a web port)
+
+        web_policy = RequestPolicy.serving(
+            host, advertise=advertise, hosts=web_hosts, origins=web_origins
+        )
     options = PeerOptions(
         heartbeat_interval=heartbeat_interval,
         down_after=down_after,
@@ -1198,7 +1223,7 @@ async def open_peer(
                     replicas or {},
                     web_port,
                     host=host,
-                    origins=web_origins,
+                    policy=web_policy,
                     options=attrs.evolve(link_options, receive=not read_only),
                     max_links=max_links,
                 )

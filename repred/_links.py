@@ -24,6 +24,7 @@ from ._errors import (
     SyncTimeout,
 )
 from ._log import limited
+from ._pending import PendingTable
 from ._replica import is_empty
 from ._session import (
     DEFAULT_BATCH_BYTES,
@@ -225,7 +226,7 @@ class _Plain:
 
     @property
     def buffered(self) -> int:
-        return self.session._decoder.buffered
+        return self.session.buffered
 
     @property
     def expects_keepalives(self) -> bool:
@@ -673,11 +674,22 @@ async def run_channel(
     finally:
         for session in channel.sessions:
             session.close()
+            session.wakeup = None
+        channel.set_wakeup(_no_wakeup)
         await trio.aclose_forcefully(stream)
         conn._closed.set()
-    if conn._error is not None:
-        raise conn._error
-    return conn.statistics()
+    # What a link held goes back as it ends, by reference counting alone:
+    # nothing may point back at the connection (the sessions' wakeups did)
+    # or at the error (held by the connection, and its traceback by the
+    # frames that hold the connection), or a cut link would wait for a
+    # full collection, its unfinished line and all.
+    error, conn._error = conn._error, None
+    if error is None:
+        return conn.statistics()
+    try:
+        raise error
+    finally:
+        del error
 
 
 async def start_tls(
@@ -724,34 +736,29 @@ def tls_server(
 ) -> Callable[[trio.abc.Stream], Awaitable[None]]:
     """``handler``, for streams that must complete a TLS handshake first.
 
-    At most ``max_handshakes`` handshakes run at once: a connection past
-    that is closed at once, so connections that never finish a handshake
-    cost bounded sockets and time. A failed handshake is logged and ends
-    only its connection.
+    At most ``max_handshakes`` handshakes run at once, and 16 from one
+    client address: one more pushes out the oldest (of that address, or of
+    all; see :mod:`repred._pending`), so connections that never finish a
+    handshake cost bounded sockets and time, and never keep others out. A
+    failed handshake is logged and ends only its connection.
     """
-    handshakes = trio.CapacityLimiter(max_handshakes)
+    handshakes = PendingTable(max_handshakes)
 
     async def tls_handler(stream: trio.abc.Stream) -> None:
-        try:
-            handshakes.acquire_nowait()
-        except trio.WouldBlock:
-            limited(
-                logging.INFO,
-                "tls-busy",
-                "repred: connection refused: %d TLS handshakes under way",
-                max_handshakes,
-            )
+        tls = None
+        with handshakes.hold(stream):
+            try:
+                tls = await start_tls(
+                    stream, ssl_context, server_hostname=None, timeout=timeout
+                )
+            except RepredError as exc:
+                limited(
+                    logging.INFO, "tls-failed", "repred: connection refused: %s", exc
+                )
+                return
+        if tls is None:  # pushed out by newer ones
             await trio.aclose_forcefully(stream)
             return
-        try:
-            tls = await start_tls(
-                stream, ssl_context, server_hostname=None, timeout=timeout
-            )
-        except RepredError as exc:
-            limited(logging.INFO, "tls-failed", "repred: connection refused: %s", exc)
-            return
-        finally:
-            handshakes.release()
         await handler(tls)
 
     return tls_handler
@@ -1091,10 +1098,18 @@ async def single_errors() -> AsyncIterator[None]:
         yield
     except BaseExceptionGroup as group:
         leaves = _leaves(group)
-        if len(leaves) != 1:
+        # A cancellation stays in its group, which trio's cancel scopes
+        # take as they take the leaf: raised here, the leaf would get the
+        # group as its context while the group holds it, a cycle that keeps
+        # every frame of the ended task (and what they hold) until a full
+        # collection. Every link ends with one.
+        if len(leaves) != 1 or isinstance(leaves[0], trio.Cancelled):
             raise
         leaf = leaves[0]
-        raise leaf from leaf.__cause__
+        try:
+            raise leaf from leaf.__cause__
+        finally:
+            del leaf, leaves  # (this frame is in the traceback: no cycle)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -1104,6 +1119,10 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 
 
 def _ignore(conn: Connection) -> None:
+    pass
+
+
+def _no_wakeup() -> None:
     pass
 
 
@@ -1180,7 +1199,7 @@ class Subscription:
 
     def _matches(self, effect: Any) -> bool:
         """Whether a change is to the watched key (or the watched row)."""
-        key_of = self._replica._key
+        key_of = self._replica.last_write_wins
         assert key_of is not None
         try:
             key = key_of(effect)
@@ -1225,6 +1244,6 @@ def subscribe(
     """
     if type(max_buffer) is not int or max_buffer < 1:
         raise ValueError("max_buffer must be a positive int")
-    if key is not None and replica._key is None:
+    if key is not None and replica.last_write_wins is None:
         raise ValueError(f"a {replica.type_name!r} replica has no keys")
     return Subscription(replica, max_buffer, key)

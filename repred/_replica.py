@@ -355,6 +355,20 @@ class Replica:
         """``{source: newest ts applied from it}``: a read-only live view."""
         return self._clock_view
 
+    @property
+    def last_write_wins(self) -> Callable[[Any], Hashable] | None:
+        """The key function of a last-write-wins type (``None`` otherwise)."""
+        return self._key
+
+    @property
+    def wall(self) -> Callable[[], float]:
+        """The wall clock in milliseconds this replica stamps by."""
+        return self._wall
+
+    def newest(self, key: Hashable) -> Stamp | None:
+        """The stamp of the entry kept for ``key`` (last-write-wins types)."""
+        return self._history.newest(key)
+
     def history(self, since: Mapping[str, float] | None = None) -> Iterator[Entry]:
         """Every entry a peer with clock ``since`` lacks, in per-source order.
 
@@ -405,7 +419,13 @@ class Replica:
         return self._write(upd, checked=False)
 
     def _write(
-        self, upd: Any, *, checked: bool, key: Hashable = None, size: int = 0
+        self,
+        upd: Any,
+        *,
+        checked: bool,
+        key: Hashable = None,
+        size: int = 0,
+        again: bool = False,
     ) -> Any:
         """:meth:`update`, after ``map``. ``checked``: the reducer returns
         ``upd`` itself, or a part of it, and the caller has checked it with
@@ -415,7 +435,10 @@ class Replica:
         ``last_write_wins`` would give it for ``upd``). ``size``: with
         ``checked``, at least the encoded size of any change the reducer
         returns, if the caller knows a bound (see ``CHAR_BYTES``): an entry
-        certainly within the line limit is not encoded to measure it."""
+        certainly within the line limit is not encoded to measure it.
+        ``again``: record ``upd`` as the change even if it changes nothing
+        here (an entry of ours that lost its stamp to a second version,
+        written again under a new one)."""
         store, me = self.store, self.id
         if store is not None:
             store.check()  # earlier writes that failed refuse this one
@@ -437,7 +460,9 @@ class Replica:
                     self._rebuild()
                 raise
             if change is None or (type(change) in _EMPTY_TYPES and not change):
-                return None  # nothing changed (is_empty, inline: every write)
+                if not again:
+                    return None  # nothing changed (is_empty, inline: every write)
+                change = upd  # written again: recorded whatever its effect here
             try:
                 if not checked:
                     check_value(change, "the change")
@@ -976,8 +1001,11 @@ class Replica:
         signature: str | None,
         origin: object,
     ) -> None:
-        """Two versions of one stamp: every replica keeps the one whose
-        entry hash is smaller, whatever the order they arrive in."""
+        """Two versions of one stamp. Every replica keeps the same one,
+        whatever the order they arrive in: one validly signed by its source
+        over one that is not, else the one whose entry hash is smaller. A
+        replica never gives up an entry of its own (another writer under
+        its id, or a forger, sent the other one)."""
         mine, theirs = entry_hash(ts, held), entry_hash(ts, change)
         if mine == theirs:
             return  # one JSON value, spelt two ways
@@ -988,16 +1016,28 @@ class Replica:
                 ts=ts,
                 message=f"source {source[:80]!r} wrote two different entries"
                 f" with stamp {ts!r} (hashes {mine.hex()} and {theirs.hex()});"
-                " every replica keeps the one with the smaller hash",
+                " every replica keeps the same one (one its source signed, else"
+                " the one with the smaller hash)",
             )
         )
+        held_sig = self._history.signature(source, ts)
+        check = self._verify or verifier()
+        held_ok = held_sig is not None and check(held, ts, source, held_sig)
+        theirs_ok = signature is not None and check(change, ts, source, signature)
+        if held_sig is not None and signature is not None and held_ok and theirs_ok:
+            self._proven((held, ts, source, held_sig), (change, ts, source, signature))
+        if (theirs_ok, mine) > (held_ok, theirs):
+            self._replace(source, ts, held, change, signature, origin)
+            if source == self.id:
+                # Ours loses the stamp everywhere: what we wrote is written
+                # again, under a new one, so that it is never lost.
+                self._write(
+                    list(held) if type(held) is tuple else held,
+                    checked=False,
+                    again=True,
+                )
         if source == self.id:
             self._twin(f"a second version of its own entry at stamp {ts!r}")
-        held_sig = self._history.signature(source, ts)
-        if signature is not None and held_sig is not None:
-            self._proven((held, ts, source, held_sig), (change, ts, source, signature))
-        if theirs < mine:
-            self._replace(source, ts, held, change, signature, origin)
 
     def _replace(
         self,

@@ -447,6 +447,11 @@ class Session:
         return True
 
     @property
+    def buffered(self) -> int:
+        """Bytes of an unfinished line held from the peer."""
+        return self._decoder.buffered
+
+    @property
     def lines_in(self) -> int:
         """Complete lines received so far (a measure of the peer's progress)."""
         return self._decoder.lines
@@ -959,7 +964,7 @@ class Session:
     ) -> None:
         """An entry the peer will refuse: say so, and end this link only."""
         key = None
-        key_of = self.replica._key
+        key_of = self.replica.last_write_wins
         if key_of is not None:
             try:
                 key = key_of(change)

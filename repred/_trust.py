@@ -19,12 +19,16 @@ URL-safe base64 (86 characters); an id is the 32-byte public key the same
 way (43 characters).
 
 Relays keep a signature exactly as it came and forward it with the entry,
-whether or not they verify. A replica made with ``verify=True`` refuses any
-entry that is unsigned, whose source is not a public key, or whose
-signature does not match its change, stamp and source (``bad-signature``);
-with ``writers=`` it also refuses sources not among the writers
-(``not-a-writer``). Verifying replicas refuse snapshots: a snapshot folds
-many sources' entries and carries none of their signatures.
+whether or not they verify; so every replica refuses a slot that is not the
+one spelling of a signature's 64 bytes (:func:`is_signature`): base64 leaves
+four spare bits in the last of 86 characters, and a second spelling of a
+valid signature would otherwise be kept and relayed as a different entry.
+A replica made with ``verify=True`` also refuses any entry that is
+unsigned, whose source is not a public key, or whose signature does not
+match its change, stamp and source (``bad-signature``); with ``writers=``
+it also refuses sources not among the writers (``not-a-writer``).
+Verifying replicas refuse snapshots: a snapshot folds many sources' entries
+and carries none of their signatures.
 
 The cryptography is libsodium's, through PyNaCl (the Python Cryptographic
 Authority's binding): nothing here is hand-written but the encoding.
@@ -50,6 +54,7 @@ __all__ = [
     "Writers",
     "canonical",
     "is_key_id",
+    "is_signature",
     "verifier",
 ]
 
@@ -93,6 +98,16 @@ def canonical(change: Any, ts: float, source: str) -> bytes:
 def is_key_id(source: str) -> bool:
     """Whether ``source`` is a public key id (43 URL-safe base64 characters)."""
     return len(source) == ID_LENGTH and _unb64(source, 32) is not None
+
+
+def is_signature(slot: Any) -> bool:
+    """Whether ``slot`` is the one spelling of a signature's 64 bytes (86
+    URL-safe base64 characters, the spare bits of the last one clear)."""
+    return (
+        type(slot) is str
+        and len(slot) == SIGNATURE_LENGTH
+        and _unb64(slot, 64) is not None
+    )
 
 
 class SigningKey:
@@ -169,14 +184,10 @@ def verifier() -> Callable[[Any, float, str, Any], bool]:
     def check(change: Any, ts: float, source: str, signature: Any) -> bool:
         if type(signature) is not str or len(signature) != SIGNATURE_LENGTH:
             return False
-        # (Decoded without the check of _unb64 that the text is the one
-        # spelling of its bytes: the signature is over bytes, and this is
-        # paid per entry.)
-        try:
-            sig = base64.urlsafe_b64decode(signature + "==")
-        except (binascii.Error, ValueError):
-            return False
-        if len(sig) != 64:
+        # Only the one spelling: another would verify (the signature is
+        # over bytes) and be kept and relayed as it came.
+        sig = _unb64(signature, 64)
+        if sig is None:
             return False
         key = keys.get(source)
         if key is None:

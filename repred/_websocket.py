@@ -12,7 +12,6 @@ only its link, statistics, ``wait_synced()`` and the timeouts.
 from __future__ import annotations
 
 import contextlib
-import logging
 import ssl
 import urllib.parse
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -21,7 +20,7 @@ import trio
 import trio_websocket
 
 from ._errors import PeerClosed, SyncTimeout
-from ._http import Replay, header, read_request, respond
+from ._http import Replay, RequestPolicy, header, read_request, respond
 from ._links import (
     DEFAULT_ANTIENTROPY_INTERVAL,
     DEFAULT_CLOSE_TIMEOUT,
@@ -39,12 +38,14 @@ from ._links import (
     start_tls,
     stream_server,
 )
-from ._log import limited
+from ._pending import PendingTable
 from ._session import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_ENTRIES
 from ._wire import DEFAULT_MAX_LINE_BYTES
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+
+    import h11
 
     from ._replica import Replica
 
@@ -96,24 +97,13 @@ class MessageStream(trio.abc.Stream):
             await self.ws.aclose()
 
 
-def allows_origin(
-    headers: list[tuple[bytes, bytes]], origins: Collection[str] | None
-) -> bool:
-    """Whether a request may open a link: ``origins=None`` allows any;
-    otherwise a browser's request (one with an ``Origin`` header) must
-    come from one of ``origins`` (programs send no ``Origin``)."""
-    if origins is None:
-        return True
-    origin = header(headers, b"origin")
-    return origin is None or origin.decode("latin-1") in origins
-
-
 async def serve_websocket(
     replica: Replica,
     port: int,
     *,
     host: str | None = "127.0.0.1",
-    origins: Collection[str] | None = None,
+    hosts: Collection[str] | None = (),
+    origins: Collection[str] | None = (),
     live: bool = True,
     handler_nursery: trio.Nursery | None = None,
     on_connection: Callable[[Connection], None] | None = None,
@@ -138,24 +128,39 @@ async def serve_websocket(
     listeners, port 0 picks a free port, one peer's failure ends only its
     connection), with WebSocket framing: see :mod:`repred._websocket`.
 
+    Who may connect (the same rules as the peer's web port; each refusal
+    is a 403 before the upgrade, logged):
+
+    * the ``Host`` header must name this server: its address (on every
+      interface, ``host=None``: any address), or ``localhost``, and on a
+      loopback address or every interface also ``127.0.0.1`` and ``::1``;
+      and any name in ``hosts``. A web page
+      whose own name an attacker pointed at this address (DNS rebinding)
+      names its own host, and is refused. Behind a proxy that forwards the
+      public name, list it in ``hosts``; ``hosts=None`` (or ``"*"`` in it)
+      takes any name, for a proxy that checks names itself.
+    * a browser's request (one with ``Origin``) must come from a page of
+      this server's own origin, or one of ``origins`` (``"http://host:port"``);
+      ``origins=None`` lets any page in. Programs send no ``Origin``.
+
     Args:
-        origins: the ``Origin`` values a browser's request may carry
-            (``"http://host:port"``); others are refused with 403. ``None``
-            (the default) allows any; requests without an ``Origin`` (from
-            programs, not pages) are always allowed.
+        hosts: more names ``Host`` may carry (see above).
+        origins: the origins of pages that may link, besides this
+            server's own (see above).
         ssl_context: serve ``wss://`` with this server-side context.
 
     The other options are those of :func:`repred.serve_tcp`. A message
     longer than ``max_line_bytes`` (and 64 KiB) ends its connection.
+
+    Raises:
+        ValueError: a name in ``hosts`` or an origin that is not one (at
+            the call), or a bad option as for :func:`repred.serve_tcp`.
     """
     options = LinkOptions(**_link_options(locals()))
+    policy = RequestPolicy.serving(host, hosts=hosts, origins=origins)
     handler = stream_server(replica, live, options, max_links, on_connection)
-
-    def check(headers: list[tuple[bytes, bytes]]) -> int | None:
-        return None if allows_origin(headers, origins) else 403
-
     await serve_streams(
-        websocket_server(lambda path: handler, check, options, max_links),
+        websocket_server(lambda path: handler, policy, options, max_links),
         port,
         host=host,
         ssl_context=ssl_context,
@@ -166,65 +171,60 @@ async def serve_websocket(
     )
 
 
-#: The reasons a WebSocket request is refused, by status.
-_REFUSALS = {403: b"origin not allowed\n", 404: b"no such replica\n"}
+#: The reason a WebSocket request for no replica is refused.
+_NOT_FOUND = b"no such replica\n"
 
 
 def websocket_server(
     route: Callable[[str], Callable[[trio.abc.Stream], Awaitable[None]] | None],
-    check: Callable[[list[tuple[bytes, bytes]]], int | None],
+    policy: RequestPolicy,
     options: LinkOptions,
     max_pending: int,
 ) -> Callable[[trio.abc.Stream], Awaitable[None]]:
     """A handler that reads a WebSocket request on each stream and hands the
     connection, as a :class:`MessageStream`, to ``route(path)``.
 
-    ``check(headers)`` refuses a request with an HTTP status (or ``None``);
-    a path that routes nowhere gets 404, a request that is no WebSocket
-    upgrade 400. At most ``max_pending`` requests are read at once (a
-    connection past that is closed at once), each within the handshake
-    timeout and 16 KiB: connections that never finish one cost bounded
-    sockets and time, and one that goes away frees its place at once.
+    A request ``policy`` refuses gets 403; a path that routes nowhere gets
+    404, a request that is no WebSocket upgrade 400. Each request is read
+    within the handshake timeout and 16 KiB; at most ``max_pending`` are
+    read at once, and 16 from one client address: one more pushes out the
+    oldest (see :mod:`repred._pending`), so connections that never finish
+    a request cost bounded sockets and time, and never keep others out.
     """
-    pending = trio.CapacityLimiter(max_pending)
+    pending = PendingTable(max_pending)
     upgrade = websocket_upgrade(route, options)
 
     async def handle(stream: trio.abc.Stream) -> None:
-        try:
-            pending.acquire_nowait()
-        except trio.WouldBlock:
-            limited(
-                logging.INFO,
-                "ws-busy",
-                "repred: WebSocket refused: %d requests under way",
-                max_pending,
-            )
-            await trio.aclose_forcefully(stream)
-            return
-        try:
+        head = None
+        with pending.hold(stream):
             read = await read_request(stream, options.handshake_timeout)
-        finally:
-            pending.release()
-        if read is None:
+            if read is not None:
+                head = await _answer(stream, read, policy)
+        if head is None:
             await trio.aclose_forcefully(stream)
-            return
-        conn, request, head = read
-        wants = header(request.headers, b"upgrade")
-        if wants is None or wants.lower() != b"websocket":
-            await respond(stream, conn, 400, b"a WebSocket endpoint\n")
-            await trio.aclose_forcefully(stream)
-            return
-        status = check(list(request.headers))
-        if status is not None:
-            limited(
-                logging.INFO, "ws-refused", "repred: WebSocket refused (%d)", status
-            )
-            await respond(stream, conn, status, _REFUSALS.get(status, b"refused\n"))
-            await trio.aclose_forcefully(stream)
-            return
-        await upgrade(Replay(stream, head))
+        else:
+            await upgrade(Replay(stream, head))
 
     return handle
+
+
+async def _answer(
+    stream: trio.abc.Stream,
+    read: tuple[h11.Connection, h11.Request, bytes],
+    policy: RequestPolicy,
+) -> bytes | None:
+    """The bytes read of a WebSocket request ``policy`` takes (to replay to
+    the upgrade), or ``None`` once another request is answered."""
+    conn, request, head = read
+    wants = header(request.headers, b"upgrade")
+    if wants is None or wants.lower() != b"websocket":
+        await respond(stream, conn, 400, b"a WebSocket endpoint\n")
+        return None
+    refused = policy.refusal(request.headers)
+    if refused is not None:
+        await respond(stream, conn, 403, refused)
+        return None
+    return head
 
 
 def websocket_upgrade(
@@ -246,7 +246,7 @@ def websocket_upgrade(
                     )
                     target = route(request.path.split("?", 1)[0])
                     if target is None:
-                        await request.reject(404, body=_REFUSALS[404])
+                        await request.reject(404, body=_NOT_FOUND)
                     else:
                         ws = await request.accept()
                 if ws is not None and target is not None:

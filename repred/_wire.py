@@ -18,7 +18,13 @@ The stamps strictly increase and are canonical (a whole number is written
 as an integer); the i-th change goes with the i-th stamp. A batch is the
 same entries as the lines ``[changes[i], stamps[i], source]``, in order,
 checked by the same rules: a batch that breaks one is refused whole, before
-any of it is applied.
+any of it is applied. Signed entries add ``"signatures": [slot, ...]``,
+written before ``"changes"``.
+
+A protocol object (a digest and its clock, a batch, a snapshot and its
+clock, an announcement) that names a key twice is refused: JSON parsers
+disagree on which of the two counts. What a user wrote (a change, a
+snapshot's update) is a value like any other, whatever its keys.
 
 Everything a peer sends is checked here, before it can reach a replica;
 whatever fails becomes a :class:`RemoteProtocolError` saying why.
@@ -26,8 +32,11 @@ whatever fails becomes a :class:`RemoteProtocolError` saying why.
 
 from __future__ import annotations
 
+import json
 import math
+import mmap
 import operator
+import weakref
 from itertools import compress, repeat
 from typing import Any
 
@@ -35,6 +44,7 @@ import attrs
 import orjson
 
 from ._errors import IncompatiblePeerError, RemoteProtocolError
+from ._trust import SIGNATURE_LENGTH, is_signature
 
 __all__ = [
     "AE_FORMAT",
@@ -58,6 +68,7 @@ __all__ = [
     "Repair",
     "RepairSnapshot",
     "Snapshot",
+    "check_unique_keys",
     "check_value",
     "depth_within",
     "encode_ae",
@@ -73,6 +84,8 @@ __all__ = [
     "fast_entry",
     "loads_batch",
     "loads_line",
+    "loads_strict",
+    "mapped_bytes",
     "parse_entry",
     "parse_line",
     "parse_message",
@@ -83,12 +96,17 @@ __all__ = [
 #: a peer that never sends a newline grows its buffer without bound.
 DEFAULT_MAX_LINE_BYTES = 1 << 20
 
+#: An unfinished line longer than this is kept in pages of its own, which
+#: go back to the system as soon as it is complete (see LineDecoder).
+SPILL_BYTES = 64 * 1024
+
 #: Longest source id accepted, locally or from a peer.
 MAX_SOURCE_LENGTH = 256
 
-#: Longest signature slot accepted (an ed25519 one takes 86 characters; the
-#: slot is kept and forwarded as it came by replicas that do not verify).
-MAX_SIGNATURE_LENGTH = 1024
+#: Longest signature slot accepted: an ed25519 signature takes 86 characters,
+#: and a slot is refused unless it is one spelt canonically (see
+#: :func:`repred._trust.is_signature`).
+MAX_SIGNATURE_LENGTH = SIGNATURE_LENGTH
 
 #: Largest stamp accepted, locally, from a peer or from a store: the largest
 #: integer a JSON number holds exactly everywhere (JavaScript's
@@ -348,9 +366,16 @@ class LineDecoder:
     lines before it have been returned, so those are still processed.
 
     Work is linear in the bytes fed, however they are chunked: an unfinished
-    line is kept in a ``bytearray`` with the offset up to which it has been
-    searched for a line break (as h11's receive buffer does), so a long line
-    fed a byte at a time is not searched again from its start.
+    line is kept with the offset up to which it has been searched for a
+    line break (as h11's receive buffer does), so a long line fed a byte at
+    a time is not searched again from its start.
+
+    Memory follows what is held. An unfinished line of up to
+    :data:`SPILL_BYTES` is kept in a ``bytearray``; a longer one in pages
+    mapped for it alone (``mmap``, doubled as it grows), which go back to
+    the system the moment the line is complete, refused, or dropped with
+    its decoder, whatever else the process allocated meanwhile: a peer that
+    held long unfinished lines leaves nothing behind.
 
     Attributes:
         lines: complete lines returned so far.
@@ -358,10 +383,22 @@ class LineDecoder:
             fed: the measure of the work done).
     """
 
-    __slots__ = ("_buf", "_max", "error", "lines", "scanned")
+    __slots__ = (
+        "__weakref__",
+        "_buf",
+        "_held",
+        "_map",
+        "_max",
+        "error",
+        "lines",
+        "scanned",
+    )
 
     def __init__(self, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
         self._buf = bytearray()
+        #: A long unfinished line: its pages, and the bytes written to them.
+        self._map: mmap.mmap | None = None
+        self._held = 0
         self._max = max_line_bytes
         self.error: RemoteProtocolError | None = None
         self.lines = 0
@@ -370,7 +407,7 @@ class LineDecoder:
     @property
     def buffered(self) -> int:
         """Bytes of an unfinished line held."""
-        return len(self._buf)
+        return len(self._buf) if self._map is None else self._held
 
     def set_limit(self, max_line_bytes: int) -> None:
         """Change the line limit (what is held carries over)."""
@@ -380,18 +417,18 @@ class LineDecoder:
         """Add bytes; return the lines they completed (without the LF)."""
         if self.error is not None:
             return []
-        buf = self._buf
         self.scanned += len(data)
         if b"\n" not in data:
-            if len(buf) + len(data) > self._max:
-                self._too_long(bytes(buf[:256]) + bytes(data[:256]))
-                return []
-            buf += data
+            held = len(self._buf) if self._map is None else self._held
+            if held + len(data) > self._max:
+                self._too_long(self._start() + bytes(data[:256]))
+            elif self._map is None and held + len(data) <= SPILL_BYTES:
+                self._buf += data  # (the common case, inline)
+            else:
+                self._hold(data)
             return []
-        if buf:
-            buf += data
-            lines = bytes(buf).split(b"\n")
-            buf.clear()
+        if self._buf or self._map is not None:
+            lines = (self._take() + data).split(b"\n")
         else:
             lines = bytes(data).split(b"\n")
         rest = lines.pop()
@@ -404,26 +441,81 @@ class LineDecoder:
         if len(rest) > limit:
             self._too_long(rest)
         else:
-            buf += rest
+            self._hold(rest)
         self.lines += len(lines)
         return lines
 
     def eof(self) -> bytes | None:
         """The stream ended: the unfinished last line, if any (as JS reads it)."""
-        rest = bytes(self._buf)
-        self._buf.clear()
+        rest = self._take()
         if not rest.strip():
             return None
         self.lines += 1
         return rest
 
+    def _hold(self, data: bytes | bytearray) -> None:
+        pages = self._map
+        if pages is None:
+            if len(self._buf) + len(data) <= SPILL_BYTES:
+                self._buf += data
+                return
+            pages = self._grow(self._buf, len(self._buf) + len(data))
+            self._buf = bytearray()
+        elif self._held + len(data) > len(pages):
+            pages = self._grow(pages[: self._held], self._held + len(data))
+        start = self._held
+        pages[start : start + len(data)] = data
+        self._held = start + len(data)
+
+    def _grow(self, held: bytes | bytearray, needed: int) -> mmap.mmap:
+        """New pages for an unfinished line: ``held`` and room for ``needed``."""
+        pages = mmap.mmap(-1, max(needed, 2 * len(held), 2 * SPILL_BYTES))
+        pages[: len(held)] = held
+        self._unmap()
+        self._map, self._held = pages, len(held)
+        _MAPPED.add(self)
+        return pages
+
+    def _unmap(self) -> None:
+        pages = self._map
+        if pages is not None:
+            _MAPPED.discard(self)
+            self._map, self._held = None, 0
+            pages.close()
+
+    def _take(self) -> bytes:
+        """The unfinished line, no longer held."""
+        if self._map is None:
+            held = bytes(self._buf)
+            self._buf = bytearray()
+            return held
+        held = self._map[: self._held]
+        self._unmap()
+        return held
+
+    def _start(self) -> bytes:
+        """The start of the unfinished line, for an error."""
+        return bytes(self._buf[:256]) if self._map is None else self._map[:256]
+
     def _too_long(self, line: bytes) -> None:
-        self._buf = bytearray()
+        self._take()
         self.error = RemoteProtocolError(
             f"line longer than {self._max} bytes",
             reason="line-too-long",
             line=snippet(line),
         )
+
+
+#: The decoders holding an unfinished line in pages of its own.
+_MAPPED: weakref.WeakSet[LineDecoder] = weakref.WeakSet()
+
+
+def mapped_bytes() -> int:
+    """The memory of the pages written with unfinished lines by all
+    decoders (pages mapped but not yet written take none): what
+    ``tracemalloc`` does not see."""
+    page = mmap.PAGESIZE
+    return sum(-(-decoder.buffered // page) * page for decoder in _MAPPED)
 
 
 def _bad(message: str, reason: str, line: bytes) -> RemoteProtocolError:
@@ -478,6 +570,7 @@ def parse_message(msg: Any, line: bytes) -> Any:
     if kind is list:
         return parse_entry(msg, line)
     if kind is dict:
+        check_unique_keys(line, "clock")
         if "batch" in msg:
             return _batch(msg, line, depth_checked=False)
         if "ae" in msg:
@@ -498,6 +591,54 @@ def parse_message(msg: Any, line: bytes) -> Any:
     if msg == KEEPALIVE:
         return KEEPALIVE
     raise _bad("unexpected message", "unexpected-message", line)
+
+
+class _Twice(dict[str, Any]):
+    """An object read with a key given twice (only its type is looked at)."""
+
+
+def _object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    return obj if len(obj) == len(pairs) else _Twice(obj)
+
+
+# The standard library's decoder hands each object over as its pairs,
+# duplicates included (orjson keeps the last value without a word).
+_pairs_decoder = json.JSONDecoder(object_pairs_hook=_object_pairs)
+
+
+def check_unique_keys(line: bytes, *members: str) -> None:
+    """Refuse a line whose object names a key twice, at its top level or in
+    the objects it holds under ``members`` (what is below is a user's value,
+    never looked into). For the lines that are not the hot path (batches in
+    repred's own spelling are checked by :func:`loads_batch`).
+
+    Raises:
+        RemoteProtocolError: a key given twice (``duplicate-key``).
+    """
+    try:
+        msg = _pairs_decoder.decode(line.decode())
+    except RecursionError:
+        raise _bad("nested too deep", "too-deep", line) from None
+    except ValueError as exc:  # (orjson refuses all that this does)
+        raise _bad(f"malformed JSON: {exc}", "malformed-json", line) from None
+    if isinstance(msg, dict) and (
+        type(msg) is _Twice or any(type(msg.get(m)) is _Twice for m in members)
+    ):
+        raise _bad("an object with a key given twice", "duplicate-key", line)
+
+
+def loads_strict(line: bytes, *members: str) -> Any:
+    """The JSON value of one line, refused if it is an object that names a
+    key twice (at its top level or in its objects under ``members``).
+
+    Raises:
+        RemoteProtocolError: not JSON, or a key given twice.
+    """
+    msg = loads_line(line)
+    if type(msg) is dict:
+        check_unique_keys(line, *members)
+    return msg
 
 
 def fast_entry(msg: list[Any], line: bytes) -> tuple[Any, float, str] | None:
@@ -541,15 +682,17 @@ def parse_entry(msg: list[Any], line: bytes) -> tuple[Any, ...]:
 
 
 def _signature(value: Any, line: bytes) -> str:
-    """A signature slot: any short string (checked only by replicas that
-    verify; others keep and forward it as it came)."""
-    if type(value) is not str or not 0 < len(value) <= MAX_SIGNATURE_LENGTH:
+    """A signature slot: the one spelling of a signature's bytes. Every
+    replica keeps and forwards a slot as it came, verifying or not, so a
+    second spelling of the same signature would travel as a different entry."""
+    if not is_signature(value):
         raise _bad(
-            f"a signature is a string of at most {MAX_SIGNATURE_LENGTH} characters",
-            "bad-entry",
+            f"a signature is {MAX_SIGNATURE_LENGTH} characters of unpadded"
+            " URL-safe base64, spelt the one way its 64 bytes are",
+            "bad-signature",
             line,
         )
-    return value
+    return value  # type: ignore[no-any-return]
 
 
 def _orjson_depth() -> int:
@@ -565,11 +708,9 @@ def _orjson_depth() -> int:
     return low
 
 
-#: Padding that makes orjson's own depth limit fall where a batch's lies:
-#: a batch nests two levels (the object, the list of changes) around each
-#: change, and a change may nest MAX_DEPTH levels.
-_PAD = _orjson_depth() - (MAX_DEPTH + 2)
-_OPEN, _CLOSE = b"[" * max(_PAD, 0), b"]" * max(_PAD, 0)
+#: The deepest nesting orjson decodes: padding a value with ``[`` brings
+#: that limit down to a batch's (a change may nest MAX_DEPTH levels).
+_ORJSON_DEPTH = _orjson_depth()
 #: The keys of a run of entries: a batch, or a repair (the same shape).
 _RUN_KEYS = {
     key: (
@@ -584,72 +725,143 @@ _NUMBERS = frozenset((int, float))
 def loads_batch(line: bytes) -> Batch:
     """A batch line (one that starts with :data:`BATCH_PREFIX`), checked.
 
-    The hot path of a sync between repred peers. The depth of every change
-    is checked without walking changes in Python: a line with few brackets
-    cannot nest too deep; a batch of flat changes (no object inside the
-    batch's own, no array three deep) is told by counting its arrays; any
-    other line is decoded inside padding that brings orjson's own depth
-    limit down to the batch's.
+    The hot path of a sync between repred peers. A batch in repred's own
+    spelling (no spaces; ``"batch"``, ``"stamps"``, ``"signatures"`` if
+    any, ``"changes"``, in that order) is cut at its keys and each value
+    decoded on its own: each must be one whole JSON value, so the object
+    holds exactly those keys, once each (what orjson alone could not tell:
+    it keeps the last of two). Any other spelling is read as any object
+    message is, duplicates checked on the way (slower, and never sent).
+
+    The depth of every change is checked without walking changes in
+    Python: changes with few brackets cannot nest too deep; flat changes
+    (no object, no array two deep) are told by counting their arrays; any
+    others are decoded inside padding that brings orjson's own depth limit
+    down to theirs.
 
     Raises:
         RemoteProtocolError: the line is not a valid batch.
     """
-    brackets, braces = line.count(b"["), line.count(b"{")
-    if brackets + braces <= MAX_DEPTH + 2:
-        msg = loads_line(line)  # too few brackets to nest too deep
-    else:
-        msg = None
-        if braces == 1:  # no object inside the batch's own
-            msg = loads_line(line)
-            if not _flat(msg, brackets):
-                msg = None
-        if msg is None:
-            msg = _loads_within_depth(line)
+    cut = _cut_batch(line)
+    if cut is not None:
+        view = memoryview(line)
+        source, stamps, signatures, changes = cut
+        try:
+            # (The changes last: once the others are whole values, the cut
+            # is right, and an error in them is theirs.)
+            parts = (
+                _loads(view[source]),
+                _loads(view[stamps]),
+                None if signatures is None else _loads(view[signatures]),
+            )
+            return _checked_batch(
+                *parts, _loads_changes(line, changes), line, depth_checked=True
+            )
+        except _JSONDecodeError:
+            pass  # not cut where its keys are: read it whole
+    msg = loads_line(line)
     if type(msg) is not dict:
         raise _bad("a batch is an object", "bad-batch", line)
-    return _batch(msg, line, depth_checked=True)
+    check_unique_keys(line)
+    return _batch(msg, line, depth_checked=False)
 
 
-def _flat(msg: Any, brackets: int) -> bool:
-    """Whether a decoded batch line, which holds ``brackets`` ``[`` and
-    one ``{`` (so no object inside the batch's own), nests at most three
-    deep (the object, an array, an array of scalars): so it does if every
-    array in it accounts for one of the line's ``[``, the stamps, the
-    changes, each change that is an array (and the signatures). Told in a
-    pass over the changes, where a walk would visit every value."""
-    if type(msg) is not dict:
-        return False
-    changes = msg.get("changes")
-    if type(changes) is not list:
-        return False
-    arrays = sum(type(value) is list for value in msg.values())
-    return brackets == arrays + list(map(type, changes)).count(list)
+#: The keys of a batch in repred's spelling, as they stand between values.
+_STAMPS_KEY = b',"stamps":['
+_SIGNATURES_KEY = b',"signatures":['
+_CHANGES_KEY = b',"changes":'
 
 
-def _loads_within_depth(line: bytes) -> Any:
-    """The JSON value of a line that may nest too deep: decoded inside
-    padding that brings orjson's own depth limit down to a batch's, so no
-    change is walked in Python.
+def _cut_batch(line: bytes) -> tuple[slice, slice, slice | None, slice] | None:
+    """Where the source, stamps, signatures and changes of a batch in
+    repred's spelling lie, or ``None`` for another spelling.
+
+    The first ``,"stamps":[`` after the prefix ends the source (a quote
+    inside a string is escaped, so the text cannot lie inside one), and
+    stamps and signatures hold no ``]`` inside. A cut that is wrong leaves
+    a piece that is not one JSON value, and decoding it fails.
+    """
+    if not line.endswith(b"}"):
+        return None
+    stamps = line.find(_STAMPS_KEY, len(BATCH_PREFIX))
+    if stamps < 0:
+        return None
+    start = stamps + len(_STAMPS_KEY) - 1
+    end = line.find(b"]", start) + 1
+    if not end:
+        return None
+    signatures = None
+    if line.startswith(_SIGNATURES_KEY, end):
+        begin = end + len(_SIGNATURES_KEY) - 1
+        after = line.find(b"]", begin) + 1
+        if not after:
+            return None
+        signatures, end = slice(begin, after), after
+    if not line.startswith(_CHANGES_KEY, end):
+        return None
+    return (
+        slice(len(BATCH_PREFIX), stamps),
+        slice(start, end),
+        signatures,
+        slice(end + len(_CHANGES_KEY), len(line) - 1),
+    )
+
+
+def _loads_changes(line: bytes, where: slice) -> Any:
+    """A batch's changes (``line[where]``), decoded with their depth
+    checked (see :func:`loads_batch`): their array adds one level to each.
 
     Raises:
-        RemoteProtocolError: malformed, or nested too deep.
+        orjson.JSONDecodeError: not one JSON value.
+        RemoteProtocolError: nested too deep.
     """
-    if _PAD <= 0:  # pragma: no cover  (an orjson that decodes only shallow values)
-        msg = loads_line(line)
-        if not depth_within(msg, MAX_DEPTH + 2):
+    start, stop = where.start, where.stop
+    brackets = line.count(b"[", start, stop)
+    braces = line.count(b"{", start, stop)
+    text = memoryview(line)[where]
+    if brackets + braces <= MAX_DEPTH + 1:
+        return _loads(text)  # too few brackets to nest too deep
+    if not braces:
+        changes = _loads(text)
+        # Flat if every array is theirs or one change's.
+        if type(changes) is list and brackets == 1 + list(map(type, changes)).count(
+            list
+        ):
+            return changes
+    return _loads_within_depth(line, MAX_DEPTH + 1, text)
+
+
+def _loads_within_depth(
+    line: bytes, depth: int = MAX_DEPTH + 2, text: memoryview | None = None
+) -> Any:
+    """The JSON value of ``text`` (by default the whole line), which may
+    nest deeper than ``depth``: decoded inside padding that brings orjson's
+    own depth limit down to ``depth``, so no change is walked in Python.
+
+    Raises:
+        RemoteProtocolError: nested too deep, or (the whole line) malformed.
+        orjson.JSONDecodeError: ``text`` is malformed.
+    """
+    whole = text is None
+    text = memoryview(line) if text is None else text
+    pad = _ORJSON_DEPTH - depth
+    if pad <= 0:  # pragma: no cover  (an orjson that decodes only shallow values)
+        msg = _loads(text)
+        if not depth_within(msg, depth):
             raise _bad(
                 f"change nested deeper than {MAX_DEPTH} levels", "too-deep", line
             )
         return msg
     try:
-        msg = _loads(_OPEN + line + _CLOSE)
+        msg = _loads(b"[" * pad + text + b"]" * pad)
     except _JSONDecodeError:
         msg = None
-    # Only the line's own value, as nested singletons, decodes to this.
-    for _ in range(_PAD):
+    # Only the text's own value, as nested singletons, decodes to this.
+    for _ in range(pad):
         if type(msg) is not list or len(msg) != 1:
-            loads_line(line)  # malformed: raises the typed error
-            raise _bad(  # well-formed, so nested too deep
+            # Malformed: raises (typed for a whole line); else too deep.
+            loads_line(line) if whole else _loads(text)
+            raise _bad(
                 f"change nested deeper than {MAX_DEPTH} levels", "too-deep", line
             )
         msg = msg[0]
@@ -665,8 +877,27 @@ def _batch(
         raise _bad(
             f"a {key} is {{{key}, stamps, changes[, signatures]}}", "bad-batch", line
         )
-    source = _source(msg[key], line)
-    stamps, changes = msg["stamps"], msg["changes"]
+    return _checked_batch(
+        msg[key],
+        msg["stamps"],
+        msg.get("signatures"),
+        msg["changes"],
+        line,
+        depth_checked=depth_checked,
+    )
+
+
+def _checked_batch(
+    source: Any,
+    stamps: Any,
+    signatures: Any,
+    changes: Any,
+    line: bytes,
+    *,
+    depth_checked: bool,
+) -> Batch:
+    """A run's values checked (the changes' depth too, unless done)."""
+    source = _source(source, line)
     if (
         type(stamps) is not list
         or type(changes) is not list
@@ -703,7 +934,6 @@ def _batch(
         )
     if not depth_checked and not all(map(depth_within, changes)):
         raise _bad(f"change nested deeper than {MAX_DEPTH} levels", "too-deep", line)
-    signatures = msg.get("signatures")
     if signatures is not None:
         if type(signatures) is not list or len(signatures) != len(stamps):
             raise _bad("a batch holds a signature slot per entry", "bad-batch", line)
@@ -717,9 +947,17 @@ def encode_batch(
     source: str, stamps: Any, changes: Any, signatures: Any = None
 ) -> bytes:
     """One batch line: ``stamps`` canonical and increasing, as a replica holds them."""
-    batch = {"batch": source, "stamps": stamps, "changes": changes}
-    if signatures is not None:
-        batch["signatures"] = signatures
+    if signatures is None:
+        batch = {"batch": source, "stamps": stamps, "changes": changes}
+    else:
+        # Before the changes, so that a reader finds every key but the
+        # last without searching the changes (see loads_batch).
+        batch = {
+            "batch": source,
+            "stamps": stamps,
+            "signatures": signatures,
+            "changes": changes,
+        }
     return _dumps(batch, option=_OPT)
 
 
@@ -771,6 +1009,13 @@ def encode_snapshot(update: Any, clock: dict[str, float]) -> bytes:
 
 def _digest(msg: dict[str, Any], line: bytes) -> Digest:
     clock = msg.get("clock")
+    if clock is None and "repred-peer" in msg:
+        raise IncompatiblePeerError(
+            "this is a repred gossip peer's port (it speaks the peer protocol);"
+            " use repred.open_peer, or its web port's /replicas/NAME",
+            reason="gossip-peer",
+            line=snippet(line),
+        )
     if type(clock) is not dict:
         raise _bad("a digest needs a clock object", "bad-digest", line)
     peer_id = msg.get("id")
@@ -1144,10 +1389,12 @@ def _repair(msg: dict[str, Any], line: bytes) -> Repair:
 def encode_repair(
     source: str, stamps: Any, changes: Any, signatures: Any = None
 ) -> bytes:
-    """A repair line: entries a peer lacks, as their author wrote them."""
-    repair: dict[str, Any] = {"repair": source, "stamps": stamps, "changes": changes}
+    """A repair line: entries a peer lacks, as their author wrote them (the
+    signatures before the changes, as in a batch)."""
+    repair: dict[str, Any] = {"repair": source, "stamps": stamps}
     if signatures is not None:
         repair["signatures"] = signatures
+    repair["changes"] = changes
     return _dumps(repair, option=_OPT)
 
 

@@ -35,7 +35,6 @@ import socket
 import ssl
 import sys
 import threading
-import urllib.parse
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -98,22 +97,12 @@ def _seconds(least: float) -> Callable[[str], float]:
 
 def _origin(text: str) -> str:
     """A page's origin, as a browser sends it: ``http(s)://host[:port]``."""
+    from ._http import check_origin  # (the web port's rule; only with one)
+
     try:
-        parts = urllib.parse.urlsplit(text)
-        port = parts.port  # a bad port raises here
-    except ValueError:
-        port = -1
-    if (
-        parts.scheme not in ("http", "https")
-        or not parts.hostname
-        or port == -1
-        or text != f"{parts.scheme}://{parts.netloc}"
-        or "@" in parts.netloc
-    ):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not an origin: http://host[:port] or https://host[:port]"
-        )
-    return text
+        return check_origin(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _address(text: str) -> str:
@@ -122,6 +111,15 @@ def _address(text: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
+
+
+def _web_host(text: str) -> str:
+    from ._http import host_name  # (only with --web-host)
+
+    try:
+        return text if text == "*" else host_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -172,6 +170,15 @@ def _parser() -> argparse.ArgumentParser:
         type=_origin,
         metavar="ORIGIN",
         help="another origin (http://host:port) whose pages may link (repeatable)",
+    )
+    p.add_argument(
+        "--web-host",
+        action="append",
+        default=[],
+        type=_web_host,
+        metavar="NAME",
+        help="another name the web port may be reached by (a proxy's; '*': any)"
+        " besides --host, --advertise and localhost (repeatable)",
     )
     p.add_argument(
         "--redis",
@@ -933,6 +940,7 @@ async def _serve(
             node_id=data.id,
             web_port=args.web,
             web_origins=args.web_origin,
+            web_hosts=args.web_host,
         ) as peer,
         trio.open_nursery() as nursery,
     ):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import copy
 import errno
 import itertools
@@ -42,6 +44,11 @@ class MemoryNetwork:
     :meth:`cut`, :meth:`partition` and :meth:`heal` split the network;
     :attr:`faults` injects faults into the bytes links carry.
 
+    A link is a pipe with latency, as TCP is: ``send_all`` hands the bytes
+    to the network and returns, and they arrive ``latency`` seconds later,
+    in order. Everything sent at one instant rides one timer, so a cluster
+    of a thousand peers costs a timer per instant, not one per chunk.
+
     Args:
         latency: seconds each chunk of bytes takes to cross a link.
         rng: where fault injection draws from (seeded: reproducible).
@@ -57,10 +64,20 @@ class MemoryNetwork:
         self._ports = itertools.count(1)
         self._blocked: set[str] = set()
         self._groups: list[set[str]] | None = None
-        self._links: list[tuple[str, str, _Carrier, _Carrier]] = []
+        #: Open links: (dialler, address, outward, inward), until both
+        #: ends are closed.
+        self._links: set[_Link] = set()
         self.rng = rng or random.Random(0)
         #: Fault injection: ``None`` (no faults) or a :class:`Faults`.
         self.faults: Faults | None = None
+        #: Bytes each address has sent over its links, inbound and outbound.
+        self.bytes_sent: collections.Counter[str] = collections.Counter()
+        # Chunks on their way, in the order they were sent: with one latency
+        # for every link, that is also the order in which they are due.
+        self._in_flight: collections.deque[tuple[float, _Carrier, bytes | None]] = (
+            collections.deque()
+        )
+        self._courier: trio.lowlevel.Task | None = None
 
     async def listen(
         self,
@@ -96,13 +113,15 @@ class MemoryNetwork:
         if entry is None or not self._reachable(source, address):
             raise OSError(errno.ECONNREFUSED, f"nothing answers at {address}")
         handler, nursery = entry
-        out_send, out_recv = trio.testing.memory_stream_one_way_pair()
-        in_send, in_recv = trio.testing.memory_stream_one_way_pair()
-        outward = _Carrier(self, out_send, nursery)
-        inward = _Carrier(self, in_send, nursery)
+        out_recv = trio.testing.MemoryReceiveStream()
+        in_recv = trio.testing.MemoryReceiveStream()
+        outward = _Carrier(self, out_recv, source)
+        inward = _Carrier(self, in_recv, address)
         ours = trio.StapledStream(outward, in_recv)
         theirs = trio.StapledStream(inward, out_recv)
-        self._links.append((source, address, outward, inward))
+        link = (source, address, outward, inward)
+        outward.link = inward.link = link
+        self._links.add(link)
         nursery.start_soon(handler, theirs)
         return ours
 
@@ -117,21 +136,47 @@ class MemoryNetwork:
         """Split the network: addresses reach only those in their own group.
 
         Links that cross groups are broken at once (both ends see the
-        stream fail), as a switch that went down would.
+        stream fail, and what was on its way is lost), as a switch that
+        went down would.
         """
         self._groups = [set(g) for g in groups]
         for source, address, outward, inward in self._links:
             if not self._reachable(source, address):
                 outward.sever()
                 inward.sever()
-        self._links = [
+        self._links = {
             link for link in self._links if self._reachable(link[0], link[1])
-        ]
+        }
 
     def heal(self) -> None:
         """Make every address reachable again."""
         self._blocked.clear()
         self._groups = None
+
+    def _carry(self, carrier: _Carrier, data: bytes | None) -> None:
+        """Deliver ``data`` (``None``: the end of the stream) after the latency."""
+        if not self.latency:
+            carrier.deliver(data)
+            return
+        self._in_flight.append((trio.current_time() + self.latency, carrier, data))
+        if self._courier is None:
+            # A system task: it outlives whichever peer happened to send
+            # first, and a cancelled peer's nursery cannot strand the chunks
+            # of the others.
+            self._courier = trio.lowlevel.spawn_system_task(self._deliver)
+
+    async def _deliver(self) -> None:
+        """Hand over every chunk that is due, one timer per instant."""
+        in_flight = self._in_flight
+        try:
+            while in_flight:
+                await trio.sleep_until(in_flight[0][0])
+                now = trio.current_time()
+                while in_flight and in_flight[0][0] <= now:
+                    _, carrier, data = in_flight.popleft()
+                    carrier.deliver(data)
+        finally:
+            self._courier = None
 
 
 @attrs.define
@@ -158,43 +203,76 @@ class Faults:
     stall_for: float = 30.0
 
 
+_Link = tuple[str, str, "_Carrier", "_Carrier"]
+
+
 class _Carrier(trio.abc.SendStream):
     """The sending end of one direction of a link, through the network."""
 
     def __init__(
         self,
         network: MemoryNetwork,
-        send: trio.testing.MemorySendStream,
-        nursery: trio.Nursery,
+        receiver: trio.testing.MemoryReceiveStream,
+        sender: str,
     ) -> None:
         self._network = network
-        self._send = send
+        self._receiver = receiver
+        self._sender = sender
         self._held: bytes | None = None
+        self._closed = False
+        #: The link this end belongs to (set by the network).
+        self.link: _Link | None = None
+        #: The far end is gone (cut, or it closed): sending fails.
+        self._broken = False
+        #: The link went down: what was on its way is lost.
         self._severed = False
 
     def sever(self) -> None:
-        self._severed = True
-        self._send.close()
+        """Break the link now: what is on its way is lost."""
+        self._broken = self._severed = True
+        self._end()
+
+    def deliver(self, data: bytes | None) -> None:
+        """The network's side: ``data`` reaches the far end."""
+        if self._severed:
+            return
+        if data is None:
+            self._end()
+            return
+        try:
+            self._receiver.put_data(data)
+        except trio.ClosedResourceError:
+            self._broken = True  # the next send says so, as TCP would
+
+    def _end(self) -> None:
+        with contextlib.suppress(trio.ClosedResourceError):
+            self._receiver.put_eof()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self._severed:
+        await trio.lowlevel.checkpoint()
+        if self._closed:
+            raise trio.ClosedResourceError("this end of the link is closed")
+        if self._broken:
             raise trio.BrokenResourceError("the network link is down")
         network = self._network
-        if network.latency:
-            await trio.sleep(network.latency)
-        faults = network.faults
         data = bytes(data)
-        if faults is None:
-            await self._send.send_all(data)
-            return
+        network.bytes_sent[self._sender] += len(data)
+        if network.faults is None:
+            network._carry(self, data)
+        else:
+            await self._send_with_faults(data, network.faults)
+
+    async def _send_with_faults(self, data: bytes, faults: Faults) -> None:
+        network = self._network
         rng = network.rng
         if rng.random() < faults.delay:
             await trio.sleep(rng.uniform(0, faults.max_delay))
         if rng.random() < faults.stall:
             await trio.sleep(faults.stall_for)
         if rng.random() < faults.cut:
-            await self._send.send_all(data[: rng.randrange(len(data) + 1)])
-            self.sever()
+            network._carry(self, data[: rng.randrange(len(data) + 1)])
+            self._broken = True
+            network._carry(self, None)
             raise trio.BrokenResourceError("the network cut the link")
         if rng.random() < faults.reorder and self._held is None:
             self._held = data
@@ -202,15 +280,21 @@ class _Carrier(trio.abc.SendStream):
         if self._held is not None:
             data, held = data + self._held, None
             self._held = held
-        await self._send.send_all(data)
+        network._carry(self, data)
         if rng.random() < faults.duplicate:
-            await self._send.send_all(data)
+            network._carry(self, data)
 
     async def wait_send_all_might_not_block(self) -> None:
-        await self._send.wait_send_all_might_not_block()
+        await trio.lowlevel.checkpoint()
 
     async def aclose(self) -> None:
-        await self._send.aclose()
+        if not self._closed:
+            self._closed = True
+            self._network._carry(self, None)
+            link = self.link
+            if link is not None and link[2]._closed and link[3]._closed:
+                self._network._links.discard(link)
+        await trio.lowlevel.checkpoint()
 
 
 # -- simulated clusters ------------------------------------------------------
@@ -383,7 +467,7 @@ class _Laws:
     def fresh(self) -> Any:
         return copy.deepcopy(self.initial)
 
-    def make(self, source: str, ms: int) -> Replica:
+    def make(self, source: str, ms: int | Callable[[], float]) -> Replica:
         return Replica(
             self.reducer,
             self.fresh(),
@@ -391,7 +475,7 @@ class _Laws:
             last_write_wins=self.last_write_wins,
             stamped=self.stamped,
             type_name="checked",
-            wall=lambda: ms,
+            wall=ms if callable(ms) else lambda: ms,
         )
 
     def fold(self, entries: Sequence[tuple[Any, float, str]]) -> Any:
@@ -501,9 +585,11 @@ class _Laws:
         @given(placements, pairs)
         def converges(placed: list[tuple[int, Any]], syncs: list[Any]) -> None:
             ms = iter(range(10**6))
-            replicas = [self.make(f"r{i}", 0) for i in range(3)]
-            for r in replicas:
-                r._wall = lambda: next(ms) // 3
+
+            def wall() -> float:
+                return next(ms) // 3
+
+            replicas = [self.make(f"r{i}", wall) for i in range(3)]
             for write, step in itertools.zip_longest(placed, syncs):
                 if write is not None:
                     replicas[write[0]].update(write[1])

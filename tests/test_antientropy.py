@@ -235,13 +235,18 @@ def test_two_replicas_with_one_id_are_told_and_still_converge(caplog):
     assert "new id" in caplog.text
 
 
-def test_two_writes_of_twins_with_one_stamp_settle_on_one():
+def test_two_writes_of_twins_with_one_stamp_settle_and_neither_is_lost():
+    # Two twins write at one stamp: an equivocation in effect. Every
+    # replica keeps the same version at that stamp; the twin whose version
+    # lost it writes its data again under a new stamp, so neither is lost.
     wall = FakeWall()
     a, b = model(id="T", wall=wall), model(id="T", wall=wall)
-    a.set("k", "from-a")
-    b.set("k", "from-b")  # the same stamp: an equivocation in effect
+    a.set("x", "from-a")
+    b.set("y", "from-b")
     sync(a, b)
-    assert a.to_dict() == b.to_dict()
+    wall.now += 10  # (an entry in b's own name from its future waits)
+    sync(a, b)
+    assert a.to_dict() == b.to_dict() == {"x": "from-a", "y": "from-b"}
     assert _held(a) == _held(b)
 
 
@@ -624,3 +629,45 @@ async def test_a_sync_that_is_not_live_returns_after_repairing():
             nursery.cancel_scope.cancel()
     assert b.to_dict() == w.to_dict()
     assert stats.repaired_in == 1
+
+
+def test_a_replica_never_loses_what_it_wrote_to_a_second_version():
+    # A peer (a forger, or a twin) sends another version of an entry this
+    # replica wrote, with a smaller hash: the stamp goes to that version, as
+    # on every replica, and what this one wrote is written again, under a
+    # new stamp; it says someone writes in its name.
+    w = gset(id="W")
+    w.add("mine")
+    (entry,) = _entries(w)
+    _, ts, source, _ = entry
+    forged = next(
+        [v]
+        for v in range(10**6)
+        if repred._hashtree.entry_hash(ts, [v])
+        < repred._hashtree.entry_hash(ts, ["mine"])
+    )
+    w.apply([(forged, ts, source)])
+    assert "mine" in w
+    assert forged[0] in w
+    assert w.statistics().twin_ids >= 1
+    peer = gset(id="P")
+    peer.apply([(forged, ts, source)])
+    sync(w, peer)
+    assert set(peer) == set(w)
+    assert _held(peer) == _held(w)
+
+
+def test_a_signed_version_beats_an_unsigned_one_whatever_the_hashes():
+    w = model(signing_key=KEY)
+    w.set("k", "signed")
+    (entry,) = _entries(w)
+    _, ts, source, _ = entry
+    for value in range(30):  # an unsigned second version, any hash
+        r = model(id="R")
+        r.apply([entry])
+        r.apply([(["k", value], ts, source)])
+        assert r.to_dict() == {"k": "signed"}
+        other = model(id="O")
+        other.apply([(["k", value], ts, source)])
+        other.apply([entry])
+        assert other.to_dict() == {"k": "signed"}

@@ -23,6 +23,8 @@ TOP_LEVEL = {
     # gossip
     "open_peer",
     "Peer",
+    # placement
+    "owners",
     # durability
     "SigningKey",
     "SqliteStore",
