@@ -75,6 +75,7 @@ __all__ = [
     "StoreError",
     "SubscriptionOverflow",
     "SyncTimeout",
+    "connect_redis",
     "connect_tcp",
     "connect_websocket",
     "open_peer",
@@ -89,6 +90,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from ._redis import RedisLink as RedisLink
+    from ._redis import RedisStatistics as RedisStatistics
+    from ._redis import connect_redis as connect_redis
     from ._websocket import connect_websocket as connect_websocket
     from ._websocket import serve_websocket as serve_websocket
 
@@ -100,11 +104,17 @@ def __getattr__(name: str) -> Any:
         from . import _websocket
 
         return getattr(_websocket, name)
+    if name in ("connect_redis", "RedisLink", "RedisStatistics"):
+        # coredis is an extra: pip install 'repred[redis]'.
+        from . import _redis
+
+        return getattr(_redis, name)
     raise AttributeError(f"module 'repred' has no attribute {name!r}")
 
 
 # Also importable from here, for annotations, though not names one needs to
 # learn: the records the functions above return (Change, ConnectionStatistics,
-# PeerStatistics, ReplicaStatistics, Subscription), and the values and the
-# protocol their options are described by (LinkOptions, PeerOptions, Trust,
+# PeerStatistics, ReplicaStatistics, Subscription, and RedisLink and
+# RedisStatistics, with the redis extra), and the values and the protocol
+# their options are described by (LinkOptions, PeerOptions, Trust,
 # Transport).

@@ -259,7 +259,9 @@ class PeerOptions:
             nodes write to them, on any link, whichever side dialled
             (membership still flows); what they send is counted in
             :attr:`repred.PeerStatistics.refused`. The web port's links are
-            read-only too.
+            read-only too; a :func:`repred.connect_redis` link beside the
+            peer is the caller's, given ``receive=False`` for the named
+            replicas (as the peer command's ``--read-only`` does).
         node_id: the id this node's heartbeats go out under, and that
             ``up`` events and :meth:`repred.Peer.node_id` report for it:
             give the id of the node's own replica (the peer command does),

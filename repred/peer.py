@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import collections
 import errno
+import functools
 import json
 import logging
 import math
@@ -181,8 +182,37 @@ def _parser() -> argparse.ArgumentParser:
         help="another name the web port may be reached by (a proxy's; '*': any)"
         " besides --host, --advertise and localhost (repeatable)",
     )
+    p.add_argument(
+        "--redis",
+        type=_redis_url,
+        metavar="URL",
+        help="also replicate the map and the membership through Redis at URL"
+        " (redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://, unix://): peers"
+        " given the same URL converge with no address to share; needs"
+        " pip install 'repred[redis]'",
+    )
+    p.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="--redis names a node of a Redis Cluster",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log link errors")
     return p
+
+
+def _check_redis_extra() -> None:
+    try:
+        import coredis  # noqa: F401
+    except ImportError:
+        raise ValueError("--redis needs pip install 'repred[redis]'") from None
+
+
+def _redis_url(text: str) -> str:
+    if not text.startswith(("redis://", "rediss://", "unix://")):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a redis://, rediss:// or unix:// URL"
+        )
+    return text
 
 
 def _trust_options(p: argparse.ArgumentParser) -> None:
@@ -342,6 +372,10 @@ events printed with --json (one JSON object per line):
               node refuses set and del until restarted with --new-id)
   banned     {"event":"banned",...} (with --verify: a source proven to sign
               two entries for one stamp; its later entries are refused)
+  redis      {"event":"redis","state":"waiting","url":"redis://host:6379"}
+              (with --redis: "waiting" once while Redis cannot be reached,
+              "linked" once every replica has read what Redis holds and
+              written what it lacked; never the password)
 
 End of input, Ctrl-C or SIGTERM stops the peer (exit 0); bad options exit 2.
 """
@@ -539,6 +573,10 @@ def format_event(event: dict[str, Any], as_json: bool) -> str:
         return f"sync with {_plain(event['peer'])}: {done}, {event['rate']:,}/s"
     if kind == "dropped":
         return f"note: {event['count']} lines of output dropped (stdout not read)"
+    if kind == "redis":
+        if event["state"] == "waiting":
+            return f"waiting for Redis at {_plain(event['url'])} (working locally)"
+        return f"linked to Redis at {_plain(event['url'])}"
     message = str(event.get("message", ""))
     if not message.isprintable():
         message = orjson.dumps(message).decode()
@@ -909,6 +947,8 @@ async def _serve(
         trio.open_nursery() as nursery,
     ):
         _show_updates(data, out)
+        if args.redis:
+            await _link_redis(nursery, peer, args, out)
         # Said once the peer is ready for commands.
         listening = {"event": "listening", "address": peer.address, "id": data.id}
         if peer.web_address is not None:
@@ -921,6 +961,61 @@ async def _serve(
         async with _open_stdin() as stdin:
             await _commands(stdin, data, peer, out)
         nursery.cancel_scope.cancel()
+
+
+async def _link_redis(
+    nursery: trio.Nursery, peer: Any, args: argparse.Namespace, out: _Output
+) -> None:
+    """Link every replica of the peer (the membership too) to Redis, and
+    say when Redis cannot be reached and when every link is up. A read-only
+    peer applies nothing of its data that comes through Redis either; its
+    membership flows both ways, as over its peer links."""
+    from ._redis import connect_redis, display_url
+
+    links = [
+        await nursery.start(
+            functools.partial(
+                connect_redis,
+                replica,
+                args.redis,
+                name=name,
+                cluster=args.redis_cluster,
+                receive=not args.read_only or replica is peer.membership,
+            )
+        )
+        for name, replica in peer.replicas.items()
+    ]
+    nursery.start_soon(_watch_redis, links, display_url(args.redis), out)
+
+
+async def _watch_redis(links: list[Any], url: str, out: _Output) -> None:
+    said: str | None = None
+    while True:
+        seen = [link.statistics() for link in links]
+        state: str | None
+        if all(stats.synced for stats in seen):
+            state = "linked"
+        elif any(stats.attempts_failed for stats in seen):
+            state = "waiting"
+        else:
+            state = said
+        if state != said:
+            out({"event": "redis", "state": state, "url": url})
+            said = state
+        async with trio.open_nursery() as nursery:
+            for link, stats in zip(links, seen, strict=True):
+                nursery.start_soon(_changes, link, stats, nursery.cancel_scope)
+
+
+async def _changes(link: Any, seen: Any, done: trio.CancelScope) -> None:
+    """Wait until ``link`` is synced or not, or failed again, unlike in
+    ``seen``; then cancel ``done``."""
+    await link.wait_statistics(
+        lambda stats: (
+            (stats.synced, stats.attempts_failed) != (seen.synced, seen.attempts_failed)
+        )
+    )
+    done.cancel()
 
 
 #: A sync that takes longer than this (seconds) reports its progress, once
@@ -980,6 +1075,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--verify needs --key (a verifying network signs)")
         if args.writer_ids is not None and not args.verify:
             raise ValueError("--writers needs --verify")
+        if args.redis_cluster and not args.redis:
+            raise ValueError("--redis-cluster needs --redis")
+        if args.redis:
+            _check_redis_extra()
         if args.new_id and args.signing_key is not None:
             raise ValueError(
                 "--new-id with --key: a signed node's id is its key's; give it"

@@ -17,6 +17,7 @@ TOP_LEVEL = {
     "serve_websocket",
     "connect_tcp",
     "connect_websocket",
+    "connect_redis",
     "Connection",
     "subscribe",
     # what anti-entropy finds
