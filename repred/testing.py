@@ -308,6 +308,14 @@ class Simulation:
     network: MemoryNetwork
     peers: list[Peer]
     data: list[Model]
+    scopes: list[trio.CancelScope] = attrs.field(factory=list, repr=False)
+
+    def stop(self, i: int) -> None:
+        """Stop peer ``i`` as a process that exits does: its links close
+        and nothing answers at its address (see :meth:`MemoryNetwork.cut`
+        and :meth:`MemoryNetwork.partition` for a node that hangs or a
+        network that fails instead)."""
+        self.scopes[i].cancel()
 
 
 async def simulate_peers(
@@ -344,23 +352,25 @@ async def simulate_peers(
     }
     data = [model(id=f"n{i}", wall=wall) for i in range(n)]
     peers: list[Peer] = []
+    scopes = [trio.CancelScope() for _ in range(n)]
 
     async def run(i: int, task_status: trio.TaskStatus[Peer]) -> None:
         seeds = [peers[rng.randrange(i)].address] if i else []
-        async with open_peer(
-            replicas={"data": data[i]},
-            seeds=seeds,
-            transport=network,
-            wall=wall,
-            rng=random.Random(seed * 100_000 + i),
-            **options,
-        ) as peer:
-            task_status.started(peer)
-            await trio.sleep_forever()
+        with scopes[i]:
+            async with open_peer(
+                replicas={"data": data[i]},
+                seeds=seeds,
+                transport=network,
+                wall=wall,
+                rng=random.Random(seed * 100_000 + i),
+                **options,
+            ) as peer:
+                task_status.started(peer)
+                await trio.sleep_forever()
 
     for i in range(n):
         peers.append(await nursery.start(run, i))
-    return Simulation(network, peers, data)
+    return Simulation(network, peers, data, scopes)
 
 
 # -- checking reducers -------------------------------------------------------

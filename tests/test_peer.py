@@ -75,14 +75,14 @@ async def test_names_the_other_side_lacks_are_skipped():
 
 async def test_mux_refuses_unknown_names_and_non_peers():
     mux = Mux({"data": gset("A")}, "127.0.0.1:1", LinkOptions())
-    mux.feed(b'{"repred-peer":2,"node":"x:1","replicas":{"data":"union"}}\n')
+    mux.feed(b'{"repred-peer":3,"node":"x:1","replicas":{"data":"union"}}\n')
     assert mux.peer_id == "x:1"
     assert len(mux.sessions) == 1
     with pytest.raises(repred.RemoteProtocolError) as info:
         mux.feed(b'1\tother\t{"id":"Z","clock":{}}\n')  # not agreed on
     assert info.value.reason == "unknown-replica"
     mux = Mux({"data": gset("A")}, "127.0.0.1:1", LinkOptions())
-    mux.feed(b'{"repred-peer":2,"node":"x:1","replicas":{"data":"union"}}\n')
+    mux.feed(b'{"repred-peer":3,"node":"x:1","replicas":{"data":"union"}}\n')
     with pytest.raises(repred.RemoteProtocolError) as info:
         mux.feed(b"no tab here\n")
     assert info.value.reason == "not-a-peer"
@@ -91,7 +91,7 @@ async def test_mux_refuses_unknown_names_and_non_peers():
 
 
 async def test_mux_refuses_lines_lost_repeated_or_reordered():
-    hello = b'{"repred-peer":2,"node":"x:1","replicas":{"data":"union"}}\n'
+    hello = b'{"repred-peer":3,"node":"x:1","replicas":{"data":"union"}}\n'
     digest = b'{"id":"Z","clock":{}}'
     for lines in [
         [b"1", b"1"],  # repeated
@@ -248,11 +248,11 @@ async def test_hostile_inbound_connections_do_not_disturb_a_peer():
         host, port = parse_address(peer.address)
         for payload in (
             b"GET / HTTP/1.1\r\n\r\n",
-            b'{"repred-peer":2,"node":"x:1","replicas":{"data":"union"}}\n1\tdata\t[1,2\n',
-            b'{"repred-peer":2,"node":"x:1","replicas":{"data":"union"}}\n'
+            b'{"repred-peer":3,"node":"x:1","replicas":{"data":"union"}}\n1\tdata\t[1,2\n',
+            b'{"repred-peer":3,"node":"x:1","replicas":{"data":"union"}}\n'
             + b"x" * 3_000_000,
             # Nothing shared: the link ends at once, with no error.
-            b'{"repred-peer":2,"node":"x:1","replicas":{"data":"orset"}}\n',
+            b'{"repred-peer":3,"node":"x:1","replicas":{"data":"orset"}}\n',
         ):
             stream = await trio.open_tcp_stream(host, port)
             try:
