@@ -402,7 +402,7 @@ class Peer:
         interval = self.options.heartbeat_interval
         while True:
             self._wanted = trio.Event()
-            if self._view.refute():
+            if self._refute():
                 self._tick()
                 await trio.sleep(interval)
                 continue
@@ -496,7 +496,7 @@ class Peer:
         except (OSError, ValueError, trio.TooSlowError, RepredError) as exc:
             self._dialling.discard(node)  # (before a probe of it is asked)
             self._dial_failed(node, exc)
-            self._lost(node, opened, exc)
+            self._lost(node, opened, exc, live)
             return False
         except Exception as exc:
             # Nothing a peer does may stop this one: a failure here is a bug,
@@ -508,7 +508,7 @@ class Peer:
             self._dialling.discard(node)
         if not (opened and opened[0].handshake_done):
             self._dial_failed(node, TimeoutError("no handshake"))
-            self._view.suspect(node)
+            self._suspect(node)
             return False
         if self._failures.pop(node, 0):
             self._failures_changed += 1
@@ -537,16 +537,35 @@ class Peer:
             )
         return planned.cancelled_caught
 
-    def _lost(self, node: str, opened: list[Connection], exc: BaseException) -> None:
+    def _lost(
+        self, node: str, opened: list[Connection], exc: BaseException, live: bool
+    ) -> None:
         """What a failed dial says of ``node``: suspect it if it could not be
-        reached or went silent, check on it if the link it took broke."""
+        reached or went silent, check on it if a live link to it broke (a
+        check that breaks is not checked again: a node that takes links and
+        drops them would keep this one dialling)."""
         if isinstance(exc, RemoteProtocolError):
             return  # it is there: it broke the protocol
         reached = bool(opened) and opened[0].handshake_done
         if isinstance(exc, SyncTimeout) or not reached:
-            self._view.suspect(node)
-        elif isinstance(exc, PeerClosed):
+            self._suspect(node)
+        elif isinstance(exc, PeerClosed) and live:
             self._probe(node)
+
+    def _refute(self) -> bool:
+        try:
+            return self._view.refute()
+        except Exception:
+            peer_log.exception("could not refute what is said of this node")
+            return False
+
+    def _suspect(self, node: str) -> None:
+        try:
+            self._view.suspect(node)
+        except Exception:
+            # (The map refused this node's own entry: a bug, said in full;
+            # the node is suspected by the next that fails to reach it.)
+            peer_log.exception("could not write a suspicion of %s", node)
 
     def _probe(self, node: str) -> None:
         """Check on ``node`` with one sync (a suspicion if it fails): a link

@@ -305,19 +305,24 @@ def test_a_link_between_agreeing_maps_opens_with_a_fingerprint(n):
 
 
 def test_what_moved_between_the_fingerprint_and_the_digest_goes_too():
-    """A map that changes after its hello and before its digest sends the
-    change in its digest; the other side reads the rest from its own."""
+    """A map that changes after its hello and before its digest says so in
+    its digest; the other side reads the rest from its own clock, and
+    nothing either holds is sent to it again."""
     wall = FakeWall()
     a, b = _maps_of(50, wall, "a", "b")
     ma, mb = _mux(a, "127.0.0.1:1"), _mux(b, "127.0.0.1:2")
     hello_a, hello_b = ma.data_to_send(), mb.data_to_send()
     wall.now += 10
     a.note("10.9.9.9:1", ALIVE)  # after its fingerprint went out
+    news = (["10.1.0.7:7000", SUSPECT, "n7"], wall.now, "n3")  # known source
+    a.apply([news])
+    b.apply([news])
     mb.feed(hello_a)
     ma.feed(hello_b)
     _pump(ma, mb)
     assert b.entry("10.9.9.9:1") == a.entry("10.9.9.9:1")
     assert a.state == b.state
+    assert sum(s.statistics().updates_out for s in ma.sessions + mb.sessions) == 1
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from repred import Connection, LinkOptions
 from repred._address import parse_address
 from repred._mux import Mux
 from repred.protocol import Session
+from repred.testing import MemoryNetwork
 from repred.types import model
 
 from .helpers import gset, read_until_closed, wait_until
@@ -269,3 +270,159 @@ async def test_hostile_inbound_connections_do_not_disturb_a_peer():
         ):
             with trio.fail_after(20):
                 await wait_until(other, lambda: "kept" in other.state)
+
+
+# -- liveness: links are probes ------------------------------------------------
+
+
+def _virtual_wall():
+    return lambda: 1_700_000_000_000 + trio.current_time() * 1000
+
+
+def _hello(node, stay=None, replicas=None):
+    hello = {
+        "repred-peer": 3,
+        "node": node,
+        "replicas": {"_members": "membership"} if replicas is None else replicas,
+    }
+    if stay is not None:
+        hello["stay"] = stay
+    import orjson
+
+    return orjson.dumps(hello) + b"\n"
+
+
+async def _fake(network, nursery, behave):
+    """A listener that answers dials as ``behave(stream)`` says."""
+    return await network.listen("127.0.0.1", 0, behave, nursery)
+
+
+def _known(peer, address, node_id="them"):
+    """``peer``'s map learns that ``address`` is alive, said by its node."""
+    now = 1_700_000_000_000 + trio.current_time() * 1000
+    peer.membership.apply([([address, "alive", node_id], now, node_id)])
+
+
+SLOW_GOSSIP = {
+    "heartbeat_interval": 1.0,
+    "gossip_interval": 5.0,
+    "seed_interval": 60.0,
+    "fanout": 1,
+}
+
+
+async def test_a_node_that_ends_a_live_link_early_is_checked_and_kept(
+    autojump_clock,
+):
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+
+        async def answers_then_hangs_up(stream):
+            await stream.send_all(_hello(address))
+            await stream.aclose()
+
+        address = await _fake(network, nursery, answers_then_hangs_up)
+        async with repred.open_peer(
+            transport=network, wall=_virtual_wall(), **SLOW_GOSSIP
+        ) as peer:
+            _known(peer, address)
+            await trio.sleep(4)
+            stats = peer.statistics()
+            # Its live link ended before its time: a sync checked on it, and
+            # it answered, so it is no suspect.
+            assert stats.probes >= 1
+            assert peer.membership.entry(address)[0] == "alive"
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_node_that_goes_silent_on_a_link_dialled_to_it_is_suspected(
+    autojump_clock,
+):
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+
+        async def answers_then_goes_silent(stream):
+            await stream.send_all(_hello(address))
+            await trio.sleep_forever()
+
+        address = await _fake(network, nursery, answers_then_goes_silent)
+        async with repred.open_peer(
+            transport=network,
+            wall=_virtual_wall(),
+            connect_timeout=60.0,  # not the dial: the link's silence
+            **SLOW_GOSSIP,
+        ) as peer:
+            _known(peer, address)
+            with trio.fail_after(3 * 1.0 + 1.0):
+                await wait_until(
+                    peer.membership,
+                    lambda: peer.membership.entry(address)[0] == "suspect",
+                )
+            assert peer.membership.entry(address)[3] == peer.membership.id
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("stay", "lasts", "probed"),
+    [(30.0, 2.0, True), (None, 2.0, False), (3.0, 3.0, False), (30.0, "breaks", True)],
+)
+async def test_an_inbound_link_that_ends_before_its_stay_has_its_dialler_checked(
+    stay, lasts, probed, autojump_clock
+):
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        other = await stack_peer(nursery, network)
+        async with repred.open_peer(
+            transport=network, wall=_virtual_wall(), **SLOW_GOSSIP
+        ) as peer:
+            _known(peer, other.address, other.membership.id)
+            stream = await network.connect(peer.address, source=other.address)
+            await stream.send_all(_hello(other.address, stay, replicas={}))
+            if lasts == "breaks":
+                await trio.sleep(1)
+                await stream.send_all(b"1\tnone\tjunk\n")  # not a line it takes
+            else:
+                await trio.sleep(lasts)
+            await stream.aclose()
+            await trio.sleep(0.5)
+            assert (peer.statistics().probes > 0) is probed
+            # Whoever it claimed to be answered: nobody is suspected.
+            assert peer.membership.entry(other.address)[0] == "alive"
+        nursery.cancel_scope.cancel()
+
+
+async def stack_peer(nursery, network):
+    """A peer running in ``nursery`` until it is cancelled."""
+
+    async def run(task_status):
+        async with repred.open_peer(
+            transport=network, wall=_virtual_wall(), **SLOW_GOSSIP
+        ) as peer:
+            task_status.started(peer)
+            await trio.sleep_forever()
+
+    return await nursery.start(run)
+
+
+async def test_a_node_refutes_a_suspicion_of_itself_at_once(autojump_clock):
+    network = MemoryNetwork(latency=0.01)
+    slow = {**SLOW_GOSSIP, "heartbeat_interval": 10.0, "down_after": 30.0}
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(
+            repred.open_peer(transport=network, wall=_virtual_wall(), **slow)
+        )
+        b = await stack.enter_async_context(
+            repred.open_peer(
+                transport=network, wall=_virtual_wall(), seeds=[a.address], **slow
+            )
+        )
+        with trio.fail_after(5):
+            await wait_until(a.membership, lambda: b.address in a.membership.state)
+            await wait_until(b.membership, lambda: a.address in b.membership.state)
+        a.membership.note(b.address, "suspect", b.membership.id)
+        # A hop there, a hop back: long before the next heartbeat.
+        with trio.fail_after(0.1):
+            await wait_until(
+                a.membership, lambda: a.membership.entry(b.address)[0] == "alive"
+            )
+        assert a.membership.entry(b.address)[3] == b.membership.id
