@@ -311,14 +311,17 @@ SLOW_GOSSIP = {
 }
 
 
+@pytest.mark.parametrize("synced", [False, True])
 async def test_a_node_that_ends_a_live_link_early_is_checked_and_kept(
-    autojump_clock,
+    synced, autojump_clock
 ):
     network = MemoryNetwork()
     async with trio.open_nursery() as nursery:
 
         async def answers_then_hangs_up(stream):
-            await stream.send_all(_hello(address))
+            await stream.send_all(_hello(address) + (_SYNCED if synced else b""))
+            if synced:
+                await trio.sleep(0.5)
             await stream.aclose()
 
         address = await _fake(network, nursery, answers_then_hangs_up)
@@ -333,6 +336,37 @@ async def test_a_node_that_ends_a_live_link_early_is_checked_and_kept(
             assert stats.probes >= 1
             assert peer.membership.entry(address)[0] == "alive"
         nursery.cancel_scope.cancel()
+
+
+async def test_a_live_link_says_how_long_it_means_to_stay_and_a_sync_does_not(
+    autojump_clock,
+):
+    import orjson
+
+    network = MemoryNetwork()
+    hellos = []
+    async with trio.open_nursery() as nursery:
+
+        async def records(stream):
+            data = await stream.receive_some()
+            hellos.append(orjson.loads(data.split(b"\n")[0]))
+            await stream.send_all(_hello(address) + _SYNCED)
+            await trio.sleep(1)
+            await stream.aclose()
+
+        address = await _fake(network, nursery, records)
+        async with repred.open_peer(
+            transport=network, wall=_virtual_wall(), seeds=[address], **SLOW_GOSSIP
+        ) as peer:
+            _known(peer, address)
+            await trio.sleep(1.5)
+        nursery.cancel_scope.cancel()
+    stays = [h.get("stay") for h in hellos]
+    # The gossip link (to the only other member) means to stay a gossip
+    # interval, give or take a quarter; the check that follows its
+    # early end is one sync.
+    assert 5.0 * 0.75 <= stays[0] <= 5.0 * 1.25
+    assert None in stays[1:]
 
 
 async def test_a_node_that_goes_silent_on_a_link_dialled_to_it_is_suspected(
@@ -353,7 +387,7 @@ async def test_a_node_that_goes_silent_on_a_link_dialled_to_it_is_suspected(
             **SLOW_GOSSIP,
         ) as peer:
             _known(peer, address)
-            with trio.fail_after(3 * 1.0 + 1.0):
+            with trio.fail_after(1.0 + 3 * 1.0 + 1.0):
                 await wait_until(
                     peer.membership,
                     lambda: peer.membership.entry(address)[0] == "suspect",
@@ -364,31 +398,50 @@ async def test_a_node_that_goes_silent_on_a_link_dialled_to_it_is_suspected(
 
 @pytest.mark.parametrize(
     ("stay", "lasts", "probed"),
-    [(30.0, 2.0, True), (None, 2.0, False), (3.0, 3.0, False), (30.0, "breaks", True)],
+    [
+        (30.0, 2.0, True),  # synced, and gone long before its time
+        (None, 2.0, False),  # a link its dialler did not mean to keep
+        (2.0, 2.0, False),  # on time
+        (2.0, "unsynced", True),  # on time, but it never finished its sync
+        (30.0, "bad", False),  # it broke the protocol: it is there
+    ],
 )
 async def test_an_inbound_link_that_ends_before_its_stay_has_its_dialler_checked(
     stay, lasts, probed, autojump_clock
 ):
     network = MemoryNetwork()
     async with trio.open_nursery() as nursery:
-        other = await stack_peer(nursery, network)
+        linked, claimed = [await stack_peer(nursery, network) for _ in range(2)]
         async with repred.open_peer(
-            transport=network, wall=_virtual_wall(), **SLOW_GOSSIP
+            transport=network,
+            wall=_virtual_wall(),
+            seeds=[linked.address],
+            **SLOW_GOSSIP,
         ) as peer:
-            _known(peer, other.address, other.membership.id)
-            stream = await network.connect(peer.address, source=other.address)
-            await stream.send_all(_hello(other.address, stay, replicas={}))
-            if lasts == "breaks":
-                await trio.sleep(1)
-                await stream.send_all(b"1\tnone\tjunk\n")  # not a line it takes
+            # Its one gossip link goes to the seed and stays for seconds;
+            # it knows of the other, but has no link to it of its own (a
+            # live link to a node says enough of it).
+            await wait_until(peer.membership, lambda: linked.address in peer.members())
+            _known(peer, claimed.address, claimed.membership.id)
+            stream = await network.connect(peer.address, source=claimed.address)
+            await stream.send_all(_hello(claimed.address, stay))
+            if lasts == "unsynced":
+                await trio.sleep(stay)
             else:
-                await trio.sleep(lasts)
+                await stream.send_all(_SYNCED)
+                await trio.sleep(1 if lasts == "bad" else lasts)
+            if lasts == "bad":
+                await stream.send_all(b"9\t_members\tjunk\n")  # refused
             await stream.aclose()
             await trio.sleep(0.5)
             assert (peer.statistics().probes > 0) is probed
             # Whoever it claimed to be answered: nobody is suspected.
-            assert peer.membership.entry(other.address)[0] == "alive"
+            assert peer.statistics().suspected == ()
         nursery.cancel_scope.cancel()
+
+
+#: A membership digest and "SYNC", as a peer with an empty map sends them.
+_SYNCED = b'1\t_members\t{"id":"fake","clock":{}}\n2\t_members\t"SYNC"\n'
 
 
 async def stack_peer(nursery, network):
