@@ -289,7 +289,8 @@ def test_a_link_between_agreeing_maps_opens_with_a_fingerprint(n):
     a, b = _maps_of(n, wall, "a", "b")
     ma, mb = _mux(a, "127.0.0.1:1"), _mux(b, "127.0.0.1:2")
     assert _pump(ma, mb) < 1500  # whatever n is
-    assert ma.agreed and mb.agreed
+    assert ma.agreed
+    assert mb.agreed
     assert all(s.synced for s in ma.sessions + mb.sessions)
     # Live: what either side writes reaches the other.
     a.note("10.9.9.9:1", ALIVE)
@@ -424,5 +425,6 @@ async def test_old_and_new_peers_refuse_each_other_and_go_on(autojump_clock, cap
             assert orjson.loads(hello.split(b"\n")[0])["repred-peer"] == 3
             await trio.sleep(1)
         nursery.cancel_scope.cancel()
-    assert seen and all(b'"repred-peer":3' in s for s in seen)
+    assert seen
+    assert all(b'"repred-peer":3' in s for s in seen)
     assert "incompatible-peer" in caplog.text

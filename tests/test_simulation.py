@@ -140,9 +140,10 @@ async def test_a_node_that_hangs_is_seen_down_and_up_again_once_it_speaks(
             await events.wait(_is("up", victim), 11)
             await wait_until(sim.data[3], lambda: sim.data[3].get("while") == "hung")
             for p in sim.peers:
+                state = p.membership.state
                 await wait_until(
                     p.membership,
-                    lambda p=p: all(e[0] == "alive" for e in p.membership.state.values()),
+                    lambda state=state: all(e[0] == "alive" for e in state.values()),
                 )
         nursery.cancel_scope.cancel()
 
