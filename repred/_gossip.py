@@ -194,8 +194,7 @@ class Peer:
             trust=trust,
         )
         self.replicas = {**replicas, MEMBERS: self._members}
-        self._view = View(self._members)
-        self._view.on_refute = self._refute_soon
+        self._view = self._watched(View(self._members))
         self.seeds = list(options.seeds)
         #: The web port and who may use it, if there is one.
         self._web = _web(options)
@@ -211,13 +210,6 @@ class Peer:
         self._retry_at: dict[str, float] = {}
         self._alive: set[str] = set()
         self._alive_list: list[str] = []
-        #: What the events were last computed from (see _tick).
-        self._seen: tuple[list[str] | None, int] = (None, 0)
-        #: Counts changes to _failures (members() depends on them).
-        self._failures_changed = 0
-        self._nursery: trio.Nursery | None = None
-        self._wanted: trio.Event | None = None
-        self._probes = 0
         self._known_list: list[str] = []
         self._known_at = -math.inf
         self._dials = 0
@@ -228,6 +220,20 @@ class Peer:
 
     def __repr__(self) -> str:
         return f"<repred.Peer {self.address} links={len(self._links)}>"
+
+    def _watched(self, view: View) -> View:
+        """``view``, with what this peer keeps to act on it."""
+        view.on_refute = self._refute_soon
+        #: What the events were last computed from (see _tick).
+        self._seen: tuple[list[str] | None, int] = (None, 0)
+        #: Counts changes to _failures (members() depends on them).
+        self._failures_changed = 0
+        #: Where checks run (None once the peer is closing), and what wakes
+        #: the watch to refute.
+        self._nursery: trio.Nursery | None = None
+        self._wanted: trio.Event | None = None
+        self._probes = 0
+        return view
 
     # -- what a user reads --------------------------------------------
 

@@ -312,8 +312,8 @@ class View:
 
     def up(self, within: float) -> list[str]:
         """The members up: alive, or suspected here less than ``within``
-        seconds ago, sorted (cached until something changes or a suspicion
-        runs out)."""
+        seconds ago, and this node whatever is said of it, sorted (cached
+        until something changes or a suspicion runs out)."""
         now = self.members.wall()
         hit = self._up
         if hit is not None and hit[0] == self.version and hit[1] == within:
@@ -322,6 +322,8 @@ class View:
         horizon = within * 1000
         recent = [a for a, t in self._since.items() if now - t < horizon]
         until = min((self._since[a] + horizon for a in recent), default=math.inf)
+        if self.address:
+            recent.append(self.address)
         up = sorted(self._alive.union(recent))
         self._up = (self.version, within, until, up)
         return up
@@ -340,7 +342,11 @@ class View:
         the same ones at about the same time); return them."""
         horizon = self.members.wall() - older_than * 1000
         state = self.members.state
-        gone = [a for a in self._since if a not in state or state[a][1] < horizon]
+        gone = [
+            a
+            for a in self._since
+            if a != self.address and (a not in state or state[a][1] < horizon)
+        ]
         if gone:
             self.members.forget(gone)
             for address in gone:

@@ -233,6 +233,15 @@ def test_a_node_refutes_what_is_said_of_it_with_a_newer_entry():
     assert view.members.entry(own)[2] == "me"
 
 
+def test_this_node_is_up_and_kept_whatever_is_said_of_it():
+    wall = FakeWall()
+    view = _view(wall)
+    view.members.apply([([ADDRESSES[0], SUSPECT, "me"], wall.now, "w1")])
+    wall.now += 3_600_000  # (not refuted: say its writes failed)
+    assert view.up(5.0) == [ADDRESSES[0]]
+    assert view.reap(5.0) == []
+
+
 def test_suspicions_are_forgotten_by_their_stamp_and_alive_members_never():
     wall = FakeWall()
     view = _view(wall)
