@@ -26,8 +26,9 @@ before its time: a link it dialled that it closed early, or an inbound
 link from it that broke or ended well before the ``stay`` its hello
 announced. So a node that stops is suspected within a round trip when its
 connections close (a process that exits or is killed), within three
-heartbeats when it hangs, and seen down everywhere ``down_after`` after
-that; a node that can reach any other refutes a suspicion long before.
+heartbeats when it hangs (and ``connect_timeout`` more if no node had a
+link dialled to it), and seen down everywhere ``down_after`` after that; a
+node that can reach any other refutes a suspicion long before.
 
 Membership is validated, bounded and reaped:
 

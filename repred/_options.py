@@ -247,7 +247,8 @@ class PeerOptions:
             suspicion, before it is down here; a node that can be reached
             refutes a suspicion long before. A node that stops is down
             everywhere about this long after its links close (three
-            heartbeats more if it hangs instead).
+            heartbeats more if it hangs instead, and ``connect_timeout``
+            more at worst).
         gossip_interval: seconds an outgoing link lasts before the peer
             moves on to another random node.
         seed_interval: seconds between re-dials of the seeds and of one
