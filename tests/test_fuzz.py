@@ -54,7 +54,7 @@ def test_any_input_is_accepted_or_a_remote_protocol_error(parts, chunk, use_mode
     if error is not None:
         assert error.reason
         assert session.their_state is SessionState.ERROR
-        assert replica._listeners == []
+        assert replica.statistics().watchers == 0
     # Whatever happened, the replica still works and its history is sound.
     if use_model:
         replica.set("after", True)
