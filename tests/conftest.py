@@ -1,5 +1,7 @@
 """Shared fixtures."""
 
+import resource
+
 import pytest
 
 from repred._log import limited
@@ -9,3 +11,33 @@ from repred._log import limited
 def _fresh_log_limits():
     """Each test sees the library's log limits afresh (they are per process)."""
     limited.reset()
+
+
+@pytest.fixture(autouse=True)
+def _open_files(request):
+    """A test marked ``open_files(n)`` runs with room for ``n`` open files.
+
+    The soft limit is raised for it (towards the hard limit, which only a
+    privileged process could raise) and restored after it; where the hard
+    limit is below ``n`` the test is skipped, saying so, rather than failing
+    half-way with EMFILE.
+    """
+    marker = request.node.get_closest_marker("open_files")
+    if marker is None:
+        yield
+        return
+    needed = marker.args[0]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        pytest.skip(
+            f"needs {needed} open files at once, and the hard limit on open"
+            f" files is {hard} (raise it with ulimit -Hn as root)"
+        )
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        yield
+        return
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
