@@ -3,8 +3,32 @@
 import resource
 
 import pytest
+from hypothesis import HealthCheck, Phase, settings
 
 from repred._log import limited
+
+# Hypothesis profiles. The default run ("quick") tries a few cases of each
+# property, the same cases every run, and reports a failure as found; the
+# slow run in CI (``--hypothesis-profile=full``, see .ci/run) tries each
+# property's full count (``helpers.examples``) from a fresh seed, and
+# shrinks what fails. Neither has a deadline: a slow example on a busy
+# machine is not a failure.
+settings.register_profile(
+    "quick",
+    max_examples=10,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target],
+)
+settings.register_profile(
+    "full",
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
+)
+settings.load_profile("quick")
 
 
 @pytest.fixture(autouse=True)

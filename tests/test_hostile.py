@@ -12,7 +12,7 @@ import orjson
 import pytest
 import trio
 import trio.testing
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import repred
@@ -22,7 +22,7 @@ from repred.protocol import Session
 from repred.testing import Faults, MemoryNetwork, pump
 from repred.types import gset, model, orset, two_phase_set
 
-from .helpers import FakeWall, read_until_closed, sync, wait_until
+from .helpers import FakeWall, examples, read_until_closed, sync, wait_until
 
 EPOCH = 1_700_000_000_000
 
@@ -142,7 +142,7 @@ messages = st.one_of(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150))
 @given(st.lists(st.lists(messages, max_size=8), min_size=1, max_size=5))
 def test_no_sequence_of_messages_makes_a_replica_lose_an_entry(links):
     wall = FakeWall(EPOCH)
