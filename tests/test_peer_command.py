@@ -316,10 +316,13 @@ def test_output_past_the_bound_is_dropped_and_counted():
         out.close(timeout=0)
         data = b""
         while True:
+            # Whether the writer had ended is read before the pipe is: what
+            # it wrote just before ending is then read too.
+            ended = not out._thread.is_alive()
             try:
                 data += os.read(read, 1 << 20)
             except BlockingIOError:
-                if not out._thread.is_alive():
+                if ended:
                     break
                 out._thread.join(0.01)
     finally:
