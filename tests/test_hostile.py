@@ -384,6 +384,7 @@ async def _junk_members(network, victim, n, address_of):
             )
 
 
+@pytest.mark.slow  # a flood of 10,000 members
 async def test_ten_thousand_junk_members_do_not_stall_a_peer(autojump_clock):
     network = MemoryNetwork()
     data = [model(id=f"h{i}", wall=trio_wall()) for i in range(3)]
@@ -755,6 +756,7 @@ async def test_peers_converge_after_faults_on_the_wire_stop(autojump_clock):
                 await wait_until(d, lambda d=d: d.to_dict() == want)
 
 
+@pytest.mark.slow  # 5,000 sockets
 # The 5,000 client ends, the server's 512 links and what the process holds.
 @pytest.mark.open_files(5000 + 1024)
 async def test_five_thousand_idle_links_cost_bounded_memory():

@@ -143,6 +143,7 @@ async def test_dead_seeds_and_wrong_protocols_are_retried_quietly(
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
+@pytest.mark.slow  # 1,000 reconnects over TCP
 async def test_reconnects_without_new_data_leave_memory_flat():
     import tracemalloc
 

@@ -184,6 +184,7 @@ def test_values_that_cannot_be_replicated_print_an_error_and_the_peer_goes_on():
     assert updates == {"n": "NaN", "fine": 1}  # NaN is not JSON: a string
 
 
+@pytest.mark.slow  # three processes, a 1 s busy wait
 def test_a_set_while_the_store_is_locked_prints_an_error(tmp_path):
     data = tmp_path / "d"
     _run("0", "--data", str(data), stdin=b"set a 1\n")
@@ -301,6 +302,7 @@ async def test_text_output_cannot_be_forged_by_what_peers_write():
     assert not any("\r" in line for line in lines)
 
 
+@pytest.mark.slow  # 30,000 updates through a process
 async def test_a_reader_that_does_not_drain_stdout_never_stalls_replication():
     friend = model(id="friend")
     for i in range(30_000):

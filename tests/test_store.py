@@ -166,6 +166,7 @@ WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # twelve processes
 def test_kill_minus_nine_loses_nothing_that_was_acknowledged(tmp_path):
     path = tmp_path / "crash.db"
     rng = random.Random(7)

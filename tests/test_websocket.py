@@ -197,6 +197,7 @@ async def test_connections_that_never_finish_a_handshake_are_bounded(server):
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.slow  # 1,000 sockets
 async def test_a_thousand_idle_websockets_cost_bounded_links():
     """Upgraded connections that never send a digest: at most max_links are
     held (the quietest is dropped for a new one), and the server serves."""
