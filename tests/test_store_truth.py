@@ -108,24 +108,30 @@ def test_a_crash_while_rows_are_queued_loses_them_and_the_clock_with_them(tmp_pa
     again.close()
 
 
+def _flusher_until(store, condition):
+    """Wait for the store's flusher thread to make ``condition()`` true."""
+    for _ in range(2000):
+        if condition():
+            return
+        store._closed.wait(0.005)
+    raise AssertionError("the flusher never got there")
+
+
 def test_batch_mode_retries_a_failed_flush_and_refuses_writes_meanwhile(tmp_path):
     path = tmp_path / "m.db"
     store = SqliteStore(path, durability="batch", batch_interval=0.001, busy_timeout=0)
     m = model(store=store)
     m.set("early", 1)
+    # Written before the lock is taken: otherwise the flusher fails on it,
+    # and the next write is refused at once.
+    _flusher_until(store, lambda: not store._adds)
     with write_locked(path):
         m.set("during", 2)  # queued; the flusher fails on it
-        for _ in range(2000):
-            if store._error is not None:
-                break
-            store._closed.wait(0.005)
+        _flusher_until(store, lambda: store._error is not None)
         with pytest.raises(StoreError):
             m.set("refused", 3)
         assert "refused" not in m
-    for _ in range(2000):
-        if store._error is None and not store._adds:
-            break
-        store._closed.wait(0.005)
+    _flusher_until(store, lambda: store._error is None and not store._adds)
     m.set("after", 4)
     m.close()
     _, _, entries = held(path)
