@@ -990,6 +990,8 @@ class Replica:
             twin_ids=seen.get("twin-id", 0),
             banned=len(self._banned),
             refused=seen.get("refused", 0),
+            watchers=len(self._watchers),
+            listeners=len(self._listeners),
         )
 
     def horizon(self) -> float:
