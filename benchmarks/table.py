@@ -11,7 +11,8 @@ weighs on every row and both sides of a comparison alike.
 
     python benchmarks/table.py [--runs N] [--markdown] [GROUP ...]
         (default: 5 runs of every group: sync, sync_1m, many_sources,
-        live, local, noop, memory, durable, trust, junk, gossip)
+        live, local, noop, memory, durable, trust, junk, idle_links,
+        placement, gossip)
 
 Prints every JSON line the scripts print, each run preceded by a
 ``table_run`` line (with the 1-minute load average before it); then one
@@ -56,17 +57,19 @@ def js(*args: str) -> list[str]:
 @dataclass
 class Figure:
     """One number: ``key`` of the JSON lines ``variant`` printed, among
-    those whose fields match ``where``; shown with ``digits`` and ``unit``."""
+    those whose fields match ``where``, times ``scale``; shown with
+    ``digits`` and ``unit``."""
 
     variant: str
     key: str
     digits: int
     unit: str = ""
     where: dict[str, object] = field(default_factory=dict)
+    scale: float = 1.0
 
     def values(self, lines: list[dict]) -> list[float]:
         return [
-            float(line[self.key])
+            float(line[self.key]) * self.scale
             for line in lines
             if self.key in line and all(line.get(k) == v for k, v in self.where.items())
         ]
@@ -328,17 +331,80 @@ def _junk() -> Group:
     )
 
 
+def _idle_links() -> Group:
+    variants, figures = {}, {}
+    for kind in ("tcp", "web"):
+        variants[kind] = py("idle_links.py", "500", "800000", "--kind", kind)
+        figures[f"{kind}_held"] = Figure(kind, "held_per_link_kb", 0, " KB")
+        figures[f"{kind}_kept"] = Figure(kind, "kept_after_mb", 0, " MB")
+    row = (
+        "500 idle links each holding 781 KiB of a line, the server's RSS: per"
+        " link while open / left once all are cut (TCP; over WebSockets)",
+        "{tcp_held} / {tcp_kept}; {web_held} / {web_kept}",
+        "",
+    )
+    return Group("idle_links", variants, figures, [row])
+
+
 def _gossip() -> Group:
-    sizes = (25, 100, 400)
-    key = "hops_for_a_write_to_reach_all"
+    sizes = (100, 300, 1000)
+    figures = {}
+    for n in sizes:
+        for name, key, digits, scale in (
+            ("formed", "rounds_to_full_membership", 2, 1.0),
+            ("newcomer", "rounds_for_a_newcomer_to_be_known", 2, 1.0),
+            # In link hops: a hop is a hundredth of a round.
+            ("newcomer_hops", "rounds_for_a_newcomer_to_be_known", 0, 100.0),
+            ("hops", "hops_for_a_write_to_reach_all", 0, 1.0),
+            ("kb", "bytes_per_node_per_round", 0, 1e-3),
+            ("per_member", "bytes_per_member_per_node_per_round", 0, 1.0),
+            ("cpu", "cpu_ms_per_node_per_round", 1, 1.0),
+        ):
+            figures[f"{name}{n}"] = Figure(
+                "gossip", key, digits, "", {"peers": n}, scale
+            )
+    rows = [
+        (
+            "simulated peers, 100 / 300 / 1,000 (10 ms links, 1 s heartbeats):"
+            " every peer knowing every peer, all started at once; a newcomer"
+            " known by all; a write reaching all",
+            "{formed100} / {formed300} / {formed1000} rounds; {newcomer100} /"
+            " {newcomer300} / {newcomer1000} rounds ({newcomer_hops100} /"
+            " {newcomer_hops300} / {newcomer_hops1000} link hops); {hops100} /"
+            " {hops300} / {hops1000} link hops",
+            "",
+        ),
+        (
+            "membership traffic and CPU per node per round at 100 / 300 / 1,000"
+            " peers (both grow with the peers: every node takes in every"
+            " member's heartbeat each round, about four times over, and each"
+            " new link opens with a digest of every member)",
+            "{kb100} / {kb300} / {kb1000} KB ({per_member100} / {per_member300}"
+            " / {per_member1000} bytes per member); CPU {cpu100} / {cpu300} /"
+            " {cpu1000} ms a node",
+            "",
+        ),
+    ]
+    command = py("gossip_rounds.py", *map(str, sizes))
+    return Group("gossip", {"gossip": command}, figures, rows)
+
+
+def _placement() -> Group:
+    fifty = {"scheme": "rendezvous (repred.owners)"}
     return Group(
-        "gossip",
-        {"gossip": py("gossip_rounds.py", *map(str, sizes))},
-        {f"hops{n}": Figure("gossip", key, 0, "", {"peers": n}) for n in sizes},
+        "placement",
+        {"placement": py("placement.py")},
+        {
+            "fast": Figure("placement", "seconds_prepared", 2, " s"),
+            "fast_us": Figure("placement", "us_per_name_prepared", 0, " us"),
+            # Its seconds are for three placements of 100,000 names.
+            "fifty": Figure("placement", "seconds", 0, " us", fifty, 1e6 / 3e5),
+        },
         [
             (
-                "a write reaching every peer, 25 / 100 / 400 peers (simulated)",
-                "{hops25} / {hops100} / {hops400} link hops",
+                "`owners()` of 10,000 names over 1,000 members (members"
+                " prepared once) / over 50 members",
+                "{fast} ({fast_us} a name) / {fifty} a name",
                 "",
             )
         ],
@@ -356,6 +422,8 @@ GROUPS = (
     _durable,
     _trust,
     _junk,
+    _idle_links,
+    _placement,
     _gossip,
 )
 
