@@ -34,8 +34,8 @@ def sync_seconds(source: object, n: int) -> float:
     fresh = model(
         id="fresh", max_sources=n + 10, max_entry_bytes=BIG, wall=lambda: EPOCH + n
     )
-    a = Session(source, max_entry_bytes=BIG)  # type: ignore[arg-type]
-    b = Session(fresh, max_entry_bytes=BIG)
+    a = Session(source, max_line_bytes=BIG)  # type: ignore[arg-type]
+    b = Session(fresh, max_line_bytes=BIG)
     t = time.perf_counter()
     pump(a, b)
     dt = time.perf_counter() - t
