@@ -99,7 +99,7 @@ class Group:
     lines: dict[str, list[list[dict]]] = field(default_factory=dict)
 
     def runnable(self) -> list[str]:
-        return [v for v, c in self.variants.items() if HAVE_JS or c[0] != NODE]
+        return [v for v, c in self.variants.items() if HAVE_JS or c[1][-3:] != ".js"]
 
 
 def _sync() -> Group:
@@ -477,7 +477,8 @@ def summarise(group: Group) -> dict[str, str]:
         cells[name] = _spread(values, figure.digits, figure.unit)
         _report(group.name, name, values)
     for name, ratio in group.ratios.items():
-        pairs = zip(per_run[ratio.over], per_run[ratio.under], strict=True)
+        # A side left out (no node) has no runs: the ratio is not run.
+        pairs = zip(per_run[ratio.over], per_run[ratio.under], strict=False)
         values = [
             statistics.median(a) / statistics.median(b) for a, b in pairs if a and b
         ]
