@@ -206,30 +206,11 @@ class PeerEOF:
 
 @attrs.frozen(kw_only=True)
 class SessionStatistics:
-    """Counters of one session.
-
-    Attributes:
-        updates_in: entries received that were new to the replica.
-        updates_out: entries sent.
-        bytes_in: bytes received.
-        bytes_out: bytes handed out by :meth:`Session.data_to_send`.
-        lines_in: complete lines received (keep-alives included).
-        deferred: entries not applied because they were stamped too far
-            ahead (they arrive again on a later link).
-        refused: entries new to the replica (and snapshots) not applied
-            because this side does not receive on this link
-            (``receive=False``).
-        entries_received: entries received, new or not (a measure of a
-            long sync's progress, with ``entries_expected``).
-        entries_expected: how many entries the peer said its history holds,
-            if it said (a repred peer does); ``None`` otherwise.
-        antientropy_rounds: anti-entropy rounds this side started.
-        antientropy_differed: rounds (started by either side) whose roots
-            differed: the replicas held different entries, or some were in
-            flight between them.
-        repaired_in: entries taken from the peer by anti-entropy.
-        repaired_out: entries sent to the peer by anti-entropy (the peer
-            drops those it turns out to hold in effect).
+    """Counters of one session: those of :class:`repred.ConnectionStatistics`
+    (which sums them over a link's sessions), for this session alone, and
+    ``lines_in``, the complete lines received (keep-alives included).
+    ``bytes_out`` counts what :meth:`Session.data_to_send` handed out, and
+    ``refused`` the snapshots ``receive=False`` kept out too.
     """
 
     updates_in: int
@@ -248,15 +229,10 @@ class SessionStatistics:
 
 
 def _decode_batch(line: bytes) -> Batch:
-    """:func:`loads_batch` with the cyclic collector paused, if it ran: the
-    decoder allocates a container per change, and nothing else runs.
-
-    Each array change becomes a tuple here, as the history keeps it, so
-    that no list per entry is alive while the entries are applied: lists
-    alive when the collector runs would be promoted to its oldest
-    generation and bring on full collections, each of which walks the
-    whole history.
-    """
+    """:func:`loads_batch` with the cyclic collector paused, if it ran, and
+    each array change made the tuple the history keeps (see the module
+    docstring): the decoder allocates a container per change, and nothing
+    else runs."""
     running = gc.isenabled()
     gc.disable()
     try:
@@ -281,21 +257,10 @@ class Session:
 
     Args:
         replica: the replica to replicate.
-        max_line_bytes: longest line accepted from the peer (announced to
-            it in the digest).
-        batch_entries: entries read from one source's history at a time.
-        batch_bytes: :meth:`data_to_send` stops adding entries past this.
-        batches: offer batched framing (a repred extension, used only when
-            the peer offers it too; see :mod:`repred._wire`). Without it,
-            this side sends one entry per line and refuses batches.
-        send: send entries. With ``False``, nothing but the digest (and
-            keep-alives) goes out: no history, no ``"SYNC"``, no live entry
-            (JS scuttlebutt's ``createWriteStream``). The peer therefore never
-            counts this link as synced.
-        receive: apply what the peer sends. With ``False``, its entries and
-            snapshots are checked and counted as refused
-            (:attr:`SessionStatistics.refused`), never applied, and the link
-            stays up: a read-only mirror (JS ``createReadStream``).
+        max_line_bytes, batch_entries, batch_bytes, batches, send, receive:
+            as :class:`repred.LinkOptions` describes them (``batch_bytes``:
+            :meth:`data_to_send` stops adding entries past this; without
+            ``batches`` this side also refuses batches).
         antientropy: offer anti-entropy (a repred extension, used only when
             the peer offers it too, on a link that sends and receives; see
             :mod:`repred._antientropy`): after the sync, and whenever
@@ -618,8 +583,6 @@ class Session:
             raise _bad("a batch, which this side did not offer", "bad-batch", line)
         if msg is KEEPALIVE:
             pass
-        elif msg is KEEPALIVE:
-            pass
         elif type(msg) is Expect:
             if (
                 self.their_state is not SessionState.HISTORY
@@ -712,10 +675,8 @@ class Session:
             ) from exc
         if applied:
             self._updates_in += 1
-            sent = self._sent
             for source, ts in snapshot.clock.items():
-                if sent.get(source, -1) < ts:
-                    sent[source] = ts
+                self._sent_upto(source, ts)
 
     def _send_snapshot(self) -> None:
         """Queue our snapshot if the peer lacks part of what it covers."""
@@ -739,8 +700,7 @@ class Session:
             return
         self._out.append(encode_snapshot(update, clock))
         for source, ts in clock.items():
-            if sent.get(source, -1) < ts:
-                sent[source] = ts
+            self._sent_upto(source, ts)
         self._updates_out += 1
 
     def _on_digest(self, digest: Digest, line: bytes) -> None:
