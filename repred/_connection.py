@@ -149,17 +149,6 @@ class Channel(Protocol):
         ...
 
 
-def _settled(channel: Channel) -> bool:
-    """Every session's anti-entropy rounds have ended (see Session.settled)."""
-    return all(s.settled for s in channel.sessions)
-
-
-def _antientropy(channel: Channel) -> None:
-    """Start an anti-entropy round on every session that has one."""
-    for session in channel.sessions:
-        session.antientropy()
-
-
 class _Plain:
     """One replica's session, speaking the scuttlebutt lines as they are."""
 
@@ -199,20 +188,15 @@ class _Plain:
 #: Bytes a reader must take, or complete lines a peer must send, within
 #: ``idle_timeout`` to count as making progress.
 _PROGRESS_BYTES = 16 * 1024
-
-
 #: The largest piece handed to one ``send_all``: the send timeout is per
 #: piece, so it measures progress, not the time to send a whole batch.
 _SEND_PIECE = 16 * 1024
-
 
 #: In the live tail, the writer lets entries gather before a send. It
 #: first watches the scheduler's turns: a write with nothing after it goes
 #: out once _QUIET_TURNS turns in a row bring nothing new (tasks run in no
 #: fixed order within a turn, so one quiet turn proves little).
 _QUIET_TURNS = 2
-
-
 #: When _BUSY_TURNS turns bring new writes (a producer that yields after
 #: each write), the writer stops taking a turn each time: it sleeps
 #: _LINGER_SECONDS at a time while each sleep brings more, and sends once
@@ -220,14 +204,8 @@ _QUIET_TURNS = 2
 #: at once), or _LINGER_MAX_SECONDS have passed. Nothing waits on a timer
 #: unless writes are streaming in.
 _BUSY_TURNS = 4
-
-
 _LINGER_SECONDS = 500e-6
-
-
 _LINGER_ENTRIES = 256
-
-
 _LINGER_MAX_SECONDS = 2e-3
 
 
@@ -365,10 +343,7 @@ class Connection:
 
     def _sync_received(self) -> bool:
         channel = self._channel
-        done: bool = channel.handshake_done and all(
-            s.sync_received for s in channel.sessions
-        )
-        return done
+        return channel.handshake_done and all(s.sync_received for s in channel.sessions)
 
     def _check_synced(self) -> None:
         if self._sync_flushed and self._sync_received():
@@ -489,7 +464,8 @@ class Connection:
             return
         if trio.current_time() >= due:
             self._next_round = None
-            _antientropy(self._channel)
+            for session in self._channel.sessions:
+                session.antientropy()
         else:
             self._channel.keepalive()  # quiet for a while: say "still here"
 
@@ -516,7 +492,11 @@ class Connection:
                     self._check_synced()
                 if data:
                     continue
-                if not live and self._synced.is_set() and _settled(channel):
+                if (
+                    not live
+                    and self._synced.is_set()
+                    and all(s.settled for s in channel.sessions)
+                ):
                     break
                 if channel.handshake_done and not channel.sessions:
                     break  # nothing in common: nothing will ever flow
@@ -560,7 +540,7 @@ async def run_channel(
         for session in channel.sessions:
             session.close()
             session.wakeup = None
-        channel.set_wakeup(_no_wakeup)
+        channel.set_wakeup(lambda: None)
         try:
             await trio.aclose_forcefully(stream)  # raises if cancelled
         finally:
@@ -596,7 +576,3 @@ async def run_link(
         on_start=on_start,
         options=options,
     )
-
-
-def _no_wakeup() -> None:
-    pass
