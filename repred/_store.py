@@ -104,13 +104,8 @@ _TABLES = (
     " payload BLOB NOT NULL, clock BLOB NOT NULL, crc INTEGER NOT NULL)",
 )
 
-# Format 4. A segment holds a run of one source's entries, packed when the
-# store closes: the stamps and the changes as two JSON arrays (and the
-# signatures as a third, if any came signed), so that reopening reads a
-# million entries as a few hundred rows. A gap is an entry dropped from a
-# segment (dominated or forgotten) since it was packed. The checkpoint is
-# the state as the type's snapshot function saved it at a clean close,
-# with the clock it covers; the first write after opening deletes it.
+# Format 4: segments (a segment's signatures, if any came signed, are a
+# third JSON array), their gaps and the checkpoint; see "Reopening fast".
 _TABLES_4 = (
     "CREATE TABLE IF NOT EXISTS segments (source TEXT NOT NULL,"
     " first REAL NOT NULL, last REAL NOT NULL, stamps BLOB NOT NULL,"
@@ -315,12 +310,12 @@ class SqliteStore:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
 
-    def _connect(self, path: str | None = None) -> sqlite3.Connection:
+    def _connect(self) -> sqlite3.Connection:
         import sqlite3
 
         try:
             db = sqlite3.connect(
-                path or self.path,
+                self.path,
                 isolation_level=None,
                 check_same_thread=False,
                 timeout=self.busy_timeout,
@@ -360,17 +355,9 @@ class SqliteStore:
                 db.execute("COMMIT")
             finally:
                 db.close()
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync(tmp)
             os.rename(tmp, self.path)
-            dir_fd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            _fsync(os.path.dirname(os.path.abspath(self.path)))
         except (OSError, sqlite3.Error) as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -386,10 +373,7 @@ class SqliteStore:
     ) -> None:
         """Queue an entry (and its signature, if it came signed) for the
         next commit."""
-        blob = orjson.dumps(change)
-        if signature is not None:
-            blob += b"\n" + signature.encode()
-        row = (source, ts, blob, _entry_crc(source, float(ts), blob))
+        row = _entry_row(change, ts, source, signature)
         with self._lock:
             self._adds.append(row)
 
@@ -403,10 +387,7 @@ class SqliteStore:
     ) -> None:
         """Queue an entry that takes the place of the one held at its stamp
         (dropped first, in the same transaction)."""
-        blob = orjson.dumps(change)
-        if signature is not None:
-            blob += b"\n" + signature.encode()
-        row = (source, ts, blob, _entry_crc(source, float(ts), blob))
+        row = _entry_row(change, ts, source, signature)
         with self._lock:
             self._drops.append((source, ts))
             self._replaces.append(row)
@@ -660,6 +641,25 @@ class SqliteStore:
             log.warning("repred: %s not packed at close: %s", self.path, exc)
 
 
+def _fsync(path: str) -> None:
+    """Make what ``path`` (a file or a folder) holds durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _entry_row(
+    change: Any, ts: float, source: str, signature: str | None
+) -> tuple[str, float, bytes, int]:
+    """An entries row (a signed entry's blob: see STORE_FORMAT)."""
+    blob = orjson.dumps(change)
+    if signature is not None:
+        blob += b"\n" + signature.encode()
+    return (source, ts, blob, _entry_crc(source, float(ts), blob))
+
+
 # -- segments --------------------------------------------------------------
 
 
@@ -671,15 +671,8 @@ def _segment_row(
     changes_blob = b"[" + b",".join(blobs) + b"]"
     sigs_blob = None if sigs is None else orjson.dumps(sigs)
     crc = _segment_crc(source, stamps_blob, changes_blob, sigs_blob)
-    return (
-        source,
-        float(stamps[0]),
-        float(stamps[-1]),
-        stamps_blob,
-        changes_blob,
-        sigs_blob,
-        crc,
-    )
+    first, last = float(stamps[0]), float(stamps[-1])
+    return source, first, last, stamps_blob, changes_blob, sigs_blob, crc
 
 
 def _segments_of(
@@ -987,10 +980,7 @@ def _load_entries(
 
 
 def _load_segments(
-    db: sqlite3.Connection,
-    path: str,
-    clock: dict[str, float],
-    held: _Held,
+    db: sqlite3.Connection, path: str, clock: dict[str, float], held: _Held
 ) -> None:
     for source, first, last, stamps_blob, changes_blob, sigs_blob, crc in db.execute(
         "SELECT source, first, last, stamps, changes, sigs, crc FROM segments"
@@ -1033,10 +1023,7 @@ def _load_segments(
 
 
 def _load_rows(
-    db: sqlite3.Connection,
-    path: str,
-    clock: dict[str, float],
-    held: _Held,
+    db: sqlite3.Connection, path: str, clock: dict[str, float], held: _Held
 ) -> None:
     """The rows of entries not packed into segments.
 
@@ -1071,11 +1058,7 @@ def _load_rows(
         _held_run(held, path, source, (stamps, values, sigs))
 
 
-def _drop_gaps(
-    db: sqlite3.Connection,
-    path: str,
-    held: _Held,
-) -> None:
+def _drop_gaps(db: sqlite3.Connection, path: str, held: _Held) -> None:
     """Leave out the entries dropped from segments since they were packed."""
     gone: dict[str, set[float]] = {}
     for source, ts, crc in db.execute("SELECT source, ts, crc FROM gaps"):
