@@ -95,13 +95,6 @@ class SourceLog:
         self._stamps = list(compress(self._stamps, map(is_not, changes, repeat(_GONE))))
         self._changes = list(compress(changes, map(is_not, changes, repeat(_GONE))))
 
-    def live(self) -> tuple[list[float], list[Any]]:
-        """The entries' stamps and changes, in stamp order, with no dropped
-        slot (the lists are the log's own: read, never change them)."""
-        if self._live != len(self._stamps):
-            self._compact()
-        return self._stamps, self._changes
-
     def view(self) -> View:
         """The log as its tree reads it (see repred._hashtree.View): its
         lists as they are, dropped slots and all, unless those are many."""
@@ -329,12 +322,7 @@ class History:
 
     def new_log(self, source: str) -> SourceLog:
         """An empty log for ``source``, which holds nothing yet."""
-        log = self.logs[source] = _new_log()
-        log._stamps = []
-        log._changes = []
-        log._live = 0
-        log._sigs = None
-        log._tree = None
+        log = self.logs[source] = SourceLog()
         return log
 
     def record(
@@ -461,10 +449,7 @@ class History:
             self._index[key] = (ts, source)
         if type(change) is list:
             change = tuple(change)
-        log = self.logs.get(source)
-        if log is None:
-            log = self.new_log(source)
-        log.put(ts, change, signature)
+        self.log_for(source)[0].put(ts, change, signature)
 
     def unindex(self, key: Hashable, stamp: tuple[float, str]) -> None:
         """Forget that ``stamp`` is the entry kept for ``key`` (it is being
