@@ -104,8 +104,6 @@ _MAX_LISTED = 512
 #: A range's list is cut into pieces of about this many bytes.
 _PIECE_BYTES = 16 * 1024
 
-Key = tuple[bool, int]
-
 
 class _Round:
     """One round in progress: what it compares, and what may answer it."""
@@ -366,12 +364,11 @@ class AntiEntropy:
         if tag == "S":
             return self._on_sources(rng[2], state)
         if tag == "R":
-            source, upto, node, count, fp = rng[1]
-            return self._on_record(source, upto, node, count, fp, horizon)
+            return self._on_record(rng[1], horizon)
         if tag == "N":
-            return self._on_children(rng[1], rng[2], rng[3], rng[4], horizon, line)
+            return self._on_children(rng, horizon, line)
         if tag == "I":
-            return self._on_items(rng[1], rng[2], rng[3], rng[4], horizon)
+            return self._on_items(rng, horizon)
         if tag == "W":
             self._queue_node(rng[1], rng[2], rng[3], horizon)
             return []
@@ -410,34 +407,26 @@ class AntiEntropy:
         to it; newer ones may be in flight, or dropped as dominated)."""
         clock = self.replica.clock
         replies: list[Any] = []
-        for source, their_clock, node, count, fp in theirs:
+        for record in theirs:
+            source, their_clock = record[0], record[1]
             mine = clock.get(source)
             if mine is None or source in state.seen:
                 continue  # a source new to us (the next sync brings it), or twice
             state.seen.add(source)
             if their_clock <= mine:
-                replies += self._on_record(
-                    source, their_clock, node, count, fp, state.horizon
-                )
+                replies += self._on_record(record, state.horizon)
             else:  # they hold newer entries: they compare at our clock
                 record = self._summary.record(source, state.horizon, mine)
                 replies.append(["R", *wire_record(record)])
         return replies
 
-    def _on_record(
-        self,
-        source: str,
-        upto: float,
-        node: Node | None,
-        count: int,
-        fp: bytes,
-        horizon: float,
-    ) -> list[Any]:
-        """Their record of ``source`` up to ``upto`` (at most our clock)."""
+    def _on_record(self, theirs: Record, horizon: float) -> list[Any]:
+        """Their record of a source up to ``upto`` (at most our clock)."""
+        source, upto, node, _, fp = theirs  # (counts are a guide only)
         if self.replica.clock.get(source, -1) < upto:
             return []  # (cannot be: clocks never go back)
         mine = self._summary.record(source, horizon, upto)
-        if (mine[2], mine[4]) == (node, fp):  # (counts are a guide only)
+        if (mine[2], mine[4]) == (node, fp):
             return []
         if node is None:  # they hold nothing in range: send all of ours
             self._queue(source, self._summary.stamps(source, horizon, upto))
@@ -463,14 +452,11 @@ class AntiEntropy:
         return [["N", source, upto, *node, [[s, c, fp.hex()] for s, c, fp in kids]]]
 
     def _on_children(
-        self,
-        source: str,
-        upto: float,
-        node: Node,
-        theirs: list[tuple[int, int, bytes]],
-        horizon: float,
-        line: bytes,
+        self, rng: tuple[Any, ...], horizon: float, line: bytes
     ) -> list[Any]:
+        """Their children of a node that differed: ``["N", source, upto,
+        node, [(slot, count, fp), ...]]``, checked."""
+        _, source, upto, node, theirs = rng
         level, index = node
         if level >= MAX_LEVEL:
             raise RemoteProtocolError(
@@ -490,14 +476,10 @@ class AntiEntropy:
             self._queue_node(source, upto, (level + 1, index * FANOUT + slot), horizon)
         return replies
 
-    def _on_items(
-        self,
-        source: str,
-        upto: float,
-        node: Node,
-        theirs: list[tuple[float, bytes]],
-        horizon: float,
-    ) -> list[Any]:
+    def _on_items(self, rng: tuple[Any, ...], horizon: float) -> list[Any]:
+        """Their entries of a small node: ``["I", source, upto, node, [(ts,
+        hash), ...]]``, checked."""
+        _, source, upto, node, theirs = rng
         mine = dict(self._summary.items(source, node, horizon, upto))
         want, give = [], []
         for ts, h in theirs:
