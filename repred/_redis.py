@@ -78,7 +78,7 @@ from ._errors import (
     StoreError,
 )
 from ._groups import single_errors
-from ._log import limited
+from ._log import limited, log
 from ._options import pick
 from ._session import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_ENTRIES, Session
 from ._wire import (
@@ -116,7 +116,6 @@ __all__ = [
     "connect_redis",
 ]
 
-log = logging.getLogger("repred")
 
 #: Stream records taken per XREAD (and image elements per LRANGE). A record
 #: holds at most ``batch_bytes`` of entries and one line more, so a read

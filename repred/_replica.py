@@ -27,7 +27,7 @@ from ._divergence import Divergence, ReplicaStatistics
 from ._errors import RemoteProtocolError, StoreError
 from ._hashtree import entry_hash
 from ._history import Entry, History, Run, SourceLog, runs
-from ._log import limited
+from ._log import limited, log
 from ._trust import SigningKey, Writers, is_key_id, verifier
 from ._wire import (
     CHAR_BYTES,
@@ -58,7 +58,6 @@ __all__ = [
     "wall_ms",
 ]
 
-log = logging.getLogger("repred")
 
 #: How far ahead of local wall time a remote stamp may be: five minutes.
 #: An entry stamped further ahead is not applied (it ends no link: the

@@ -83,7 +83,7 @@ from ._errors import (
     StoreError,
 )
 from ._history import runs
-from ._log import limited
+from ._log import limited, log
 from ._replica import log_of
 from ._wire import (
     BATCH_FORMAT,
@@ -117,7 +117,6 @@ if TYPE_CHECKING:
     from ._history import Run
     from ._replica import Replica
 
-log = logging.getLogger("repred")
 
 #: A data_to_send() call for at least this many sources encodes with the
 #: cyclic garbage collector paused (see the module docstring).

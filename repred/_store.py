@@ -51,7 +51,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import itertools
-import logging
 import operator
 import os
 import struct
@@ -63,6 +62,7 @@ import attrs
 import orjson
 
 from ._errors import StoreError
+from ._log import log
 from ._wire import MAX_STAMP, canonical_stamp, is_source, is_stamp
 
 if TYPE_CHECKING:
@@ -78,7 +78,6 @@ except ImportError:  # pragma: no cover  (not POSIX)
 
 __all__ = ["SqliteStore", "StoreContents", "StoreError"]
 
-log = logging.getLogger("repred")
 
 #: The on-disk format this version writes and reads: a signed entry's change
 #: blob is its JSON, a newline, and its signature (JSON never holds a raw
