@@ -344,22 +344,16 @@ class Replica:
         writers: Writers | None = None,
     ) -> None:
         id = _signed_id(signing_key, id, verify, writers)
-        _check_options(
-            reducer,
-            map=map,
-            id=id,
-            max_drift_ms=max_drift_ms,
-            max_ahead_ms=max_ahead_ms,
-            max_sources=max_sources,
-            max_entry_bytes=max_entry_bytes,
-            superseding=stamped or last_write_wins is not None,
-            snapshot=snapshot,
-        )
         self._reducer = reducer
         self._map = map
         self._stamped = stamped
         self._key = last_write_wins
         self._snapshot_fn = snapshot
+        self.max_drift_ms = max_drift_ms
+        self.max_ahead_ms = max_ahead_ms
+        self.max_sources = max_sources
+        self.max_entry_bytes = max_entry_bytes
+        self._check_options(id)
         self._checks_first = checks_first
         self._signer = signing_key
         self._verify = verifier() if verify else None
@@ -369,15 +363,31 @@ class Replica:
         self._initial = copy.deepcopy(initial)
         self.id = new_id() if id is None else id
         self.type_name: str = type_name or str(getattr(reducer, "__name__", "repred"))
-        self.max_drift_ms = max_drift_ms
-        self.max_ahead_ms = max_ahead_ms
-        self.max_sources = max_sources
-        self.max_entry_bytes = max_entry_bytes
         self._wall = wall
         self._init_state()
         self.store = store
         if store is not None:
             self._open(store, id)
+
+    def _check_options(self, id: str | None) -> None:
+        """Refuse a bad option, at the call (before anything is opened)."""
+        if not callable(self._reducer):
+            raise TypeError(f"reducer must be callable, not {self._reducer!r}")
+        if self._map is not None and not callable(self._map):
+            raise TypeError(f"map must be callable, not {self._map!r}")
+        if id is not None:
+            check_id(id)
+        if not 0 < self.max_ahead_ms < self.max_drift_ms:
+            raise ValueError("need 0 < max_ahead_ms < max_drift_ms")
+        if type(self.max_sources) is not int or self.max_sources < 1:
+            raise ValueError("max_sources must be a positive int")
+        least = 2 * DIGEST_OVERHEAD_BYTES
+        if type(self.max_entry_bytes) is not int or self.max_entry_bytes < least:
+            raise ValueError(f"max_entry_bytes must be an int >= {least}")
+        if self._snapshot_fn is not None and (self._stamped or self._key is not None):
+            raise ValueError(
+                "snapshot= is for reducers without last_write_wins= or stamped="
+            )
 
     def _init_state(self) -> None:
         """What a new replica holds: nothing yet."""
@@ -1723,38 +1733,6 @@ def _remover(items: list[Any], item: Any) -> Callable[[], None]:
             items.remove(item)
 
     return remove
-
-
-def _check_options(
-    reducer: Any,
-    *,
-    map: Any,
-    id: Any,
-    max_drift_ms: float,
-    max_ahead_ms: float,
-    max_sources: Any,
-    max_entry_bytes: Any,
-    superseding: bool,
-    snapshot: Any,
-) -> None:
-    """Refuse a bad option to a replica, at the call."""
-    if not callable(reducer):
-        raise TypeError(f"reducer must be callable, not {reducer!r}")
-    if map is not None and not callable(map):
-        raise TypeError(f"map must be callable, not {map!r}")
-    if id is not None:
-        check_id(id)
-    if not 0 < max_ahead_ms < max_drift_ms:
-        raise ValueError("need 0 < max_ahead_ms < max_drift_ms")
-    if type(max_sources) is not int or max_sources < 1:
-        raise ValueError("max_sources must be a positive int")
-    least = 2 * DIGEST_OVERHEAD_BYTES
-    if type(max_entry_bytes) is not int or max_entry_bytes < least:
-        raise ValueError(f"max_entry_bytes must be an int >= {least}")
-    if snapshot is not None and superseding:
-        raise ValueError(
-            "snapshot= is for reducers without last_write_wins= or stamped="
-        )
 
 
 #: The keywords of Replica._write, for the types' methods that call it:
