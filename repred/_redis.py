@@ -222,8 +222,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
 """
 
-_META_FIELDS = ("epoch", "type", "image", "image_id", "image_len", "image_bytes")
-
 
 class _Resync(Exception):
     """Start the sync with Redis again (the stream has a gap for this link,
@@ -241,23 +239,14 @@ def _stream_id(ident: bytes | None) -> tuple[int, int]:
         return (2**64, 0)  # not an id Redis makes: after every one
 
 
-@attrs.frozen
 class _Keys:
-    """The Redis keys of one name."""
+    """The Redis keys of one name (see the module docstring)."""
 
-    base: str  # "PREFIX:{name}"
-
-    @property
-    def meta(self) -> str:
-        return f"{self.base}:meta"
-
-    @property
-    def log(self) -> str:
-        return f"{self.base}:log"
-
-    @property
-    def lock(self) -> str:
-        return f"{self.base}:lock"
+    def __init__(self, prefix: str, name: str) -> None:
+        self.base = f"{prefix}:{{{name}}}"
+        self.meta = f"{self.base}:meta"
+        self.log = f"{self.base}:log"
+        self.lock = f"{self.base}:lock"
 
     def image(self, token: bytes | str) -> str:
         if isinstance(token, bytes):
@@ -485,7 +474,7 @@ class RedisLink:
         self._longest = (
             max(options.batch_bytes, DEFAULT_BATCH_BYTES) + options.max_line_bytes + 1
         )
-        self._keys = _Keys(f"{options.prefix}:{{{name}}}")
+        self._keys = _Keys(options.prefix, name)
         #: Marks this link's records, which it does not read back.
         self._id = secrets.token_urlsafe(9).encode()
         #: The id its sessions are told Redis has: random, so that no
@@ -1025,7 +1014,7 @@ class RedisLink:
         return True
 
     async def _read_meta(self, client: Any) -> _Meta:
-        names = [*_META_FIELDS, "trimmed"]
+        names = [field.name for field in attrs.fields(_Meta)]
         values = await self._call(client.hmget(self._keys.meta, names))
         return _Meta.parse(
             {k.encode(): v for k, v in zip(names, values, strict=True) if v is not None}

@@ -675,14 +675,9 @@ class Replica:
     def _apply_run(
         self, run: Run, origin: object, check: bool, progress: _Progress
     ) -> None:
-        """Apply one run: entries of one source, stamps increasing.
-
-        The checks that do not depend on the entry (covered, deferred,
-        forged, a new source) are made once for the run; then each entry is
-        reduced and recorded. If the reducer raises, the entries before the
-        one that failed stay recorded, the clock moves over them, and the
-        state is made whole again from the history.
-        """
+        """Apply one run (see :meth:`apply_runs`). If the reducer raises, the
+        entries before the one that failed stay recorded, the clock moves
+        over them, and the state is made whole again from the history."""
         source, stamps = run[0], run[1]
         known = self._clock.get(source)
         start = self._covered(run, known, origin, progress)
