@@ -85,9 +85,6 @@ DEFAULT_MAX_SOURCES = 16_384
 DIGEST_OVERHEAD_BYTES = 8192
 
 
-_dumps = orjson.dumps
-
-
 def clock_cost(source: str) -> int:
     """Bytes one source takes in a digest's clock, at most: ``"id":ts,``."""
     return len(orjson.dumps(source)) + 26

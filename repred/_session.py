@@ -121,10 +121,8 @@ if TYPE_CHECKING:
 #: A data_to_send() call for at least this many sources encodes with the
 #: cyclic garbage collector paused (see the module docstring).
 _GC_PAUSE_SOURCES = 64
-_loads = orjson.loads
 _dumps = orjson.dumps
 _OPT = orjson.OPT_APPEND_NEWLINE
-_JSONDecodeError = orjson.JSONDecodeError
 
 __all__ = [
     "DEFAULT_BATCH_BYTES",
