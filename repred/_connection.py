@@ -30,13 +30,7 @@ if TYPE_CHECKING:
     from ._options import LinkOptions
     from ._replica import Replica
 
-__all__ = [
-    "Channel",
-    "Connection",
-    "ConnectionStatistics",
-    "run_channel",
-    "run_link",
-]
+__all__ = ["Channel", "Connection", "ConnectionStatistics", "run_channel", "run_link"]
 
 _RECEIVE_SIZE = 64 * 1024
 _TRANSPORT_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)

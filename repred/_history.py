@@ -27,13 +27,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from ._hashtree import SourceTree, View
 
 if TYPE_CHECKING:
-    from collections.abc import (
-        Callable,
-        Hashable,
-        Iterable,
-        Iterator,
-        Mapping,
-    )
+    from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 
 _first, _second, _third = itemgetter(0), itemgetter(1), itemgetter(2)
 

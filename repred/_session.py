@@ -929,9 +929,7 @@ class Session:
             peer,
         )
         self._fail()
-        raise LocalProtocolError(
-            f"entry of {size} bytes is over the peer's line limit",
-        )
+        raise LocalProtocolError(f"entry of {size} bytes is over the peer's line limit")
 
     def _on_applied(self, source: str, ts: float, origin: object) -> None:
         if source in self._queued:

@@ -932,9 +932,7 @@ def _checked_batch(
         or len(stamps) != len(changes)
     ):
         raise _bad(
-            "a batch holds as many changes as stamps, at least one",
-            "bad-batch",
-            line,
+            "a batch holds as many changes as stamps, at least one", "bad-batch", line
         )
     types = list(map(type, stamps))
     kinds = set(types)
