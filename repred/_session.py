@@ -404,9 +404,7 @@ class Session:
         """Start an anti-entropy round now, if the link has one and none of
         this side's is in progress; ``True`` if one started."""
         ae = self._ae
-        if ae is None or not self.synced or self._ae_due:
-            return False
-        if not ae.start():
+        if ae is None or not self.synced or self._ae_due or not ae.start():
             return False
         if self.wakeup is not None:
             self.wakeup()
@@ -626,23 +624,21 @@ class Session:
                     "bad-antientropy",
                     line,
                 ) from exc
-            if self.wakeup is not None:
-                self.wakeup()
-            return
-        try:
-            if isinstance(msg, Repair):
-                self._sent_upto(msg.source, msg.stamps[-1])
-                ae.take_repair(msg.source, msg.stamps, msg.changes, msg.signatures)
-            elif isinstance(msg, RepairSnapshot):
-                ae.take_snapshot(msg.update, msg.clock)
-        except (RemoteProtocolError, StoreError):
-            raise
-        except Exception as exc:  # the reducer refused it
-            raise RemoteProtocolError(
-                f"the replica refused what anti-entropy sent: {exc!r}",
-                reason="reducer-error",
-                line=snippet(line),
-            ) from exc
+        else:
+            try:
+                if isinstance(msg, Repair):
+                    self._sent_upto(msg.source, msg.stamps[-1])
+                    ae.take_repair(msg.source, msg.stamps, msg.changes, msg.signatures)
+                elif isinstance(msg, RepairSnapshot):
+                    ae.take_snapshot(msg.update, msg.clock)
+            except (RemoteProtocolError, StoreError):
+                raise
+            except Exception as exc:  # the reducer refused it
+                raise RemoteProtocolError(
+                    f"the replica refused what anti-entropy sent: {exc!r}",
+                    reason="reducer-error",
+                    line=snippet(line),
+                ) from exc
         if self.wakeup is not None:
             self.wakeup()
 
