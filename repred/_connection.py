@@ -14,6 +14,7 @@ the scuttlebutt lines as they are), or the gossip peers'
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import TYPE_CHECKING, Protocol, final
 
@@ -498,10 +499,8 @@ class Connection:
             # live=False: everything is exchanged. Say so, and give the peer
             # a moment to finish its side before the connection is dropped.
             if isinstance(stream, trio.abc.HalfCloseableStream):
-                try:
+                with contextlib.suppress(*_TRANSPORT_ERRORS):
                     await stream.send_eof()
-                except _TRANSPORT_ERRORS:
-                    pass
                 await trio.sleep(options.close_timeout)
             self._scope.cancel()
         except RepredError as exc:
@@ -523,13 +522,12 @@ async def run_channel(
     conn = Connection(channel, stream)
     try:
         with conn._scope:
-            async with single_errors():
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(
-                        conn._reader, options.handshake_timeout, options.idle_timeout
-                    )
-                    nursery.start_soon(conn._writer, live, options)
-                    on_start(conn)
+            async with single_errors(), trio.open_nursery() as nursery:
+                nursery.start_soon(
+                    conn._reader, options.handshake_timeout, options.idle_timeout
+                )
+                nursery.start_soon(conn._writer, live, options)
+                on_start(conn)
     finally:
         for session in channel.sessions:
             session.close()
