@@ -429,10 +429,7 @@ class SqliteStore:
         Raises:
             StoreError: what was queued still cannot be made durable.
         """
-        if self.durability == "full":
-            self.commit()
-        elif self._error is not None:
-            raise self._error
+        self.commit()  # (in "batch" mode, it raises the error kept)
 
     def commit(self, *, discard_on_error: bool = False) -> None:
         """Make what was queued durable (in ``"full"`` mode, now).
