@@ -250,8 +250,7 @@ class SqliteStore:
                     " store is never made over an existing file: remove it to"
                     " start afresh)"
                 )
-            db = self._connect()
-            loaded = self._checked_open(db, type_name, replica_id)
+            db, loaded = self._checked_open(type_name, replica_id)
         except BaseException:
             self._release()
             raise
@@ -265,12 +264,25 @@ class SqliteStore:
         return loaded
 
     def _checked_open(
-        self, db: sqlite3.Connection, type_name: str, replica_id: str | None
-    ) -> StoreContents:
-        """What ``db`` holds, checked before anything is written, even a
-        pragma; the database is closed if it is refused."""
+        self, type_name: str, replica_id: str | None
+    ) -> tuple[sqlite3.Connection, StoreContents]:
+        """The database and what it holds, checked before anything is
+        written, even a pragma; the database is closed if it is refused."""
         import sqlite3
 
+        try:
+            db = sqlite3.connect(
+                self.path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=self.busy_timeout,
+            )
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"{self.path} is not a usable repred store: {exc}"
+            ) from None
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open {self.path}: {exc}") from None
         try:
             loaded = _load(db, self.path, type_name, replica_id)
             db.execute("PRAGMA journal_mode=WAL")
@@ -289,7 +301,7 @@ class SqliteStore:
         except BaseException:
             db.close()
             raise
-        return loaded
+        return db, loaded
 
     def _acquire(self) -> None:
         if fcntl is None:  # pragma: no cover
@@ -308,24 +320,6 @@ class SqliteStore:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
-
-    def _connect(self) -> sqlite3.Connection:
-        import sqlite3
-
-        try:
-            db = sqlite3.connect(
-                self.path,
-                isolation_level=None,
-                check_same_thread=False,
-                timeout=self.busy_timeout,
-            )
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(
-                f"{self.path} is not a usable repred store: {exc}"
-            ) from None
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open {self.path}: {exc}") from None
-        return db
 
     def _create(self, type_name: str, replica_id: str) -> None:
         """Build a new store in a temporary file and rename it into place."""
@@ -616,10 +610,8 @@ class SqliteStore:
         try:
             state = None
             if checkpoint is not None:
-                payload, clock = (
-                    orjson.dumps(checkpoint[0]),
-                    orjson.dumps(checkpoint[1]),
-                )
+                payload = orjson.dumps(checkpoint[0])
+                clock = orjson.dumps(checkpoint[1])
                 state = (payload, clock, _checkpoint_crc(payload, clock))
             db.execute("BEGIN IMMEDIATE")
             try:
