@@ -701,17 +701,12 @@ class Replica:
         """Where the entries the clock does not cover start; those it covers
         are checked against what is held (an omission taken, a second
         version settled)."""
-        source, stamps, changes, sigs = run
+        stamps = run[1]
         if known is None or stamps[0] > known:
             return 0
         start = bisect_right(stamps, known)
-        taken = 0
-        for i in range(start):
-            sig = None if sigs is None else sigs[i]
-            taken += self._known(changes[i], stamps[i], source, sig, origin)
-        if taken:
-            self._repaired(source, taken)
-            progress.repaired += taken  # committed with the entries
+        # (Committed with the entries.)
+        progress.repaired += self._known(run, range(start), origin)
         return start
 
     def _admissible(
@@ -1046,7 +1041,8 @@ class Replica:
         """
         taken = 0
         try:
-            for source, stamps, changes, sigs in entry_runs:
+            for run in entry_runs:
+                source, stamps = run[0], run[1]
                 known = self._clock.get(source, -1)
                 held = self._history.get
                 # Second versions first, then what this replica lacks.
@@ -1054,42 +1050,39 @@ class Replica:
                     (i for i, ts in enumerate(stamps) if ts <= known),
                     key=lambda i: held(source, stamps[i]) is None,
                 )
-                n = 0
-                for i in order:
-                    sig = None if sigs is None else sigs[i]
-                    n += self._known(changes[i], stamps[i], source, sig, origin)
-                if n:
-                    self._repaired(source, n)
-                taken += n
+                taken += self._known(run, order, origin)
         finally:
             if taken and self.store is not None:
                 self.store.commit()
         return taken
 
-    def _repaired(self, source: str, n: int) -> None:
-        self._diverged(
-            Divergence(
-                kind="repaired",
-                source=source,
-                entries=n,
-                message=f"took {n} {'entry' if n == 1 else 'entries'} of source"
-                f" {source[:80]!r} that this"
-                " replica lacked although its clock covered them",
-            ),
-            logging.INFO,
-        )
-
-    def _known(
-        self, change: Any, ts: float, source: str, signature: str | None, origin: object
-    ) -> int:
-        """An entry at or below the clock: take it if this replica lacks it
-        (1), settle an equivocation, or do nothing (0)."""
-        held = self._history.get(source, ts)
-        if held is None:
-            return int(self._take(change, ts, source, signature, origin))
-        if not _same(held, change):
-            self._equivocation(source, ts, held, change, signature, origin)
-        return 0
+    def _known(self, run: Run, order: Iterable[int], origin: object) -> int:
+        """Entries ``order`` of a run, at or below the clock: each is taken
+        if this replica lacks it, settles an equivocation, or does nothing.
+        How many were taken, and reported as repaired."""
+        source, stamps, changes, sigs = run
+        taken = 0
+        for i in order:
+            change, ts = changes[i], stamps[i]
+            signature = None if sigs is None else sigs[i]
+            held = self._history.get(source, ts)
+            if held is None:
+                taken += self._take(change, ts, source, signature, origin)
+            elif not _same(held, change):
+                self._equivocation(source, ts, held, change, signature, origin)
+        if taken:
+            self._diverged(
+                Divergence(
+                    kind="repaired",
+                    source=source,
+                    entries=taken,
+                    message=f"took {taken} {'entry' if taken == 1 else 'entries'}"
+                    f" of source {source[:80]!r} that this replica lacked"
+                    " although its clock covered them",
+                ),
+                logging.INFO,
+            )
+        return taken
 
     def _take(
         self, change: Any, ts: float, source: str, signature: str | None, origin: object
