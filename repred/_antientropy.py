@@ -248,7 +248,11 @@ class AntiEntropy:
         ``after_sync``: the round that follows the sync (see ``common``)."""
         if True in self._rounds:
             return False
-        self._send_proofs()
+        for first, second in self.replica.proofs():
+            source = first[2]
+            if source not in self._proofs_sent and len(self._proofs_sent) < _MAX_PROOFS:
+                self._proofs_sent.add(source)
+                self._out.append(encode_proof(first, second))
         self._started += 1
         rnd = self._started
         horizon = self.replica.horizon()
@@ -269,13 +273,6 @@ class AntiEntropy:
             )
         )
         return True
-
-    def _send_proofs(self) -> None:
-        for first, second in self.replica.proofs():
-            source = first[2]
-            if source not in self._proofs_sent and len(self._proofs_sent) < _MAX_PROOFS:
-                self._proofs_sent.add(source)
-                self._out.append(encode_proof(first, second))
 
     # -- receiving -------------------------------------------------------
 

@@ -26,7 +26,7 @@ from ._groups import single_errors
 from ._session import Session, SyncReceived
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable
 
     from ._options import LinkOptions
     from ._replica import Replica
@@ -81,12 +81,6 @@ class ConnectionStatistics:
     antientropy_differed: int = 0
     repaired_in: int = 0
     repaired_out: int = 0
-
-
-def _total(counts: Iterable[int | None]) -> int | None:
-    """The sum of the counts that are known; ``None`` if none is."""
-    known = [n for n in counts if n is not None]
-    return sum(known) if known else None
 
 
 class Channel(Protocol):
@@ -297,6 +291,8 @@ class Connection:
 
     def statistics(self) -> ConnectionStatistics:
         stats = [s.statistics() for s in self._channel.sessions]
+        # What the peer announced, on the sessions where it did.
+        expected = [s.entries_expected for s in stats if s.entries_expected is not None]
         return ConnectionStatistics(
             peer_id=self.peer_id,
             synced=self.synced,
@@ -307,7 +303,7 @@ class Connection:
             deferred=sum(s.deferred for s in stats),
             refused=sum(s.refused for s in stats),
             entries_received=sum(s.entries_received for s in stats),
-            entries_expected=_total(s.entries_expected for s in stats),
+            entries_expected=sum(expected) if expected else None,
             started=self.started,
             antientropy_rounds=sum(s.antientropy_rounds for s in stats),
             antientropy_differed=sum(s.antientropy_differed for s in stats),

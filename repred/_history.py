@@ -285,11 +285,6 @@ def runs(entries: Iterable[tuple[Any, ...]], *, canonical: bool = False) -> list
     return out
 
 
-def _new_log() -> SourceLog:
-    """An empty SourceLog whose lists the caller sets (no __init__ call)."""
-    return SourceLog.__new__(SourceLog)
-
-
 class History:
     """Every entry a replica holds, as per-source logs.
 
@@ -348,7 +343,7 @@ class History:
         log = logs.get(source)
         if log is None:
             # A new source (the hot path of a sync from many writers).
-            log = logs[source] = _new_log()
+            log = logs[source] = SourceLog.__new__(SourceLog)  # (no __init__)
             log._stamps = [ts]
             log._changes = [change]
             log._live = 1

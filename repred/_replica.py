@@ -1634,7 +1634,12 @@ class Replica:
         cannot undo an applied entry.
         """
         self._listeners.append(listener)
-        return _remover(self._listeners, listener)
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                self._listeners.remove(listener)
+
+        return remove
 
     def watch(self, watcher: Watcher) -> Callable[[], None]:
         """Call ``watcher(source, ts, origin)`` once per run of entries applied.
@@ -1708,16 +1713,6 @@ def _writers(writers: Writers | None) -> Callable[[str], bool] | None:
         raise TypeError("writers= is a set of ids, not one id")
     allowed = frozenset(writers)
     return allowed.__contains__
-
-
-def _remover(items: list[Any], item: Any) -> Callable[[], None]:
-    """A function that removes ``item`` from ``items`` (idempotent)."""
-
-    def remove() -> None:
-        with contextlib.suppress(ValueError):
-            items.remove(item)
-
-    return remove
 
 
 #: The keywords of Replica._write, for the types' methods that call it:
