@@ -177,16 +177,13 @@ async def _wait(
 def _deliver(result: _Result, cancelled: bool) -> Any:
     """What a call's caller gets: the value, the error as itself, or the
     cancellation that applies."""
-    if result is None:
-        if cancelled:
-            raise asyncio.CancelledError
-        raise PortalClosed("the portal closed while the call ran")
-    ok, value = result
-    if not ok:
-        raise value
+    if result is not None and not result[0]:
+        raise result[1]
     if cancelled:
         raise asyncio.CancelledError
-    return value
+    if result is None:
+        raise PortalClosed("the portal closed while the call ran")
+    return result[1]
 
 
 def _single(exc: BaseException) -> BaseException:
