@@ -855,12 +855,9 @@ class RedisLink:
         """Read (or make) the meta; forget what this link knew if Redis lost
         it (a new epoch, or a stream that ends before what the link read or
         wrote)."""
-        raw = await self._call(
-            client.register_script(_INIT)(
-                keys=[self._keys.meta],
-                args=[secrets.token_urlsafe(12), self.replica.type_name],
-            )
-        )
+        init = client.register_script(_INIT)
+        args = [secrets.token_urlsafe(12), self.replica.type_name]
+        raw = await self._call(init(keys=[self._keys.meta], args=args))
         fields = dict(zip(raw[::2], raw[1::2], strict=True))
         meta = _Meta.parse(fields)
         theirs = (meta.type or b"").decode("utf-8", "replace")
@@ -959,12 +956,9 @@ class RedisLink:
             self.name,
             self.url,
         )
-        await self._call(
-            client.register_script(_DROP)(
-                keys=[self._keys.meta],
-                args=[meta.epoch or b"", meta.image or b"", secrets.token_urlsafe(12)],
-            )
-        )
+        drop = client.register_script(_DROP)
+        args = [meta.epoch or b"", meta.image or b"", secrets.token_urlsafe(12)]
+        await self._call(drop(keys=[self._keys.meta], args=args))
         raise _Resync
 
     async def _read_image(self, client: Any, meta: _Meta) -> bool:
@@ -1218,24 +1212,17 @@ class RedisLink:
         no other link is writing one."""
         try:
             token = secrets.token_urlsafe(12)
+            nx = coredis.tokens.PureToken.NX
             locked = await self._call(
-                client.set(
-                    self._keys.lock,
-                    token,
-                    condition=coredis.tokens.PureToken.NX,
-                    px=_LOCK_MS,
-                )
+                client.set(self._keys.lock, token, condition=nx, px=_LOCK_MS)
             )
             if not locked:
                 return
             try:
                 await self._write_image(client, token)
             finally:
-                await self._call(
-                    client.register_script(_RELEASE)(
-                        keys=[self._keys.lock], args=[token]
-                    )
-                )
+                release = client.register_script(_RELEASE)
+                await self._call(release(keys=[self._keys.lock], args=[token]))
         finally:
             self._compacting = False
 
@@ -1255,26 +1242,10 @@ class RedisLink:
         trim = _stream_id(covers)[0] - tail_ms
         trim_to = covers if not tail_ms else f"{trim}-0".encode() if trim > 0 else b""
         old = meta.image or b""
-        committed = await self._call(
-            client.register_script(_COMMIT)(
-                keys=[
-                    self._keys.meta,
-                    self._keys.log,
-                    key,
-                    self._keys.image(old or token),
-                ],
-                args=[
-                    epoch,
-                    covers,
-                    token,
-                    length,
-                    size,
-                    old,
-                    trim_to,
-                    _OLD_IMAGE_SECONDS,
-                ],
-            )
-        )
+        commit = client.register_script(_COMMIT)
+        keys = [self._keys.meta, self._keys.log, key, self._keys.image(old or token)]
+        args = [epoch, covers, token, length, size, old, trim_to, _OLD_IMAGE_SECONDS]
+        committed = await self._call(commit(keys=keys, args=args))
         if committed:
             self._images_written += 1
             self._touch()
