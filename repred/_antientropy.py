@@ -261,17 +261,11 @@ class AntiEntropy:
         self._rounds[True] = (rnd, state)
         root, _ = self._summary.root(horizon, self._common if after_sync else None)
         self.rounds += 1
-        self._out.append(
-            encode_ae(
-                "root",
-                rnd,
-                True,
-                h=horizon,
-                fp=root.hex(),
-                snap=self.replica.compacted is not None,
-                sync=after_sync,
-            )
+        fp, snap = root.hex(), self.replica.compacted is not None
+        root_line = encode_ae(
+            "root", rnd, True, h=horizon, fp=fp, snap=snap, sync=after_sync
         )
+        self._out.append(root_line)
         return True
 
     # -- receiving -------------------------------------------------------

@@ -1030,12 +1030,9 @@ class RedisLink:
         assert self._position is not None
         options = self._options
         block = round(options.poll_seconds * 1000) if wait else None
-        reply = await self._call(
-            client.xread(
-                {self._keys.log: self._position}, count=options.read_count, block=block
-            ),
-            options.poll_seconds if wait else 0.0,
-        )
+        streams = {self._keys.log: self._position}
+        read = client.xread(streams, count=options.read_count, block=block)
+        reply = await self._call(read, options.poll_seconds if wait else 0.0)
         return reply.get(self._keys.log.encode(), ()) if reply else ()
 
     async def _take(self, client: Any, records: Any) -> bool:
