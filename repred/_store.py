@@ -325,6 +325,8 @@ class SqliteStore:
         """Build a new store in a temporary file and rename it into place."""
         import sqlite3
 
+        meta = {"format": str(STORE_FORMAT), "type": type_name, "id": replica_id}
+        rows = [(k, v, _meta_crc(k, v)) for k, v in meta.items()]
         tmp = f"{self.path}.new-{os.getpid()}"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -334,17 +336,7 @@ class SqliteStore:
                 db.execute("BEGIN")
                 for table in _TABLES + _TABLES_4:
                     db.execute(table)
-                db.executemany(
-                    "INSERT INTO meta VALUES (?, ?, ?)",
-                    [
-                        (k, v, _meta_crc(k, v))
-                        for k, v in (
-                            ("format", str(STORE_FORMAT)),
-                            ("type", type_name),
-                            ("id", replica_id),
-                        )
-                    ],
-                )
+                db.executemany("INSERT INTO meta VALUES (?, ?, ?)", rows)
                 db.execute("COMMIT")
             finally:
                 db.close()
