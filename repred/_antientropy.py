@@ -546,24 +546,20 @@ class AntiEntropy:
         if log is None:
             return b""
         held = [(ts, log.get(ts)) for ts in stamps]
-        held = [(ts, c) for ts, c in held if c is not None]
-        if not held:
+        stamps = [ts for ts, c in held if c is not None]
+        if not stamps:
             return b""
-        sigs = [log.signature(ts) for ts, _ in held]
-        line = encode_repair(
-            source,
-            [ts for ts, _ in held],
-            [c for _, c in held],
-            sigs if any(sigs) else None,
-        )
-        if len(line) > self._max_line and len(held) > 1:
-            half = len(held) // 2
-            self._repairs.appendleft((source, [ts for ts, _ in held[half:]]))
-            self._repairs.appendleft((source, [ts for ts, _ in held[:half]]))
+        changes = [c for _, c in held if c is not None]
+        sigs = [log.signature(ts) for ts in stamps]
+        line = encode_repair(source, stamps, changes, sigs if any(sigs) else None)
+        if len(line) > self._max_line and len(stamps) > 1:
+            half = len(stamps) // 2
+            self._repairs.appendleft((source, stamps[half:]))
+            self._repairs.appendleft((source, stamps[:half]))
             return b""
         if len(line) > self._max_line:
             return b""  # one entry the peer cannot take (it refuses it anyway)
-        self.repaired_out += len(held)
+        self.repaired_out += len(stamps)
         return line
 
 
