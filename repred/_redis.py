@@ -61,6 +61,7 @@ Redis still holds and writes everything the replica holds beyond it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import secrets
@@ -970,10 +971,8 @@ class RedisLink:
             return False
         digest = None
         if len(head[0]) <= self._options.max_line_bytes:
-            try:
+            with contextlib.suppress(RepredError):
                 digest = decode(head[0])
-            except RepredError:
-                pass
         if type(digest) is not Digest:
             self._refuse(
                 ": the image %r does not start with a clock; taking it as lost",

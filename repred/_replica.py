@@ -1142,11 +1142,9 @@ class Replica:
         quietly and counted: the peer that sent it (a relay that does not
         verify) may hold it in good faith, and its link stays up."""
         if banned_too or source not in self._banned:
-            try:
+            with contextlib.suppress(RemoteProtocolError):
                 self._check_signed(source, [ts], [change], [signature], 0, 1)
                 return True
-            except RemoteProtocolError:
-                pass
         self._divergence["refused"] += 1
         return False
 
