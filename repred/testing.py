@@ -11,6 +11,7 @@ import random
 from typing import TYPE_CHECKING, Any, final
 
 import attrs
+import orjson
 import trio
 import trio.testing
 
@@ -401,29 +402,6 @@ async def simulate_peers(
 # -- checking reducers -------------------------------------------------------
 
 
-def _fold(
-    reducer: Callable[..., Any],
-    state: Any,
-    entries: Sequence[tuple[Any, float, str]],
-    *,
-    key: Callable[[Any], Hashable] | None,
-    stamped: bool,
-) -> Any:
-    """Apply entries the way a replica does (dominance by key included)."""
-    newest: dict[Hashable, tuple[float, str]] = {}
-    for change, ts, source in entries:
-        if key is not None:
-            k = key(change)
-            if k in newest and newest[k] >= (ts, source):
-                continue
-            newest[k] = (ts, source)
-        if stamped:
-            reducer(state, change, (ts, source))
-        else:
-            reducer(state, change)
-    return state
-
-
 def check_reducer(
     reducer: Callable[..., Any],
     initial: Any,
@@ -511,13 +489,17 @@ class _Laws:
         )
 
     def fold(self, entries: Sequence[tuple[Any, float, str]]) -> Any:
-        return _fold(
-            self.reducer,
-            self.fresh(),
-            entries,
-            key=self.last_write_wins,
-            stamped=self.stamped,
-        )
+        """Apply entries the way a replica does (dominance by key included)."""
+        state, key = self.fresh(), self.last_write_wins
+        newest: dict[Hashable, tuple[float, str]] = {}
+        for change, ts, source in entries:
+            if key is not None:
+                k = key(change)
+                if k in newest and newest[k] >= (ts, source):
+                    continue
+                newest[k] = (ts, source)
+            self.reduce(state, change, (ts, source))
+        return state
 
     def entries_of(
         self, written: list[tuple[Any, int]]
@@ -679,15 +661,11 @@ class _Laws:
 
 
 def _canonical(value: Any) -> bytes:
-    import orjson
-
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
 def _over_the_wire(change: Any) -> Any:
     """The change as a peer receives it: through JSON."""
-    import orjson
-
     return orjson.loads(orjson.dumps(change))
 
 
