@@ -323,12 +323,13 @@ def test_junk_members_are_refused_on_the_link(junk):
     members = members_replica(wall=FakeWall())
     s = Session(members)
     s.data_to_send()
+    entry = orjson.dumps([[junk, "alive", "evil"], EPOCH, "evil"]) + b"\n"
     with pytest.raises(repred.RemoteProtocolError):
-        s.receive_data(digest_line() + orjson.dumps([[junk], EPOCH, "evil"]) + b"\n")
+        s.receive_data(digest_line() + entry)
     assert members.state == {}
 
 
-def test_a_member_address_is_checked_on_every_heartbeat():
+def test_a_member_address_is_checked_on_every_entry():
     # Checks are remembered for speed; refusals must not be, nor may a
     # good address stand in for a bad one.
     from repred._members import members_replica
@@ -336,28 +337,32 @@ def test_a_member_address_is_checked_on_every_heartbeat():
     wall = FakeWall()
     members = members_replica(wall=wall)
     for ts in range(3):
-        members.apply([(["10.1.2.3:4"], wall.now - 100 + ts, "good")])
-        for junk in (["0.0.0.0:4"], ["10.1.2.3:0"], [["10.1.2.3:4"]]):
+        members.apply([(["10.1.2.3:4", "alive", "good"], wall.now - 100 + ts, "good")])
+        for junk in ("0.0.0.0:4", "10.1.2.3:0", ["10.1.2.3:4"]):
+            bad = f"bad{ts}"
             with pytest.raises(ValueError):
-                members.apply([(junk, wall.now - 50 + ts, f"bad{ts}")])
-    assert members.state == {"10.1.2.3:4": wall.now - 98}
+                members.apply([([junk, "alive", bad], wall.now + ts, bad)])
+    assert members.state == {"10.1.2.3:4": ("alive", wall.now - 98, "good", "good")}
 
 
 def test_the_membership_map_is_bounded_and_reaped():
-    from repred._members import members_replica
+    from repred._members import View, members_replica
 
     wall = FakeWall()
-    members = members_replica(wall=wall, max_members=100)
+    view = View(members_replica(wall=wall, max_members=100))
+    members = view.members
     entries = [
-        ([f"10.0.{i // 250}.{i % 250}:1"], wall.now - 1000 + i, f"s{i}")
+        ([f"10.0.{i // 250}.{i % 250}:1", "alive", f"s{i}"], wall.now + i, f"s{i}")
         for i in range(150)
     ]
     with pytest.raises(ValueError, match="full"):
         members.apply(entries)
     assert len(members.state) == 100
+    view.join("127.0.0.1:5")
+    for address in list(members.state):
+        view.suspect(address)
     wall.now += 10_000
-    members.beat("127.0.0.1:5")
-    assert len(members.reap(older_than=5.0)) == 100
+    assert len(view.reap(older_than=5.0)) == 100
     assert list(members.state) == ["127.0.0.1:5"]
     assert len(list(members.history())) == 1
 
@@ -372,11 +377,10 @@ async def _junk_members(network, victim, n, address_of):
         wall=trio_wall(),
         heartbeat_interval=0.5,
     ) as hostile:
+        now = EPOCH + trio.current_time() * 1000 + 5
+        ghosts = [f"ghost{i}" for i in range(n)]
         hostile.membership.apply(
-            [
-                ([address_of(i)], EPOCH + trio.current_time() * 1000 + 5, f"ghost{i}")
-                for i in range(n)
-            ],
+            [([address_of(i), "alive", g], now, g) for i, g in enumerate(ghosts)]
         )
         with trio.fail_after(60):
             await wait_until(
@@ -401,12 +405,120 @@ async def test_ten_thousand_junk_members_do_not_stall_a_peer(autojump_clock):
         with trio.fail_after(120):
             for d in data:
                 await wait_until(d, lambda d=d: d.get("after") == "junk")
-        await trio.sleep(10)  # past down_after: the junk is never heard again
+        # No junk member ever answers: each is suspected by the first node
+        # that fails to dial it (gossip picks random members; the network
+        # shares the work), and is down down_after later.
+        with trio.fail_after(600):
+            await _all_suspected(peers[0], [f"ghost{i}:1" for i in range(10_000)])
+        await trio.sleep(5)  # down_after
         assert len(peers[0].members()) == 3
-        # reap_after without a heartbeat, and the junk is gone everywhere.
+        # reap_after after its suspicion, and the junk is gone everywhere.
         await trio.sleep(40)
         for p in peers:
             assert len(p.membership.state) == 3
+
+
+async def _all_suspected(peer, addresses):
+    """Wait until ``peer``'s map has suspected every one of ``addresses``."""
+    state = peer.membership.state
+    waiting = {a for a in addresses if a in state and state[a][0] != "suspect"}
+    done = trio.Event()
+    if not waiting:
+        return
+
+    def heard(effect, ts, source, origin):
+        if effect[1] == "suspect":
+            waiting.discard(effect[0])
+            if not waiting:
+                done.set()
+
+    remove = peer.membership.add_listener(heard)
+    try:
+        await done.wait()
+    finally:
+        remove()
+
+
+async def test_suspicions_written_at_will_never_take_a_live_node_down(
+    autojump_clock,
+):
+    """A member may write any suspicion, stamped now or stamped so that
+    it counts as old: the node it names refutes each at once, and no node
+    ever sees it down."""
+    network = MemoryNetwork(latency=0.01)
+    events = []
+    data = [model(id=f"s{i}", wall=trio_wall()) for i in range(5)]
+    opts = {
+        "heartbeat_interval": 1.0,
+        "gossip_interval": 3.0,
+        "seed_interval": 5.0,
+        "down_after": 3.0,
+        "on_event": events.append,
+    }
+    async with AsyncExitStack() as stack:
+        peers = await chain(stack, data, network, **opts)
+        with trio.fail_after(60):
+            for p in peers:
+                await wait_until(p.membership, lambda p=p: len(p.members()) == 5)
+        hostile, target = peers[4].membership, peers[1]
+        for i in range(40):
+            hostile.note(target.address, "suspect", target.membership.id)
+            await trio.sleep(0.25)
+            # Just newer than the refutation, so it wins, but stamped long
+            # before the forger's own clock: it counts from its arrival.
+            newest = hostile.entry(target.address)[1]
+            hostile.apply([([target.address, "suspect", "x"], newest + 1, f"f{i}")])
+            await trio.sleep(0.015)  # a hop: some hold it, unrefuted yet
+            assert any(p.statistics().suspected for p in peers)
+            assert all(target.address in p.members() for p in peers)
+            await trio.sleep(0.25)
+        await trio.sleep(5)
+        assert [e for e in events if e["event"] == "down"] == []
+        for p in peers:
+            assert target.address in p.members()
+            assert p.membership.entry(target.address)[0] == "alive"
+
+
+async def test_a_verifying_network_takes_suspicions_from_its_writers_only(
+    autojump_clock,
+):
+    network = MemoryNetwork(latency=0.01)
+    keys = [repred.SigningKey.generate() for _ in range(3)]
+    writers = {k.id for k in keys}
+    async with AsyncExitStack() as stack:
+        peers = []
+        for key in keys:
+            peers.append(
+                await stack.enter_async_context(
+                    repred.open_peer(
+                        transport=network,
+                        wall=trio_wall(),
+                        seeds=[p.address for p in peers],
+                        signing_key=key,
+                        verify=True,
+                        writers=writers,
+                    )
+                )
+            )
+        with trio.fail_after(60):
+            for p in peers:
+                await wait_until(p.membership, lambda p=p: len(p.members()) == 3)
+        # A node with no key of the writers' writes a suspicion and links.
+        async with repred.open_peer(
+            transport=network, wall=trio_wall(), seeds=[peers[0].address]
+        ) as outsider:
+            outsider.membership.note(peers[1].address, "suspect", keys[1].id)
+            await trio.sleep(10)
+        for p in peers:
+            assert p.membership.entry(peers[1].address)[0] == "alive"
+            assert outsider.address not in p.membership.state
+        # What a writer suspects is signed, and taken.
+        peers[0].membership.note(peers[2].address, "suspect", keys[2].id)
+        with trio.fail_after(10):
+            await wait_until(
+                peers[1].membership,
+                lambda: peers[1].membership.entry(peers[2].address)[3] in writers,
+            )
 
 
 async def test_tarpits_and_a_dead_seed_do_not_partition_the_network(autojump_clock):
@@ -449,7 +561,9 @@ async def test_tarpits_and_a_dead_seed_do_not_partition_the_network(autojump_clo
             # Ten tarpits join the membership; the seed dies.
             now = EPOCH + trio.current_time() * 1000
             for i, address in enumerate(tarpits):
-                peers[0].membership.apply([([address], now + i, f"tarpit{i}")])
+                peers[0].membership.apply(
+                    [([address, "alive", f"tarpit{i}"], now + i, f"tarpit{i}")]
+                )
             seed_scope.cancel()
             for i in range(3):
                 data[0].set(f"w{i}", i)

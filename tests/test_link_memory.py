@@ -45,7 +45,7 @@ def _opening(kind: str, i: int) -> bytes:
         return b'{"id":"idle","clock":{}}\n' + _LINE
     if kind == "peer":
         return (
-            b'{"repred-peer":2,"node":"127.0.0.1:%d","replicas":{"data":"model"}}\n'
+            b'{"repred-peer":3,"node":"127.0.0.1:%d","replicas":{"data":"model"}}\n'
             b'1\tdata\t{"id":"idle","clock":{}}\n2\tdata\t' % (20000 + i) + _LINE
         )
     key = base64.b64encode(os.urandom(16))
