@@ -12,7 +12,7 @@ weighs on every row and both sides of a comparison alike.
     python benchmarks/table.py [--runs N] [--markdown] [GROUP ...]
         (default: 5 runs of every group: sync, sync_1m, many_sources,
         live, local, noop, memory, durable, trust, junk, idle_links,
-        placement, gossip)
+        placement, gossip, redis; redis needs redis-server on the PATH)
 
 Prints every JSON line the scripts print, each run preceded by a
 ``table_run`` line (with the 1-minute load average before it); then one
@@ -376,9 +376,10 @@ def _gossip() -> Group:
         ),
         (
             "membership traffic and CPU per node per round at 100 / 300 / 1,000"
-            " peers (both grow with the peers: every node takes in every"
-            " member's heartbeat each round, about four times over, and each"
-            " new link opens with a digest of every member)",
+            " peers, once settled (the traffic stays flat as the peers grow:"
+            " membership entries travel only on change, liveness comes from"
+            " the links a node holds, and a link between agreeing maps opens"
+            " with a fingerprint)",
             "{kb100} / {kb300} / {kb1000} KB ({per_member100} / {per_member300}"
             " / {per_member1000} bytes per member); CPU {cpu100} / {cpu300} /"
             " {cpu1000} ms a node",
@@ -387,6 +388,45 @@ def _gossip() -> Group:
     ]
     command = py("gossip_rounds.py", *map(str, sizes))
     return Group("gossip", {"gossip": command}, figures, rows)
+
+
+def _redis() -> Group:
+    name = "redis"
+    figures = {}
+    for via in ("redis", "tcp"):
+        catch_up = {"bench": "catch_up", "via": via}
+        figures[f"catch_up_{via}"] = Figure(name, "seconds", 3, " s", catch_up)
+        live = {"bench": "live_latency", "via": via}
+        figures[f"live_{via}"] = Figure(name, "median_us", 0, " us", live)
+    figures["catch_up_ratio"] = Figure(name, "redis_over_tcp", 2, "x")
+    for held, short in (
+        ("image, stream trimmed", "trimmed"),
+        ("image and whole stream", "whole"),
+    ):
+        where = {"bench": "redis_memory", "held": held}
+        figures[f"memory_{short}"] = Figure(name, "bytes_per_key", 0, " bytes", where)
+    rows = [
+        (
+            "a new replica catching up on 100k keys through Redis (a child"
+            " process, from connect to synced) / a full sync over direct TCP",
+            "{catch_up_redis} / {catch_up_tcp}; {catch_up_ratio} (the median"
+            " of each run's three)",
+            "",
+        ),
+        (
+            "a live update reaching another replica through Redis / over a"
+            " direct TCP link (both ends in one process), median",
+            "{live_redis} / {live_tcp}",
+            "",
+        ),
+        (
+            "Redis memory per key held, 100k keys: the image with the stream"
+            " trimmed behind it / the image and the whole stream",
+            "{memory_trimmed} / {memory_whole}",
+            "",
+        ),
+    ]
+    return Group(name, {name: py("redis_link.py")}, figures, rows)
 
 
 def _placement() -> Group:
@@ -425,6 +465,7 @@ GROUPS = (
     _idle_links,
     _placement,
     _gossip,
+    _redis,
 )
 
 
