@@ -19,7 +19,8 @@ Prints every JSON line the scripts print, each run preceded by a
 ``table`` line per figure: its median, min and max and how many values it
 had (a script that times something several times, such as durable.py's
 three reopenings, gives several a run), and one per ratio, taken round by
-round (each side's median within the round). With ``--write``, the
+round (each side's median within the round); then one ``table_row`` line
+per row of the table, as it would be written. With ``--write``, the
 table's rows, each figure as median (min-max), replace the table between
 the markers of docs/benchmarks.rst (measure every group for that: the
 table is written whole).
@@ -556,6 +557,8 @@ def main() -> None:
         i = args.index("--runs")
         runs = int(args.pop(i + 1))
         args.pop(i)
+    if runs < 1:
+        sys.exit("--runs must be at least 1")
     chosen = [a for a in args if not a.startswith("--")]
     if "--write" in args and chosen:
         sys.exit("--write writes the whole table: measure every group")
@@ -566,6 +569,8 @@ def main() -> None:
     for group in groups:
         cells = summarise(group)
         rows += [(w, a.format(**cells), b.format(**cells)) for w, a, b in group.rows]
+    for what, ours, theirs in rows:
+        report("table_row", what=what, repred=ours, js=theirs)
     if "--write" in args:
         write_rows(PAGE, rows, f"{runs} runs each: median (min-max)")
 
