@@ -128,7 +128,8 @@ def _web_host(text: str) -> str:
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="python -m repred.peer",
-        description="A repred gossip peer replicating a key-value map.",
+        description="A repred gossip peer replicating a key-value map: a model()"
+        ' named "data" (a program that joins with open_peer names its own alike).',
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
