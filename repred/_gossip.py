@@ -383,7 +383,12 @@ class Peer:
 
     def _tick(self) -> None:
         """Forget old suspicions, and say who came and who went."""
-        self._view.reap(self.options.reap_after)
+        for node in self._view.reap(self.options.reap_after):
+            # Nothing is kept of a node the map forgot: junk members come
+            # and go, and each would leave its failures behind.
+            if self._failures.pop(node, 0):
+                self._failures_changed += 1
+            self._retry_at.pop(node, None)
         up = self._view.up(self.options.down_after)
         seen = (up, self._failures_changed)
         if seen[0] is self._seen[0] and seen[1] == self._seen[1]:

@@ -418,6 +418,26 @@ async def test_ten_thousand_junk_members_do_not_stall_a_peer(autojump_clock):
             assert len(p.membership.state) == 3
 
 
+async def test_junk_members_leave_nothing_behind_once_reaped(autojump_clock):
+    # Every address a node failed to dial was remembered (its failures and
+    # when to retry it) after the map forgot it: a stream of junk members,
+    # each reaped in its turn, grew those without bound.
+    network = MemoryNetwork()
+    data = [model(id=f"h{i}", wall=trio_wall()) for i in range(3)]
+    opts = {"heartbeat_interval": 1.0, "seed_interval": 5.0, "reap_after": 30.0}
+    async with AsyncExitStack() as stack:
+        peers = await chain(stack, data, network, **opts)
+        ghosts = [f"ghost{i}:1" for i in range(20)]
+        await _junk_members(network, peers[0], 20, lambda i: ghosts[i])
+        with trio.fail_after(600):
+            await _all_suspected(peers[0], ghosts)
+        await trio.sleep(20)  # long enough to be dialled and fail again
+        assert set(peers[0].statistics().suspects) & set(ghosts)
+        await trio.sleep(40)  # reap_after since the suspicions
+        assert len(peers[0].membership.state) == 3
+        assert not set(peers[0].statistics().suspects) & set(ghosts)
+
+
 async def _all_suspected(peer, addresses):
     """Wait until ``peer``'s map has suspected every one of ``addresses``."""
     state = peer.membership.state
