@@ -123,7 +123,8 @@ def test_an_open_document_syncs_and_the_owner_says_it_holds_it():
     held = b.docs["data"]
     assert held.replica.to_dict() == {"k": 1}
     mine = a.docs["data"]
-    assert mine.state == "open" and mine.synced
+    assert mine.state == "open"
+    assert mine.synced
     assert covers(mine.known, doc.clock)
     # A write here reaches the owner, whose clock line says it holds it.
     doc.set("k", 2)
@@ -175,7 +176,9 @@ def test_a_refused_open_says_why_and_can_be_asked_again():
 def test_a_document_of_another_type_is_refused_by_the_host():
     class Typed(Host):
         def accept(self, peer, name, type_name):
-            return "type" if type_name != "model" else super().accept(peer, name, type_name)
+            if type_name != "model":
+                return "type"
+            return super().accept(peer, name, type_name)
 
     a, b = pair(b_host=Typed())
     a.open("data", repred.types.gset())
@@ -193,7 +196,8 @@ def test_close_is_answered_and_releases_the_owners_session():
     a.close("data")
     assert a.docs["data"].state == "closing"
     pump(a, b)
-    assert "data" not in a.docs and "data" not in b.docs
+    assert "data" not in a.docs
+    assert "data" not in b.docs
     assert b._host.released_names == ["data"]
 
 
@@ -204,7 +208,8 @@ def test_crossing_closes_end_both_sides():
     a.close("data")
     b.close("data")
     pump(a, b)
-    assert not a.docs and not b.docs
+    assert not a.docs
+    assert not b.docs
 
 
 def test_lines_on_their_way_after_a_close_are_dropped():
@@ -218,7 +223,8 @@ def test_lines_on_their_way_after_a_close_are_dropped():
     a.close("data")  # ...while this side closes
     a.feed(late)  # dropped, not refused
     pump(a, b)
-    assert not a.docs and not b.docs
+    assert not a.docs
+    assert not b.docs
 
 
 def test_a_document_opened_again_while_closing_reopens_after_the_answer():
@@ -238,7 +244,8 @@ def test_closing_before_the_answer_closes_after_it():
     a.open("data", model())
     a.close("data")
     pump(a, b)
-    assert not a.docs and not b.docs
+    assert not a.docs
+    assert not b.docs
 
 
 def test_the_end_of_a_link_gives_back_its_documents():
@@ -246,8 +253,10 @@ def test_the_end_of_a_link_gives_back_its_documents():
     a.open("data", model())
     pump(a, b)
     docs = b.end()
-    assert [d.name for d in docs] == ["data"] and not docs[0].ours
-    assert b.closed and not b.sessions
+    assert [d.name for d in docs] == ["data"]
+    assert not docs[0].ours
+    assert b.closed
+    assert not b.sessions
 
 
 # -- probes ----------------------------------------------------------------------
@@ -349,12 +358,16 @@ def test_clocks_that_add_up_past_the_bound_are_refused():
     a = channel("127.0.0.1:1", Host())
     a.open("d", model())
     pump(a, b)
-    seq = b._seq_out
+    lines = b"".join(
+        b'%d\t\t{"clock":"d","at":{%s}}\n'
+        % (
+            b._seq_out + part + 1,
+            b",".join(b'"s%d_%d":1' % (part, i) for i in range(6000)),
+        )
+        for part in range(3)
+    )
     with pytest.raises(repred.RemoteProtocolError) as info:
-        for part in range(3):
-            at = b",".join(b'"s%d_%d":1' % (part, i) for i in range(6000))
-            seq += 1
-            a.feed(b'%d\t\t{"clock":"d","at":{%s}}\n' % (seq, at))
+        a.feed(lines)
     assert info.value.reason == "too-many-sources"
 
 

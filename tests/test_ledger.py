@@ -185,17 +185,21 @@ def test_a_job_asked_for_again_comes_sooner_or_once_more():
     book = ledger(NODES[0], members)
     book.hold(name)
     job = book.request(name, other, SYNC, 10.0)
-    assert book.request(name, other, SYNC, 4.0) is job and job.due == 4.0
+    assert book.request(name, other, SYNC, 4.0) is job
+    assert job.due == 4.0
     assert book.next_due() == 4.0
     assert book.start(3.0) == []
-    assert book.start(4.0) == [job] and job.running
+    assert book.start(4.0) == [job]
+    assert job.running
     book.request(name, other, SYNC, 5.0)  # while it runs
     book.done(job, 6.0, {}, sent=True)
-    assert book.jobs[name, other] is job and job.due == 6.0  # once more
+    assert book.jobs[name, other] is job
+    assert job.due == 6.0
     assert book.start(6.0) == [job]
     book.done(job, 7.0, {}, sent=False)
     assert not book.jobs
-    assert book.counts["syncs"] == 1 and book.counts["checks"] == 1
+    assert book.counts["syncs"] == 1
+    assert book.counts["checks"] == 1
 
 
 def test_at_most_concurrency_jobs_run_the_earliest_first():
@@ -236,7 +240,8 @@ def test_a_failed_job_backs_off_doubling_up_to_the_cap():
         delay = book.failed(started, now, "unreachable")
         delays.append(delay)
         now = job.due
-    assert job.attempts == 7 and job.reason == "unreachable"
+    assert job.attempts == 7
+    assert job.reason == "unreachable"
     for attempt, delay in enumerate(delays):
         step = min(8.0, 2.0**attempt)
         assert 0.5 * step <= delay <= 1.5 * step
@@ -255,7 +260,8 @@ def test_jobs_no_longer_owed_are_cancelled():
     assert all(j.to != other for j in book.start(1.0))
     assert book.counts["cancelled"] == 1
     book.forget(name)
-    assert not book.jobs and name not in book.held
+    assert not book.jobs
+    assert name not in book.held
 
 
 def test_confirmed_counts_the_owners_seen_to_hold_a_clock():
