@@ -152,7 +152,7 @@ class Peer:
     "reason", "retry_in"}`` when that (``"kind": "handoff"``) or an owner's
     catch-up (``"sync"``) failed and waits to be retried, ``{"event":
     "received", "document", "from"}`` when a peer brought this node a
-    document it now owns, and ``{"event": "dropped", "document",
+    document it now owns, and ``{"event": "copy-dropped", "document",
     "owners"}`` when this node dropped a copy once its owners held all of
     it.
     """

@@ -70,6 +70,9 @@ DOCS_PREFIX = b'{"repred-docs":'
 #: An attempt that keeps making progress still ends after this many
 #: ``handoff_timeout``: it resumes on the next.
 _MAX_ROUNDS = 10
+#: Heartbeats after which the members seen are settled on even if they
+#: were never the same twice in a row.
+_UNSETTLED = 5
 
 
 @attrs.frozen(kw_only=True)
@@ -293,19 +296,24 @@ class Placed:
 
     async def _views(self) -> None:
         """Settle on the members once they are the same on two heartbeats
-        in a row."""
+        in a row, or on the latest after they differed from those settled
+        on for :data:`_UNSETTLED` heartbeats (a member that comes and goes
+        must not hold placement back)."""
         assert self._peer is not None
         pending: frozenset[str] | None = None
+        unsettled = 0
         while True:
             await trio.sleep(self._peer_options.heartbeat_interval)
             members = frozenset(self._peer.members())
             if members == self.ledger.members:
-                pending = None
-            elif members != pending:
-                pending = members
-            else:
-                pending = None
+                pending, unsettled = None, 0
+                continue
+            unsettled += 1
+            if members == pending or unsettled >= _UNSETTLED:
+                pending, unsettled = None, 0
                 self._settle(members)
+            else:
+                pending = members
 
     def _settle(self, members: frozenset[str]) -> None:
         now = trio.current_time()
@@ -623,6 +631,12 @@ class Placed:
                 peer_log.exception("placed document %s: the factory failed", name)
                 return "failed"
             self._fresh[name] = peer
+            if self.ledger.role(name) == "leaving":
+                # Taken as an owner among the members seen now, before this
+                # node settled on them: if it does not own it after all, it
+                # checks with those that do, and then lets it go.
+                self.ledger.changed(name, trio.current_time(), source=None)
+                self._wake.set()
         if replica.type_name != type_name:
             return "type"
         self._uses[name] = self._uses.get(name, 0) + 1
@@ -672,7 +686,11 @@ class Placed:
             return
         self.ledger.counts["dropped"] += 1
         self._emit(
-            {"event": "dropped", "document": name, "owners": self.ledger.owners(name)}
+            {
+                "event": "copy-dropped",
+                "document": name,
+                "owners": self.ledger.owners(name),
+            }
         )
         self._forget(name)
 

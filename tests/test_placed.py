@@ -8,6 +8,7 @@ costs no real time and depends on no real timing.
 """
 
 import collections
+import functools
 import logging
 import random
 
@@ -231,7 +232,7 @@ async def test_a_join_takes_its_share_and_displaced_copies_are_dropped(autojump_
             (e["document"], address)
             for address, i in cluster.index.items()
             for e in cluster.events[i]
-            if e["event"] == "dropped"
+            if e["event"] == "copy-dropped"
         }
         displaced = {
             (name, address)
@@ -367,7 +368,7 @@ async def test_a_failed_handoff_is_retried_and_reported(autojump_clock):
         assert not newcomer.holding()
         # No displaced copy goes while the node that now owns it lacks it.
         await trio.sleep(30)
-        assert not cluster.all_events("dropped")
+        assert not cluster.all_events("copy-dropped")
         assert sum(p.statistics().documents.leaving for p in peers) > 0
         broken[0] = False
         with trio.fail_after(300):
@@ -754,6 +755,69 @@ async def test_an_owner_that_never_acknowledges_is_not_counted_and_is_reported(
         nursery.cancel_scope.cancel()
 
 
+async def test_a_copy_taken_before_the_members_settled_is_not_left_behind(
+    autojump_clock,
+):
+    # A node takes a copy it owns among the members it sees now, before it
+    # settled on them (its view lags a heartbeat or two); if it turns out
+    # not to own it after all, it checks with the owners and drops it.
+    async with trio.open_nursery() as nursery:
+        cluster = await started(nursery, 4)
+        target = next(iter(cluster.peers.values()))
+        name = next(
+            f"d{i}" for i in range(200) if target.address not in target.owners(f"d{i}")
+        )
+        owner = cluster.peers[target.owners(name)[0]]
+        (await owner.document(name)).set("k", 1)
+        # As if target saw itself an owner: a node opens the copy there.
+        target._placed._may_own = lambda name: True
+        channel = await owner._placed._link(target.address)
+        channel.open(name, owner._placed.replicas[name])
+        with trio.fail_after(30):
+            await until(lambda: name in target._placed.replicas)
+        channel.close(name)
+        with trio.fail_after(60):
+            await until(lambda: name not in target._placed.replicas)
+        assert target.statistics().documents.dropped == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_members_that_never_settle_are_settled_on_anyway(autojump_clock):
+    # A member that comes and goes on every heartbeat: the view is never the
+    # same twice in a row, yet placement moves on within five heartbeats.
+    from repred import LinkOptions, PeerOptions, PlacementOptions
+    from repred._placed import Placed
+
+    class Flapping:
+        address = "127.0.0.1:1"
+        seen = 0
+
+        def members(self):
+            self.seen += 1
+            return ["127.0.0.1:1", "127.0.0.1:2"] + (
+                ["127.0.0.1:3"] if self.seen % 2 else []
+            )
+
+    async def nowhere(node):
+        raise OSError("no network here")
+
+    placed = Placed(
+        factory=lambda name: model(wall=wall),
+        options=PlacementOptions(),
+        peer_options=PeerOptions(),
+        link_options=LinkOptions(),
+        connect=nowhere,
+        emit=lambda event: None,
+        rng=random.Random(0),
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(placed.run, Flapping())
+        assert placed.ledger.members == {"127.0.0.1:1"}
+        await trio.sleep(5.5 * PeerOptions().heartbeat_interval)
+        assert len(placed.ledger.members) > 1
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_document_link_is_told_from_a_gossip_link(autojump_clock):
     # A placed peer reads the first bytes of every inbound link; a gossip
     # link that sends its hello in pieces still reaches the gossip side.
@@ -813,3 +877,111 @@ async def test_the_web_port_serves_any_document_through_its_owner():
             await repred.connect_websocket(
                 model(), f"ws://{a.web_address}/replicas/..%2Fx", live=False
             )
+
+
+# -- peer processes ------------------------------------------------------------------
+
+PROCESS_ARGS = [
+    "--json",
+    "--heartbeat",
+    "0.1",
+    "--down-after",
+    "1.0",
+    "--gossip",
+    "0.4",
+    "--seed-interval",
+    "0.3",
+    "--max-backoff",
+    "1.0",
+    "--copies",
+    "3",
+]
+
+
+async def _process(nursery, port, data, *extra):
+    import subprocess
+    import sys
+
+    from .helpers import PeerProcess
+
+    cmd = [sys.executable, "-m", "repred.peer", str(port), *extra]
+    cmd += [*PROCESS_ARGS, "--data", str(data)]
+    process = await nursery.start(
+        functools.partial(
+            trio.run_process,
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            check=False,
+        )
+    )
+    node = PeerProcess(process)
+    listening = await node.until(lambda e: e["event"] == "listening")
+    node.address = listening["address"]
+    node.port = int(node.address.rsplit(":", 1)[1])
+    return node
+
+
+def _value_of(name, value):
+    """An event saying the document ``name`` holds ``value`` under "k"."""
+    return lambda e: (
+        e.get("document") == name
+        and e["event"] in ("update", "value")
+        and e.get("key") == "k"
+        and e.get("value") == value
+    )
+
+
+async def _read(node, name):
+    """Read "k" of ``name`` through ``node``: what it holds once ``use``
+    returned, or the update that brings it if that was before the sync."""
+    node.events.clear()
+    await node.send(f"use {name}")
+    await node.send("get k")
+    await node.until(_value_of(name, f"{name}-value"))
+
+
+@pytest.mark.slow
+async def test_five_processes_lose_no_confirmed_write_to_a_kill(tmp_path):
+    # Five peer commands, each with its own --data. Writes through random
+    # nodes, each confirmed by two owners; then one node is killed (SIGKILL:
+    # no clean close). Every write is read back through the survivors, and
+    # the killed node, restarted from its directory, reads them too.
+    rng = random.Random(5)
+    names = [f"doc{i}" for i in range(12)]
+    with trio.fail_after(150):
+        async with trio.open_nursery() as nursery:
+            nodes = [await _process(nursery, 0, tmp_path / "n0")]
+            for i in range(1, 5):
+                seed = str(nodes[0].port)
+                nodes.append(await _process(nursery, 0, tmp_path / f"n{i}", seed))
+            everyone = {node.address for node in nodes}
+            for node in nodes:
+                for other in everyone - {node.address}:
+                    await node.until(
+                        lambda e, o=other: e["event"] == "up" and e["peer"] == o
+                    )
+            for name in names:
+                writer = rng.choice(nodes)
+                await writer.send(f"use {name}")
+                await writer.send(f"set k {name}-value")
+                await writer.send("confirm 2")
+                await writer.until(
+                    lambda e, n=name: e["event"] == "confirmed" and e["document"] == n
+                )
+            victim = nodes[2]
+            victim.process.kill()  # SIGKILL
+            assert await victim.process.wait() == -9
+            survivors = [n for n in nodes if n is not victim]
+            for i, name in enumerate(names):
+                await _read(survivors[i % 4], name)
+            # Restarted from its stores, on its port: it reads every write too.
+            again = await _process(
+                nursery, victim.port, tmp_path / "n2", str(nodes[0].port)
+            )
+            for name in names:
+                await _read(again, name)
+            for node in [*survivors, again]:
+                await node.process.stdin.aclose()
+            for node in [*survivors, again]:
+                assert await node.process.wait() == 0
