@@ -1,18 +1,26 @@
 """Full sync of N distinct keys over TCP between two processes.
 
-The parent fills a model with N keys and serves it; a child process with an
-empty model connects, syncs (``live=False``) and reports how long it took
-and how many bytes crossed (and the bytes per entry).
+The parent fills a model with N keys (``key{i}`` -> i) and serves it; a
+child process with an empty model connects, syncs (``live=False``) and
+reports how long it took, the keys it received and how many bytes crossed
+(and the bytes per entry).
+
+Every comparison here runs both sides in that same shape: two processes, TCP
+on 127.0.0.1, the same keys and values, timed in the child from connect to
+the end of the sync. JS scuttlebutt's side (``benchmarks/js_full_sync.js``)
+is a node process serving N keys and a node child that connects, syncs and
+reports the keys it received, as scuttlebutt's README pipes two peers.
 
     python benchmarks/full_sync.py [N ...]     (default: 100000 1000000)
     python benchmarks/full_sync.py --per-line [N ...]
         one entry per line (as with JS peers) instead of batches
     python benchmarks/full_sync.py --websocket [N ...]
         over a WebSocket instead of plain TCP
-    python benchmarks/full_sync.py --compare-js [N]    (default: 100000)
-        JS scuttlebutt (benchmarks/js_full_sync.js, needs tests/js's
-        node_modules) and repred alternately, three times each; prints
-        every figure and the median ratio repred / JS
+    python benchmarks/full_sync.py --compare-js [N] [ROUNDS]
+        (default: 100000 keys, 3 rounds) JS scuttlebutt
+        (benchmarks/js_full_sync.js, needs tests/js's node_modules) and
+        repred alternately; prints every figure and the median ratio
+        repred / JS
     python benchmarks/full_sync.py --scaling [SMALL LARGE]
         (default: 100000 1000000) both sizes alternately, three times
         each; prints every figure and the median ratio of their times
@@ -86,6 +94,8 @@ async def client(port: int, n: int, batches: bool, websocket: bool) -> None:
         keys=n,
         framing="batches" if batches else "per-line",
         transport="websocket" if websocket else "tcp",
+        processes=2,
+        received=len(m.to_dict()),
         seconds=dt,
         bytes=stats.bytes_in + stats.bytes_out,
         bytes_per_entry=round(stats.bytes_in / n, 2),
@@ -150,7 +160,7 @@ def main() -> None:
     if args[:1] == ["--compare-js"]:
         n = int(args[1]) if len(args) > 1 else 100_000
         ratios = []
-        for _ in range(3):
+        for _ in range(int(args[2]) if len(args) > 2 else 3):
             ours = trio.run(serve, n)
             theirs = js(n)
             ratios.append(ours / theirs)

@@ -10,7 +10,8 @@ side is plain sockets, which hold only kernel buffers (not counted).
     python benchmarks/idle_links.py [LINKS] [PARTIAL] [--kind tcp|peer|web]
         [--against DIR]
         (default: 500 links, 100000 bytes, tcp; with --against, the server
-        runs the repred of the checkout DIR first, then this one's)
+        runs the repred of the checkout DIR first, then this one's: the same
+        script, links, openings and lines, only the package differs)
 
 ``held_per_link_kb`` is what each link costs while open; ``partial_kb`` is
 what it holds of a line; ``kept_after_mb`` is what the server did not give

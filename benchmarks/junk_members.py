@@ -58,8 +58,8 @@ async def main(n: int) -> None:
             now = time.time() * 1000
             peer.membership.apply(
                 [
-                    ([f"127.0.0.1:{20000 + i}"], now + i * 0.001, f"ghost{i}")
-                    for i in range(n)
+                    ([f"127.0.0.1:{20000 + i}", "alive", g], now + i * 0.001, g)
+                    for i, g in enumerate(f"ghost{i}" for i in range(n))
                 ]
             )
             hostile.set("injected", True)

@@ -11,7 +11,8 @@ writes (``set``, with the replica's stamping, history and size check), the
 links' sending tasks, their receiving tasks (decoding and applying on the
 reader), and the rest (trio's scheduler, waiting on the sockets). Timing
 each task step costs about a microsecond a step: the split run's total is a
-little higher.
+little higher. The variants (bursts, transports, process counts) differ
+only in what their options name: the same keys, values and replicas.
 
     python benchmarks/live_stream.py [N] [BURST] [--websocket] [--processes 2]
     python benchmarks/live_stream.py [N] [BURST] --split

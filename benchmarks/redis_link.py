@@ -9,13 +9,20 @@ Starts a redis-server of its own (``redis-server`` on the PATH or in
   holds them; three of each, every figure and the medians.
 * ``live_latency``: a write on one replica until another holds it (a
   watcher sees it), one write at a time, through Redis and over a direct
-  TCP link, both ends in this process; median and 99th percentile.
+  TCP link, both ends in this process, alternately in blocks of 100
+  writes; median and 99th percentile.
 * ``redis_memory``: what Redis's ``used_memory`` (INFO memory) grew by
   to hold the N keys, per key: once the image is written and the stream
   trimmed behind it (``tail_seconds=0``), and with the image and the whole
   stream.
 
     python benchmarks/redis_link.py [N] [WRITES]   (default: 100000 1000)
+
+Each comparison runs both sides in the same shape: the same keys and
+values, the same process count (a child process catching up, timed from
+connect to synced, as benchmarks/full_sync.py times a sync; both ends of a
+live link in this process), the only difference being whether the bytes
+go through Redis or straight over TCP.
 """
 
 from __future__ import annotations
@@ -170,16 +177,17 @@ async def memory_untrimmed(url: str, n: int) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def latencies(a, b, writes: int) -> list[float]:
+async def latencies(a, b, writes: range) -> list[float]:
     seen = trio.Event()
-    b.watch(lambda source, ts, origin: seen.set())
+    unwatch = b.watch(lambda source, ts, origin: seen.set())
     out = []
-    for i in range(writes):
+    for i in writes:
         seen = trio.Event()
         t = time.perf_counter()
         a.set("latency", i)
         await seen.wait()
         out.append(time.perf_counter() - t)
+    unwatch()
     return out
 
 
@@ -202,13 +210,18 @@ async def live(url: str, writes: int) -> None:
                 functools.partial(repred.connect_redis, replica, url, name="live")
             )
             await link.wait_synced()
-        summary("redis", await latencies(a, b, writes))
         c, d = model(), model()
         listeners = await nursery.start(repred.serve_tcp, c, 0)
         port = listeners[0].socket.getsockname()[1]
         conn = await nursery.start(repred.connect_tcp, d, "127.0.0.1", port)
         await conn.wait_synced()
-        summary("tcp", await latencies(c, d, writes))
+        seconds: dict[str, list[float]] = {"redis": [], "tcp": []}
+        for start in range(0, writes, 100):
+            block = range(start, min(start + 100, writes))
+            seconds["redis"] += await latencies(a, b, block)
+            seconds["tcp"] += await latencies(c, d, block)
+        for via, taken in seconds.items():
+            summary(via, taken)
         nursery.cancel_scope.cancel()
 
 

@@ -40,6 +40,7 @@ from ._gossip import open_peer as open_peer
 from ._links import connect_tcp as connect_tcp
 from ._links import replicate as replicate
 from ._links import serve_tcp as serve_tcp
+from ._members import Membership as Membership
 from ._options import LinkOptions as LinkOptions
 from ._options import PeerOptions as PeerOptions
 from ._options import PlacementOptions as PlacementOptions
@@ -116,7 +117,7 @@ def __getattr__(name: str) -> Any:
 
 # Also importable from here, for annotations, though not names one needs to
 # learn: the records the functions above return (Change, ConnectionStatistics,
-# DocumentStatistics, PeerStatistics, ReplicaStatistics, Subscription, and
-# RedisLink and RedisStatistics, with the redis extra), and the values and
-# the protocol their options are described by (LinkOptions, PeerOptions,
-# PlacementOptions, Trust, Transport).
+# DocumentStatistics, Membership, PeerStatistics, ReplicaStatistics,
+# Subscription, and RedisLink and RedisStatistics, with the redis extra), and
+# the values and the protocol their options are described by (LinkOptions,
+# PeerOptions, PlacementOptions, Trust, Transport).

@@ -104,8 +104,6 @@ _MAX_LISTED = 512
 #: A range's list is cut into pieces of about this many bytes.
 _PIECE_BYTES = 16 * 1024
 
-Key = tuple[bool, int]
-
 
 class _Round:
     """One round in progress: what it compares, and what may answer it."""
@@ -250,7 +248,11 @@ class AntiEntropy:
         ``after_sync``: the round that follows the sync (see ``common``)."""
         if True in self._rounds:
             return False
-        self._send_proofs()
+        for first, second in self.replica.proofs():
+            source = first[2]
+            if source not in self._proofs_sent and len(self._proofs_sent) < _MAX_PROOFS:
+                self._proofs_sent.add(source)
+                self._out.append(encode_proof(first, second))
         self._started += 1
         rnd = self._started
         horizon = self.replica.horizon()
@@ -259,25 +261,12 @@ class AntiEntropy:
         self._rounds[True] = (rnd, state)
         root, _ = self._summary.root(horizon, self._common if after_sync else None)
         self.rounds += 1
-        self._out.append(
-            encode_ae(
-                "root",
-                rnd,
-                True,
-                h=horizon,
-                fp=root.hex(),
-                snap=self.replica.compacted is not None,
-                sync=after_sync,
-            )
+        fp, snap = root.hex(), self.replica.compacted is not None
+        root_line = encode_ae(
+            "root", rnd, True, h=horizon, fp=fp, snap=snap, sync=after_sync
         )
+        self._out.append(root_line)
         return True
-
-    def _send_proofs(self) -> None:
-        for first, second in self.replica.proofs():
-            source = first[2]
-            if source not in self._proofs_sent and len(self._proofs_sent) < _MAX_PROOFS:
-                self._proofs_sent.add(source)
-                self._out.append(encode_proof(first, second))
 
     # -- receiving -------------------------------------------------------
 
@@ -366,12 +355,11 @@ class AntiEntropy:
         if tag == "S":
             return self._on_sources(rng[2], state)
         if tag == "R":
-            source, upto, node, count, fp = rng[1]
-            return self._on_record(source, upto, node, count, fp, horizon)
+            return self._on_record(rng[1], horizon)
         if tag == "N":
-            return self._on_children(rng[1], rng[2], rng[3], rng[4], horizon, line)
+            return self._on_children(rng, horizon, line)
         if tag == "I":
-            return self._on_items(rng[1], rng[2], rng[3], rng[4], horizon)
+            return self._on_items(rng, horizon)
         if tag == "W":
             self._queue_node(rng[1], rng[2], rng[3], horizon)
             return []
@@ -410,34 +398,26 @@ class AntiEntropy:
         to it; newer ones may be in flight, or dropped as dominated)."""
         clock = self.replica.clock
         replies: list[Any] = []
-        for source, their_clock, node, count, fp in theirs:
+        for record in theirs:
+            source, their_clock = record[0], record[1]
             mine = clock.get(source)
             if mine is None or source in state.seen:
                 continue  # a source new to us (the next sync brings it), or twice
             state.seen.add(source)
             if their_clock <= mine:
-                replies += self._on_record(
-                    source, their_clock, node, count, fp, state.horizon
-                )
+                replies += self._on_record(record, state.horizon)
             else:  # they hold newer entries: they compare at our clock
                 record = self._summary.record(source, state.horizon, mine)
                 replies.append(["R", *wire_record(record)])
         return replies
 
-    def _on_record(
-        self,
-        source: str,
-        upto: float,
-        node: Node | None,
-        count: int,
-        fp: bytes,
-        horizon: float,
-    ) -> list[Any]:
-        """Their record of ``source`` up to ``upto`` (at most our clock)."""
+    def _on_record(self, theirs: Record, horizon: float) -> list[Any]:
+        """Their record of a source up to ``upto`` (at most our clock)."""
+        source, upto, node, _, fp = theirs  # (counts are a guide only)
         if self.replica.clock.get(source, -1) < upto:
             return []  # (cannot be: clocks never go back)
         mine = self._summary.record(source, horizon, upto)
-        if (mine[2], mine[4]) == (node, fp):  # (counts are a guide only)
+        if (mine[2], mine[4]) == (node, fp):
             return []
         if node is None:  # they hold nothing in range: send all of ours
             self._queue(source, self._summary.stamps(source, horizon, upto))
@@ -463,14 +443,11 @@ class AntiEntropy:
         return [["N", source, upto, *node, [[s, c, fp.hex()] for s, c, fp in kids]]]
 
     def _on_children(
-        self,
-        source: str,
-        upto: float,
-        node: Node,
-        theirs: list[tuple[int, int, bytes]],
-        horizon: float,
-        line: bytes,
+        self, rng: tuple[Any, ...], horizon: float, line: bytes
     ) -> list[Any]:
+        """Their children of a node that differed: ``["N", source, upto,
+        node, [(slot, count, fp), ...]]``, checked."""
+        _, source, upto, node, theirs = rng
         level, index = node
         if level >= MAX_LEVEL:
             raise RemoteProtocolError(
@@ -490,14 +467,10 @@ class AntiEntropy:
             self._queue_node(source, upto, (level + 1, index * FANOUT + slot), horizon)
         return replies
 
-    def _on_items(
-        self,
-        source: str,
-        upto: float,
-        node: Node,
-        theirs: list[tuple[float, bytes]],
-        horizon: float,
-    ) -> list[Any]:
+    def _on_items(self, rng: tuple[Any, ...], horizon: float) -> list[Any]:
+        """Their entries of a small node: ``["I", source, upto, node, [(ts,
+        hash), ...]]``, checked."""
+        _, source, upto, node, theirs = rng
         mine = dict(self._summary.items(source, node, horizon, upto))
         want, give = [], []
         for ts, h in theirs:
@@ -573,24 +546,20 @@ class AntiEntropy:
         if log is None:
             return b""
         held = [(ts, log.get(ts)) for ts in stamps]
-        held = [(ts, c) for ts, c in held if c is not None]
-        if not held:
+        stamps = [ts for ts, c in held if c is not None]
+        if not stamps:
             return b""
-        sigs = [log.signature(ts) for ts, _ in held]
-        line = encode_repair(
-            source,
-            [ts for ts, _ in held],
-            [c for _, c in held],
-            sigs if any(sigs) else None,
-        )
-        if len(line) > self._max_line and len(held) > 1:
-            half = len(held) // 2
-            self._repairs.appendleft((source, [ts for ts, _ in held[half:]]))
-            self._repairs.appendleft((source, [ts for ts, _ in held[:half]]))
+        changes = [c for _, c in held if c is not None]
+        sigs = [log.signature(ts) for ts in stamps]
+        line = encode_repair(source, stamps, changes, sigs if any(sigs) else None)
+        if len(line) > self._max_line and len(stamps) > 1:
+            half = len(stamps) // 2
+            self._repairs.appendleft((source, stamps[half:]))
+            self._repairs.appendleft((source, stamps[:half]))
             return b""
         if len(line) > self._max_line:
             return b""  # one entry the peer cannot take (it refuses it anyway)
-        self.repaired_out += len(held)
+        self.repaired_out += len(stamps)
         return line
 
 

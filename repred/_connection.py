@@ -14,6 +14,7 @@ the scuttlebutt lines as they are), or the gossip peers'
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import TYPE_CHECKING, Protocol, final
 
@@ -25,18 +26,12 @@ from ._groups import single_errors
 from ._session import Session, SyncReceived
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable
 
     from ._options import LinkOptions
     from ._replica import Replica
 
-__all__ = [
-    "Channel",
-    "Connection",
-    "ConnectionStatistics",
-    "run_channel",
-    "run_link",
-]
+__all__ = ["Channel", "Connection", "ConnectionStatistics", "run_channel", "run_link"]
 
 _RECEIVE_SIZE = 64 * 1024
 _TRANSPORT_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
@@ -86,12 +81,6 @@ class ConnectionStatistics:
     antientropy_differed: int = 0
     repaired_in: int = 0
     repaired_out: int = 0
-
-
-def _total(counts: Iterable[int | None]) -> int | None:
-    """The sum of the counts that are known; ``None`` if none is."""
-    known = [n for n in counts if n is not None]
-    return sum(known) if known else None
 
 
 class Channel(Protocol):
@@ -149,17 +138,6 @@ class Channel(Protocol):
         ...
 
 
-def _settled(channel: Channel) -> bool:
-    """Every session's anti-entropy rounds have ended (see Session.settled)."""
-    return all(s.settled for s in channel.sessions)
-
-
-def _antientropy(channel: Channel) -> None:
-    """Start an anti-entropy round on every session that has one."""
-    for session in channel.sessions:
-        session.antientropy()
-
-
 class _Plain:
     """One replica's session, speaking the scuttlebutt lines as they are."""
 
@@ -199,20 +177,15 @@ class _Plain:
 #: Bytes a reader must take, or complete lines a peer must send, within
 #: ``idle_timeout`` to count as making progress.
 _PROGRESS_BYTES = 16 * 1024
-
-
 #: The largest piece handed to one ``send_all``: the send timeout is per
 #: piece, so it measures progress, not the time to send a whole batch.
 _SEND_PIECE = 16 * 1024
-
 
 #: In the live tail, the writer lets entries gather before a send. It
 #: first watches the scheduler's turns: a write with nothing after it goes
 #: out once _QUIET_TURNS turns in a row bring nothing new (tasks run in no
 #: fixed order within a turn, so one quiet turn proves little).
 _QUIET_TURNS = 2
-
-
 #: When _BUSY_TURNS turns bring new writes (a producer that yields after
 #: each write), the writer stops taking a turn each time: it sleeps
 #: _LINGER_SECONDS at a time while each sleep brings more, and sends once
@@ -220,14 +193,8 @@ _QUIET_TURNS = 2
 #: at once), or _LINGER_MAX_SECONDS have passed. Nothing waits on a timer
 #: unless writes are streaming in.
 _BUSY_TURNS = 4
-
-
 _LINGER_SECONDS = 500e-6
-
-
 _LINGER_ENTRIES = 256
-
-
 _LINGER_MAX_SECONDS = 2e-3
 
 
@@ -324,6 +291,8 @@ class Connection:
 
     def statistics(self) -> ConnectionStatistics:
         stats = [s.statistics() for s in self._channel.sessions]
+        # What the peer announced, on the sessions where it did.
+        expected = [s.entries_expected for s in stats if s.entries_expected is not None]
         return ConnectionStatistics(
             peer_id=self.peer_id,
             synced=self.synced,
@@ -334,7 +303,7 @@ class Connection:
             deferred=sum(s.deferred for s in stats),
             refused=sum(s.refused for s in stats),
             entries_received=sum(s.entries_received for s in stats),
-            entries_expected=_total(s.entries_expected for s in stats),
+            entries_expected=sum(expected) if expected else None,
             started=self.started,
             antientropy_rounds=sum(s.antientropy_rounds for s in stats),
             antientropy_differed=sum(s.antientropy_differed for s in stats),
@@ -365,10 +334,7 @@ class Connection:
 
     def _sync_received(self) -> bool:
         channel = self._channel
-        done: bool = channel.handshake_done and all(
-            s.sync_received for s in channel.sessions
-        )
-        return done
+        return channel.handshake_done and all(s.sync_received for s in channel.sessions)
 
     def _check_synced(self) -> None:
         if self._sync_flushed and self._sync_received():
@@ -489,7 +455,8 @@ class Connection:
             return
         if trio.current_time() >= due:
             self._next_round = None
-            _antientropy(self._channel)
+            for session in self._channel.sessions:
+                session.antientropy()
         else:
             self._channel.keepalive()  # quiet for a while: say "still here"
 
@@ -516,7 +483,11 @@ class Connection:
                     self._check_synced()
                 if data:
                     continue
-                if not live and self._synced.is_set() and _settled(channel):
+                if (
+                    not live
+                    and self._synced.is_set()
+                    and all(s.settled for s in channel.sessions)
+                ):
                     break
                 if channel.handshake_done and not channel.sessions and not live:
                     # Nothing in common: nothing will ever flow. (A live
@@ -526,10 +497,8 @@ class Connection:
             # live=False: everything is exchanged. Say so, and give the peer
             # a moment to finish its side before the connection is dropped.
             if isinstance(stream, trio.abc.HalfCloseableStream):
-                try:
+                with contextlib.suppress(*_TRANSPORT_ERRORS):
                     await stream.send_eof()
-                except _TRANSPORT_ERRORS:
-                    pass
                 await trio.sleep(options.close_timeout)
             self._scope.cancel()
         except RepredError as exc:
@@ -551,18 +520,17 @@ async def run_channel(
     conn = Connection(channel, stream)
     try:
         with conn._scope:
-            async with single_errors():
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(
-                        conn._reader, options.handshake_timeout, options.idle_timeout
-                    )
-                    nursery.start_soon(conn._writer, live, options)
-                    on_start(conn)
+            async with single_errors(), trio.open_nursery() as nursery:
+                nursery.start_soon(
+                    conn._reader, options.handshake_timeout, options.idle_timeout
+                )
+                nursery.start_soon(conn._writer, live, options)
+                on_start(conn)
     finally:
         for session in channel.sessions:
             session.close()
             session.wakeup = None
-        channel.set_wakeup(_no_wakeup)
+        channel.set_wakeup(lambda: None)
         try:
             await trio.aclose_forcefully(stream)  # raises if cancelled
         finally:
@@ -598,7 +566,3 @@ async def run_link(
         on_start=on_start,
         options=options,
     )
-
-
-def _no_wakeup() -> None:
-    pass

@@ -64,6 +64,11 @@ class ReplicaStatistics:
             replica's id, since its id was last taken.
         banned: sources refused for proven equivocation.
         refused: entries of banned sources refused.
+        watchers: what watches it for writes to send
+            (:meth:`repred.Replica.watch`): one per open link, none once its
+            links have ended.
+        listeners: its listeners (:meth:`repred.Replica.add_listener`: each
+            open :func:`repred.subscribe`, and any a type adds itself).
     """
 
     sources: int
@@ -73,3 +78,5 @@ class ReplicaStatistics:
     twin_ids: int = 0
     banned: int = 0
     refused: int = 0
+    watchers: int = 0
+    listeners: int = 0

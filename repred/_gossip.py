@@ -1,12 +1,34 @@
 """Gossip peers: several named replicas over many links, membership, dialling.
 
 Every node keeps its own replicas and a replicated membership map (node
-address -> its newest heartbeat stamp, see :mod:`repred._members`), so the
-list of nodes reaches every node, as in Dynamo. Each node beats into it,
-keeps a few outgoing links to random live nodes (moving on every few
-seconds), and now and then re-dials a node it has not heard from, so
-partitions heal without seeds, as in Serf. Each link carries every replica
-both sides hold, framed by :mod:`repred._mux`.
+address -> what was last said of it, see :mod:`repred._members`), so the
+list of nodes reaches every node, as in Dynamo. Each node keeps a few
+outgoing links to random live nodes (moving on every few seconds), and now
+and then re-dials a node seen down, so partitions heal without seeds, as in
+Serf. Each link carries every replica both sides hold, framed by
+:mod:`repred._mux`.
+
+Membership costs each node the same however many nodes there are (SWIM's
+design; see :mod:`repred._members` for the map and what a node makes of
+it). A node writes its entry when it starts and when it must refute a
+suspicion, never on a timer. Its links are its probes: each carries a
+keep-alive every heartbeat, and each node always holds ``fanout`` links it
+dialled, so every live node is watched by the nodes it links to. A node is
+suspected (an entry any node may write, and that only the node itself
+refutes) by whoever
+
+* fails to dial it (no connection, or no handshake within
+  ``connect_timeout``), or
+* dialled it and heard nothing for three heartbeats;
+
+and checked, with one sync, by whoever holds a link with it that ends
+before its time: a link it dialled that it closed early, or an inbound
+link from it that broke or ended well before the ``stay`` its hello
+announced. So a node that stops is suspected within a round trip when its
+connections close (a process that exits or is killed), within three
+heartbeats when it hangs (and ``connect_timeout`` more if no node had a
+link dialled to it), and seen down everywhere ``down_after`` after that; a
+node that can reach any other refutes a suspicion long before.
 
 Membership is validated, bounded and reaped:
 
@@ -14,12 +36,12 @@ Membership is validated, bounded and reaped:
   not this node under another spelling (``localhost``, ``127.1``, ...; see
   :mod:`repred._address`); anything else is refused on the link that
   brought it;
-* a heartbeat is the stamp of its entry, so one from the future is deferred
-  like any stamp (see :data:`repred.DEFAULT_MAX_DRIFT_MS`);
+* an entry's stamp is a stamp like any, so one from the future is deferred
+  (see :data:`repred.DEFAULT_MAX_DRIFT_MS`);
 * the map holds at most ``max_members`` nodes (16,384 by default);
-* a node that fails ``SUSPECT_AFTER`` dials in a row is suspect: it leaves
-  :meth:`Peer.members` and is re-dialled only with backoff (up to
-  ``max_backoff``); a node not heard from for ``reap_after`` (an hour by
+* a node that fails ``SUSPECT_AFTER`` dials in a row is left out of this
+  node's :meth:`Peer.members` and is re-dialled only with backoff (up to
+  ``max_backoff``); a node suspected ``reap_after`` ago (an hour by
   default) is forgotten.
 
 A dial has a connect timeout, and a link counts as a success only once the
@@ -41,10 +63,10 @@ import trio
 
 from ._address import OwnAddress, parse_address
 from ._connection import Connection, run_channel
-from ._errors import RepredError
+from ._errors import PeerClosed, RemoteProtocolError, RepredError, SyncTimeout
 from ._groups import single_errors
 from ._log import limited, peer_log
-from ._members import MEMBERS, members_replica
+from ._members import MEMBERS, View, members_replica
 from ._mux import MAX_NAME_LENGTH, Mux
 from ._options import (
     DEFAULT_ANTIENTROPY_INTERVAL,
@@ -81,10 +103,10 @@ if TYPE_CHECKING:
 
     from ._divergence import Divergence
     from ._http import RequestPolicy
+    from ._members import Membership
     from ._replica import Replica
     from ._transport import Transport
     from ._trust import SigningKey, Writers
-    from .types import Heartbeats
 
 __all__ = ["SUSPECT_AFTER", "Peer", "PeerStatistics", "open_peer"]
 
@@ -100,9 +122,9 @@ class PeerStatistics:
 
     Attributes:
         address: where this peer listens, ``host:port``.
-        members: the nodes seen alive recently (this one included).
+        members: the nodes up (this one included; see :meth:`Peer.members`).
         known: every node in the membership map.
-        suspects: nodes that failed several dials in a row.
+        suspects: nodes this one failed to dial several times in a row.
         links: open links, inbound and outbound.
         dials: outbound connection attempts.
         dial_failures: attempts that failed (connect, handshake or protocol).
@@ -110,6 +132,10 @@ class PeerStatistics:
         refused: entries of the named replicas not applied because the peer
             is ``read_only``, over every link so far.
         documents: the placed documents (with ``documents=``; else ``None``).
+        suspected: nodes the membership map says are suspected (up for
+            ``down_after`` after this node heard so, down after that).
+        probes: syncs this node made to check on a node whose link ended
+            before its time.
     """
 
     address: str
@@ -122,6 +148,8 @@ class PeerStatistics:
     accepted: int
     refused: int = 0
     documents: DocumentStatistics | None = None
+    suspected: tuple[str, ...] = ()
+    probes: int = 0
 
 
 def _check_replicas(replicas: Mapping[str, Any]) -> None:
@@ -184,6 +212,7 @@ class Peer:
             trust=trust,
         )
         self.replicas = {**replicas, MEMBERS: self._members}
+        self._view = self._watched(View(self._members))
         self.seeds = list(options.seeds)
         #: The web port and who may use it, if there is one.
         self._web = _web(options)
@@ -221,6 +250,20 @@ class Peer:
     def __repr__(self) -> str:
         return f"<repred.Peer {self.address} links={len(self._links)}>"
 
+    def _watched(self, view: View) -> View:
+        """``view``, with what this peer keeps to act on it."""
+        view.on_refute = self._refute_soon
+        #: What the events were last computed from (see _tick).
+        self._seen: tuple[list[str] | None, int] = (None, 0)
+        #: Counts changes to _failures (members() depends on them).
+        self._failures_changed = 0
+        #: Where checks run (None once the peer is closing), and what wakes
+        #: the watch to refute.
+        self._nursery: trio.Nursery | None = None
+        self._wanted: trio.Event | None = None
+        self._probes = 0
+        return view
+
     # -- what a user reads --------------------------------------------
 
     def connections(self) -> list[Connection]:
@@ -228,24 +271,26 @@ class Peer:
         return list(self._links)
 
     @property
-    def membership(self) -> Heartbeats:
-        """The replicated membership map: address -> newest heartbeat stamp
-        (ms), replicated as the type ``"members"``."""
+    def membership(self) -> Membership:
+        """The replicated membership map: address -> ``(status, ts,
+        node_id, source)`` of the newest entry said of it, replicated as
+        the type ``"membership"`` (see :mod:`repred._members`)."""
         return self._members
 
     def members(self, within: float | None = None) -> list[str]:
-        """Nodes heard from in the last ``within`` s (default: down_after).
+        """The nodes up, sorted: said alive, or suspected less than
+        ``within`` s ago (default: ``down_after``) by this node's clock.
 
-        Suspects (nodes this one failed to reach several times in a row)
-        are left out. This node is always in.
+        Nodes this one failed to dial several times in a row are left out.
+        This node is always in.
         """
-        heard = self._members.alive(
-            self.options.down_after if within is None else within
-        )
+        up = self._view.up(self.options.down_after if within is None else within)
         failures = self._failures
+        if not failures:
+            return list(up)
         return [
             node
-            for node in heard
+            for node in up
             if failures.get(node, 0) < SUSPECT_AFTER or node == self.address
         ]
 
@@ -263,6 +308,8 @@ class Peer:
             accepted=self._accepted,
             refused=self._refused + sum(c.statistics().refused for c in self._links),
             documents=None if self._placed is None else self._placed.statistics(),
+            suspected=tuple(self._view.suspected()),
+            probes=self._probes,
         )
 
     # -- placed documents ------------------------------------------------
@@ -367,6 +414,7 @@ class Peer:
                     yield self
                 finally:
                     stop_watching()
+                    self._nursery = None  # no more probes
                     nursery.cancel_scope.cancel()
         finally:
             if self._placed is not None:
@@ -381,8 +429,9 @@ class Peer:
         advertise = self.options.advertise
         self.address = f"{advertise}:{self.port}" if advertise else bound
         self._own = OwnAddress(self.address, (self.host, advertise or self.host))
-        self._beat()
-        nursery.start_soon(self._heartbeats)
+        self._nursery = nursery
+        self._view.join(self.address)
+        nursery.start_soon(self._watch)
         for _ in range(self.options.fanout):
             nursery.start_soon(self._gossip)
         nursery.start_soon(self._redial)
@@ -415,10 +464,10 @@ class Peer:
         return self._own is not None and self._own.names(address)
 
     def node_id(self, address: str) -> str | None:
-        """The id the node at ``address`` beats under (its ``node_id``), as
+        """The id the node at ``address`` writes under (its ``node_id``), as
         last heard; ``None`` if it is not in the membership map."""
-        stamp = self._members.newest(address)
-        return None if stamp is None else stamp[1]
+        entry = self._members.entry(address)
+        return None if entry is None else entry[2]
 
     async def _connect_to(self, node: str) -> trio.abc.Stream:
         return await self._transport.connect(node, source=self.address)
@@ -430,9 +479,14 @@ class Peer:
             except Exception:
                 peer_log.exception("peer event handler raised")
 
-    def _beat(self) -> None:
-        self._members.beat(self.address)
-        self._members.reap(self.options.reap_after)
+    def _tick(self) -> None:
+        """Forget old suspicions, and say who came and who went."""
+        self._view.reap(self.options.reap_after)
+        up = self._view.up(self.options.down_after)
+        seen = (up, self._failures_changed)
+        if seen[0] is self._seen[0] and seen[1] == self._seen[1]:
+            return  # nothing changed: a tick costs nothing per member
+        self._seen = seen
         alive = {n for n in self.members() if not self.is_self(n)}
         for node in sorted(alive - self._alive):
             self._emit({"event": "up", "peer": node, "id": self.node_id(node)})
@@ -441,10 +495,25 @@ class Peer:
         self._alive = alive
         self._alive_list = sorted(alive)
 
-    async def _heartbeats(self) -> None:
+    def _refute_soon(self) -> None:
+        if self._wanted is not None:
+            self._wanted.set()
+
+    async def _watch(self) -> None:
+        """Every heartbeat, say who came and went; when this node hears
+        itself suspected, refute it at once, and then at most once a
+        heartbeat (two nodes that claim one address would otherwise take
+        turns as fast as the network carries them)."""
+        interval = self.options.heartbeat_interval
         while True:
-            await trio.sleep(self.options.heartbeat_interval)
-            self._beat()
+            self._wanted = trio.Event()
+            if self._refute():
+                self._tick()
+                await trio.sleep(interval)
+                continue
+            self._tick()
+            with trio.move_on_after(interval):
+                await self._wanted.wait()
 
     async def _run_link(
         self,
@@ -453,6 +522,8 @@ class Peer:
         live: bool,
         label: str,
         started: Callable[[Connection], None] | None = None,
+        stay: float | None = None,
+        channels: list[Mux] | None = None,
     ) -> None:
         channel = Mux(
             self.replicas,
@@ -460,7 +531,10 @@ class Peer:
             self._link_options,
             # Read-only holds on every link, whichever side dialled.
             receive_writes=not self.options.read_only,
+            stay=stay,
         )
+        if channels is not None:
+            channels.append(channel)
         conn_ref: list[Connection] = []
 
         def on_start(conn: Connection) -> None:
@@ -493,31 +567,47 @@ class Peer:
             if gossip is None:
                 return
             stream = gossip
+        start = trio.current_time()
+        channels: list[Mux] = []
+        broken = refused = False
         with link_errors_logged(peer_log, closed=logging.DEBUG):
-            await self._run_link(stream, live=True, label="inbound")
+            try:
+                await self._run_link(
+                    stream, live=True, label="inbound", channels=channels
+                )
+            except (PeerClosed, SyncTimeout):
+                broken = True
+                raise
+            except RepredError:
+                refused = True  # it is there: it broke the protocol
+                raise
+        stay = channels[0].stay if channels else None
+        if stay is None or refused:
+            return  # not a live link its dialler meant to keep
+        # What its dialler planned, to within a heartbeat (the two sides
+        # start their clocks a hop apart).
+        margin = min(self.options.heartbeat_interval, stay / 2)
+        if broken or trio.current_time() < start + stay - margin:
+            node = channels[0].peer_id
+            if node is not None:
+                self._probe(node)
 
     async def _dial(self, node: str, *, live: bool, duration: float) -> bool:
         """Link to ``node``; ``live`` for ``duration`` s, else one sync.
 
-        A success is a link whose handshake completed.
+        A success is a link whose handshake completed. A node that cannot
+        be reached, or that goes silent on a link dialled to it, is
+        suspected; one that ends a live link before its time is checked.
         """
         self._dials += 1
         self._dialling.add(node)
-        link: Connection | None = None
-
-        def started(conn: Connection) -> None:
-            nonlocal link
-            link = conn
-
+        opened: list[Connection] = []
         try:
-            with trio.fail_after(self.options.connect_timeout):
-                stream = await self._transport.connect(node, source=self.address)
-            with trio.move_on_after(
-                duration if live else self.options.connect_timeout * 4
-            ):
-                await self._run_link(stream, live=live, label=node, started=started)
+            on_time = await self._open_link(node, live, duration, opened)
         except (OSError, ValueError, trio.TooSlowError, RepredError) as exc:
+            self._dialling.discard(node)  # (before a probe of it is asked)
             self._dial_failed(node, exc)
+            self._lost(node, opened, exc, live)
             return False
         except Exception as exc:
             # Nothing a peer does may stop this one: a failure here is a bug,
@@ -527,18 +617,86 @@ class Peer:
             return False
         finally:
             self._dialling.discard(node)
-        if link is None or not link.handshake_done:
+        if not (opened and opened[0].handshake_done):
             self._dial_failed(node, TimeoutError("no handshake"))
+            self._suspect(node)
             return False
         if self._failures.pop(node, 0):
+            self._failures_changed += 1
             limited(logging.INFO, "dial", "reached %s again", node, logger=peer_log)
         self._retry_at.pop(node, None)
+        if live and not on_time:
+            self._probe(node)  # it closed the link before its time
         return True
+
+    async def _open_link(
+        self, node: str, live: bool, duration: float, opened: list[Connection]
+    ) -> bool:
+        """Connect to ``node`` and run a link (see :meth:`_dial`); whether
+        it lasted as long as this node meant it to."""
+        with trio.fail_after(self.options.connect_timeout):
+            stream = await self._transport.connect(node, source=self.address)
+        with trio.move_on_after(
+            duration if live else self.options.connect_timeout * 4
+        ) as planned:
+            await self._run_link(
+                stream,
+                live=live,
+                label=node,
+                started=opened.append,
+                stay=duration if live else None,
+            )
+        return planned.cancelled_caught
+
+    def _lost(
+        self, node: str, opened: list[Connection], exc: BaseException, live: bool
+    ) -> None:
+        """What a failed dial says of ``node``: suspect it if it could not be
+        reached or went silent, check on it if a live link to it broke (a
+        check that breaks is not checked again: a node that takes links and
+        drops them would keep this one dialling)."""
+        if isinstance(exc, RemoteProtocolError):
+            return  # it is there: it broke the protocol
+        reached = bool(opened) and opened[0].handshake_done
+        if isinstance(exc, SyncTimeout) or not reached:
+            self._suspect(node)
+        elif isinstance(exc, PeerClosed) and live:
+            self._probe(node)
+
+    def _refute(self) -> bool:
+        try:
+            return self._view.refute()
+        except Exception:
+            peer_log.exception("could not refute what is said of this node")
+            return False
+
+    def _suspect(self, node: str) -> None:
+        try:
+            self._view.suspect(node)
+        except Exception:
+            # (The map refused this node's own entry: a bug, said in full;
+            # the node is suspected by the next that fails to reach it.)
+            peer_log.exception("could not write a suspicion of %s", node)
+
+    def _probe(self, node: str) -> None:
+        """Check on ``node`` with one sync (a suspicion if it fails): a link
+        with it ended before its time."""
+        nursery = self._nursery
+        if (
+            nursery is None
+            or node in self._dialling
+            or not self._view.is_alive(node)
+            or self.is_self(node)
+        ):
+            return
+        self._probes += 1
+        nursery.start_soon(functools.partial(self._dial, node, live=False, duration=0))
 
     def _dial_failed(self, node: str, exc: BaseException) -> None:
         self._dial_failures += 1
         failures = self._failures.get(node, 0) + 1
         self._failures[node] = failures
+        self._failures_changed += 1
         delay = min(
             self.options.max_backoff,
             self.options.heartbeat_interval * 2 ** min(failures - 1, 32),

@@ -63,6 +63,7 @@ __all__ = [
     "Node",
     "SourceTree",
     "View",
+    "bounds",
     "bucket_of",
     "entry_hash",
     "fingerprint",
@@ -211,7 +212,7 @@ class SourceTree:
     ) -> tuple[int, bytes]:
         """``(count, fingerprint)`` of the entries of ``node`` in ``[low, upto]``."""
         self._settle(view)
-        i, j = _bounds(view.stamps, node, low, upto)
+        i, j = bounds(view.stamps, node, low, upto)
         return self._fp(view, i, j, node, low, upto)
 
     def children(
@@ -223,7 +224,7 @@ class SourceTree:
         level, index = node
         if level >= MAX_LEVEL:
             return []
-        i, j = _bounds(view.stamps, node, low, upto)
+        i, j = bounds(view.stamps, node, low, upto)
         out = []
         for slot, start, end in _child_ranges(view.stamps, i, j, level, index):
             child = (level + 1, index * FANOUT + slot)
@@ -334,7 +335,7 @@ def _trim(view: View, i: int, j: int) -> tuple[int, int]:
     return i, j
 
 
-def _bounds(
+def bounds(
     stamps: Sequence[float], node: Node, low: float, upto: float
 ) -> tuple[int, int]:
     """The positions ``i:j`` of the stamps of ``node`` within ``[low, upto]``."""

@@ -27,13 +27,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from ._hashtree import SourceTree, View
 
 if TYPE_CHECKING:
-    from collections.abc import (
-        Callable,
-        Hashable,
-        Iterable,
-        Iterator,
-        Mapping,
-    )
+    from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 
 _first, _second, _third = itemgetter(0), itemgetter(1), itemgetter(2)
 
@@ -94,13 +88,6 @@ class SourceLog:
         changes = self._changes
         self._stamps = list(compress(self._stamps, map(is_not, changes, repeat(_GONE))))
         self._changes = list(compress(changes, map(is_not, changes, repeat(_GONE))))
-
-    def live(self) -> tuple[list[float], list[Any]]:
-        """The entries' stamps and changes, in stamp order, with no dropped
-        slot (the lists are the log's own: read, never change them)."""
-        if self._live != len(self._stamps):
-            self._compact()
-        return self._stamps, self._changes
 
     def view(self) -> View:
         """The log as its tree reads it (see repred._hashtree.View): its
@@ -298,11 +285,6 @@ def runs(entries: Iterable[tuple[Any, ...]], *, canonical: bool = False) -> list
     return out
 
 
-def _new_log() -> SourceLog:
-    """An empty SourceLog whose lists the caller sets (no __init__ call)."""
-    return SourceLog.__new__(SourceLog)
-
-
 class History:
     """Every entry a replica holds, as per-source logs.
 
@@ -329,12 +311,7 @@ class History:
 
     def new_log(self, source: str) -> SourceLog:
         """An empty log for ``source``, which holds nothing yet."""
-        log = self.logs[source] = _new_log()
-        log._stamps = []
-        log._changes = []
-        log._live = 0
-        log._sigs = None
-        log._tree = None
+        log = self.logs[source] = SourceLog()
         return log
 
     def record(
@@ -366,7 +343,7 @@ class History:
         log = logs.get(source)
         if log is None:
             # A new source (the hot path of a sync from many writers).
-            log = logs[source] = _new_log()
+            log = logs[source] = SourceLog.__new__(SourceLog)  # (no __init__)
             log._stamps = [ts]
             log._changes = [change]
             log._live = 1
@@ -461,10 +438,7 @@ class History:
             self._index[key] = (ts, source)
         if type(change) is list:
             change = tuple(change)
-        log = self.logs.get(source)
-        if log is None:
-            log = self.new_log(source)
-        log.put(ts, change, signature)
+        self.log_for(source)[0].put(ts, change, signature)
 
     def unindex(self, key: Hashable, stamp: tuple[float, str]) -> None:
         """Forget that ``stamp`` is the entry kept for ``key`` (it is being

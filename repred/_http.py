@@ -61,21 +61,11 @@ def host_name(text: str) -> str:
     return name
 
 
-def _is_loopback(host: str | None) -> bool:
-    if host == "localhost":
-        return True
+def _address(name: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        return ipaddress.ip_address(host or "").is_loopback
+        return ipaddress.ip_address(name or "")
     except ValueError:
-        return False
-
-
-def _is_address(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
+        return None
 
 
 def check_origin(text: str) -> str:
@@ -110,12 +100,8 @@ class RequestPolicy:
     the ``Host`` header and on ``Origin``, for the peer's web port and for
     :func:`repred.serve_websocket`.
 
-    * ``Host`` must name this server (``hosts``; ``None``: any name): a
-      page whose own name an attacker pointed at this address (DNS
-      rebinding) names its own host, and is refused before anything else.
-    * A browser's WebSocket (a request with ``Origin``) must come from the
-      server's own origin (its scheme and the request's ``Host``) or one of
-      ``origins`` (``None``: any page); programs send no ``Origin``.
+    The rules are those :func:`repred.serve_websocket` states: ``Host``
+    first, then ``Origin`` (for WebSocket upgrades).
 
     Attributes:
         hosts: the names ``Host`` may carry, as :func:`host_name` gives them.
@@ -158,7 +144,9 @@ class RequestPolicy:
         for given in (None if everywhere else host, advertise):
             if given:
                 names.add(host_name(given))
-        if everywhere or _is_loopback(host):
+        address = _address(host)
+        loopback = host == "localhost" or (address is not None and address.is_loopback)
+        if everywhere or loopback:
             names |= LOOPBACK_NAMES
         return cls(frozenset(names), allowed, addresses=everywhere)
 
@@ -204,7 +192,7 @@ class RequestPolicy:
             name = host_name(name)
         except ValueError:
             return False
-        return name in self.hosts or (self.addresses and _is_address(name))
+        return name in self.hosts or (self.addresses and _address(name) is not None)
 
     def _from_own_page(self, origin: bytes, host: bytes | None) -> bool:
         text = origin.decode("latin-1").lower()

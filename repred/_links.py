@@ -127,10 +127,7 @@ async def connect_tcp(
     stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
     if ssl_context is not None:
         stream = await start_tls(
-            stream,
-            ssl_context,
-            server_hostname=host,
-            timeout=options.handshake_timeout,
+            stream, ssl_context, server_hostname=host, timeout=options.handshake_timeout
         )
     return await run_link(
         replica, stream, live=live, on_start=task_status.started, options=options

@@ -1,14 +1,37 @@
 """Several named replicas over one link: the gossip peers' framing.
 
-Each side first sends a hello line, ``{"repred-peer": 2, "node":
-"host:port", "replicas": {name: type}}``; then every line of every
-replica's scuttlebutt session goes as ``seq TAB name TAB line``, where
-``seq`` counts the lines sent on the link (1, 2, ...): a line lost,
-repeated or reordered on the way ends the link before it is applied, so no
-source's entries are ever taken out of order. A replica the other side
-lacks (or holds with another type) is skipped; a line for a replica the
-two did not agree on is refused. The membership map is always received,
-even on a read-only peer: heartbeats keep the network whole.
+Each side first sends a hello line, ``{"repred-peer": 3, "node":
+"host:port", "replicas": {name: type}, "members": root, "stay": s}``; then
+every line of every replica's scuttlebutt session goes as ``seq TAB name
+TAB line``, where ``seq`` counts the lines sent on the link (1, 2, ...): a
+line lost, repeated or reordered on the way ends the link before it is
+applied, so no source's entries are ever taken out of order. A replica the
+other side lacks (or holds with another type) is skipped; a line for a
+replica the two did not agree on is refused. The membership map is always
+received, even on a read-only peer: it keeps the network whole.
+
+``members`` is the fingerprint of the sender's membership map as it opens
+the link (:meth:`repred._members.Membership.fingerprint`). When the two are
+equal, both sides hold the same entries, so each sends its membership
+digest as the change since then: its ``"clock"`` names only the sources
+that moved since the fingerprint was taken (none, most of the time), and
+the receiver reads the rest of it from its own clock at that moment. A
+link between two nodes whose maps agree opens with a few hundred bytes,
+however many members there are; otherwise the digest goes whole. (Two
+agreeing maps may still have clocks that differ where an entry was
+dropped as superseded before it reached one of them; either reading of
+such a clock sends nothing either side lacks.)
+
+``stay``, on a link its dialler means to keep live, is how many seconds it
+means to keep it: a link that ends well before then, or that breaks, tells
+the other side to check that the dialler is still there (see
+:mod:`repred._gossip`).
+
+A peer that speaks another version of this framing (repred-peer 2 sent a
+heartbeat every second, which this version's membership does not) is
+refused with :class:`~repred.IncompatiblePeerError`, reason
+``"incompatible-peer"``; a version 2 peer refuses this one as "not a repred
+peer". Every node of a network must run the same version.
 
 Pure, beside :mod:`repred._session`: bytes in, bytes out, no trio.
 """
@@ -21,9 +44,9 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import orjson
 
-from ._errors import RemoteProtocolError
+from ._errors import IncompatiblePeerError, RemoteProtocolError
 from ._log import limited, peer_log
-from ._members import MEMBERS
+from ._members import MEMBERS, Membership
 from ._wire import LineDecoder, loads_strict, snippet
 
 if TYPE_CHECKING:
@@ -40,11 +63,15 @@ __all__ = [
     "Mux",
 ]
 
-PEER_PROTOCOL = 2
+PEER_PROTOCOL = 3
 #: The longest hello accepted, and its limits.
 MAX_HELLO_BYTES = 64 * 1024
 MAX_HELLO_REPLICAS = 256
 MAX_NAME_LENGTH = 128
+#: The longest ``stay`` a hello may announce (a day), and the longest root.
+MAX_STAY = 86_400.0
+_MAX_ROOT = 128
+_MEMBERS_NAME = MEMBERS.encode()
 
 
 def _bad(message: str, line: bytes, reason: str = "not-a-peer") -> RemoteProtocolError:
@@ -67,23 +94,32 @@ class Mux:
         options: LinkOptions,
         *,
         receive_writes: bool = True,
+        stay: float | None = None,
     ) -> None:
         self._replicas = replicas
         self._decoder = LineDecoder(MAX_HELLO_BYTES)
         self._options = options
         #: Apply what the peer writes to the named replicas (membership is
-        #: always received: heartbeats keep the network whole).
+        #: always received: it keeps the network whole).
         self._receive_writes = receive_writes
-        self._out = [
-            orjson.dumps(
-                {
-                    "repred-peer": PEER_PROTOCOL,
-                    "node": node,
-                    "replicas": {n: r.type_name for n, r in replicas.items()},
-                },
-                option=orjson.OPT_APPEND_NEWLINE,
-            )
-        ]
+        hello: dict[str, Any] = {
+            "repred-peer": PEER_PROTOCOL,
+            "node": node,
+            "replicas": {n: r.type_name for n, r in replicas.items()},
+        }
+        #: The membership map's fingerprint and clock as the link opens.
+        self._root: str | None = None
+        self._base: Mapping[str, float] = {}
+        members = replicas.get(MEMBERS)
+        if isinstance(members, Membership):
+            root, self._base = members.fingerprint()
+            self._root = hello["members"] = root.hex()
+        if stay is not None:
+            hello["stay"] = stay
+        self._out = [orjson.dumps(hello, option=orjson.OPT_APPEND_NEWLINE)]
+        #: Both maps agreed: the first membership line each way is a digest
+        #: of what changed since (see the module docstring).
+        self._shrink = self._expand = False
         self.hello: dict[str, Any] | None = None
         #: Lines numbered in each direction: a line lost, repeated or
         #: reordered on the way ends the link before it is applied.
@@ -100,6 +136,20 @@ class Mux:
     @property
     def handshake_done(self) -> bool:
         return self.hello is not None
+
+    @property
+    def stay(self) -> float | None:
+        """How long the peer said it would keep this link, if it said."""
+        return None if self.hello is None else self.hello.get("stay")
+
+    @property
+    def agreed(self) -> bool:
+        """The two membership maps agreed when the link opened."""
+        return (
+            self._root is not None
+            and self.hello is not None
+            and (self.hello.get("members") == self._root)
+        )
 
     @property
     def lines_in(self) -> int:
@@ -170,20 +220,16 @@ class Mux:
                 if current is not None and bodies:
                     events += current.receive_data(b"\n".join(bodies) + b"\n")
                 current, bodies = session, []
+            if self._expand and name == _MEMBERS_NAME:
+                self._expand = False
+                body = _expand(body, self._base)
             bodies.append(body)
         if current is not None and bodies:
             events += current.receive_data(b"\n".join(bodies) + b"\n")
 
     def _on_hello(self, line: bytes) -> None:
         msg = loads_strict(line, "replicas")
-        if (
-            type(msg) is not dict
-            or msg.get("repred-peer") != PEER_PROTOCOL
-            or type(msg.get("node")) is not str
-            or len(msg["node"]) > 300
-            or type(msg.get("replicas")) is not dict
-        ):
-            raise _bad("not a repred peer (no hello)", line)
+        _check_hello(msg, line)
         theirs = msg["replicas"]
         if len(theirs) > MAX_HELLO_REPLICAS or not all(
             type(n) is str
@@ -205,6 +251,8 @@ class Mux:
             elif name in theirs:
                 _log_type_mismatch(msg["node"], name, theirs[name], replica.type_name)
         self.hello = msg
+        if self.agreed and _MEMBERS_NAME in self._by_name:
+            self._shrink = self._expand = True
         # Past the hello, a line may carry a whole entry and its prefix.
         self._decoder.set_limit(self._options.max_line_bytes + 256)
         if self._wakeup is not None:
@@ -217,10 +265,57 @@ class Mux:
             data = session.data_to_send()
             if data:
                 prefix = b"\t" + name + b"\t"
-                for line in data[:-1].split(b"\n"):
+                lines = data[:-1].split(b"\n")
+                if self._shrink and name == _MEMBERS_NAME:
+                    self._shrink = False
+                    lines[0] = _shrink(lines[0], self._base)
+                for line in lines:
                     self._seq_out += 1
                     out.append(b"%d%s%s\n" % (self._seq_out, prefix, line))
         return b"".join(out)
+
+
+def _check_hello(msg: Any, line: bytes) -> None:
+    """A hello of this version, or the error that says what it is."""
+    if type(msg) is not dict or "repred-peer" not in msg:
+        raise _bad("not a repred peer (no hello)", line)
+    version = msg["repred-peer"]
+    if version != PEER_PROTOCOL or type(version) is not int:
+        raise IncompatiblePeerError(
+            f"the peer speaks repred-peer {version!r:.20}, this node"
+            f" {PEER_PROTOCOL}: every node of a network must run the same"
+            " version (2 sent heartbeats, which 3 does not read)",
+            reason="incompatible-peer",
+            line=snippet(line),
+        )
+    stay, root = msg.get("stay"), msg.get("members")
+    if (
+        type(msg.get("node")) is not str
+        or len(msg["node"]) > 300
+        or type(msg.get("replicas")) is not dict
+        or not (root is None or (type(root) is str and len(root) <= _MAX_ROOT))
+        or not (stay is None or (type(stay) in (int, float) and 0 <= stay <= MAX_STAY))
+    ):
+        raise _bad("a hello with a bad node, replicas, members or stay", line)
+
+
+def _shrink(digest: bytes, base: Mapping[str, float]) -> bytes:
+    """Our membership digest as the change since ``base`` (its clock is
+    ours: no check needed)."""
+    msg = orjson.loads(digest)
+    clock = msg["clock"]
+    msg["clock"] = {s: ts for s, ts in clock.items() if base.get(s) != ts}
+    return orjson.dumps(msg)
+
+
+def _expand(line: bytes, base: Mapping[str, float]) -> bytes:
+    """The peer's membership digest, given as the change since ``base``,
+    whole again: the session checks it as any digest."""
+    msg = loads_strict(line, "clock")
+    if type(msg) is not dict or type(msg.get("clock")) is not dict:
+        raise _bad("a membership digest without a clock", line, "bad-digest")
+    msg["clock"] = {**base, **msg["clock"]}
+    return orjson.dumps(msg)
 
 
 def _log_type_mismatch(node: str, name: str, theirs: str, ours: str) -> None:

@@ -62,7 +62,7 @@ DEFAULT_MAX_LINKS = 512
 DEFAULT_ANTIENTROPY_INTERVAL = 5.0
 #: The most nodes a membership map holds.
 DEFAULT_MAX_MEMBERS = 16_384
-#: Seconds after its last heartbeat that a node is forgotten: an hour.
+#: Seconds after a node was suspected that it is forgotten: an hour.
 DEFAULT_REAP_AFTER = 3600.0
 #: Outgoing live links a peer keeps at once (each to a random live node).
 DEFAULT_FANOUT = 3
@@ -240,20 +240,30 @@ class PeerOptions:
             ``host`` (needed when listening on every interface).
         seeds: ``"host:port"`` of nodes to dial first and re-dial now and
             then.
-        heartbeat_interval: seconds between heartbeats. Links send a
-            keep-alive after this much quiet, and a link quiet for three
-            heartbeats is cut: a stalled link is noticed within three.
-        down_after: seconds without a heartbeat after which a node is down.
+        heartbeat_interval: the peer's pace, in seconds. Links send a
+            keep-alive after this much quiet, and a link quiet for three is
+            cut (and the node that dialled it suspects the other): a stalled
+            link is noticed within three. Who is up and who is down is said
+            (``up``/``down`` events) every interval, and this node refutes
+            what is said of it at most once an interval.
+        down_after: seconds a suspected node (one that another failed to
+            reach) stays up, counted from when this node heard of the
+            suspicion, before it is down here; a node that can be reached
+            refutes a suspicion long before. A node that stops is down
+            everywhere about this long after its links close (three
+            heartbeats more if it hangs instead, and ``connect_timeout``
+            more at worst).
         gossip_interval: seconds an outgoing link lasts before the peer
             moves on to another random node.
         seed_interval: seconds between re-dials of the seeds and of one
-            node not heard from (so partitions heal without seeds).
+            node seen down (so partitions heal without seeds).
         max_backoff: the longest wait, in seconds, before re-dialling a
             failing node.
         connect_timeout: seconds a dial may take to connect and to complete
             its handshakes (TLS, and the peer's hello).
-        reap_after: seconds after its last heartbeat that a node is
-            forgotten (an hour by default).
+        reap_after: seconds after the stamp of a suspicion that a node
+            still suspected is forgotten (an hour by default); a node up is
+            never forgotten.
         fanout: outgoing live links kept at once.
         max_members: the most nodes the membership map holds.
         max_links: the most inbound links held at once (the quietest is
@@ -266,7 +276,7 @@ class PeerOptions:
             read-only too; a :func:`repred.connect_redis` link beside the
             peer is the caller's, given ``receive=False`` for the named
             replicas (as the peer command's ``--read-only`` does).
-        node_id: the id this node's heartbeats go out under, and that
+        node_id: the id this node's membership entries go out under, and that
             ``up`` events and :meth:`repred.Peer.node_id` report for it:
             give the id of the node's own replica (the peer command does),
             so that the source of an update names its host. The signing
@@ -332,9 +342,10 @@ class Trust:
     :func:`repred.repred` (and of every type's factory), as one value.
 
     :func:`repred.open_peer` takes the three as keywords of its own and
-    gives its membership map this value: heartbeats are signed with the
-    key, and a verifying peer takes only signed ones (from ``writers``
-    only, if given: then no one else can announce a node up). The replica
+    gives its membership map this value: its entries (that it is alive,
+    and its suspicions of others) are signed with the key, and a verifying
+    peer takes only signed ones (from ``writers`` only, if given: then no
+    one else can announce a node up, or suspect one). The replica
     that takes it checks it, as its factory would.
 
     Attributes:

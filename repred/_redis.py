@@ -61,6 +61,7 @@ Redis still holds and writes everything the replica holds beyond it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import secrets
@@ -78,7 +79,8 @@ from ._errors import (
     StoreError,
 )
 from ._groups import single_errors
-from ._log import limited
+from ._log import limited, log
+from ._options import pick
 from ._session import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_ENTRIES, Session
 from ._wire import (
     BATCH_PREFIX,
@@ -115,7 +117,6 @@ __all__ = [
     "connect_redis",
 ]
 
-log = logging.getLogger("repred")
 
 #: Stream records taken per XREAD (and image elements per LRANGE). A record
 #: holds at most ``batch_bytes`` of entries and one line more, so a read
@@ -222,8 +223,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
 """
 
-_META_FIELDS = ("epoch", "type", "image", "image_id", "image_len", "image_bytes")
-
 
 class _Resync(Exception):
     """Start the sync with Redis again (the stream has a gap for this link,
@@ -241,27 +240,14 @@ def _stream_id(ident: bytes | None) -> tuple[int, int]:
         return (2**64, 0)  # not an id Redis makes: after every one
 
 
-@attrs.frozen
 class _Keys:
-    """The Redis keys of one name."""
+    """The Redis keys of one name (see the module docstring)."""
 
-    base: str
-
-    @classmethod
-    def of(cls, prefix: str, name: str) -> _Keys:
-        return cls(f"{prefix}:{{{name}}}")
-
-    @property
-    def meta(self) -> str:
-        return f"{self.base}:meta"
-
-    @property
-    def log(self) -> str:
-        return f"{self.base}:log"
-
-    @property
-    def lock(self) -> str:
-        return f"{self.base}:lock"
+    def __init__(self, prefix: str, name: str) -> None:
+        self.base = f"{prefix}:{{{name}}}"
+        self.meta = f"{self.base}:meta"
+        self.log = f"{self.base}:log"
+        self.lock = f"{self.base}:lock"
 
     def image(self, token: bytes | str) -> str:
         if isinstance(token, bytes):
@@ -322,11 +308,6 @@ def _entry_lines(data: bytes) -> bytes:
         return b""
     kept.append(b"")
     return b"\n".join(kept)
-
-
-def _covers(clock: Mapping[str, float], other: Mapping[str, float]) -> bool:
-    """Whether ``clock`` holds everything ``other`` does."""
-    return all(clock.get(source, -1) >= ts for source, ts in other.items())
 
 
 def display_url(url: str) -> str:
@@ -424,21 +405,17 @@ class _Options:
                 "send=False and receive=False: a link that neither writes nor"
                 " reads has nothing to do"
             )
-        for name in ("read_count", "max_line_bytes", "batch_entries", "batch_bytes"):
-            value = getattr(self, name)
-            if type(value) is not int or value < 1:
-                raise ValueError(f"{name} must be a positive int")
-        for name in ("max_image_bytes", "compact_bytes"):
+        counts = ("read_count", "max_line_bytes", "batch_entries", "batch_bytes")
+        for name in (*counts, "max_image_bytes", "compact_bytes"):
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise ValueError(f"{name} must be a positive int")
         for name in ("poll_seconds", "timeout", "retry_seconds"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
-        if not self.tail_seconds >= 0:
-            raise ValueError("tail_seconds must not be negative")
-        if not self.flush_seconds >= 0:
-            raise ValueError("flush_seconds must not be negative")
+        for name in ("tail_seconds", "flush_seconds"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must not be negative")
         if not isinstance(self.prefix, str) or "{" in self.prefix:
             raise ValueError("prefix must be a string without braces")
 
@@ -498,7 +475,7 @@ class RedisLink:
         self._longest = (
             max(options.batch_bytes, DEFAULT_BATCH_BYTES) + options.max_line_bytes + 1
         )
-        self._keys = _Keys.of(options.prefix, name)
+        self._keys = _Keys(options.prefix, name)
         #: Marks this link's records, which it does not read back.
         self._id = secrets.token_urlsafe(9).encode()
         #: The id its sessions are told Redis has: random, so that no
@@ -540,13 +517,9 @@ class RedisLink:
         self._live_nursery: trio.Nursery | None = None
         # Counters of the sessions that ended, and the link's own.
         self._done = [0, 0, 0, 0]  # updates_in, updates_out, deferred, refused
-        self._bytes_in = 0
-        self._bytes_out = 0
-        self._refused = 0
-        self._reconnects = 0
-        self._attempts_failed = 0
-        self._images_loaded = 0
-        self._images_written = 0
+        self._bytes_in = self._bytes_out = self._refused = 0
+        self._reconnects = self._attempts_failed = 0
+        self._images_loaded = self._images_written = 0
 
     def __repr__(self) -> str:
         return (
@@ -612,13 +585,7 @@ class RedisLink:
 
     def statistics(self) -> RedisStatistics:
         """The link's counters, over every connection it made so far."""
-        updates_in, updates_out, deferred, refused = self._done
-        if self._session is not None:
-            now = self._session.statistics()
-            updates_in += now.updates_in
-            updates_out += now.updates_out
-            deferred += now.deferred
-            refused += now.refused
+        updates_in, updates_out, deferred, refused = self._counts()
         return RedisStatistics(
             name=self.name,
             connected=self._connected,
@@ -642,39 +609,52 @@ class RedisLink:
         """A session whose peer holds what Redis is known to hold."""
         self._end_session()
         options = self._options
-        session = Session(
-            self.replica,
-            max_line_bytes=options.max_line_bytes,
-            batch_entries=options.batch_entries,
-            batch_bytes=options.batch_bytes,
-            send=options.send,
-            receive=options.receive,
-            antientropy=False,  # see _ENTRY_STARTS
-        )
+        session = self._session_with(send=options.send, receive=options.receive)
         clock = self.replica.clock
-        known = {s: ts for s, ts in self._known.items() if s in clock}
-        digest = encode_digest(
-            self._peer_id, known, self.replica.type_name, options.max_line_bytes
-        )
         # The stream has no history phase: what comes is live, and a
         # "SYNC" in it is out of place.
-        session.receive_data(digest + SYNC_LINE)
+        session.receive_data(
+            self._digest({s: ts for s, ts in self._known.items() if s in clock})
+            + SYNC_LINE
+        )
         session.wakeup = self._wakeup
         self._session = session
         self._wakeup()
         return session
 
+    def _session_with(self, **one_way: bool) -> Session:
+        """A session with the link's limits (``send``, ``receive``)."""
+        options = self._options
+        return Session(
+            self.replica,
+            max_line_bytes=options.max_line_bytes,
+            batch_entries=options.batch_entries,
+            batch_bytes=options.batch_bytes,
+            antientropy=False,  # see _ENTRY_STARTS
+            **one_way,
+        )
+
+    def _digest(self, clock: Mapping[str, float]) -> bytes:
+        """The digest of the stream as a session's peer, holding ``clock``."""
+        return encode_digest(
+            self._peer_id, clock, self.replica.type_name, self._options.max_line_bytes
+        )
+
+    def _counts(self) -> list[int]:
+        """``updates_in``, ``updates_out``, ``deferred`` and ``refused`` of
+        every session so far."""
+        if self._session is None:
+            return list(self._done)
+        now = self._session.statistics()
+        this = (now.updates_in, now.updates_out, now.deferred, now.refused)
+        return [a + b for a, b in zip(self._done, this, strict=True)]
+
     def _end_session(self) -> None:
         session = self._session
-        if session is None:
-            return
-        stats = session.statistics()
-        self._done[0] += stats.updates_in
-        self._done[1] += stats.updates_out
-        self._done[2] += stats.deferred
-        self._done[3] += stats.refused
-        session.close()
-        self._session = None
+        if session is not None:
+            self._done = self._counts()
+            session.close()
+            self._session = None
 
     def _wakeup(self) -> None:
         self._wake.set()
@@ -726,20 +706,21 @@ class RedisLink:
                     )
                 session.receive_data(line + b"\n")
             except RemoteProtocolError as exc:
-                self._refuse(exc, where)
+                self._refuse(" refused a line of %s: %s (%s)", where, exc, exc.reason)
                 self._new_session()
         self._touch()
 
-    def _refuse(self, exc: RemoteProtocolError, where: str) -> None:
+    def _refuse(self, message: str, *args: object) -> None:
+        """Count what was read from Redis and refused; log it (bounded)
+        as ``message`` says, after the link's name."""
         self._refused += 1
+        self._touch()
         limited(
             logging.WARNING,
             "redis-refused",
-            "repred: Redis link %r refused a line of %s: %s (%s)",
+            "repred: Redis link %r" + message,
             self.name,
-            where,
-            exc,
-            exc.reason,
+            *args,
         )
 
     # -- running ---------------------------------------------------------
@@ -810,17 +791,14 @@ class RedisLink:
         return float(min(wait, self._options.retry_seconds))
 
     def _log_unreachable(self, exc: BaseException) -> None:
-        if self._connected or self._epoch is not None:
-            what = "lost Redis"
-        else:
-            what = "waiting for Redis"
+        lost = self._connected or self._epoch is not None
         log.warning(
             "repred: Redis link %r %s at %s (%s); the replica keeps working"
             " locally and over its other links, and what it writes goes to"
             " Redis once it is back; retrying every %g s at most, logged again"
             " once it is back",
             self.name,
-            what,
+            "lost Redis" if lost else "waiting for Redis",
             self.url,
             _describe(exc),
             self._options.retry_seconds,
@@ -878,12 +856,9 @@ class RedisLink:
         """Read (or make) the meta; forget what this link knew if Redis lost
         it (a new epoch, or a stream that ends before what the link read or
         wrote)."""
-        raw = await self._call(
-            client.register_script(_INIT)(
-                keys=[self._keys.meta],
-                args=[secrets.token_urlsafe(12), self.replica.type_name],
-            )
-        )
+        init = client.register_script(_INIT)
+        args = [secrets.token_urlsafe(12), self.replica.type_name]
+        raw = await self._call(init(keys=[self._keys.meta], args=args))
         fields = dict(zip(raw[::2], raw[1::2], strict=True))
         meta = _Meta.parse(fields)
         theirs = (meta.type or b"").decode("utf-8", "replace")
@@ -982,12 +957,9 @@ class RedisLink:
             self.name,
             self.url,
         )
-        await self._call(
-            client.register_script(_DROP)(
-                keys=[self._keys.meta],
-                args=[meta.epoch or b"", meta.image or b"", secrets.token_urlsafe(12)],
-            )
-        )
+        drop = client.register_script(_DROP)
+        args = [meta.epoch or b"", meta.image or b"", secrets.token_urlsafe(12)]
+        await self._call(drop(keys=[self._keys.meta], args=args))
         raise _Resync
 
     async def _read_image(self, client: Any, meta: _Meta) -> bool:
@@ -999,19 +971,11 @@ class RedisLink:
             return False
         digest = None
         if len(head[0]) <= self._options.max_line_bytes:
-            try:
+            with contextlib.suppress(RepredError):
                 digest = decode(head[0])
-            except RepredError:
-                pass
         if type(digest) is not Digest:
-            self._refused += 1
-            self._touch()
-            limited(
-                logging.WARNING,
-                "redis-refused",
-                "repred: Redis link %r: the image %r does not start with a clock;"
-                " taking it as lost",
-                self.name,
+            self._refuse(
+                ": the image %r does not start with a clock; taking it as lost",
                 meta.image,
             )
             return False
@@ -1020,7 +984,8 @@ class RedisLink:
             if ts > known.get(source, -1):
                 known[source] = ts
         self._new_session()
-        if _covers(self.replica.clock, digest.clock):
+        clock = self.replica.clock
+        if all(clock.get(s, -1) >= ts for s, ts in digest.clock.items()):
             return True  # nothing in it is new here
         count = self._options.read_count
         index = 1
@@ -1042,7 +1007,7 @@ class RedisLink:
         return True
 
     async def _read_meta(self, client: Any) -> _Meta:
-        names = [*_META_FIELDS, "trimmed"]
+        names = [field.name for field in attrs.fields(_Meta)]
         values = await self._call(client.hmget(self._keys.meta, names))
         return _Meta.parse(
             {k.encode(): v for k, v in zip(names, values, strict=True) if v is not None}
@@ -1051,17 +1016,23 @@ class RedisLink:
     async def _read_to_end(self, client: Any) -> bool:
         """Read the stream from the link's position until a read comes
         back short; ``False`` if the stream has a gap for this link."""
-        count = self._options.read_count
         while True:
-            assert self._position is not None
-            reply = await self._call(
-                client.xread({self._keys.log: self._position}, count=count)
-            )
-            records = reply.get(self._keys.log.encode(), ()) if reply else ()
+            records = await self._read(client)
             if not await self._take(client, records):
                 return False
-            if len(records) < count:
+            if len(records) < self._options.read_count:
                 return True
+
+    async def _read(self, client: Any, wait: bool = False) -> Any:
+        """The next records after the link's position (``wait``: for up to
+        ``poll_seconds``, until some come)."""
+        assert self._position is not None
+        options = self._options
+        block = round(options.poll_seconds * 1000) if wait else None
+        streams = {self._keys.log: self._position}
+        read = client.xread(streams, count=options.read_count, block=block)
+        reply = await self._call(read, options.poll_seconds if wait else 0.0)
+        return reply.get(self._keys.log.encode(), ()) if reply else ()
 
     async def _take(self, client: Any, records: Any) -> bool:
         """Apply records read after the link's position, unless the meta
@@ -1114,13 +1085,8 @@ class RedisLink:
         if fields.get(_WRITER) == self._id:
             pass  # this link's own: the session sent it
         elif not size or size > self._longest:
-            self._refused += 1
-            self._touch()
-            limited(
-                logging.WARNING,
-                "redis-refused",
-                "repred: Redis link %r refused the stream record %r: %s",
-                self.name,
+            self._refuse(
+                " refused the stream record %r: %s",
                 record.identifier,
                 "it holds no entries" if not size else f"{size} bytes, too long",
             )
@@ -1186,22 +1152,11 @@ class RedisLink:
             await self._wake.wait()
 
     async def _reader(self, client: Any) -> None:
-        options = self._options
-        block = round(options.poll_seconds * 1000)
         while True:
-            assert self._position is not None
-            reply = await self._call(
-                client.xread(
-                    {self._keys.log: self._position},
-                    count=options.read_count,
-                    block=block,
-                ),
-                options.poll_seconds,
-            )
-            records = reply.get(self._keys.log.encode(), ()) if reply else ()
+            records = await self._read(client, wait=True)
             if not await self._take(client, records):
                 raise _Resync  # a gap: start again from the image
-            if len(records) < options.read_count:
+            if len(records) < self._options.read_count:
                 self._caught_up(client)
 
     def _caught_up(self, client: Any) -> None:
@@ -1253,24 +1208,17 @@ class RedisLink:
         no other link is writing one."""
         try:
             token = secrets.token_urlsafe(12)
+            nx = coredis.tokens.PureToken.NX
             locked = await self._call(
-                client.set(
-                    self._keys.lock,
-                    token,
-                    condition=coredis.tokens.PureToken.NX,
-                    px=_LOCK_MS,
-                )
+                client.set(self._keys.lock, token, condition=nx, px=_LOCK_MS)
             )
             if not locked:
                 return
             try:
                 await self._write_image(client, token)
             finally:
-                await self._call(
-                    client.register_script(_RELEASE)(
-                        keys=[self._keys.lock], args=[token]
-                    )
-                )
+                release = client.register_script(_RELEASE)
+                await self._call(release(keys=[self._keys.lock], args=[token]))
         finally:
             self._compacting = False
 
@@ -1290,26 +1238,10 @@ class RedisLink:
         trim = _stream_id(covers)[0] - tail_ms
         trim_to = covers if not tail_ms else f"{trim}-0".encode() if trim > 0 else b""
         old = meta.image or b""
-        committed = await self._call(
-            client.register_script(_COMMIT)(
-                keys=[
-                    self._keys.meta,
-                    self._keys.log,
-                    key,
-                    self._keys.image(old or token),
-                ],
-                args=[
-                    epoch,
-                    covers,
-                    token,
-                    length,
-                    size,
-                    old,
-                    trim_to,
-                    _OLD_IMAGE_SECONDS,
-                ],
-            )
-        )
+        commit = client.register_script(_COMMIT)
+        keys = [self._keys.meta, self._keys.log, key, self._keys.image(old or token)]
+        args = [epoch, covers, token, length, size, old, trim_to, _OLD_IMAGE_SECONDS]
+        committed = await self._call(commit(keys=keys, args=args))
         if committed:
             self._images_written += 1
             self._touch()
@@ -1324,18 +1256,9 @@ class RedisLink:
         options = self._options
         replica = self.replica
         head = encode_digest("image", dict(replica.clock), replica.type_name)
-        session = Session(
-            replica,
-            max_line_bytes=options.max_line_bytes,
-            batch_entries=options.batch_entries,
-            batch_bytes=options.batch_bytes,
-            antientropy=False,
-        )
+        session = self._session_with()
         try:
-            empty = encode_digest(
-                self._peer_id, {}, replica.type_name, options.max_line_bytes
-            )
-            session.receive_data(empty)
+            session.receive_data(self._digest({}))
             pending, size, length = [head], len(head), 0
             while not session.sync_sent:
                 payload = _entry_lines(session.data_to_send())
@@ -1344,31 +1267,26 @@ class RedisLink:
                     size += len(payload)
                 if size > options.max_image_bytes:
                     await self._call(client.delete([key]))
-                    self._image_too_large()
+                    limited(
+                        logging.WARNING,
+                        "redis-image",
+                        "repred: Redis link %r: an image of this replica would"
+                        " take more than %d bytes (max_image_bytes); no image is"
+                        " written, so the stream is not trimmed",
+                        self.name,
+                        options.max_image_bytes,
+                    )
                     return None
-                if sum(map(len, pending)) >= _PUSH_BYTES or session.sync_sent:
-                    await self._push(client, key, pending)
+                if pending and (
+                    sum(map(len, pending)) >= _PUSH_BYTES or session.sync_sent
+                ):
+                    push = client.register_script(_PUSH)
+                    await self._call(push(keys=[key], args=[_LOCK_MS, *pending]))
                     length += len(pending)
                     pending = []
             return length, size
         finally:
             session.close()
-
-    async def _push(self, client: Any, key: str, elements: list[bytes]) -> None:
-        if elements:
-            push = client.register_script(_PUSH)
-            await self._call(push(keys=[key], args=[_LOCK_MS, *elements]))
-
-    def _image_too_large(self) -> None:
-        limited(
-            logging.WARNING,
-            "redis-image",
-            "repred: Redis link %r: an image of this replica would take more than"
-            " %d bytes (max_image_bytes); no image is written, so the stream is"
-            " not trimmed",
-            self.name,
-            self._options.max_image_bytes,
-        )
 
 
 async def connect_redis(
@@ -1465,23 +1383,8 @@ async def connect_redis(
     _check_name(name)
     if not isinstance(url, str):
         raise TypeError(f"url must be a str, not {url!r}")
-    options = _Options(
-        prefix=prefix,
-        read_count=read_count,
-        poll_seconds=poll_seconds,
-        timeout=command_timeout,
-        retry_seconds=retry_seconds,
-        max_line_bytes=max_line_bytes,
-        batch_entries=batch_entries,
-        batch_bytes=batch_bytes,
-        max_image_bytes=max_image_bytes,
-        compact_bytes=compact_bytes,
-        tail_seconds=tail_seconds,
-        cluster=bool(cluster),
-        flush_seconds=flush_seconds,
-        send=send,
-        receive=receive,
-    )
+    given = {**locals(), "timeout": command_timeout, "cluster": bool(cluster)}
+    options = pick(_Options, given)
     link = RedisLink(replica, url, name, options)
     task_status.started(link)
     await link._run()

@@ -9,9 +9,9 @@ sessions learn that there is something new to send.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
-import hashlib
 import logging
 import math
 import secrets
@@ -27,7 +27,7 @@ from ._divergence import Divergence, ReplicaStatistics
 from ._errors import RemoteProtocolError, StoreError
 from ._hashtree import entry_hash
 from ._history import Entry, History, Run, SourceLog, runs
-from ._log import limited
+from ._log import limited, log
 from ._trust import SigningKey, Writers, is_key_id, verifier
 from ._wire import (
     CHAR_BYTES,
@@ -58,7 +58,6 @@ __all__ = [
     "wall_ms",
 ]
 
-log = logging.getLogger("repred")
 
 #: How far ahead of local wall time a remote stamp may be: five minutes.
 #: An entry stamped further ahead is not applied (it ends no link: the
@@ -84,9 +83,6 @@ DEFAULT_MAX_SOURCES = 16_384
 #: Room a digest keeps, beside its clock, for the id, the type and the other
 #: keys: the clock may take the line limit less this.
 DIGEST_OVERHEAD_BYTES = 8192
-
-
-_dumps = orjson.dumps
 
 
 def clock_cost(source: str) -> int:
@@ -345,22 +341,16 @@ class Replica:
         writers: Writers | None = None,
     ) -> None:
         id = _signed_id(signing_key, id, verify, writers)
-        _check_options(
-            reducer,
-            map=map,
-            id=id,
-            max_drift_ms=max_drift_ms,
-            max_ahead_ms=max_ahead_ms,
-            max_sources=max_sources,
-            max_entry_bytes=max_entry_bytes,
-            superseding=stamped or last_write_wins is not None,
-            snapshot=snapshot,
-        )
         self._reducer = reducer
         self._map = map
         self._stamped = stamped
         self._key = last_write_wins
         self._snapshot_fn = snapshot
+        self.max_drift_ms = max_drift_ms
+        self.max_ahead_ms = max_ahead_ms
+        self.max_sources = max_sources
+        self.max_entry_bytes = max_entry_bytes
+        self._check_options(id)
         self._checks_first = checks_first
         self._signer = signing_key
         self._verify = verifier() if verify else None
@@ -370,15 +360,31 @@ class Replica:
         self._initial = copy.deepcopy(initial)
         self.id = new_id() if id is None else id
         self.type_name: str = type_name or str(getattr(reducer, "__name__", "repred"))
-        self.max_drift_ms = max_drift_ms
-        self.max_ahead_ms = max_ahead_ms
-        self.max_sources = max_sources
-        self.max_entry_bytes = max_entry_bytes
         self._wall = wall
         self._init_state()
         self.store = store
         if store is not None:
             self._open(store, id)
+
+    def _check_options(self, id: str | None) -> None:
+        """Refuse a bad option, at the call (before anything is opened)."""
+        if not callable(self._reducer):
+            raise TypeError(f"reducer must be callable, not {self._reducer!r}")
+        if self._map is not None and not callable(self._map):
+            raise TypeError(f"map must be callable, not {self._map!r}")
+        if id is not None:
+            check_id(id)
+        if not 0 < self.max_ahead_ms < self.max_drift_ms:
+            raise ValueError("need 0 < max_ahead_ms < max_drift_ms")
+        if type(self.max_sources) is not int or self.max_sources < 1:
+            raise ValueError("max_sources must be a positive int")
+        least = 2 * DIGEST_OVERHEAD_BYTES
+        if type(self.max_entry_bytes) is not int or self.max_entry_bytes < least:
+            raise ValueError(f"max_entry_bytes must be an int >= {least}")
+        if self._snapshot_fn is not None and (self._stamped or self._key is not None):
+            raise ValueError(
+                "snapshot= is for reducers without last_write_wins= or stamped="
+            )
 
     def _init_state(self) -> None:
         """What a new replica holds: nothing yet."""
@@ -405,7 +411,7 @@ class Replica:
         #: its digests carry: a node that reaches itself is not a twin).
         self.instance = secrets.token_urlsafe(9)
         #: Divergences seen: kind -> count (see :meth:`statistics`).
-        self._divergence: dict[str, int] = {}
+        self._divergence: collections.Counter[str] = collections.Counter()
         #: Sources proven to sign two entries for one stamp, with the proof.
         self._banned: dict[str, tuple[Entry4, Entry4]] = {}
         #: Called with each divergence seen (see :meth:`on_divergence`).
@@ -666,14 +672,9 @@ class Replica:
     def _apply_run(
         self, run: Run, origin: object, check: bool, progress: _Progress
     ) -> None:
-        """Apply one run: entries of one source, stamps increasing.
-
-        The checks that do not depend on the entry (covered, deferred,
-        forged, a new source) are made once for the run; then each entry is
-        reduced and recorded. If the reducer raises, the entries before the
-        one that failed stay recorded, the clock moves over them, and the
-        state is made whole again from the history.
-        """
+        """Apply one run (see :meth:`apply_runs`). If the reducer raises, the
+        entries before the one that failed stay recorded, the clock moves
+        over them, and the state is made whole again from the history."""
         source, stamps = run[0], run[1]
         known = self._clock.get(source)
         start = self._covered(run, known, origin, progress)
@@ -700,17 +701,12 @@ class Replica:
         """Where the entries the clock does not cover start; those it covers
         are checked against what is held (an omission taken, a second
         version settled)."""
-        source, stamps, changes, sigs = run
+        stamps = run[1]
         if known is None or stamps[0] > known:
             return 0
         start = bisect_right(stamps, known)
-        taken = 0
-        for i in range(start):
-            sig = None if sigs is None else sigs[i]
-            taken += self._known(changes[i], stamps[i], source, sig, origin)
-        if taken:
-            self._repaired(source, taken)
-            progress.repaired += taken  # committed with the entries
+        # (Committed with the entries.)
+        progress.repaired += self._known(run, range(start), origin)
         return start
 
     def _admissible(
@@ -743,9 +739,7 @@ class Replica:
                     run, start, end, max(progress.last, now), skipped
                 )
         if start < end and source in self._banned and self._verify is not None:
-            self._divergence["refused"] = (
-                self._divergence.get("refused", 0) + end - start
-            )
+            self._divergence["refused"] += end - start
             return start, cap
         if start < end and self._verify is not None:
             self._check_signed(source, stamps, changes, sigs, start, end)
@@ -945,10 +939,7 @@ class Replica:
         """Take a new source (its first entry ``change, ts``), within the
         bound on sources and digest size."""
         cost = clock_cost(source)
-        if (
-            len(self._clock) >= self.max_sources
-            or self._clock_bytes + cost > self.max_entry_bytes - DIGEST_OVERHEAD_BYTES
-        ):
+        if not self._room_for(1, cost):
             raise RemoteProtocolError(
                 f"this replica holds {len(self._clock)} sources, the most it"
                 f" takes (max_sources={self.max_sources}, and a digest within"
@@ -957,6 +948,25 @@ class Replica:
                 line=entry_snippet(change, ts, source),
             )
         self._clock_bytes += cost
+
+    def _room_for(self, sources: int, cost: int) -> bool:
+        """Whether the clock takes ``sources`` new sources of ``cost`` bytes
+        in all, within the bound on sources and on the digest's size."""
+        return (
+            len(self._clock) + sources <= self.max_sources
+            and self._clock_bytes + cost <= self.max_entry_bytes - DIGEST_OVERHEAD_BYTES
+        )
+
+    def _take_clock(self, clock: Mapping[str, float]) -> None:
+        """Move the clock forward to ``clock`` where it is behind."""
+        for source, ts in clock.items():
+            if ts > self._clock.get(source, -1):
+                self._clock[source] = ts
+
+    def _capped(self, stamps: Iterable[float]) -> float:
+        """The newest of ``stamps``, at most ``max_ahead_ms`` ahead: as far
+        as others' stamps move this replica's own clock."""
+        return min(max(stamps, default=0), self._wall() + self.max_ahead_ms)
 
     # -- divergence: repairs, equivocation, twin ids ------------------------
 
@@ -985,11 +995,13 @@ class Replica:
         return ReplicaStatistics(
             sources=len(self._clock),
             entries=len(self._history),
-            repaired=seen.get("repaired", 0),
-            equivocations=seen.get("equivocation", 0),
-            twin_ids=seen.get("twin-id", 0),
+            repaired=seen["repaired"],
+            equivocations=seen["equivocation"],
+            twin_ids=seen["twin-id"],
             banned=len(self._banned),
-            refused=seen.get("refused", 0),
+            refused=seen["refused"],
+            watchers=len(self._watchers),
+            listeners=len(self._listeners),
         )
 
     def horizon(self) -> float:
@@ -1031,7 +1043,8 @@ class Replica:
         """
         taken = 0
         try:
-            for source, stamps, changes, sigs in entry_runs:
+            for run in entry_runs:
+                source, stamps = run[0], run[1]
                 known = self._clock.get(source, -1)
                 held = self._history.get
                 # Second versions first, then what this replica lacks.
@@ -1039,43 +1052,39 @@ class Replica:
                     (i for i, ts in enumerate(stamps) if ts <= known),
                     key=lambda i: held(source, stamps[i]) is None,
                 )
-                n = 0
-                for i in order:
-                    sig = None if sigs is None else sigs[i]
-                    n += self._known(changes[i], stamps[i], source, sig, origin)
-                if n:
-                    self._repaired(source, n)
-                taken += n
+                taken += self._known(run, order, origin)
         finally:
             if taken and self.store is not None:
                 self.store.commit()
         return taken
 
-    def _repaired(self, source: str, n: int) -> None:
-        self._diverged(
-            Divergence(
-                kind="repaired",
-                source=source,
-                entries=n,
-                message=f"took {n} {'entry' if n == 1 else 'entries'} of source"
-                f" {source[:80]!r} that this"
-                " replica lacked although its clock covered them",
-            ),
-            logging.INFO,
-        )
-
-    def _known(
-        self, change: Any, ts: float, source: str, signature: str | None, origin: object
-    ) -> int:
-        """An entry at or below the clock: take it if this replica lacks it
-        (1), settle an equivocation, or do nothing (0)."""
-        held = self._history.get(source, ts)
-        if held is None:
-            return int(self._take(change, ts, source, signature, origin))
-        if _same(held, change):
-            return 0
-        self._equivocation(source, ts, held, change, signature, origin)
-        return 0
+    def _known(self, run: Run, order: Iterable[int], origin: object) -> int:
+        """Entries ``order`` of a run, at or below the clock: each is taken
+        if this replica lacks it, settles an equivocation, or does nothing.
+        How many were taken, and reported as repaired."""
+        source, stamps, changes, sigs = run
+        taken = 0
+        for i in order:
+            change, ts = changes[i], stamps[i]
+            signature = None if sigs is None else sigs[i]
+            held = self._history.get(source, ts)
+            if held is None:
+                taken += self._take(change, ts, source, signature, origin)
+            elif not _same(held, change):
+                self._equivocation(source, ts, held, change, signature, origin)
+        if taken:
+            self._diverged(
+                Divergence(
+                    kind="repaired",
+                    source=source,
+                    entries=taken,
+                    message=f"took {taken} {'entry' if taken == 1 else 'entries'}"
+                    f" of source {source[:80]!r} that this replica lacked"
+                    " although its clock covered them",
+                ),
+                logging.INFO,
+            )
+        return taken
 
     def _take(
         self, change: Any, ts: float, source: str, signature: str | None, origin: object
@@ -1135,12 +1144,10 @@ class Replica:
         quietly and counted: the peer that sent it (a relay that does not
         verify) may hold it in good faith, and its link stays up."""
         if banned_too or source not in self._banned:
-            try:
+            with contextlib.suppress(RemoteProtocolError):
                 self._check_signed(source, [ts], [change], [signature], 0, 1)
                 return True
-            except RemoteProtocolError:
-                pass
-        self._divergence["refused"] = self._divergence.get("refused", 0) + 1
+        self._divergence["refused"] += 1
         return False
 
     def _equivocation(
@@ -1170,7 +1177,7 @@ class Replica:
         theirs_ok = signature is not None and check(change, ts, source, signature)
         if held_ok and not theirs_ok:
             # The source signed what is held: the other is not its writing.
-            self._divergence["refused"] = self._divergence.get("refused", 0) + 1
+            self._divergence["refused"] += 1
             return
         self._diverged(
             Divergence(
@@ -1184,7 +1191,7 @@ class Replica:
             )
         )
         if held_sig is not None and signature is not None and held_ok and theirs_ok:
-            self._proven((held, ts, source, held_sig), (change, ts, source, signature))
+            self.prove((held, ts, source, held_sig), (change, ts, source, signature))
         if (theirs_ok, mine) > (held_ok, theirs):
             self._replace(source, ts, held, change, signature, origin)
             if source == self.id:
@@ -1237,16 +1244,13 @@ class Replica:
     def _twin(self, evidence: str, *, count: int = 1) -> None:
         """Another writer uses this replica's id. ``count=0``: a claim, not
         yet evidence (a peer's handshake naming this id)."""
-        if self._signer is not None:
-            remedy = (
-                "give one of them a new key (repred.SigningKey.generate(); the"
-                " peer command: a new --key file)"
-            )
-        else:
-            remedy = (
-                "give one of them a new id (Replica.take_new_id(), or restart"
-                " that node's peer command with --new-id)"
-            )
+        remedy = (
+            "give one of them a new key (repred.SigningKey.generate(); the"
+            " peer command: a new --key file)"
+            if self._signer is not None
+            else "give one of them a new id (Replica.take_new_id(), or restart"
+            " that node's peer command with --new-id)"
+        )
         self._diverged(
             Divergence(
                 kind="twin-id",
@@ -1310,8 +1314,7 @@ class Replica:
         )
 
     def _diverged(self, event: Divergence, level: int = logging.WARNING) -> None:
-        seen = self._divergence
-        seen[event.kind] = seen.get(event.kind, 0) + event.entries
+        self._divergence[event.kind] += event.entries
         limited(level, event.kind, "repred: %s: %s", self.type_name, event.message)
         for handler in self._on_divergence:
             try:
@@ -1326,13 +1329,10 @@ class Replica:
         return list(self._banned.values())
 
     def prove(self, first: Entry4, second: Entry4) -> bool:
-        """Take a proof of equivocation from a peer; ``True`` if it is new
-        and sound (both signatures valid, one source and stamp, two
-        different changes). A replica that verifies refuses the source's
+        """Take a proof of equivocation from a peer (or found here); ``True``
+        if it is new and sound (both signatures valid, one source and stamp,
+        two different changes). A replica that verifies refuses the source's
         later entries."""
-        return self._proven(first, second)
-
-    def _proven(self, first: Entry4, second: Entry4) -> bool:
         source, ts = first[2], first[1]
         if (
             source in self._banned
@@ -1396,17 +1396,15 @@ class Replica:
 
     def _forget(self, old: Callable[[float, str], bool]) -> None:
         """Drop the entries for which ``old(ts, source)`` holds (see History)."""
-        dropped = self._history.forget(old)
-        self._forgot = max(self._forgot, max((ts for ts, _ in dropped), default=-1.0))
-        self.revision += 1
-        if self.store is not None and dropped:
-            for ts, source in dropped:
-                self.store.drop(ts, source)
-            self.store.commit()
+        self._dropped(self._history.forget(old))
 
     def _forget_keys(self, keys: Iterable[Hashable]) -> None:
         """Drop the entries kept for ``keys`` (a last-write-wins type's own bound)."""
-        dropped = self._history.forget_keys(keys)
+        self._dropped(self._history.forget_keys(keys))
+
+    def _dropped(self, dropped: list[tuple[float, str]]) -> None:
+        """What follows a drop by the type's own bound: the horizon moves,
+        and the store forgets them too."""
         self._forgot = max(self._forgot, max((ts for ts, _ in dropped), default=-1.0))
         self.revision += 1
         if self.store is not None and dropped:
@@ -1426,12 +1424,11 @@ class Replica:
         # whole history, for a type that declares how to save it (its
         # snapshot function: what compaction relies on too). A verifying
         # replica replays, to check every signature.
-        resume = self._snapshot_fn is not None and self._verify is None
-        checkpoint = loaded.checkpoint if resume else None
+        checkpoint = loaded.checkpoint if self.has_snapshot_fn else None
         if loaded.snapshot is not None:
             update, clock = loaded.snapshot
             if checkpoint is None:
-                self._reduce(update)
+                self._reducer(self.state, update)
             self.compacted = (update, clock)
             self._clock.update(clock)
         # Replay with the store detached: these entries are on disk already.
@@ -1440,7 +1437,7 @@ class Replica:
         self.store = None
         try:
             if checkpoint is not None:
-                self._reduce(checkpoint[0])
+                self._reducer(self.state, checkpoint[0])
                 self._restore(loaded.entries)
             else:
                 self.apply_runs(loaded.entries, check=False)
@@ -1450,17 +1447,12 @@ class Replica:
             raise StoreError(
                 f"{store.path} holds an entry this replica refuses: {exc}"
             ) from None
-        for source, ts in loaded.clock.items():
-            if ts > self._clock.get(source, -1):
-                self._clock[source] = ts
+        self._take_clock(loaded.clock)
         self._clock_bytes = sum(map(clock_cost, self._clock))
         self._own_at_open = self._clock.get(self.id, -1.0)
-        # The clock resumes above its own stamps, and above the others' as
-        # far as max_ahead_ms allows.
-        cap = self._wall() + self.max_ahead_ms
+        # The clock resumes above its own stamps, and above the others'.
         self._last = max(
-            self._clock.get(self.id, 0),
-            min(max(self._clock.values(), default=0), cap),
+            self._clock.get(self.id, 0), self._capped(self._clock.values())
         )
         self.store = store
 
@@ -1474,9 +1466,6 @@ class Replica:
             self._clock[source] = stamps[-1]
 
     # -- compaction ------------------------------------------------------
-
-    def _reduce(self, update: Any) -> Any:
-        return self._reducer(self.state, update)
 
     def compact(self) -> None:
         """Fold the whole history into a snapshot (needs ``snapshot=``).
@@ -1495,7 +1484,11 @@ class Replica:
         update = self._snapshot_fn(self.state)
         check_value(update, "the snapshot")
         clock = dict(self._clock)
-        self._set_snapshot(update, clock)
+        if self.store is not None:
+            self.store.save_snapshot(update, clock, drop_covered=True)
+        self.compacted = (update, clock)
+        self.snapshot_version += 1
+        self.revision += 1
         self._history.cover(clock)
 
     @property
@@ -1546,7 +1539,7 @@ class Replica:
             return False
         before = copy.deepcopy(self.state) if not self._checks_first else None
         try:
-            effect = self._reduce(update)
+            effect = self._reducer(self.state, update)
             merged_update, merged = self._merge_compacted(update, clock)
             check_value(merged_update, "the snapshot")
             if self.store is not None:
@@ -1558,11 +1551,8 @@ class Replica:
                 self._rebuild()
             raise
         self._clock_bytes += cost
-        for source, ts in clock.items():
-            if ts > self._clock.get(source, -1):
-                self._clock[source] = ts
-        cap = self._wall() + self.max_ahead_ms
-        self._last = max(self._last, min(max(clock.values(), default=0), cap))
+        self._take_clock(clock)
+        self._last = max(self._last, self._capped(clock.values()))
         self.compacted = (merged_update, merged)
         self.snapshot_version += 1
         self.revision += 1
@@ -1593,10 +1583,7 @@ class Replica:
             return None
         new = [s for s in clock if s not in self._clock]
         cost = sum(map(clock_cost, new))
-        if (
-            len(self._clock) + len(new) > self.max_sources
-            or self._clock_bytes + cost > self.max_entry_bytes - DIGEST_OVERHEAD_BYTES
-        ):
+        if not self._room_for(len(new), cost):
             raise RemoteProtocolError(
                 "the snapshot would take this replica past its bound on sources",
                 reason="too-many-sources",
@@ -1618,13 +1605,6 @@ class Replica:
             merged[source] = max(ts, merged.get(source, -1))
         return self._snapshot_fn(joined), merged
 
-    def _set_snapshot(self, update: Any, clock: dict[str, float]) -> None:
-        if self.store is not None:
-            self.store.save_snapshot(update, clock, drop_covered=True)
-        self.compacted = (update, clock)
-        self.snapshot_version += 1
-        self.revision += 1
-
     def close(self) -> None:
         """Write anything queued to the store and close it (if any).
 
@@ -1635,9 +1615,9 @@ class Replica:
         if self.store is None:
             return
         checkpoint = None
-        if self._snapshot_fn is not None and self._verify is None:
+        if self.has_snapshot_fn:
             try:
-                checkpoint = (self._snapshot_fn(self.state), dict(self._clock))
+                checkpoint = (self.snapshot_of_state(), dict(self._clock))
             except Exception:
                 log.exception("repred: %s: the state was not saved", self.type_name)
         self.store.close(checkpoint)
@@ -1654,7 +1634,12 @@ class Replica:
         cannot undo an applied entry.
         """
         self._listeners.append(listener)
-        return _remover(self._listeners, listener)
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                self._listeners.remove(listener)
+
+        return remove
 
     def watch(self, watcher: Watcher) -> Callable[[], None]:
         """Call ``watcher(source, ts, origin)`` once per run of entries applied.
@@ -1728,53 +1713,6 @@ def _writers(writers: Writers | None) -> Callable[[str], bool] | None:
         raise TypeError("writers= is a set of ids, not one id")
     allowed = frozenset(writers)
     return allowed.__contains__
-
-
-def _remover(items: list[Any], item: Any) -> Callable[[], None]:
-    """A function that removes ``item`` from ``items`` (idempotent)."""
-
-    def remove() -> None:
-        with contextlib.suppress(ValueError):
-            items.remove(item)
-
-    return remove
-
-
-def _check_options(
-    reducer: Any,
-    *,
-    map: Any,
-    id: Any,
-    max_drift_ms: float,
-    max_ahead_ms: float,
-    max_sources: Any,
-    max_entry_bytes: Any,
-    superseding: bool,
-    snapshot: Any,
-) -> None:
-    """Refuse a bad option to a replica, at the call."""
-    if not callable(reducer):
-        raise TypeError(f"reducer must be callable, not {reducer!r}")
-    if map is not None and not callable(map):
-        raise TypeError(f"map must be callable, not {map!r}")
-    if id is not None:
-        check_id(id)
-    if not 0 < max_ahead_ms < max_drift_ms:
-        raise ValueError("need 0 < max_ahead_ms < max_drift_ms")
-    if type(max_sources) is not int or max_sources < 1:
-        raise ValueError("max_sources must be a positive int")
-    least = 2 * DIGEST_OVERHEAD_BYTES
-    if type(max_entry_bytes) is not int or max_entry_bytes < least:
-        raise ValueError(f"max_entry_bytes must be an int >= {least}")
-    if snapshot is not None and superseding:
-        raise ValueError(
-            "snapshot= is for reducers without last_write_wins= or stamped="
-        )
-
-
-def _digest(data: bytes) -> str:
-    """A short digest of a change's bytes, for logs."""
-    return hashlib.blake2b(data, digest_size=8).hexdigest()
 
 
 #: The keywords of Replica._write, for the types' methods that call it:

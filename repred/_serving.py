@@ -50,10 +50,7 @@ async def serve_streams(
     serving = handler
     if ssl_context is not None:
         serving = tls_server(
-            handler,
-            ssl_context,
-            timeout=handshake_timeout,
-            max_handshakes=max_links,
+            handler, ssl_context, timeout=handshake_timeout, max_handshakes=max_links
         )
     async with single_errors():
         await trio.serve_tcp(

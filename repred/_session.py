@@ -83,7 +83,7 @@ from ._errors import (
     StoreError,
 )
 from ._history import runs
-from ._log import limited
+from ._log import limited, log
 from ._replica import log_of
 from ._wire import (
     BATCH_FORMAT,
@@ -117,15 +117,12 @@ if TYPE_CHECKING:
     from ._history import Run
     from ._replica import Replica
 
-log = logging.getLogger("repred")
 
 #: A data_to_send() call for at least this many sources encodes with the
 #: cyclic garbage collector paused (see the module docstring).
 _GC_PAUSE_SOURCES = 64
-_loads = orjson.loads
 _dumps = orjson.dumps
 _OPT = orjson.OPT_APPEND_NEWLINE
-_JSONDecodeError = orjson.JSONDecodeError
 
 __all__ = [
     "DEFAULT_BATCH_BYTES",
@@ -206,30 +203,11 @@ class PeerEOF:
 
 @attrs.frozen(kw_only=True)
 class SessionStatistics:
-    """Counters of one session.
-
-    Attributes:
-        updates_in: entries received that were new to the replica.
-        updates_out: entries sent.
-        bytes_in: bytes received.
-        bytes_out: bytes handed out by :meth:`Session.data_to_send`.
-        lines_in: complete lines received (keep-alives included).
-        deferred: entries not applied because they were stamped too far
-            ahead (they arrive again on a later link).
-        refused: entries new to the replica (and snapshots) not applied
-            because this side does not receive on this link
-            (``receive=False``).
-        entries_received: entries received, new or not (a measure of a
-            long sync's progress, with ``entries_expected``).
-        entries_expected: how many entries the peer said its history holds,
-            if it said (a repred peer does); ``None`` otherwise.
-        antientropy_rounds: anti-entropy rounds this side started.
-        antientropy_differed: rounds (started by either side) whose roots
-            differed: the replicas held different entries, or some were in
-            flight between them.
-        repaired_in: entries taken from the peer by anti-entropy.
-        repaired_out: entries sent to the peer by anti-entropy (the peer
-            drops those it turns out to hold in effect).
+    """Counters of one session: those of :class:`repred.ConnectionStatistics`
+    (which sums them over a link's sessions), for this session alone, and
+    ``lines_in``, the complete lines received (keep-alives included).
+    ``bytes_out`` counts what :meth:`Session.data_to_send` handed out, and
+    ``refused`` the snapshots ``receive=False`` kept out too.
     """
 
     updates_in: int
@@ -248,15 +226,10 @@ class SessionStatistics:
 
 
 def _decode_batch(line: bytes) -> Batch:
-    """:func:`loads_batch` with the cyclic collector paused, if it ran: the
-    decoder allocates a container per change, and nothing else runs.
-
-    Each array change becomes a tuple here, as the history keeps it, so
-    that no list per entry is alive while the entries are applied: lists
-    alive when the collector runs would be promoted to its oldest
-    generation and bring on full collections, each of which walks the
-    whole history.
-    """
+    """:func:`loads_batch` with the cyclic collector paused, if it ran, and
+    each array change made the tuple the history keeps (see the module
+    docstring): the decoder allocates a container per change, and nothing
+    else runs."""
     running = gc.isenabled()
     gc.disable()
     try:
@@ -281,21 +254,10 @@ class Session:
 
     Args:
         replica: the replica to replicate.
-        max_line_bytes: longest line accepted from the peer (announced to
-            it in the digest).
-        batch_entries: entries read from one source's history at a time.
-        batch_bytes: :meth:`data_to_send` stops adding entries past this.
-        batches: offer batched framing (a repred extension, used only when
-            the peer offers it too; see :mod:`repred._wire`). Without it,
-            this side sends one entry per line and refuses batches.
-        send: send entries. With ``False``, nothing but the digest (and
-            keep-alives) goes out: no history, no ``"SYNC"``, no live entry
-            (JS scuttlebutt's ``createWriteStream``). The peer therefore never
-            counts this link as synced.
-        receive: apply what the peer sends. With ``False``, its entries and
-            snapshots are checked and counted as refused
-            (:attr:`SessionStatistics.refused`), never applied, and the link
-            stays up: a read-only mirror (JS ``createReadStream``).
+        max_line_bytes, batch_entries, batch_bytes, batches, send, receive:
+            as :class:`repred.LinkOptions` describes them (``batch_bytes``:
+            :meth:`data_to_send` stops adding entries past this; without
+            ``batches`` this side also refuses batches).
         antientropy: offer anti-entropy (a repred extension, used only when
             the peer offers it too, on a link that sends and receives; see
             :mod:`repred._antientropy`): after the sync, and whenever
@@ -442,9 +404,7 @@ class Session:
         """Start an anti-entropy round now, if the link has one and none of
         this side's is in progress; ``True`` if one started."""
         ae = self._ae
-        if ae is None or not self.synced or self._ae_due:
-            return False
-        if not ae.start():
+        if ae is None or not self.synced or self._ae_due or not ae.start():
             return False
         if self.wakeup is not None:
             self.wakeup()
@@ -618,8 +578,6 @@ class Session:
             raise _bad("a batch, which this side did not offer", "bad-batch", line)
         if msg is KEEPALIVE:
             pass
-        elif msg is KEEPALIVE:
-            pass
         elif type(msg) is Expect:
             if (
                 self.their_state is not SessionState.HISTORY
@@ -666,23 +624,21 @@ class Session:
                     "bad-antientropy",
                     line,
                 ) from exc
-            if self.wakeup is not None:
-                self.wakeup()
-            return
-        try:
-            if isinstance(msg, Repair):
-                self._sent_upto(msg.source, msg.stamps[-1])
-                ae.take_repair(msg.source, msg.stamps, msg.changes, msg.signatures)
-            elif isinstance(msg, RepairSnapshot):
-                ae.take_snapshot(msg.update, msg.clock)
-        except (RemoteProtocolError, StoreError):
-            raise
-        except Exception as exc:  # the reducer refused it
-            raise RemoteProtocolError(
-                f"the replica refused what anti-entropy sent: {exc!r}",
-                reason="reducer-error",
-                line=snippet(line),
-            ) from exc
+        else:
+            try:
+                if isinstance(msg, Repair):
+                    self._sent_upto(msg.source, msg.stamps[-1])
+                    ae.take_repair(msg.source, msg.stamps, msg.changes, msg.signatures)
+                elif isinstance(msg, RepairSnapshot):
+                    ae.take_snapshot(msg.update, msg.clock)
+            except (RemoteProtocolError, StoreError):
+                raise
+            except Exception as exc:  # the reducer refused it
+                raise RemoteProtocolError(
+                    f"the replica refused what anti-entropy sent: {exc!r}",
+                    reason="reducer-error",
+                    line=snippet(line),
+                ) from exc
         if self.wakeup is not None:
             self.wakeup()
 
@@ -712,10 +668,8 @@ class Session:
             ) from exc
         if applied:
             self._updates_in += 1
-            sent = self._sent
             for source, ts in snapshot.clock.items():
-                if sent.get(source, -1) < ts:
-                    sent[source] = ts
+                self._sent_upto(source, ts)
 
     def _send_snapshot(self) -> None:
         """Queue our snapshot if the peer lacks part of what it covers."""
@@ -739,8 +693,7 @@ class Session:
             return
         self._out.append(encode_snapshot(update, clock))
         for source, ts in clock.items():
-            if sent.get(source, -1) < ts:
-                sent[source] = ts
+            self._sent_upto(source, ts)
         self._updates_out += 1
 
     def _on_digest(self, digest: Digest, line: bytes) -> None:
@@ -972,9 +925,7 @@ class Session:
             peer,
         )
         self._fail()
-        raise LocalProtocolError(
-            f"entry of {size} bytes is over the peer's line limit",
-        )
+        raise LocalProtocolError(f"entry of {size} bytes is over the peer's line limit")
 
     def _on_applied(self, source: str, ts: float, origin: object) -> None:
         if source in self._queued:

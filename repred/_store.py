@@ -51,7 +51,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import itertools
-import logging
 import operator
 import os
 import struct
@@ -63,6 +62,7 @@ import attrs
 import orjson
 
 from ._errors import StoreError
+from ._log import log
 from ._wire import MAX_STAMP, canonical_stamp, is_source, is_stamp
 
 if TYPE_CHECKING:
@@ -78,7 +78,6 @@ except ImportError:  # pragma: no cover  (not POSIX)
 
 __all__ = ["SqliteStore", "StoreContents", "StoreError"]
 
-log = logging.getLogger("repred")
 
 #: The on-disk format this version writes and reads: a signed entry's change
 #: blob is its JSON, a newline, and its signature (JSON never holds a raw
@@ -104,13 +103,8 @@ _TABLES = (
     " payload BLOB NOT NULL, clock BLOB NOT NULL, crc INTEGER NOT NULL)",
 )
 
-# Format 4. A segment holds a run of one source's entries, packed when the
-# store closes: the stamps and the changes as two JSON arrays (and the
-# signatures as a third, if any came signed), so that reopening reads a
-# million entries as a few hundred rows. A gap is an entry dropped from a
-# segment (dominated or forgotten) since it was packed. The checkpoint is
-# the state as the type's snapshot function saved it at a clean close,
-# with the clock it covers; the first write after opening deletes it.
+# Format 4: segments (a segment's signatures, if any came signed, are a
+# third JSON array), their gaps and the checkpoint; see "Reopening fast".
 _TABLES_4 = (
     "CREATE TABLE IF NOT EXISTS segments (source TEXT NOT NULL,"
     " first REAL NOT NULL, last REAL NOT NULL, stamps BLOB NOT NULL,"
@@ -256,8 +250,7 @@ class SqliteStore:
                     " store is never made over an existing file: remove it to"
                     " start afresh)"
                 )
-            db = self._connect()
-            loaded = self._checked_open(db, type_name, replica_id)
+            db, loaded = self._checked_open(type_name, replica_id)
         except BaseException:
             self._release()
             raise
@@ -271,12 +264,25 @@ class SqliteStore:
         return loaded
 
     def _checked_open(
-        self, db: sqlite3.Connection, type_name: str, replica_id: str | None
-    ) -> StoreContents:
-        """What ``db`` holds, checked before anything is written, even a
-        pragma; the database is closed if it is refused."""
+        self, type_name: str, replica_id: str | None
+    ) -> tuple[sqlite3.Connection, StoreContents]:
+        """The database and what it holds, checked before anything is
+        written, even a pragma; the database is closed if it is refused."""
         import sqlite3
 
+        try:
+            db = sqlite3.connect(
+                self.path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=self.busy_timeout,
+            )
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"{self.path} is not a usable repred store: {exc}"
+            ) from None
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open {self.path}: {exc}") from None
         try:
             loaded = _load(db, self.path, type_name, replica_id)
             db.execute("PRAGMA journal_mode=WAL")
@@ -295,7 +301,7 @@ class SqliteStore:
         except BaseException:
             db.close()
             raise
-        return loaded
+        return db, loaded
 
     def _acquire(self) -> None:
         if fcntl is None:  # pragma: no cover
@@ -315,28 +321,12 @@ class SqliteStore:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
 
-    def _connect(self, path: str | None = None) -> sqlite3.Connection:
-        import sqlite3
-
-        try:
-            db = sqlite3.connect(
-                path or self.path,
-                isolation_level=None,
-                check_same_thread=False,
-                timeout=self.busy_timeout,
-            )
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(
-                f"{self.path} is not a usable repred store: {exc}"
-            ) from None
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open {self.path}: {exc}") from None
-        return db
-
     def _create(self, type_name: str, replica_id: str) -> None:
         """Build a new store in a temporary file and rename it into place."""
         import sqlite3
 
+        meta = {"format": str(STORE_FORMAT), "type": type_name, "id": replica_id}
+        rows = [(k, v, _meta_crc(k, v)) for k, v in meta.items()]
         tmp = f"{self.path}.new-{os.getpid()}"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -346,31 +336,13 @@ class SqliteStore:
                 db.execute("BEGIN")
                 for table in _TABLES + _TABLES_4:
                     db.execute(table)
-                db.executemany(
-                    "INSERT INTO meta VALUES (?, ?, ?)",
-                    [
-                        (k, v, _meta_crc(k, v))
-                        for k, v in (
-                            ("format", str(STORE_FORMAT)),
-                            ("type", type_name),
-                            ("id", replica_id),
-                        )
-                    ],
-                )
+                db.executemany("INSERT INTO meta VALUES (?, ?, ?)", rows)
                 db.execute("COMMIT")
             finally:
                 db.close()
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync(tmp)
             os.rename(tmp, self.path)
-            dir_fd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            _fsync(os.path.dirname(os.path.abspath(self.path)))
         except (OSError, sqlite3.Error) as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -386,10 +358,7 @@ class SqliteStore:
     ) -> None:
         """Queue an entry (and its signature, if it came signed) for the
         next commit."""
-        blob = orjson.dumps(change)
-        if signature is not None:
-            blob += b"\n" + signature.encode()
-        row = (source, ts, blob, _entry_crc(source, float(ts), blob))
+        row = _entry_row(change, ts, source, signature)
         with self._lock:
             self._adds.append(row)
 
@@ -403,10 +372,7 @@ class SqliteStore:
     ) -> None:
         """Queue an entry that takes the place of the one held at its stamp
         (dropped first, in the same transaction)."""
-        blob = orjson.dumps(change)
-        if signature is not None:
-            blob += b"\n" + signature.encode()
-        row = (source, ts, blob, _entry_crc(source, float(ts), blob))
+        row = _entry_row(change, ts, source, signature)
         with self._lock:
             self._drops.append((source, ts))
             self._replaces.append(row)
@@ -449,10 +415,7 @@ class SqliteStore:
         Raises:
             StoreError: what was queued still cannot be made durable.
         """
-        if self.durability == "full":
-            self.commit()
-        elif self._error is not None:
-            raise self._error
+        self.commit()  # (in "batch" mode, it raises the error kept)
 
     def commit(self, *, discard_on_error: bool = False) -> None:
         """Make what was queued durable (in ``"full"`` mode, now).
@@ -639,10 +602,8 @@ class SqliteStore:
         try:
             state = None
             if checkpoint is not None:
-                payload, clock = (
-                    orjson.dumps(checkpoint[0]),
-                    orjson.dumps(checkpoint[1]),
-                )
+                payload = orjson.dumps(checkpoint[0])
+                clock = orjson.dumps(checkpoint[1])
                 state = (payload, clock, _checkpoint_crc(payload, clock))
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -660,6 +621,25 @@ class SqliteStore:
             log.warning("repred: %s not packed at close: %s", self.path, exc)
 
 
+def _fsync(path: str) -> None:
+    """Make what ``path`` (a file or a folder) holds durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _entry_row(
+    change: Any, ts: float, source: str, signature: str | None
+) -> tuple[str, float, bytes, int]:
+    """An entries row (a signed entry's blob: see STORE_FORMAT)."""
+    blob = orjson.dumps(change)
+    if signature is not None:
+        blob += b"\n" + signature.encode()
+    return (source, ts, blob, _entry_crc(source, float(ts), blob))
+
+
 # -- segments --------------------------------------------------------------
 
 
@@ -671,15 +651,8 @@ def _segment_row(
     changes_blob = b"[" + b",".join(blobs) + b"]"
     sigs_blob = None if sigs is None else orjson.dumps(sigs)
     crc = _segment_crc(source, stamps_blob, changes_blob, sigs_blob)
-    return (
-        source,
-        float(stamps[0]),
-        float(stamps[-1]),
-        stamps_blob,
-        changes_blob,
-        sigs_blob,
-        crc,
-    )
+    first, last = float(stamps[0]), float(stamps[-1])
+    return source, first, last, stamps_blob, changes_blob, sigs_blob, crc
 
 
 def _segments_of(
@@ -987,10 +960,7 @@ def _load_entries(
 
 
 def _load_segments(
-    db: sqlite3.Connection,
-    path: str,
-    clock: dict[str, float],
-    held: _Held,
+    db: sqlite3.Connection, path: str, clock: dict[str, float], held: _Held
 ) -> None:
     for source, first, last, stamps_blob, changes_blob, sigs_blob, crc in db.execute(
         "SELECT source, first, last, stamps, changes, sigs, crc FROM segments"
@@ -1033,10 +1003,7 @@ def _load_segments(
 
 
 def _load_rows(
-    db: sqlite3.Connection,
-    path: str,
-    clock: dict[str, float],
-    held: _Held,
+    db: sqlite3.Connection, path: str, clock: dict[str, float], held: _Held
 ) -> None:
     """The rows of entries not packed into segments.
 
@@ -1071,11 +1038,7 @@ def _load_rows(
         _held_run(held, path, source, (stamps, values, sigs))
 
 
-def _drop_gaps(
-    db: sqlite3.Connection,
-    path: str,
-    held: _Held,
-) -> None:
+def _drop_gaps(db: sqlite3.Connection, path: str, held: _Held) -> None:
     """Leave out the entries dropped from segments since they were packed."""
     gone: dict[str, set[float]] = {}
     for source, ts, crc in db.execute("SELECT source, ts, crc FROM gaps"):

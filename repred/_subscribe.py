@@ -54,9 +54,7 @@ class Subscription:
         self._replica = replica
         self._key = key
         self._max = max_buffer
-        send, receive = trio.open_memory_channel[Change](max_buffer)
-        self._send = send
-        self._receive = receive
+        self._send, self._receive = trio.open_memory_channel[Change](max_buffer)
         self._overflow = False
         self._remove: Callable[[], None] | None = None
 

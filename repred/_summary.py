@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ._hashtree import bucket_of, entry_hash, fingerprint, span
+from ._hashtree import bounds, bucket_of, entry_hash, fingerprint
 from ._replica import log_of
 
 if TYPE_CHECKING:
@@ -108,9 +108,7 @@ class Summary:
             return []
         view = log.view()
         stamps, changes = view.stamps, view.changes
-        lo, hi = span(node)
-        i = bisect_left(stamps, max(lo, horizon))
-        j = bisect_left(stamps, hi) if hi <= upto else bisect_right(stamps, upto)
+        i, j = bounds(stamps, node, horizon, upto)
         return [
             (ts, entry_hash(ts, change))
             for ts, change in zip(stamps[i:j], changes[i:j], strict=True)

@@ -50,8 +50,6 @@ __all__ = ["MessageStream", "connect_websocket", "open_websocket", "serve_websoc
 #: Room a message may take beyond the line limit (a sender may pack a line
 #: and the start of the next into one message).
 _MESSAGE_SLACK = 64 * 1024
-
-
 #: Seconds a WebSocket close handshake may take before the TCP connection
 #: is dropped anyway.
 _CLOSE_WITHIN = 1.0
@@ -81,9 +79,7 @@ class MessageStream(trio.abc.Stream):
             message = await self.ws.get_message()
         except trio_websocket.ConnectionClosed:
             return b""
-        if isinstance(message, str):
-            return message.encode()
-        return bytes(message)
+        return message.encode() if isinstance(message, str) else bytes(message)
 
     async def aclose(self) -> None:
         # A WebSocket ends with a close frame each way; the links close their
@@ -154,10 +150,6 @@ async def serve_websocket(
     )
 
 
-#: The reason a WebSocket request for no replica is refused.
-_NOT_FOUND = b"no such replica\n"
-
-
 def websocket_server(
     route: Callable[[str], Callable[[trio.abc.Stream], Awaitable[None]] | None],
     answer: Callable[[trio.abc.Stream, Request], Awaitable[bytes | None]],
@@ -171,10 +163,8 @@ def websocket_server(
     gets 404).
 
     Each request is read within the handshake timeout and 16 KiB; at most
-    ``max_pending`` are read at once, and 16 from one client address: one
-    more pushes out the oldest (see :mod:`repred._pending`), so connections
-    that never finish a request cost bounded sockets and time, and never
-    keep others out.
+    ``max_pending`` are read at once, bounded as TLS handshakes are (see
+    :func:`repred._tls.tls_server`).
     """
     pending = PendingTable(max_pending)
     upgrade = websocket_upgrade(route, options)
@@ -230,7 +220,7 @@ def websocket_upgrade(
                     )
                     target = route(request.path.split("?", 1)[0])
                     if target is None:
-                        await request.reject(404, body=_NOT_FOUND)
+                        await request.reject(404, body=b"no such replica\n")
                     else:
                         ws = await request.accept()
                 if ws is not None and target is not None:

@@ -339,15 +339,10 @@ def _check_inner(value: Any, depth: int) -> None:
 def depth_within(value: Any, limit: int = MAX_DEPTH) -> bool:
     """Whether lists and objects in ``value`` nest at most ``limit`` deep."""
     kind = type(value)
-    if kind is list:
-        if limit <= 0:
-            return False
-        return all(depth_within(item, limit - 1) for item in value)
-    if kind is dict:
-        if limit <= 0:
-            return False
-        return all(depth_within(item, limit - 1) for item in value.values())
-    return True
+    if kind is not list and kind is not dict:
+        return True
+    items = value if kind is list else value.values()
+    return limit > 0 and all(depth_within(item, limit - 1) for item in items)
 
 
 def snippet(line: bytes | bytearray) -> bytes:
@@ -573,15 +568,11 @@ def decode(line: bytes, batches: bool = False) -> Any:
 
 def _stamp(value: Any, line: bytes) -> float:
     kind = type(value)
-    if kind is int:
-        if not 0 <= value <= MAX_STAMP:
-            raise _bad("stamp out of range", "bad-stamp", line)
-        return value  # type: ignore[no-any-return]
-    if kind is float:
-        if not 0 <= value <= MAX_STAMP:  # NaN fails too
-            raise _bad("stamp out of range", "bad-stamp", line)
-        return int(value) if value.is_integer() else value
-    raise _bad(f"stamp must be a number, not {kind.__name__}", "bad-stamp", line)
+    if kind is not int and kind is not float:
+        raise _bad(f"stamp must be a number, not {kind.__name__}", "bad-stamp", line)
+    if not 0 <= value <= MAX_STAMP:  # NaN fails too
+        raise _bad("stamp out of range", "bad-stamp", line)
+    return int(value) if kind is float and value.is_integer() else value
 
 
 def is_source(value: Any) -> bool:
@@ -941,9 +932,7 @@ def _checked_batch(
         or len(stamps) != len(changes)
     ):
         raise _bad(
-            "a batch holds as many changes as stamps, at least one",
-            "bad-batch",
-            line,
+            "a batch holds as many changes as stamps, at least one", "bad-batch", line
         )
     types = list(map(type, stamps))
     kinds = set(types)
@@ -980,21 +969,17 @@ def _checked_batch(
 
 
 def encode_batch(
-    source: str, stamps: Any, changes: Any, signatures: Any = None
+    source: str, stamps: Any, changes: Any, signatures: Any = None, key: str = "batch"
 ) -> bytes:
-    """One batch line: ``stamps`` canonical and increasing, as a replica holds them."""
-    if signatures is None:
-        batch = {"batch": source, "stamps": stamps, "changes": changes}
-    else:
-        # Before the changes, so that a reader finds every key but the
-        # last without searching the changes (see loads_batch).
-        batch = {
-            "batch": source,
-            "stamps": stamps,
-            "signatures": signatures,
-            "changes": changes,
-        }
-    return _dumps(batch, option=_OPT)
+    """One batch line (a repair line, under ``key="repair"``): ``stamps``
+    canonical and increasing, as a replica holds them. The signatures go
+    before the changes, so that a reader finds every key but the last
+    without searching the changes (see loads_batch)."""
+    run: dict[str, Any] = {key: source, "stamps": stamps}
+    if signatures is not None:
+        run["signatures"] = signatures
+    run["changes"] = changes
+    return _dumps(run, option=_OPT)
 
 
 def _expect(msg: dict[str, Any], line: bytes) -> Expect:
@@ -1205,11 +1190,8 @@ class Proof:
 
 
 @attrs.frozen(kw_only=True)
-class RepairSnapshot:
+class RepairSnapshot(Snapshot):
     """A peer's whole state (its snapshot) for a replica whose state differs."""
-
-    update: Any = attrs.field(hash=False)
-    clock: dict[str, float] = attrs.field(hash=False)
 
 
 def _ae_bad(message: str, line: bytes) -> RemoteProtocolError:
@@ -1330,11 +1312,11 @@ def _ae_range(r: Any, line: bytes, budget: list[int]) -> tuple[Any, ...]:
             frozenset(covered),
             [_source_record(x, line) for x in _ae_list(r[2], line, budget)],
         )
-    if tag in ("T", "X", "H"):
-        if tag == "X":
-            return ("X",)
-        if tag == "H":
-            return ("H", _stamp(r[1], line))
+    if tag == "X":
+        return ("X",)
+    if tag == "H":
+        return ("H", _stamp(r[1], line))
+    if tag == "T":
         return ("T", _hex(r[1], FP_HEX, line), _hex(r[2], FP_HEX, line))
     source = _source(r[1], line)
     if tag == "E":
@@ -1361,18 +1343,7 @@ def _ae_range(r: Any, line: bytes, budget: list[int]) -> tuple[Any, ...]:
     return ("I", source, upto, node, items)
 
 
-_RANGE_ARITY = {
-    "B": 2,
-    "S": 3,
-    "N": 6,
-    "I": 6,
-    "W": 5,
-    "E": 3,
-    "T": 3,
-    "X": 1,
-    "H": 2,
-    "R": 7,
-}
+_RANGE_ARITY = dict(B=2, S=3, N=6, I=6, W=5, E=3, T=3, X=1, H=2, R=7)
 
 
 def _pairs(items: list[Any], line: bytes) -> list[tuple[Any, Any]]:
@@ -1411,14 +1382,9 @@ def encode_ae(kind: str, rnd: int, mine: bool, **fields: Any) -> bytes:
 
 
 @attrs.frozen
-class Repair:
+class Repair(Batch):
     """Entries of one source a peer found this replica lacks (anti-entropy),
     in stamp order, as their author wrote them: a batch under ``"repair"``."""
-
-    source: str
-    stamps: list[float] = attrs.field(hash=False)
-    changes: list[Any] = attrs.field(hash=False)
-    signatures: list[str | None] | None = attrs.field(default=None, hash=False)
 
 
 def _repair(msg: dict[str, Any], line: bytes) -> Repair:
@@ -1432,13 +1398,8 @@ def _repair(msg: dict[str, Any], line: bytes) -> Repair:
 def encode_repair(
     source: str, stamps: Any, changes: Any, signatures: Any = None
 ) -> bytes:
-    """A repair line: entries a peer lacks, as their author wrote them (the
-    signatures before the changes, as in a batch)."""
-    repair: dict[str, Any] = {"repair": source, "stamps": stamps}
-    if signatures is not None:
-        repair["signatures"] = signatures
-    repair["changes"] = changes
-    return _dumps(repair, option=_OPT)
+    """A repair line: entries a peer lacks, as their author wrote them."""
+    return encode_batch(source, stamps, changes, signatures, key="repair")
 
 
 def _proof(msg: dict[str, Any], line: bytes) -> Proof:

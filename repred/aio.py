@@ -138,7 +138,7 @@ class _Call:
             with self.scope:
                 result = (True, await afn(*args))
         except BaseException as exc:  # it belongs to the asyncio caller
-            _, rest = _split_cancelled(exc)
+            rest = _without_cancelled(exc)
             if rest is None:
                 self._report(None)
                 raise  # the portal is closing: trio's cancellation goes on
@@ -150,15 +150,13 @@ class _Call:
             self.done.set_result(result)
 
 
-def _split_cancelled(
-    exc: BaseException,
-) -> tuple[BaseException | None, BaseException | None]:
-    """``exc`` as (its ``trio.Cancelled`` part, the rest)."""
+def _without_cancelled(exc: BaseException) -> BaseException | None:
+    """``exc`` less its ``trio.Cancelled`` part (``None`` if that is all)."""
     if isinstance(exc, trio.Cancelled):
-        return exc, None
+        return None
     if isinstance(exc, BaseExceptionGroup):
-        return exc.split(trio.Cancelled)
-    return None, exc
+        return exc.split(trio.Cancelled)[1]
+    return exc
 
 
 async def _wait(
@@ -179,16 +177,13 @@ async def _wait(
 def _deliver(result: _Result, cancelled: bool) -> Any:
     """What a call's caller gets: the value, the error as itself, or the
     cancellation that applies."""
-    if result is None:
-        if cancelled:
-            raise asyncio.CancelledError
-        raise PortalClosed("the portal closed while the call ran")
-    ok, value = result
-    if not ok:
-        raise value
+    if result is not None and not result[0]:
+        raise result[1]
     if cancelled:
         raise asyncio.CancelledError
-    return value
+    if result is None:
+        raise PortalClosed("the portal closed while the call ran")
+    return result[1]
 
 
 def _single(exc: BaseException) -> BaseException:
@@ -295,7 +290,7 @@ class Portal:
         try:
             outcome.unwrap()
         except BaseException as exc:
-            _, rest = _split_cancelled(exc)
+            rest = _without_cancelled(exc)
             return None if rest is None else _single(rest)
         return None
 
@@ -303,7 +298,7 @@ class Portal:
 
     def _open_nursery(self) -> trio.Nursery:
         """The run's nursery, checked to be usable by the caller."""
-        if self._nursery is None or self._ran_out():
+        if self._nursery is None or (self._ran is not None and self._ran.done()):
             raise PortalClosed("the portal is not open")
         if trio.lowlevel.in_trio_task():
             raise RuntimeError(
@@ -316,9 +311,6 @@ class Portal:
         if loop is not self._loop:
             raise RuntimeError("a portal is used from the event loop that opened it")
         return self._nursery
-
-    def _ran_out(self) -> bool:
-        return self._ran is not None and self._ran.done()
 
     def _spawn(
         self, afn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]

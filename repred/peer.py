@@ -1,11 +1,12 @@
 """The gossip peer command: ``python -m repred.peer SERVER_PORT [CLIENT_PORT]``.
 
 It listens on SERVER_PORT, links first to CLIENT_PORT if given (and to every
-``--seed``), beats a heartbeat into the replicated membership map, and
-replicates a last-write-wins map named ``data``. With ``--copies N`` it
-places documents instead: each last-write-wins map (the one named ``todo``
-is the todo page's lists) lives on N of the nodes, and any node reaches it
-through them. Type on standard input::
+``--seed``), says it is alive in the replicated membership map (and again
+whenever another node suspects it), and replicates a last-write-wins map
+named ``data``. With ``--copies N`` it places documents instead: each
+last-write-wins map (the one named ``todo`` is the todo page's lists) lives
+on N of the nodes, and any node reaches it through them. Type on standard
+input::
 
     set KEY VALUE     (VALUE is JSON if it parses, a string otherwise)
     get KEY
@@ -261,7 +262,7 @@ def _trust_options(p: argparse.ArgumentParser) -> None:
         nargs="?",
         const="",
         metavar="FILE",
-        help="sign this node's writes and heartbeats with the ed25519 key in"
+        help="sign this node's writes and membership entries with the ed25519 key in"
         " FILE (made on first use; without FILE: node.key in --data)",
     )
     p.add_argument(
@@ -443,8 +444,18 @@ def _network_options(p: argparse.ArgumentParser) -> None:
 #: the shortest interval taken (a link needs some milliseconds to complete a
 #: handshake; shorter intervals spin without ever joining).
 _PACE = [
-    ("--heartbeat", "heartbeat_interval", "seconds between heartbeats", 0.05),
-    ("--down-after", "down_after", "a peer silent this long is down", 0.1),
+    (
+        "--heartbeat",
+        "heartbeat_interval",
+        "seconds between keep-alives on a quiet link (three missed: cut)",
+        0.05,
+    ),
+    (
+        "--down-after",
+        "down_after",
+        "seconds a peer another could not reach stays up before it is down",
+        0.1,
+    ),
     (
         "--gossip",
         "gossip_interval",
@@ -484,7 +495,8 @@ def check_options(args: argparse.Namespace) -> None:
     if args.down_after < 2 * args.heartbeat:
         raise ValueError(
             f"--down-after {args.down_after:g} must be at least twice --heartbeat"
-            f" {args.heartbeat:g}: a live peer would be seen down between beats"
+            f" {args.heartbeat:g}: a live peer refutes a suspicion within a"
+            " heartbeat, and would be seen down before it could"
         )
     if args.web and args.web == args.server_port:
         raise ValueError(f"--web {args.web} is SERVER_PORT too: give it its own port")

@@ -11,6 +11,7 @@ import random
 from typing import TYPE_CHECKING, Any, final
 
 import attrs
+import orjson
 import trio
 import trio.testing
 
@@ -42,8 +43,9 @@ class MemoryNetwork:
     Every peer on the same ``MemoryNetwork`` can reach the others by
     address; links are in-memory streams, so hundreds of peers run in one
     process, and under ``autojump_clock`` their timers take no real time.
-    :meth:`cut`, :meth:`partition` and :meth:`heal` split the network;
-    :attr:`faults` injects faults into the bytes links carry.
+    :meth:`cut`, :meth:`partition` and :meth:`heal` split the network,
+    :meth:`hang` makes a node fall silent; :attr:`faults` injects faults
+    into the bytes links carry.
 
     A link is a pipe with latency, as TCP is: ``send_all`` hands the bytes
     to the network and returns, and they arrive ``latency`` seconds later,
@@ -64,6 +66,10 @@ class MemoryNetwork:
         ] = {}
         self._ports = itertools.count(1)
         self._blocked: set[str] = set()
+        self._hung: set[str] = set()
+        #: What hung links hold back until they heal, in the order sent.
+        self._held_back: list[tuple[_Carrier, bytes | None]] = []
+        self._holding: set[_Carrier] = set()
         self._groups: list[set[str]] | None = None
         #: Open links: (dialler, address, outward, inward), until both
         #: ends are closed.
@@ -149,13 +155,33 @@ class MemoryNetwork:
             link for link in self._links if self._reachable(link[0], link[1])
         }
 
+    def hang(self, address: str) -> None:
+        """Make ``address`` fall silent, as a process that hangs does: its
+        links stay open and it can still be dialled, but nothing it sends
+        arrives and nothing sent to it is read, until :meth:`heal` (then
+        what was held back goes on, in order, as TCP would carry it)."""
+        self._hung.add(address)
+
     def heal(self) -> None:
-        """Make every address reachable again."""
+        """Make every address reachable again (and every hung one speak)."""
         self._blocked.clear()
+        self._hung.clear()
         self._groups = None
+        held, self._held_back = self._held_back, []
+        self._holding.clear()
+        for carrier, data in held:
+            self._carry(carrier, data)
 
     def _carry(self, carrier: _Carrier, data: bytes | None) -> None:
         """Deliver ``data`` (``None``: the end of the stream) after the latency."""
+        link = carrier.link
+        if self._hung and (
+            carrier in self._holding
+            or (link is not None and self._hung & {link[0], link[1]})
+        ):
+            self._holding.add(carrier)
+            self._held_back.append((carrier, data))
+            return
         if not self.latency:
             carrier.deliver(data)
             return
@@ -308,6 +334,14 @@ class Simulation:
     network: MemoryNetwork
     peers: list[Peer]
     data: list[Model]
+    scopes: list[trio.CancelScope] = attrs.field(factory=list, repr=False)
+
+    def stop(self, i: int) -> None:
+        """Stop peer ``i`` as a process that exits does: its links close
+        and nothing answers at its address (see :meth:`MemoryNetwork.cut`
+        and :meth:`MemoryNetwork.partition` for a node that hangs or a
+        network that fails instead)."""
+        self.scopes[i].cancel()
 
 
 async def simulate_peers(
@@ -344,49 +378,28 @@ async def simulate_peers(
     }
     data = [model(id=f"n{i}", wall=wall) for i in range(n)]
     peers: list[Peer] = []
+    scopes = [trio.CancelScope() for _ in range(n)]
 
     async def run(i: int, task_status: trio.TaskStatus[Peer]) -> None:
         seeds = [peers[rng.randrange(i)].address] if i else []
-        async with open_peer(
-            replicas={"data": data[i]},
-            seeds=seeds,
-            transport=network,
-            wall=wall,
-            rng=random.Random(seed * 100_000 + i),
-            **options,
-        ) as peer:
-            task_status.started(peer)
-            await trio.sleep_forever()
+        with scopes[i]:
+            async with open_peer(
+                replicas={"data": data[i]},
+                seeds=seeds,
+                transport=network,
+                wall=wall,
+                rng=random.Random(seed * 100_000 + i),
+                **options,
+            ) as peer:
+                task_status.started(peer)
+                await trio.sleep_forever()
 
     for i in range(n):
         peers.append(await nursery.start(run, i))
-    return Simulation(network, peers, data)
+    return Simulation(network, peers, data, scopes)
 
 
 # -- checking reducers -------------------------------------------------------
-
-
-def _fold(
-    reducer: Callable[..., Any],
-    state: Any,
-    entries: Sequence[tuple[Any, float, str]],
-    *,
-    key: Callable[[Any], Hashable] | None,
-    stamped: bool,
-) -> Any:
-    """Apply entries the way a replica does (dominance by key included)."""
-    newest: dict[Hashable, tuple[float, str]] = {}
-    for change, ts, source in entries:
-        if key is not None:
-            k = key(change)
-            if k in newest and newest[k] >= (ts, source):
-                continue
-            newest[k] = (ts, source)
-        if stamped:
-            reducer(state, change, (ts, source))
-        else:
-            reducer(state, change)
-    return state
 
 
 def check_reducer(
@@ -476,13 +489,17 @@ class _Laws:
         )
 
     def fold(self, entries: Sequence[tuple[Any, float, str]]) -> Any:
-        return _fold(
-            self.reducer,
-            self.fresh(),
-            entries,
-            key=self.last_write_wins,
-            stamped=self.stamped,
-        )
+        """Apply entries the way a replica does (dominance by key included)."""
+        state, key = self.fresh(), self.last_write_wins
+        newest: dict[Hashable, tuple[float, str]] = {}
+        for change, ts, source in entries:
+            if key is not None:
+                k = key(change)
+                if k in newest and newest[k] >= (ts, source):
+                    continue
+                newest[k] = (ts, source)
+            self.reduce(state, change, (ts, source))
+        return state
 
     def entries_of(
         self, written: list[tuple[Any, int]]
@@ -644,15 +661,11 @@ class _Laws:
 
 
 def _canonical(value: Any) -> bytes:
-    import orjson
-
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
 def _over_the_wire(change: Any) -> Any:
     """The change as a peer receives it: through JSON."""
-    import orjson
-
     return orjson.loads(orjson.dumps(change))
 
 

@@ -4,8 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import settings
+
 from repred import Replica, repred
 from repred.protocol import Session
+
+
+def examples(full: int) -> int:
+    """How many cases a property test tries: ``full`` under the "full"
+    Hypothesis profile (the slow run), at most the profile's own count in
+    the default run (see conftest.py)."""
+    if settings.get_current_profile_name() == "full":
+        return full
+    return min(full, settings().max_examples)
 
 
 def union(state: set[Any], update: list[Any]) -> list[Any]:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import repred
 from repred import types
 
-from .helpers import FakeWall, SessionPair, sync
+from .helpers import FakeWall, SessionPair, examples, sync
 
 
 class Colour(enum.Enum):
@@ -289,7 +289,7 @@ anything = st.recursive(
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60))
 @given(
     which=st.sampled_from(range(len(WRITES))),
     values=st.lists(anything, min_size=1, max_size=4),
@@ -313,7 +313,7 @@ def test_every_write_is_refused_cleanly_or_reaches_a_peer(which, values):
         assert peer.state == r.state
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60))
 @given(st.lists(anything, min_size=1, max_size=5))
 def test_a_user_reducer_is_all_or_nothing_too(updates):
     def careless(state, update):

@@ -16,13 +16,13 @@ from functools import partial
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import repred
 from repred.types import gset, model
 
-from .helpers import FakeWall, SessionPair, sync
+from .helpers import FakeWall, SessionPair, examples, sync
 
 KEY = repred.SigningKey.generate()
 OTHER = repred.SigningKey.generate()
@@ -370,7 +370,7 @@ def _all_entries(draw_ops, kind):
     return writers, [e for w in writers for e in _entries(w)]
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(200))
 @given(
     kind=st.sampled_from([model, gset]),
     ops=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 100)), max_size=25),

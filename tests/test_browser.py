@@ -30,9 +30,12 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="playwright is not installed"
 )
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="no system Chromium (apt-get install chromium)"
-)
+pytestmark = [
+    pytest.mark.slow,  # a browser each
+    pytest.mark.skipif(
+        CHROMIUM is None, reason="no system Chromium (apt-get install chromium)"
+    ),
+]
 SCREENSHOT = os.environ.get("REPRED_SCREENSHOT")
 WAIT_MS = 15_000
 
@@ -301,7 +304,6 @@ def _peer_entries(url):
     return {e[0][0]: e for e in mine.history()}
 
 
-@pytest.mark.slow
 def test_the_page_refuses_what_peers_would_refuse_and_keeps_its_link(browser, peer):
     tab = _tab(browser, peer.web)
     for key, value, says in [
@@ -322,7 +324,6 @@ def test_the_page_refuses_what_peers_would_refuse_and_keeps_its_link(browser, pe
     assert tab.is_visible("#status.online")
 
 
-@pytest.mark.slow
 def test_the_client_checks_a_value_as_python_does(browser, peer):
     """The rules of repred's check_value and line limit, in the browser:
     each value is refused by both or by neither."""
@@ -403,7 +404,6 @@ def test_the_client_checks_a_value_as_python_does(browser, peer):
         assert (ok is True) is expected, ok
 
 
-@pytest.mark.slow
 def test_keys_named_like_object_properties_replicate_both_ways(browser, peer):
     names = ["constructor", "toString", "__proto__", "hasOwnProperty", "valueOf"]
     for i, name in enumerate(names):
@@ -426,7 +426,6 @@ def test_keys_named_like_object_properties_replicate_both_ways(browser, peer):
     assert list(entries["constructor"][0]) == ["constructor", 0]
 
 
-@pytest.mark.slow
 def test_a_read_only_peer_shows_the_pages_writes_as_refused(browser):
     node = Peer("--read-only")
     try:
@@ -457,7 +456,6 @@ def test_a_read_only_peer_shows_the_pages_writes_as_refused(browser):
         node.close()
 
 
-@pytest.mark.slow
 def test_writes_a_verifying_peer_refuses_are_shown_as_refused(browser, tmp_path):
     node = Peer("--verify", "--key", str(tmp_path / "node.key"))
     try:
@@ -476,7 +474,6 @@ def test_writes_a_verifying_peer_refuses_are_shown_as_refused(browser, tmp_path)
         node.close()
 
 
-@pytest.mark.slow
 def test_unsent_writes_survive_a_reload_and_are_cleared_once_the_peer_has_them(
     browser, peer
 ):
@@ -508,7 +505,6 @@ def test_unsent_writes_survive_a_reload_and_are_cleared_once_the_peer_has_them(
     context.close()
 
 
-@pytest.mark.slow
 def test_a_refused_write_gives_its_key_back_to_what_held_it(browser, peer):
     tab = _tab(browser, peer.web)
     result = tab.evaluate(

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from functools import partial
 
+import pytest
 import trio
 
 from .helpers import PeerProcess
@@ -45,6 +46,7 @@ def _has(key, value):
     return lambda e: e["event"] == "update" and e["key"] == key and e["value"] == value
 
 
+@pytest.mark.slow  # five processes, restarted
 async def test_chain_of_five_converges_reports_down_and_catches_up():
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:

@@ -9,19 +9,25 @@ of full syncs must bring every replica to the join of all updates.
 import itertools
 import random
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import repred
 from repred.protocol import Session
 from repred.types import model
 
-from .helpers import FakeWall, LinePump, assert_complete, heartbeat, sync, union
+from .helpers import (
+    FakeWall,
+    LinePump,
+    assert_complete,
+    examples,
+    heartbeat,
+    sync,
+    union,
+)
 from .strategies import schedules
 
-SETTINGS = settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+SETTINGS = settings(max_examples=examples(150))
 
 
 #: The framings links take in turn: one entry per line (as with JS peers),
@@ -144,7 +150,7 @@ def _run_with_replays(replicas, ops, wall, write):
         sync(x, y)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(100))
 @given(
     st.lists(st.tuples(st.integers(0, 2), st.integers(0, 30)), max_size=30),
     st.randoms(),

@@ -3,11 +3,16 @@ order, one namespace per page (the snippets build on each other)."""
 
 from __future__ import annotations
 
+import inspect
 import re
 import textwrap
 from pathlib import Path
 
 import pytest
+
+import repred.testing
+
+from .helpers import examples
 
 DOCS = Path(__file__).parent.parent / "docs"
 BLOCK = re.compile(r"^\.\. code-block:: python\n\n((?:(?:   .*)?\n)+)", re.M)
@@ -18,9 +23,19 @@ def snippets(page: str) -> list[str]:
     return [textwrap.dedent(block) for block in BLOCK.findall(text)]
 
 
+@pytest.mark.hypothesis  # the how-to guide's check_reducer
 @pytest.mark.parametrize("page", ["tutorial.rst", "howto.rst"])
 def test_the_snippets_of_a_page_run(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    # check_reducer tries as many cases as the test suite's other
+    # properties: a few in the default run, the count written in the slow one.
+    check_reducer = repred.testing.check_reducer
+    written = inspect.signature(check_reducer).parameters["max_examples"].default
+
+    def counted(*args, max_examples=written, **options):
+        check_reducer(*args, max_examples=examples(max_examples), **options)
+
+    monkeypatch.setattr(repred.testing, "check_reducer", counted)
     blocks = snippets(page)
     assert blocks, f"no Python snippets found in {page}"
     namespace: dict[str, object] = {"__name__": f"docs.{page}"}

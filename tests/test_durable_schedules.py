@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from repred import SqliteStore
 from repred.types import events, gset
 
-from .helpers import FakeWall, LinePump, assert_complete, sync
+from .helpers import FakeWall, LinePump, assert_complete, examples, sync
 
 steps = st.lists(
     st.one_of(
@@ -23,7 +23,7 @@ steps = st.lists(
 )
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40))
 @given(steps)
 def test_replicas_that_reopen_mid_schedule_still_converge(schedule):
     wall = FakeWall()

@@ -1,6 +1,6 @@
 """Whatever bytes a peer sends, the only error is RemoteProtocolError."""
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from repred import RemoteProtocolError
@@ -8,7 +8,7 @@ from repred._session import SessionState
 from repred.protocol import Session
 from repred.types import model
 
-from .helpers import gset
+from .helpers import examples, gset
 
 FRAGMENTS = [
     b'{"id":"B","clock":{}}\n',
@@ -36,7 +36,7 @@ messages = st.lists(
 )
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(400))
 @given(messages, st.integers(1, 7), st.booleans())
 def test_any_input_is_accepted_or_a_remote_protocol_error(parts, chunk, use_model):
     replica = model(id="A") if use_model else gset("A")
@@ -54,7 +54,7 @@ def test_any_input_is_accepted_or_a_remote_protocol_error(parts, chunk, use_mode
     if error is not None:
         assert error.reason
         assert session.their_state is SessionState.ERROR
-        assert replica._listeners == []
+        assert replica.statistics().watchers == 0
     # Whatever happened, the replica still works and its history is sound.
     if use_model:
         replica.set("after", True)

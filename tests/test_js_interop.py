@@ -208,5 +208,8 @@ async def test_a_js_model_over_websocket_stream():
             while (await js.event("update"))["key"] != "live_py":
                 pass
             assert await js.dump() == ours.to_dict()
-        await js.process.stdin.aclose()
+            # The JS peer exits at the end of its input, which ends the link
+            # (cancelled instead, the server's end would wait for a close frame).
+            await js.process.stdin.aclose()
+            await js.process.wait()
         nursery.cancel_scope.cancel()

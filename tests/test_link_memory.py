@@ -20,6 +20,8 @@ import repred
 from repred._wire import SPILL_BYTES, LineDecoder, mapped_bytes
 from repred.types import model
 
+from .helpers import examples
+
 #: Links, and the bytes of an unfinished line each holds.
 LINKS = 100
 PARTIAL = 100_000
@@ -43,7 +45,7 @@ def _opening(kind: str, i: int) -> bytes:
         return b'{"id":"idle","clock":{}}\n' + _LINE
     if kind == "peer":
         return (
-            b'{"repred-peer":2,"node":"127.0.0.1:%d","replicas":{"data":"model"}}\n'
+            b'{"repred-peer":3,"node":"127.0.0.1:%d","replicas":{"data":"model"}}\n'
             b'1\tdata\t{"id":"idle","clock":{}}\n2\tdata\t' % (20000 + i) + _LINE
         )
     key = base64.b64encode(os.urandom(16))
@@ -200,7 +202,7 @@ def test_a_long_unfinished_line_takes_pages_that_go_back_with_it():
     sizes=st.lists(st.integers(0, 3 * SPILL_BYTES), min_size=1, max_size=4),
     cuts=st.lists(st.integers(1, 2 * SPILL_BYTES), min_size=1, max_size=30),
 )
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=examples(50))
 def test_lines_come_out_whole_however_long_and_however_cut(sizes, cuts):
     data = b"\n".join(bytes([65 + i % 26]) * n for i, n in enumerate(sizes))
     decoder = LineDecoder(4 * SPILL_BYTES)

@@ -90,7 +90,7 @@ def test_a_type_mismatch_is_said_once_per_node_and_name(caplog):
     from repred import LinkOptions
     from repred._mux import Mux
 
-    hello = b'{"repred-peer":2,"node":"127.0.0.1:9","replicas":{"data":"gset"}}\n'
+    hello = b'{"repred-peer":3,"node":"127.0.0.1:9","replicas":{"data":"gset"}}\n'
     with caplog.at_level(logging.INFO, logger="repred.peer"):
         for _ in range(3):
             Mux({"data": model(id="m")}, "127.0.0.1:1", LinkOptions()).feed(hello)

@@ -161,3 +161,25 @@ async def test_closed_links_are_forgotten(autojump_clock):
         await trio.sleep(1)
         assert network._links == set()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_hung_address_holds_what_its_links_carry_until_it_heals(
+    autojump_clock,
+):
+    network = MemoryNetwork(latency=0.01)
+    async with trio.open_nursery() as nursery:
+        ours, _, arrived = await open_link(network, nursery)
+        network.hang("b:2")
+        await ours.send_all(b"one")
+        # It can still be dialled, as a hung process's kernel accepts.
+        other = await network.connect("b:2", source="c:1")
+        await trio.sleep(10)
+        assert arrived == []
+        network.heal()
+        await ours.send_all(b"two")
+        await ours.aclose()
+        await trio.sleep(1)
+        assert b"".join(data for _, data in arrived) == b"onetwo"
+        assert arrived[-1][1] == b""
+        await other.aclose()
+        nursery.cancel_scope.cancel()

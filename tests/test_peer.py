@@ -14,6 +14,7 @@ from repred import Connection, LinkOptions
 from repred._address import parse_address
 from repred._mux import Mux
 from repred.protocol import Session
+from repred.testing import MemoryNetwork
 from repred.types import model
 
 from .helpers import gset, read_until_closed, wait_until
@@ -75,14 +76,14 @@ async def test_names_the_other_side_lacks_are_skipped():
 
 async def test_mux_refuses_unknown_names_and_non_peers():
     mux = Mux({"data": gset("A")}, "127.0.0.1:1", LinkOptions())
-    mux.feed(b'{"repred-peer":2,"node":"x:1","replicas":{"data":"union"}}\n')
+    mux.feed(b'{"repred-peer":3,"node":"x:1","replicas":{"data":"union"}}\n')
     assert mux.peer_id == "x:1"
     assert len(mux.sessions) == 1
     with pytest.raises(repred.RemoteProtocolError) as info:
         mux.feed(b'1\tother\t{"id":"Z","clock":{}}\n')  # not agreed on
     assert info.value.reason == "unknown-replica"
     mux = Mux({"data": gset("A")}, "127.0.0.1:1", LinkOptions())
-    mux.feed(b'{"repred-peer":2,"node":"x:1","replicas":{"data":"union"}}\n')
+    mux.feed(b'{"repred-peer":3,"node":"x:1","replicas":{"data":"union"}}\n')
     with pytest.raises(repred.RemoteProtocolError) as info:
         mux.feed(b"no tab here\n")
     assert info.value.reason == "not-a-peer"
@@ -91,7 +92,7 @@ async def test_mux_refuses_unknown_names_and_non_peers():
 
 
 async def test_mux_refuses_lines_lost_repeated_or_reordered():
-    hello = b'{"repred-peer":2,"node":"x:1","replicas":{"data":"union"}}\n'
+    hello = b'{"repred-peer":3,"node":"x:1","replicas":{"data":"union"}}\n'
     digest = b'{"id":"Z","clock":{}}'
     for lines in [
         [b"1", b"1"],  # repeated
@@ -143,6 +144,7 @@ async def test_dead_seeds_and_wrong_protocols_are_retried_quietly(
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
+@pytest.mark.slow  # 1,000 reconnects over TCP
 async def test_reconnects_without_new_data_leave_memory_flat():
     import tracemalloc
 
@@ -195,8 +197,9 @@ async def test_hundreds_of_reconnects_leave_tasks_and_links_flat():
         # A leak would add a task or more per reconnect (300 of them); the slack
         # is for the two long-lived gossip links, which come up at any time.
         assert len(_all_tasks()) <= (baseline or 0) + 12
-        assert len(a._listeners) <= 4
-        assert len(b._listeners) <= 4
+        # Only the links up now watch the replicas, not one per reconnect.
+        assert a.statistics().watchers <= 4
+        assert b.statistics().watchers <= 4
         assert b.state == set(range(300))
 
 
@@ -248,11 +251,11 @@ async def test_hostile_inbound_connections_do_not_disturb_a_peer():
         host, port = parse_address(peer.address)
         for payload in (
             b"GET / HTTP/1.1\r\n\r\n",
-            b'{"repred-peer":2,"node":"x:1","replicas":{"data":"union"}}\n1\tdata\t[1,2\n',
-            b'{"repred-peer":2,"node":"x:1","replicas":{"data":"union"}}\n'
+            b'{"repred-peer":3,"node":"x:1","replicas":{"data":"union"}}\n1\tdata\t[1,2\n',
+            b'{"repred-peer":3,"node":"x:1","replicas":{"data":"union"}}\n'
             + b"x" * 3_000_000,
             # Nothing shared: the link ends at once, with no error.
-            b'{"repred-peer":2,"node":"x:1","replicas":{"data":"orset"}}\n',
+            b'{"repred-peer":3,"node":"x:1","replicas":{"data":"orset"}}\n',
         ):
             stream = await trio.open_tcp_stream(host, port)
             try:
@@ -269,3 +272,212 @@ async def test_hostile_inbound_connections_do_not_disturb_a_peer():
         ):
             with trio.fail_after(20):
                 await wait_until(other, lambda: "kept" in other.state)
+
+
+# -- liveness: links are probes ------------------------------------------------
+
+
+def _virtual_wall():
+    return lambda: 1_700_000_000_000 + trio.current_time() * 1000
+
+
+def _hello(node, stay=None, replicas=None):
+    hello = {
+        "repred-peer": 3,
+        "node": node,
+        "replicas": {"_members": "membership"} if replicas is None else replicas,
+    }
+    if stay is not None:
+        hello["stay"] = stay
+    import orjson
+
+    return orjson.dumps(hello) + b"\n"
+
+
+async def _fake(network, nursery, behave):
+    """A listener that answers dials as ``behave(stream)`` says."""
+    return await network.listen("127.0.0.1", 0, behave, nursery)
+
+
+def _known(peer, address, node_id="them"):
+    """``peer``'s map learns that ``address`` is alive, said by its node."""
+    now = 1_700_000_000_000 + trio.current_time() * 1000
+    peer.membership.apply([([address, "alive", node_id], now, node_id)])
+
+
+SLOW_GOSSIP = {
+    "heartbeat_interval": 1.0,
+    "gossip_interval": 5.0,
+    "seed_interval": 60.0,
+    "fanout": 1,
+}
+
+
+@pytest.mark.parametrize("synced", [False, True])
+async def test_a_node_that_ends_a_live_link_early_is_checked_and_kept(
+    synced, autojump_clock
+):
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+
+        async def answers_then_hangs_up(stream):
+            await stream.send_all(_hello(address) + (_SYNCED if synced else b""))
+            if synced:
+                await trio.sleep(0.5)
+            await stream.aclose()
+
+        address = await _fake(network, nursery, answers_then_hangs_up)
+        async with repred.open_peer(
+            transport=network, wall=_virtual_wall(), **SLOW_GOSSIP
+        ) as peer:
+            _known(peer, address)
+            await trio.sleep(4)
+            stats = peer.statistics()
+            # Its live link ended before its time: a sync checked on it, and
+            # it answered, so it is no suspect.
+            assert stats.probes >= 1
+            assert peer.membership.entry(address)[0] == "alive"
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_live_link_says_how_long_it_means_to_stay_and_a_sync_does_not(
+    autojump_clock,
+):
+    import orjson
+
+    network = MemoryNetwork()
+    hellos = []
+    async with trio.open_nursery() as nursery:
+
+        async def records(stream):
+            data = await stream.receive_some()
+            hellos.append(orjson.loads(data.split(b"\n")[0]))
+            await stream.send_all(_hello(address) + _SYNCED)
+            await trio.sleep(1)
+            await stream.aclose()
+
+        address = await _fake(network, nursery, records)
+        async with repred.open_peer(
+            transport=network, wall=_virtual_wall(), seeds=[address], **SLOW_GOSSIP
+        ) as peer:
+            _known(peer, address)
+            await trio.sleep(1.5)
+        nursery.cancel_scope.cancel()
+    stays = [h.get("stay") for h in hellos]
+    # The gossip link (to the only other member) means to stay a gossip
+    # interval, give or take a quarter; the check that follows its
+    # early end is one sync.
+    assert 5.0 * 0.75 <= stays[0] <= 5.0 * 1.25
+    assert None in stays[1:]
+
+
+async def test_a_node_that_goes_silent_on_a_link_dialled_to_it_is_suspected(
+    autojump_clock,
+):
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+
+        async def answers_then_goes_silent(stream):
+            await stream.send_all(_hello(address))
+            await trio.sleep_forever()
+
+        address = await _fake(network, nursery, answers_then_goes_silent)
+        async with repred.open_peer(
+            transport=network,
+            wall=_virtual_wall(),
+            connect_timeout=60.0,  # not the dial: the link's silence
+            **SLOW_GOSSIP,
+        ) as peer:
+            _known(peer, address)
+            with trio.fail_after(1.0 + 3 * 1.0 + 1.0):
+                await wait_until(
+                    peer.membership,
+                    lambda: peer.membership.entry(address)[0] == "suspect",
+                )
+            assert peer.membership.entry(address)[3] == peer.membership.id
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("stay", "lasts", "probed"),
+    [
+        (30.0, 2.0, True),  # synced, and gone long before its time
+        (None, 2.0, False),  # a link its dialler did not mean to keep
+        (2.0, 2.0, False),  # on time
+        (2.0, "unsynced", True),  # on time, but it never finished its sync
+        (30.0, "bad", False),  # it broke the protocol: it is there
+    ],
+)
+async def test_an_inbound_link_that_ends_before_its_stay_has_its_dialler_checked(
+    stay, lasts, probed, autojump_clock
+):
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        linked, claimed = [await stack_peer(nursery, network) for _ in range(2)]
+        async with repred.open_peer(
+            transport=network,
+            wall=_virtual_wall(),
+            seeds=[linked.address],
+            **SLOW_GOSSIP,
+        ) as peer:
+            # Its one gossip link goes to the seed and stays for seconds;
+            # it knows of the other, but has no link to it of its own (a
+            # live link to a node says enough of it).
+            await wait_until(peer.membership, lambda: linked.address in peer.members())
+            _known(peer, claimed.address, claimed.membership.id)
+            stream = await network.connect(peer.address, source=claimed.address)
+            await stream.send_all(_hello(claimed.address, stay))
+            if lasts == "unsynced":
+                await trio.sleep(stay)
+            else:
+                await stream.send_all(_SYNCED)
+                await trio.sleep(1 if lasts == "bad" else lasts)
+            if lasts == "bad":
+                await stream.send_all(b"9\t_members\tjunk\n")  # refused
+            await stream.aclose()
+            await trio.sleep(0.5)
+            assert (peer.statistics().probes > 0) is probed
+            # Whoever it claimed to be answered: nobody is suspected.
+            assert peer.statistics().suspected == ()
+        nursery.cancel_scope.cancel()
+
+
+#: A membership digest and "SYNC", as a peer with an empty map sends them.
+_SYNCED = b'1\t_members\t{"id":"fake","clock":{}}\n2\t_members\t"SYNC"\n'
+
+
+async def stack_peer(nursery, network):
+    """A peer running in ``nursery`` until it is cancelled."""
+
+    async def run(task_status):
+        async with repred.open_peer(
+            transport=network, wall=_virtual_wall(), **SLOW_GOSSIP
+        ) as peer:
+            task_status.started(peer)
+            await trio.sleep_forever()
+
+    return await nursery.start(run)
+
+
+async def test_a_node_refutes_a_suspicion_of_itself_at_once(autojump_clock):
+    network = MemoryNetwork(latency=0.01)
+    slow = {**SLOW_GOSSIP, "heartbeat_interval": 10.0, "down_after": 30.0}
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(
+            repred.open_peer(transport=network, wall=_virtual_wall(), **slow)
+        )
+        b = await stack.enter_async_context(
+            repred.open_peer(
+                transport=network, wall=_virtual_wall(), seeds=[a.address], **slow
+            )
+        )
+        with trio.fail_after(5):
+            await wait_until(a.membership, lambda: b.address in a.membership.state)
+            await wait_until(b.membership, lambda: a.address in b.membership.state)
+        a.membership.note(b.address, "suspect", b.membership.id)
+        # A hop there, a hop back: long before the next heartbeat.
+        with trio.fail_after(0.1):
+            await wait_until(
+                a.membership, lambda: a.membership.entry(b.address)[0] == "alive"
+            )
+        assert a.membership.entry(b.address)[3] == b.membership.id

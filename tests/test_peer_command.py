@@ -15,6 +15,7 @@ import pytest
 import trio
 
 import repred
+import repred.peer
 from repred import SqliteStore
 from repred.types import model
 
@@ -30,37 +31,64 @@ def _run(*args, stdin=b""):
     )
 
 
+#: Options refused before anything listens, and a word of what is said.
+OPTION_ERRORS = (
+    (["70000"], "port"),
+    (["0", "0"], "port"),
+    (["0", "99999"], "port"),
+    (["0", "--heartbeat", "0"], "seconds"),
+    (["0", "--heartbeat", "-1"], "seconds"),
+    (["0", "--heartbeat", "nan"], "seconds"),
+    (["0", "--seed-interval", "0"], "seconds"),
+    (["0", "--down-after", "-1"], "seconds"),
+    (["0", "--gossip", "inf"], "seconds"),
+    (["0", "--seed", "nohost"], "HOST:PORT"),
+    (["0", "--host", "0.0.0.0"], "--advertise"),
+    (["x"], "port"),
+    # Intervals too short to do anything but spin.
+    (["0", "--gossip", "0.0000001"], "--gossip"),
+    (["0", "--heartbeat", "0.001"], "--heartbeat"),
+    (["0", "--down-after", "0.01"], "--down-after"),
+    (["0", "--seed-interval", "0.001"], "--seed-interval"),
+    (["0", "--max-backoff", "0.001"], "--max-backoff"),
+    # Pacing that contradicts itself: every node down between beats.
+    (["0", "--heartbeat", "10", "--down-after", "1"], "--down-after 1"),
+    (["0", "--web-origin", "foo"], "--web-origin: 'foo'"),
+    (["0", "--web-origin", "http://host:1/path"], "origin"),
+    (["0", "--web-origin", "null"], "origin"),
+    (["0", "--host", "999.1.1.1"], "--host 999.1.1.1"),
+    (["0", "--host", "no-such-host.invalid"], "--host no-such-host.invalid"),
+)
+
+
+@pytest.mark.parametrize(("args", "says"), OPTION_ERRORS)
+def test_every_option_is_checked_before_anything_listens(
+    args, says, capsys, monkeypatch
+):
+    # In this process: main() must say what is wrong and return 2 without
+    # starting the peer (the command as a process is checked below).
+    async def started(args):
+        raise AssertionError("the peer started")
+
+    monkeypatch.setattr(repred.peer, "run", started)
+    try:
+        code = repred.peer.main(args)
+    except SystemExit as exit:
+        code = exit.code
+    assert code == 2
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1, err
+    assert says in err
+    assert out == ""
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
-    [
-        (["70000"], "port"),
-        (["0", "0"], "port"),
-        (["0", "99999"], "port"),
-        (["0", "--heartbeat", "0"], "seconds"),
-        (["0", "--heartbeat", "-1"], "seconds"),
-        (["0", "--heartbeat", "nan"], "seconds"),
-        (["0", "--seed-interval", "0"], "seconds"),
-        (["0", "--down-after", "-1"], "seconds"),
-        (["0", "--gossip", "inf"], "seconds"),
-        (["0", "--seed", "nohost"], "HOST:PORT"),
-        (["0", "--host", "0.0.0.0"], "--advertise"),
-        (["x"], "port"),
-        # Intervals too short to do anything but spin.
-        (["0", "--gossip", "0.0000001"], "--gossip"),
-        (["0", "--heartbeat", "0.001"], "--heartbeat"),
-        (["0", "--down-after", "0.01"], "--down-after"),
-        (["0", "--seed-interval", "0.001"], "--seed-interval"),
-        (["0", "--max-backoff", "0.001"], "--max-backoff"),
-        # Pacing that contradicts itself: every node down between beats.
-        (["0", "--heartbeat", "10", "--down-after", "1"], "--down-after 1"),
-        (["0", "--web-origin", "foo"], "--web-origin: 'foo'"),
-        (["0", "--web-origin", "http://host:1/path"], "origin"),
-        (["0", "--web-origin", "null"], "origin"),
-        (["0", "--host", "999.1.1.1"], "--host 999.1.1.1"),
-        (["0", "--host", "no-such-host.invalid"], "--host no-such-host.invalid"),
-    ],
+    # One of each kind of check: the parser's, main's, check_options' and
+    # check_listening's.
+    [OPTION_ERRORS[0], OPTION_ERRORS[10], OPTION_ERRORS[17], OPTION_ERRORS[-1]],
 )
-def test_every_option_is_checked_before_anything_listens(args, says):
+def test_the_command_refuses_bad_options_with_one_line_and_status_2(args, says):
     done = _run(*args, stdin=b"set a 1\n")
     assert done.returncode == 2
     err = done.stderr.decode()
@@ -156,6 +184,7 @@ def test_values_that_cannot_be_replicated_print_an_error_and_the_peer_goes_on():
     assert updates == {"n": "NaN", "fine": 1}  # NaN is not JSON: a string
 
 
+@pytest.mark.slow  # three processes, a 1 s busy wait
 def test_a_set_while_the_store_is_locked_prints_an_error(tmp_path):
     data = tmp_path / "d"
     _run("0", "--data", str(data), stdin=b"set a 1\n")
@@ -273,6 +302,7 @@ async def test_text_output_cannot_be_forged_by_what_peers_write():
     assert not any("\r" in line for line in lines)
 
 
+@pytest.mark.slow  # 30,000 updates through a process
 async def test_a_reader_that_does_not_drain_stdout_never_stalls_replication():
     friend = model(id="friend")
     for i in range(30_000):
@@ -316,10 +346,13 @@ def test_output_past_the_bound_is_dropped_and_counted():
         out.close(timeout=0)
         data = b""
         while True:
+            # Whether the writer had ended is read before the pipe is: what
+            # it wrote just before ending is then read too.
+            ended = not out._thread.is_alive()
             try:
                 data += os.read(read, 1 << 20)
             except BlockingIOError:
-                if not out._thread.is_alive():
+                if ended:
                     break
                 out._thread.join(0.01)
     finally:

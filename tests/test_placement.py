@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 import repred
 from repred._placement import Move, Placement, handoff, score
 
+from .helpers import examples
+
 # -- the score, as the documentation states it (written out again here, so
 # that a change to the module's own hashing shows as a difference) ----------------
 
@@ -349,7 +351,7 @@ def test_a_handoff_refuses_bad_arguments():
         handoff(["doc"], "ab", ["b"])
 
 
-@settings(max_examples=30)
+@settings(max_examples=examples(30))
 @given(st.integers(2, 30), st.integers(0, 10**6))
 def test_every_member_owns_something_of_many_documents(n, seed):
     nodes = [f"{seed}-{i}" for i in range(n)]

@@ -487,6 +487,7 @@ async def test_waiting_on_statistics_ends_with_the_link(redis_server):
         with pytest.raises(trio.ClosedResourceError):
             await la.wait_statistics(lambda s: s.images_written)
         assert la.closed
+        assert a.statistics().watchers == 0  # the link no longer watches it
 
 
 @bounded

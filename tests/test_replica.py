@@ -264,3 +264,20 @@ def test_a_write_over_one_stamped_at_the_last_stamp_is_refused_whole():
     assert me.to_dict() == {"x": "from-the-future"}
     assert [e.ts for e in me.history()] == [MAX_STAMP]
     assert "me" not in me.clock
+
+
+def test_statistics_count_what_watches_and_listens_until_it_is_removed():
+    names = gset("A")
+    watched, heard = [], []
+    unwatch = names.watch(lambda source, ts, origin: watched.append(source))
+    unlisten = names.add_listener(lambda change, *stamp: heard.append(change))
+    stats = names.statistics()
+    assert (stats.watchers, stats.listeners) == (1, 1)
+    names.update(["x"])
+    assert (watched, heard) == (["A"], [["x"]])
+    unwatch()
+    unlisten()
+    stats = names.statistics()
+    assert (stats.watchers, stats.listeners) == (0, 0)
+    names.update(["y"])
+    assert (watched, heard) == (["A"], [["x"]])

@@ -17,7 +17,7 @@ import repred
 from repred import SigningKey, SqliteStore, StoreError, _store
 from repred.types import events, gset, model
 
-from .helpers import FakeWall, sync, union
+from .helpers import FakeWall, examples, sync, union
 
 KEY = SigningKey.generate()
 
@@ -273,7 +273,7 @@ steps = st.lists(
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60))
 @given(steps, st.sampled_from(["model", "gset"]))
 def test_any_schedule_of_writes_closes_and_crashes_reopens_the_same(
     tmp_path_factory, schedule, kind

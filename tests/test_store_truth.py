@@ -108,24 +108,30 @@ def test_a_crash_while_rows_are_queued_loses_them_and_the_clock_with_them(tmp_pa
     again.close()
 
 
+def _flusher_until(store, condition):
+    """Wait for the store's flusher thread to make ``condition()`` true."""
+    for _ in range(2000):
+        if condition():
+            return
+        store._closed.wait(0.005)
+    raise AssertionError("the flusher never got there")
+
+
 def test_batch_mode_retries_a_failed_flush_and_refuses_writes_meanwhile(tmp_path):
     path = tmp_path / "m.db"
     store = SqliteStore(path, durability="batch", batch_interval=0.001, busy_timeout=0)
     m = model(store=store)
     m.set("early", 1)
+    # Written before the lock is taken: otherwise the flusher fails on it,
+    # and the next write is refused at once.
+    _flusher_until(store, lambda: not store._adds)
     with write_locked(path):
         m.set("during", 2)  # queued; the flusher fails on it
-        for _ in range(2000):
-            if store._error is not None:
-                break
-            store._closed.wait(0.005)
+        _flusher_until(store, lambda: store._error is not None)
         with pytest.raises(StoreError):
             m.set("refused", 3)
         assert "refused" not in m
-    for _ in range(2000):
-        if store._error is None and not store._adds:
-            break
-        store._closed.wait(0.005)
+    _flusher_until(store, lambda: store._error is None and not store._adds)
     m.set("after", 4)
     m.close()
     _, _, entries = held(path)
@@ -236,7 +242,8 @@ def test_an_entry_beyond_its_clock_is_refused(tmp_path):
 
 def _original(tmp_path):
     path = tmp_path / "orig.db"
-    m = model(store=SqliteStore(path))
+    # Written without an fsync per write: what matters is the file.
+    m = model(store=SqliteStore(path, durability="batch"))
     for i in range(150):
         m.set(f"key-{i}", {"n": i, "text": "v" * (i % 17)})
     for i in range(60):
@@ -260,13 +267,20 @@ def _prefix_closed(original, loaded):
             assert (source, ts) in mine
 
 
-def test_bit_flips_and_truncations_give_a_clean_error_or_a_sound_store(tmp_path):
+# Each case is a store opened (and closed, with an fsync): a sample by
+# default, the full count in the slow run.
+@pytest.mark.parametrize(
+    ("flips", "cuts"), [(40, 8), pytest.param(300, 40, marks=pytest.mark.slow)]
+)
+def test_bit_flips_and_truncations_give_a_clean_error_or_a_sound_store(
+    tmp_path, flips, cuts
+):
     path, original = _original(tmp_path)
     data = path.read_bytes()
     rng = random.Random(8)
     outcomes = {"refused": 0, "sound": 0}
-    cases = [("flip", rng.randrange(len(data) * 8)) for _ in range(300)]
-    cases += [("cut", rng.randrange(len(data))) for _ in range(40)]
+    cases = [("flip", rng.randrange(len(data) * 8)) for _ in range(flips)]
+    cases += [("cut", rng.randrange(len(data))) for _ in range(cuts)]
     for n, (kind, where) in enumerate(cases):
         damaged = bytearray(data)
         if kind == "flip":

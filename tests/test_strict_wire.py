@@ -205,7 +205,7 @@ async def test_a_plain_link_to_a_gossip_port_says_what_the_port_is():
 
 
 def test_a_gossip_hello_read_as_a_digest_is_an_incompatible_peer():
-    hello = b'{"repred-peer":2,"node":"127.0.0.1:8001","replicas":{"data":"model"}}'
+    hello = b'{"repred-peer":3,"node":"127.0.0.1:8001","replicas":{"data":"model"}}'
     with pytest.raises(IncompatiblePeerError, match="gossip peer"):
         decode(hello, batches=False)
 
@@ -253,10 +253,10 @@ def test_the_fast_reading_of_a_batch_is_the_general_one(keys, data):
 
 
 _HELLOS_TWICE = {
-    "node": b'{"repred-peer":2,"node":"h:1","replicas":{},"node":"h:2"}',
-    "replicas": b'{"repred-peer":2,"node":"h:1","replicas":{"data":"model"},'
+    "node": b'{"repred-peer":3,"node":"h:1","replicas":{},"node":"h:2"}',
+    "replicas": b'{"repred-peer":3,"node":"h:1","replicas":{"data":"model"},'
     b'"replicas":{}}',
-    "a replica's name": b'{"repred-peer":2,"node":"h:1",'
+    "a replica's name": b'{"repred-peer":3,"node":"h:1",'
     b'"replicas":{"data":"model","data":"x"}}',
 }
 

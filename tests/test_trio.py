@@ -121,7 +121,7 @@ async def test_a_peer_that_stops_reading_is_timed_out(autojump_clock):
         with pytest.raises(SyncTimeout):
             await repred.replicate(a, left, send_timeout=10)
         nursery.cancel_scope.cancel()
-    assert a._listeners == []
+    assert a.statistics().watchers == 0
 
 
 async def test_a_silent_peer_is_timed_out(autojump_clock):
@@ -157,8 +157,8 @@ async def test_closing_a_connection_returns_its_stats():
         nursery.start_soon(repred.replicate, b, right)
         await conn.wait_synced()
         conn.close()
-    assert a._listeners == []
-    assert b._listeners == []
+    assert a.statistics().watchers == 0
+    assert b.statistics().watchers == 0
 
 
 async def test_subscription_sees_local_and_remote_changes_and_overflows():
@@ -175,7 +175,7 @@ async def test_subscription_sees_local_and_remote_changes_and_overflows():
         await changes.receive()
         with pytest.raises(repred.SubscriptionOverflow):
             await changes.receive()
-    assert a._listeners == []
+    assert a.statistics().listeners == 0
     with pytest.raises(ValueError):
         repred.subscribe(a, max_buffer=0)
 

@@ -9,7 +9,7 @@ import stat
 import orjson
 import pytest
 import trio
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import repred
@@ -17,7 +17,7 @@ from repred import RemoteProtocolError, SigningKey, StoreError
 from repred.protocol import Session
 from repred.types import gset, model
 
-from .helpers import FakeWall, SessionPair, sync
+from .helpers import FakeWall, SessionPair, examples, sync
 
 KEY = SigningKey(b"k" * 32)
 OTHER = SigningKey(b"o" * 32)
@@ -244,7 +244,7 @@ def test_a_forgery_through_a_relay_is_refused_and_the_genuine_stay():
     assert end.to_dict() == a.to_dict()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60))
 @given(
     st.lists(
         st.tuples(

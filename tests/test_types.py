@@ -12,7 +12,7 @@ from repred.testing import ReducerCheckFailed, check_reducer
 from repred.types import _doc, _events, _lww, _model, _seq, _sets, model
 from repred.types._position import DIGITS
 
-from .helpers import FakeWall, sync
+from .helpers import FakeWall, examples, sync
 
 items = st.one_of(st.integers(0, 5), st.sampled_from(["a", "b", "c"]))
 tags = st.sampled_from(["t1", "t2", "t3"])
@@ -36,12 +36,18 @@ def _converge(factory, ops, n=3):
 # -- check_reducer on every built-in type ------------------------------------
 
 
+@pytest.mark.hypothesis  # check_reducer runs Hypothesis
 def test_check_gset():
     check_reducer(
-        _sets.union, set(), st.lists(items, max_size=3), snapshot=_sets._gset_snapshot
+        _sets.union,
+        set(),
+        st.lists(items, max_size=3),
+        snapshot=_sets._gset_snapshot,
+        max_examples=examples(200),
     )
 
 
+@pytest.mark.hypothesis  # check_reducer runs Hypothesis
 def test_check_twophase_set():
     update = st.fixed_dictionaries(
         {},
@@ -55,9 +61,11 @@ def test_check_twophase_set():
         {"add": set(), "remove": set()},
         update,
         snapshot=_sets._two_phase_snapshot,
+        max_examples=examples(200),
     )
 
 
+@pytest.mark.hypothesis  # check_reducer runs Hypothesis
 def test_check_orset():
     pairs = st.lists(st.tuples(items, tags).map(list), max_size=3)
     update = st.fixed_dictionaries({}, optional={"add": pairs, "remove": pairs})
@@ -66,23 +74,30 @@ def test_check_orset():
         {"live": {}, "dead": set()},
         update,
         snapshot=_sets._orset_snapshot,
+        max_examples=examples(200),
     )
 
 
+@pytest.mark.hypothesis  # check_reducer runs Hypothesis
 def test_check_counter():
     update = st.tuples(names, st.integers(0, 9), st.integers(0, 9)).map(list)
-    check_reducer(_lww.totals, {}, update, last_write_wins=_lww._first)
+    check_reducer(
+        _lww.totals, {}, update, last_write_wins=_lww._first, max_examples=examples(200)
+    )
 
 
+@pytest.mark.hypothesis  # check_reducer runs Hypothesis
 def test_check_register():
     check_reducer(
         _lww.overwrite,
         [None],
         st.tuples(items).map(list),
         last_write_wins=_lww._value_key,
+        max_examples=examples(200),
     )
 
 
+@pytest.mark.hypothesis  # check_reducer runs Hypothesis
 def test_check_heartbeats():
     check_reducer(
         _lww.beat,
@@ -90,44 +105,71 @@ def test_check_heartbeats():
         st.tuples(names).map(list),
         last_write_wins=_lww._first,
         stamped=True,
+        max_examples=examples(200),
     )
 
 
+@pytest.mark.hypothesis  # check_reducer runs Hypothesis
 def test_check_model():
     update = st.tuples(names, st.one_of(st.none(), items)).map(list)
-    check_reducer(_model.lww_set, {}, update, last_write_wins=_model.model_key)
+    check_reducer(
+        _model.lww_set,
+        {},
+        update,
+        last_write_wins=_model.model_key,
+        max_examples=examples(200),
+    )
 
 
+@pytest.mark.hypothesis  # check_reducer runs Hypothesis
 def test_check_events():
     update = st.tuples(names, items).map(list)
-    check_reducer(_events.occurred, {}, update, stamped=True)
+    check_reducer(
+        _events.occurred, {}, update, stamped=True, max_examples=examples(200)
+    )
 
 
+@pytest.mark.hypothesis  # check_reducer runs Hypothesis
 def test_check_seq():
     update = st.tuples(names, st.one_of(st.none(), positions), items).map(list)
-    check_reducer(_seq.place, {}, update, last_write_wins=_seq._item_key)
+    check_reducer(
+        _seq.place,
+        {},
+        update,
+        last_write_wins=_seq._item_key,
+        max_examples=examples(200),
+    )
 
 
+@pytest.mark.hypothesis  # check_reducer runs Hypothesis
 def test_check_doc():
     update = st.one_of(
         st.tuples(names, st.sampled_from(["f", "g"]), st.one_of(st.none(), items)),
         st.tuples(names, st.just(_doc.DELETED), st.just(True)),
     ).map(list)
-    check_reducer(_doc.write_field, {}, update, last_write_wins=_doc._field_key)
+    check_reducer(
+        _doc.write_field,
+        {},
+        update,
+        last_write_wins=_doc._field_key,
+        max_examples=examples(200),
+    )
 
 
 # -- check_reducer catches classic mistakes ----------------------------------
 
 
+@pytest.mark.hypothesis  # check_reducer runs Hypothesis
 def test_check_catches_a_list_append():
     def append(state, update):
         state.append(update)
         return update
 
     with pytest.raises(ReducerCheckFailed, match="different states"):
-        check_reducer(append, [], st.integers(0, 3))
+        check_reducer(append, [], st.integers(0, 3), max_examples=examples(200))
 
 
+@pytest.mark.hypothesis  # check_reducer runs Hypothesis
 def test_check_catches_last_write_wins_without_a_tie_break():
     def lww_no_tiebreak(state, change, stamp):
         if stamp[0] > state.get("ts", -1):
@@ -136,16 +178,28 @@ def test_check_catches_last_write_wins_without_a_tie_break():
         return None
 
     with pytest.raises(ReducerCheckFailed, match="different states"):
-        check_reducer(lww_no_tiebreak, {}, st.integers(0, 3), stamped=True)
+        check_reducer(
+            lww_no_tiebreak,
+            {},
+            st.integers(0, 3),
+            stamped=True,
+            max_examples=examples(200),
+        )
 
 
+@pytest.mark.hypothesis  # check_reducer runs Hypothesis
 def test_check_catches_a_dishonest_delta():
     def dishonest(state, update):
         state.update(update)
         return update[:1]  # reports less than it did
 
     with pytest.raises(ReducerCheckFailed, match="not honest"):
-        check_reducer(dishonest, set(), st.lists(st.integers(0, 3), max_size=3))
+        check_reducer(
+            dishonest,
+            set(),
+            st.lists(st.integers(0, 3), max_size=3),
+            max_examples=examples(200),
+        )
 
 
 # -- behaviour ----------------------------------------------------------------
@@ -295,6 +349,7 @@ def test_types_refuse_peers_of_another_type():
         sync(types.gset(id="a"), types.orset(id="b"))
 
 
+@pytest.mark.hypothesis  # check_reducer runs Hypothesis
 def test_readme_example_type_passes_the_check():
     def highest(state, update):
         if update > state[0]:
@@ -304,9 +359,10 @@ def test_readme_example_type_passes_the_check():
 
     best = repred.repred(highest, [0])
     assert best.update(7) == 7
-    check_reducer(highest, [0], st.integers(0, 10**6))
+    check_reducer(highest, [0], st.integers(0, 10**6), max_examples=examples(200))
 
 
+@pytest.mark.hypothesis  # check_reducer runs Hypothesis
 def test_check_catches_a_lossy_snapshot():
     with pytest.raises(ReducerCheckFailed, match="snapshot"):
         check_reducer(
@@ -314,9 +370,11 @@ def test_check_catches_a_lossy_snapshot():
             set(),
             st.lists(items, max_size=3),
             snapshot=lambda state: sorted(state, key=repr)[:1],
+            max_examples=examples(200),
         )
 
 
+@pytest.mark.hypothesis  # check_reducer runs Hypothesis
 def test_check_catches_a_snapshot_that_depends_on_arrival_order():
     # A state kept in arrival order, compared as a set: the reducer
     # converges, but its snapshot does not name equal states alike.
@@ -336,7 +394,11 @@ def test_check_catches_a_snapshot_that_depends_on_arrival_order():
 
     with pytest.raises(ReducerCheckFailed, match="equal states give two snapshots"):
         check_reducer(
-            arrival_set, Bag(), st.lists(st.text(max_size=2), max_size=3), snapshot=list
+            arrival_set,
+            Bag(),
+            st.lists(st.text(max_size=2), max_size=3),
+            snapshot=list,
+            max_examples=examples(200),
         )
 
 

@@ -51,6 +51,11 @@ async def test_a_sync_and_a_live_tail_over_websockets(batches):
             await wait_until(client, lambda: client.get("live") == "yes")
             client.set("back", "too")
             await wait_until(server, lambda: server.get("back") == "too")
+            # Closed from one end, the WebSocket ends with a close frame each
+            # way (cancelled at both ends at once, each would wait for the
+            # other's).
+            conn.close()
+            await conn.wait_closed()
         nursery.cancel_scope.cancel()
 
 
@@ -149,7 +154,7 @@ async def test_origins_are_checked():
         nursery.cancel_scope.cancel()
 
 
-async def test_a_refused_handshake_is_a_clear_error():
+async def test_a_refused_handshake_is_a_clear_error(autojump_clock):
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(repred.serve_tcp, model(id="tcp"), 0)
         port = listeners[0].socket.getsockname()[1]
@@ -192,6 +197,7 @@ async def test_connections_that_never_finish_a_handshake_are_bounded(server):
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.slow  # 1,000 sockets
 async def test_a_thousand_idle_websockets_cost_bounded_links():
     """Upgraded connections that never send a digest: at most max_links are
     held (the quietest is dropped for a new one), and the server serves."""

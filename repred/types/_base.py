@@ -6,14 +6,8 @@ from typing import Any, TypeVar
 
 import orjson
 
-from .._replica import (
-    DEFAULT_MAX_AHEAD_MS,
-    DEFAULT_MAX_DRIFT_MS,
-    DEFAULT_MAX_SOURCES,
-    Replica,
-    wall_ms,
-)
-from .._wire import DEFAULT_MAX_LINE_BYTES, check_value
+from .._replica import Replica
+from .._wire import check_value
 
 R = TypeVar("R", bound=Replica)
 
@@ -21,38 +15,13 @@ __all__ = ["MAX_COUNT", "build", "check_value", "owned", "scalar"]
 
 
 def build(
-    cls: type[R],
-    reducer: Any,
-    initial: Any,
-    type_name: str,
-    *,
-    id: str | None = None,
-    max_drift_ms: float = DEFAULT_MAX_DRIFT_MS,
-    max_ahead_ms: float = DEFAULT_MAX_AHEAD_MS,
-    max_sources: int = DEFAULT_MAX_SOURCES,
-    max_entry_bytes: int = DEFAULT_MAX_LINE_BYTES,
-    wall: Any = wall_ms,
-    store: Any = None,
-    **options: Any,
+    cls: type[R], reducer: Any, initial: Any, type_name: str, **options: Any
 ) -> R:
-    """Make a replica of a built-in type, with the common options.
+    """Make a replica of a built-in type, with the options it was given.
 
     Every built-in reducer checks a change before it mutates anything.
     """
-    return cls(
-        reducer,
-        initial,
-        checks_first=True,
-        id=id,
-        type_name=type_name,
-        max_drift_ms=max_drift_ms,
-        max_ahead_ms=max_ahead_ms,
-        max_sources=max_sources,
-        max_entry_bytes=max_entry_bytes,
-        wall=wall,
-        store=store,
-        **options,
-    )
+    return cls(reducer, initial, checks_first=True, type_name=type_name, **options)
 
 
 _SCALARS = (str, int, float, bool, type(None))

@@ -86,12 +86,9 @@ class Events(Replica):
             newest_dropped = sorted(state)[len(state) - self._max_events - 1]
             cutoff = max(cutoff, newest_dropped) if cutoff else newest_dropped
         if cutoff is not None:
-            self._forget_before(cutoff)
-
-    def _forget_before(self, cutoff: Stamp) -> None:
-        for stamp in [s for s in self.state if s <= cutoff]:
-            del self.state[stamp]
-        self._forget(lambda ts, source: (ts, source) <= cutoff)
+            for stamp in [s for s in state if s <= cutoff]:
+                del state[stamp]
+            self._forget(lambda ts, source: (ts, source) <= cutoff)
 
 
 def events(

@@ -12,14 +12,7 @@ from typing import Any, Unpack
 from .._replica import Replica, ReplicaOptions, Stamp
 from ._base import MAX_COUNT, build, owned
 
-__all__ = [
-    "Counter",
-    "Heartbeats",
-    "Register",
-    "counter",
-    "heartbeats",
-    "register",
-]
+__all__ = ["Counter", "Heartbeats", "Register", "counter", "heartbeats", "register"]
 
 
 def _first(change: Any) -> Any:

@@ -52,9 +52,6 @@ class Seq(Replica):
     def _order(self) -> list[tuple[str, str]]:
         return sorted((pos, item) for item, (pos, _) in self.state.items())
 
-    def _new_id(self) -> str:
-        return f"{self.id}.{self._last}.{next(self._ids)}"
-
     def insert(
         self, value: Any, *, before: str | None = None, after: str | None = None
     ) -> str:
@@ -70,7 +67,7 @@ class Seq(Replica):
 
     def _place(self, value: Any, before: str | None, after: str | None) -> str:
         value = owned(value)
-        item = self._new_id()
+        item = f"{self.id}.{self._last}.{next(self._ids)}"
         self.update([item, slot(self._order(), before=before, after=after), value])
         return item
 
