@@ -153,6 +153,9 @@ class Ledger:
         self.running = 0
         #: What happened so far: handoffs, syncs, failures, dropped, ...
         self.counts: collections.Counter[str] = collections.Counter()
+        #: Documents whose jobs :meth:`start` found owed no more, since
+        #: :meth:`take_cancelled` (a copy may be droppable now).
+        self._cancelled: set[str] = set()
 
     # -- placement ----------------------------------------------------------
 
@@ -240,7 +243,9 @@ class Ledger:
                 return  # that owner spreads them
             due = now
         elif not held.kept:
-            due = now + self.grace  # a copy leaving: check again before dropping
+            # A copy leaving: check every owner again before dropping it,
+            # the one that sent these too (what it was seen to hold is older).
+            due, source = now + self.grace, None
         else:
             return  # a live copy: its link to an owner carries it
         for node in owners:
@@ -270,6 +275,21 @@ class Ledger:
         return bool(owners) and all(
             covers(held.covered.get(node), clock) for node in owners
         )
+
+    def recheck(self, name: str, clock: Mapping[str, float], now: float) -> bool:
+        """A copy leaving, with nothing owed for it, that some owner is not
+        known to hold all of (its clock moved after that owner's check):
+        owe each such owner a check, after the grace, so that a leaving
+        copy always has a job until it is dropped. Whether any was owed."""
+        held = self.held.get(name)
+        if held is None or held.owner or held.kept or self._by_name.get(name):
+            return False
+        owed = False
+        for node in self.owners(name):
+            if node != self.node and not covers(held.covered.get(node), clock):
+                self.request(name, node, SYNC, now + self.grace)
+                owed = True
+        return owed
 
     # -- jobs ---------------------------------------------------------------------
 
@@ -319,11 +339,18 @@ class Ledger:
             if not self._owed(job):
                 self._remove(job)
                 self.counts["cancelled"] += 1
+                self._cancelled.add(job.name)
                 continue
             job.running = True
             self.running += 1
             started.append(job)
         return started
+
+    def take_cancelled(self) -> list[str]:
+        """The documents some job of which was found owed no more since the
+        last call."""
+        names, self._cancelled = sorted(self._cancelled), set()
+        return names
 
     def next_due(self) -> float | None:
         """When the next job not running is due, if any."""

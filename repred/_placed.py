@@ -332,6 +332,8 @@ class Placed:
         while True:
             for job in ledger.start(trio.current_time()):
                 self._start_soon(self._run, job)
+            for name in ledger.take_cancelled():
+                self._maybe_drop(name)  # its last job was owed no more
             self._wake = trio.Event()
             due = ledger.next_due()
             if due is None or ledger.running >= ledger.concurrency:
@@ -360,7 +362,9 @@ class Placed:
                         "entries": entries,
                     }
                 )
-            self._maybe_drop(job.name)
+        # Either way the job may have been the last one owed on a copy that
+        # is leaving (a failed one is dropped once no longer owed).
+        self._maybe_drop(job.name)
         self._signal(job.name)
         self._wake.set()
 
@@ -681,8 +685,14 @@ class Placed:
     # -- dropping -----------------------------------------------------------
 
     def _maybe_drop(self, name: str) -> None:
+        """Drop ``name`` if it may go; if it is leaving and nothing is owed
+        for it yet, owe the checks that will let it go."""
         replica = self.replicas.get(name)
-        if replica is None or not self.ledger.droppable(name, replica.clock):
+        if replica is None:
+            return
+        if not self.ledger.droppable(name, replica.clock):
+            if self.ledger.recheck(name, replica.clock, trio.current_time()):
+                self._wake.set()
             return
         self.ledger.counts["dropped"] += 1
         self._emit(

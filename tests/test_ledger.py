@@ -130,6 +130,53 @@ def test_a_copy_leaves_only_once_every_owner_holds_all_of_it():
     assert book.role(name) == "copy"
 
 
+def test_a_leaving_copy_with_nothing_owed_is_checked_again_until_it_may_go():
+    # Its clock moved after an owner's check (entries that owner sent it,
+    # say), and nothing is owed: it owes that owner a check, or it would
+    # never be dropped.
+    members = NODES[:6]
+    name = a_name(members, not_owned_by=[NODES[0]])
+    owners = repred.owners(name, members, 3)
+    book = ledger(NODES[0], members)
+    book.hold(name)
+    for node in owners:
+        book.request(name, node, SYNC, 0.0)
+    for job in book.start(0.0):
+        book.done(job, 1.0, {"s": 5}, sent=False)
+    grown = {"s": 5, "t": 1}
+    assert not book.jobs
+    assert not book.droppable(name, grown)
+    assert book.recheck(name, grown, 3.0)
+    assert jobs(book) == {(node, SYNC, 3.0 + GRACE) for node in owners}
+    assert not book.recheck(name, grown, 4.0)  # owed already
+    for job in book.start(10.0):
+        book.done(job, 10.0, grown, sent=False)
+    assert book.droppable(name, grown)
+    assert not book.recheck(name, grown, 11.0)  # every owner holds it
+
+
+def test_a_leaving_copy_that_gained_entries_checks_every_owner_again():
+    members = NODES[:6]
+    name = a_name(members, not_owned_by=[NODES[0]])
+    owners = repred.owners(name, members, 3)
+    book = ledger(NODES[0], members)
+    book.hold(name)
+    book.changed(name, 1.0, source=owners[0])
+    assert jobs(book) == {(node, SYNC, 1.0 + GRACE) for node in owners}
+
+
+def test_a_job_cancelled_as_owed_no_more_says_which_document():
+    members = NODES[:6]
+    name = a_name(members, not_owned_by=[NODES[0]])
+    stranger = next(n for n in members if n not in repred.owners(name, members, 3))
+    book = ledger(NODES[0], members)
+    book.hold(name)
+    book.request(name, stranger, SYNC, 0.0)
+    assert book.start(1.0) == []
+    assert book.take_cancelled() == [name]
+    assert book.take_cancelled() == []
+
+
 def test_an_owner_never_drops():
     members = NODES[:6]
     name = a_name(members, owned_by=[NODES[0]])

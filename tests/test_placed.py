@@ -990,3 +990,49 @@ async def test_five_processes_lose_no_confirmed_write_to_a_kill(tmp_path):
                 await node.process.stdin.aclose()
             for node in [*survivors, again]:
                 assert await node.process.wait() == 0
+
+
+async def test_a_partition_that_splits_owners_heals_and_drops_the_extra_copies(
+    autojump_clock,
+):
+    # Four nodes, two copies, split two and two with one owner of each
+    # document on each side: each side makes a second copy on its own side
+    # and confirms writes there; once healed, every owner holds both sides'
+    # writes and the copies made meanwhile are dropped.
+    async with trio.open_nursery() as nursery:
+        cluster = await started(nursery, 4, copies=2)
+        everyone = sorted(cluster.peers)
+        left, right = everyone[:2], everyone[2:]
+        first = cluster.peers[everyone[0]]
+        names = [
+            n
+            for n in (f"doc{i}" for i in range(200))
+            if len(set(first.owners(n)) & set(left)) == 1
+        ][:6]
+        owners = {name: first.owners(name) for name in names}
+        for name in names:
+            await write(cluster.peers[owners[name][0]], name, "base")
+        cluster.network.partition(left, right)
+        with trio.fail_after(120):
+            await until(
+                lambda: all(
+                    set(p.members()) == set(left if a in left else right)
+                    for a, p in cluster.peers.items()
+                )
+            )
+        for name in names:
+            for side, key in [(left, "left"), (right, "right")]:
+                owner = next(a for a in owners[name] if a in side)
+                doc = await cluster.peers[owner].document(name)
+                doc.set(key, 1)
+                with trio.fail_after(60):
+                    await cluster.peers[owner].wait_replicated(name, copies=2)
+        cluster.network.heal()
+        with trio.fail_after(300):
+            await until(lambda: cluster.settled() and cluster.placed_exactly(names))
+        for name in names:
+            assert first.owners(name) == owners[name]
+            for address in owners[name]:
+                replica = cluster.peers[address]._placed.replicas[name]
+                assert (replica.get("left"), replica.get("right")) == (1, 1)
+        nursery.cancel_scope.cancel()
