@@ -380,41 +380,58 @@ async def placed(documents: int, n: int) -> None:
         owner = cluster.peers[first.owners(names[0])[0]]
         entries = (await owner.document(names[0])).history()
         size = len(orjson.dumps([list(e) for e in entries]))
-        total = documents * COPIES
-        joined = await move(cluster, names, lambda: cluster.start(n), size)
-        report("placed_join", **shape, **joined, ideal_moved=round(total / (n + 1)))
-        victim = sorted(cluster.peers)[n // 3]
-        ideal = sum(victim in first.owners(name) for name in names)
-
-        async def lose() -> None:
-            cluster.stop(victim)
-
-        lost = await move(cluster, names, lose, size)
-        report("placed_loss", **shape, **lost, ideal_moved=ideal)
-        five = sorted(cluster.peers)[1:6]
-        first = next(iter(cluster.peers.values()))
-        # A document whose three owners all fail has no copy left: no
-        # placement can keep it (three copies survive two failures).
-        gone = [n for n in names if set(first.owners(n)) <= set(five)]
-        alive = [n for n in names if n not in gone]
-        ideal = sum(len(set(five) & set(first.owners(n))) for n in alive)
-
-        async def fail() -> None:
-            for address in five:
-                cluster.stop(address)
-
-        failed = await move(cluster, alive, fail, size)
+        await join_and_loss(cluster, names, shape, size)
+        failed = await five_fail(cluster, names, size)
         report(
             "placed_five_fail",
             **shape,
             **failed,
-            ideal_moved=ideal,
-            documents_with_every_owner_failed=len(gone),
             confirmed_writes=confirmed,
-            confirmed_writes_lost=await lost_writes(cluster, alive),
             real_seconds=round(time.perf_counter() - t, 1),
         )
         nursery.cancel_scope.cancel()
+
+
+async def join_and_loss(
+    cluster: Cluster, names: list[str], shape: dict[str, int], size: int
+) -> None:
+    """One node joins, then one is lost: what moved each time."""
+    n = len(cluster.peers)
+    first = next(iter(cluster.peers.values()))
+    joined = await move(cluster, names, lambda: cluster.start(n), size)
+    ideal = round(len(names) * COPIES / (n + 1))
+    report("placed_join", **shape, **joined, ideal_moved=ideal)
+    victim = sorted(cluster.peers)[n // 3]
+    ideal = sum(victim in first.owners(name) for name in names)
+
+    async def lose() -> None:
+        cluster.stop(victim)
+
+    lost = await move(cluster, names, lose, size)
+    report("placed_loss", **shape, **lost, ideal_moved=ideal)
+
+
+async def five_fail(cluster: Cluster, names: list[str], size: int) -> dict[str, Any]:
+    """Five nodes fail at once: what moved, and what was lost."""
+    five = set(sorted(cluster.peers)[1:6])
+    first = next(iter(cluster.peers.values()))
+    # A document whose three owners all fail has no copy left: no placement
+    # can keep it (three copies survive two failures at once).
+    gone = {name for name in names if set(first.owners(name)) <= five}
+    alive = [name for name in names if name not in gone]
+    ideal = sum(len(five & set(first.owners(name))) for name in alive)
+
+    async def fail() -> None:
+        for address in five:
+            cluster.stop(address)
+
+    failed = await move(cluster, alive, fail, size)
+    return {
+        **failed,
+        "ideal_moved": ideal,
+        "documents_with_every_owner_failed": len(gone),
+        "confirmed_writes_lost": await lost_writes(cluster, alive),
+    }
 
 
 def main() -> None:

@@ -236,16 +236,18 @@ class Peer:
         #: Entries refused (read_only) on links that have ended.
         self._refused = 0
         #: The placed documents, if any (open_peer's documents=).
-        self._placed = None
-        if placed is not None:
-            self._placed = placed(
-                peer_options=options,
-                link_options=link_options,
-                connect=self._connect_to,
-                emit=self._emit,
-                rng=rng,
-                reserved=self.replicas.keys(),
-            )
+        self._placed = None if placed is None else self._place(placed, rng)
+
+    def _place(self, placed: Callable[..., Placed], rng: random.Random) -> Placed:
+        """The placed documents, given what this peer offers them."""
+        return placed(
+            peer_options=self.options,
+            link_options=self._link_options,
+            connect=self._connect_to,
+            emit=self._emit,
+            rng=rng,
+            reserved=self.replicas.keys(),
+        )
 
     def __repr__(self) -> str:
         return f"<repred.Peer {self.address} links={len(self._links)}>"

@@ -170,10 +170,7 @@ class Placed:
         self._emit = emit
         self._rng = rng
         self._reserved = frozenset(reserved)
-        self._held_at_start = [check_document_name(n) for n in held]
-        for name in self._held_at_start:
-            if name in self._reserved:
-                raise ValueError(f"held= names {name!r}, one of the peer's replicas=")
+        self._held_at_start = _held_names(held, self._reserved)
         self._discard = discard
         self.ledger = Ledger(
             options.copies,
@@ -942,6 +939,15 @@ class Placed:
             bytes_in=self._ended_bytes[0] + sum(c.bytes_in for c in channels),
             bytes_out=self._ended_bytes[1] + sum(c.bytes_out for c in channels),
         )
+
+
+def _held_names(held: Iterable[str], reserved: Collection[str]) -> list[str]:
+    """``open_peer``'s ``held=``, each name checked at the call."""
+    names = [check_document_name(n) for n in held]
+    for name in names:
+        if name in reserved:
+            raise ValueError(f"held= names {name!r}, one of the peer's replicas=")
+    return names
 
 
 def _sent(doc: LinkDoc | None) -> int:

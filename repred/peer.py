@@ -1220,20 +1220,10 @@ async def _serve(
         ) as peer,
         trio.open_nursery() as nursery,
     ):
-        shell = _Shell(peer, out, data, None)
-        if data is None:
-            # Placed: the commands start on the document named "data".
-            shell.data, shell.name = await peer.document("data"), "data"
-        shell.show(shell.data, shell.name)
+        shell = await _shell(peer, out, data)
         if args.redis:
             await _link_redis(nursery, peer, args, out)
-        # Said once the peer is ready for commands.
-        listening: dict[str, Any] = {"event": "listening", "address": peer.address}
-        # (the node's own id: its map's, or with --copies its heartbeats')
-        listening["id"] = data.id if data is not None else peer.node_id(peer.address)
-        if peer.web_address is not None:
-            listening["web"] = f"http://{peer.web_address}/"
-        out(listening)
+        out(_listening(peer, data))  # (once the peer is ready for commands)
         if out.as_json or out.is_terminal:
             nursery.start_soon(_watch_syncs, peer, out)
         if args.no_stdin:
@@ -1241,6 +1231,26 @@ async def _serve(
         async with _open_stdin() as stdin:
             await _commands(stdin, shell)
         nursery.cancel_scope.cancel()
+
+
+async def _shell(peer: Any, out: _Output, data: Any) -> _Shell:
+    """What the typed commands act on: ``data``, or with --copies the
+    document named "data"; every change to it printed."""
+    shell = _Shell(peer, out, data, None)
+    if data is None:
+        shell.data, shell.name = await peer.document("data"), "data"
+    shell.show(shell.data, shell.name)
+    return shell
+
+
+def _listening(peer: Any, data: Any) -> dict[str, Any]:
+    """The event that says the peer is ready, with the node's own id (its
+    map's, or with --copies the one it is known by in the membership)."""
+    node = data.id if data is not None else peer.node_id(peer.address)
+    listening = {"event": "listening", "address": peer.address, "id": node}
+    if peer.web_address is not None:
+        listening["web"] = f"http://{peer.web_address}/"
+    return listening
 
 
 async def _link_redis(
