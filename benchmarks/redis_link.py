@@ -123,12 +123,13 @@ async def catch_up(url: str, n: int) -> None:
     behind it) and serves TCP; children catch up each way in turn."""
     base = await used_memory(url)
     writer = filled(n)
+    # compact_bytes=1: the image is written once the fill is in, however
+    # small N is (by default not before the tail holds 1 MiB).
+    start = functools.partial(
+        repred.connect_redis, writer, url, name="bench", tail_seconds=0
+    )
     async with trio.open_nursery() as nursery:
-        link = await nursery.start(
-            functools.partial(
-                repred.connect_redis, writer, url, name="bench", tail_seconds=0
-            )
-        )
+        link = await nursery.start(functools.partial(start, compact_bytes=1))
         await link.wait_synced()
         await link.wait_statistics(lambda s: s.images_written >= 1)
         held = await used_memory(url) - base
@@ -162,7 +163,9 @@ async def memory_untrimmed(url: str, n: int) -> None:
     writer = filled(n)
     async with trio.open_nursery() as nursery:
         link = await nursery.start(
-            functools.partial(repred.connect_redis, writer, url, name="bench")
+            functools.partial(
+                repred.connect_redis, writer, url, name="bench", compact_bytes=1
+            )
         )
         await link.wait_synced()
         await link.wait_statistics(lambda s: s.images_written >= 1)

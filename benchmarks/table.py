@@ -1,4 +1,4 @@
-"""Re-measure README.md's performance table in one command.
+"""Re-measure the documentation's performance table in one command.
 
 Every row's benchmark runs RUNS times, each time as a fresh process (or the
 pair of processes its script makes). A row with an anchor (JS scuttlebutt,
@@ -9,18 +9,21 @@ over the whole table, one run of every row each, and the order within a
 row is reversed every other round, so a change in the machine's load
 weighs on every row and both sides of a comparison alike.
 
-    python benchmarks/table.py [--runs N] [--markdown] [GROUP ...]
+    python benchmarks/table.py [--runs N] [--write] [GROUP ...]
         (default: 5 runs of every group: sync, sync_1m, many_sources,
         live, local, noop, memory, durable, trust, junk, idle_links,
-        placement, gossip)
+        placement, gossip, redis; redis needs redis-server on the PATH)
 
 Prints every JSON line the scripts print, each run preceded by a
 ``table_run`` line (with the 1-minute load average before it); then one
 ``table`` line per figure: its median, min and max and how many values it
 had (a script that times something several times, such as durable.py's
 three reopenings, gives several a run), and one per ratio, taken round by
-round (each side's median within the round). With ``--markdown``, the
-table's rows as README.md prints them, each figure as median (min-max).
+round (each side's median within the round); then one ``table_row`` line
+per row of the table, as it would be written. With ``--write``, the
+table's rows, each figure as median (min-max), replace the table between
+the markers of docs/benchmarks.rst (measure every group for that: the
+table is written whole).
 The JS runs need node and ``npm ci`` in ``tests/js``; without them they
 are left out, and the output says so.
 """
@@ -39,6 +42,10 @@ from pathlib import Path
 from _common import report
 
 HERE = Path(__file__).resolve().parent
+PAGE = HERE.parent / "docs" / "benchmarks.rst"
+# The table lies between these two comments of PAGE; --write replaces it.
+START = ".. table.py writes the table below; edit benchmarks/table.py instead."
+END = ".. table.py's table ends here."
 NODE = shutil.which("node")
 HAVE_JS = (
     NODE is not None
@@ -87,7 +94,7 @@ class Ratio:
 
 @dataclass
 class Group:
-    """Commands run one after another in each round, and the README rows
+    """Commands run one after another in each round, and the table's rows
     they fill: (what, repred's cell, JS's cell), each cell a format string
     over the names of the figures and ratios."""
 
@@ -207,7 +214,7 @@ def _live() -> Group:
         (
             "live streaming over TCP, per update, in bursts of 100 / yielding"
             " after each: both ends in one process; in two processes"
-            " (`--processes 2`)",
+            " (``--processes 2``)",
             "{tcp_1_100} / {tcp_1_1}; {tcp_2_100} / {tcp_2_1}",
             "",
         ),
@@ -230,7 +237,7 @@ def _local() -> Group:
         },
         [
             (
-                "local `model().set` / `gset` add (each value checked, see Guarantees)",
+                "local ``model().set`` / ``gset`` add (each value checked)",
                 "{model} / {gset}",
                 "",
             )
@@ -287,7 +294,7 @@ def _durable() -> Group:
             (
                 "reopening a 1M-entry store closed cleanly (every segment"
                 " checked; three reopenings a run): replaying a plain reducer"
-                " / resuming a `gset` from its saved state",
+                " / resuming a ``gset`` from its saved state",
                 "{replay} / {resume}",
                 "",
             ),
@@ -323,7 +330,7 @@ def _junk() -> Group:
         },
         [
             (
-                "`get` typed into a peer holding 10,000 junk members: median / worst",
+                "``get`` typed into a peer holding 10,000 junk members: median / worst",
                 "{median} / {worst}",
                 "",
             )
@@ -356,8 +363,8 @@ def _gossip() -> Group:
             # In link hops: a hop is a hundredth of a round.
             ("newcomer_hops", "rounds_for_a_newcomer_to_be_known", 0, 100.0),
             ("hops", "hops_for_a_write_to_reach_all", 0, 1.0),
-            ("kb", "bytes_per_node_per_round", 0, 1e-3),
-            ("per_member", "bytes_per_member_per_node_per_round", 0, 1.0),
+            ("bytes", "bytes_per_node_per_round", 0, 1.0),
+            ("per_member", "bytes_per_member_per_node_per_round", 1, 1.0),
             ("cpu", "cpu_ms_per_node_per_round", 1, 1.0),
         ):
             figures[f"{name}{n}"] = Figure(
@@ -376,17 +383,58 @@ def _gossip() -> Group:
         ),
         (
             "membership traffic and CPU per node per round at 100 / 300 / 1,000"
-            " peers (both grow with the peers: every node takes in every"
-            " member's heartbeat each round, about four times over, and each"
-            " new link opens with a digest of every member)",
-            "{kb100} / {kb300} / {kb1000} KB ({per_member100} / {per_member300}"
-            " / {per_member1000} bytes per member); CPU {cpu100} / {cpu300} /"
+            " peers, once settled (the traffic stays flat as the peers grow:"
+            " membership entries travel only on change, liveness comes from"
+            " the links a node holds, and a link between agreeing maps opens"
+            " with a fingerprint)",
+            "{bytes100} / {bytes300} / {bytes1000} bytes ({per_member100} /"
+            " {per_member300} / {per_member1000} bytes per member); CPU"
+            " {cpu100} / {cpu300} /"
             " {cpu1000} ms a node",
             "",
         ),
     ]
     command = py("gossip_rounds.py", *map(str, sizes))
     return Group("gossip", {"gossip": command}, figures, rows)
+
+
+def _redis() -> Group:
+    name = "redis"
+    figures = {}
+    for via in ("redis", "tcp"):
+        catch_up = {"bench": "catch_up", "via": via}
+        figures[f"catch_up_{via}"] = Figure(name, "seconds", 3, " s", catch_up)
+        live = {"bench": "live_latency", "via": via}
+        figures[f"live_{via}"] = Figure(name, "median_us", 0, " us", live)
+    figures["catch_up_ratio"] = Figure(name, "redis_over_tcp", 2, "x")
+    for held, short in (
+        ("image, stream trimmed", "trimmed"),
+        ("image and whole stream", "whole"),
+    ):
+        where = {"bench": "redis_memory", "held": held}
+        figures[f"memory_{short}"] = Figure(name, "bytes_per_key", 0, " bytes", where)
+    rows = [
+        (
+            "a new replica catching up on 100k keys through Redis (a child"
+            " process, from connect to synced) / a full sync over direct TCP",
+            "{catch_up_redis} / {catch_up_tcp}; {catch_up_ratio} (the median"
+            " of each run's three)",
+            "",
+        ),
+        (
+            "a live update reaching another replica through Redis / over a"
+            " direct TCP link (both ends in one process), median",
+            "{live_redis} / {live_tcp}",
+            "",
+        ),
+        (
+            "Redis memory per key held, 100k keys: the image with the stream"
+            " trimmed behind it / the image and the whole stream",
+            "{memory_trimmed} / {memory_whole}",
+            "",
+        ),
+    ]
+    return Group(name, {name: py("redis_link.py")}, figures, rows)
 
 
 def _placement() -> Group:
@@ -402,7 +450,7 @@ def _placement() -> Group:
         },
         [
             (
-                "`owners()` of 10,000 names over 1,000 members (members"
+                "``owners()`` of 10,000 names over 1,000 members (members"
                 " prepared once) / over 50 members",
                 "{fast} ({fast_us} a name) / {fifty} a name",
                 "",
@@ -425,6 +473,7 @@ GROUPS = (
     _idle_links,
     _placement,
     _gossip,
+    _redis,
 )
 
 
@@ -468,7 +517,7 @@ def _spread(values: list[float], digits: int, unit: str) -> str:
 
 
 def summarise(group: Group) -> dict[str, str]:
-    """Report every figure and ratio; return each as README shows it."""
+    """Report every figure and ratio; return each as the table shows it."""
     per_run: dict[str, list[list[float]]] = {}
     cells: dict[str, str] = {}
     for name, figure in group.figures.items():
@@ -508,7 +557,11 @@ def main() -> None:
         i = args.index("--runs")
         runs = int(args.pop(i + 1))
         args.pop(i)
+    if runs < 1:
+        sys.exit("--runs must be at least 1")
     chosen = [a for a in args if not a.startswith("--")]
+    if "--write" in args and chosen:
+        sys.exit("--write writes the whole table: measure every group")
     groups = [g() for g in GROUPS]
     groups = [g for g in groups if not chosen or g.name in chosen]
     measure(groups, runs)
@@ -516,11 +569,23 @@ def main() -> None:
     for group in groups:
         cells = summarise(group)
         rows += [(w, a.format(**cells), b.format(**cells)) for w, a, b in group.rows]
-    if "--markdown" in args:
-        print(f"\n{runs} runs each: median (min-max)\n")
-        print("| what | repred | JS scuttlebutt |\n| --- | --- | --- |")
-        for row in rows:
-            print("| " + " | ".join(row) + " |")
+    for what, ours, theirs in rows:
+        report("table_row", what=what, repred=ours, js=theirs)
+    if "--write" in args:
+        write_rows(PAGE, rows, f"{runs} runs each: median (min-max)")
+
+
+def write_rows(page: Path, rows: list[tuple[str, str, str]], caption: str) -> None:
+    """Replace the table between the page's markers with these rows."""
+    text = page.read_text()
+    if text.count(START) != 1 or text.count(END) != 1:
+        raise ValueError(f"{page} lacks the table's markers: {START!r}, {END!r}")
+    before, rest = text.split(START)
+    after = rest.split(END)[1]
+    table = [f".. list-table:: {caption}", "   :header-rows: 1", ""]
+    for row in [("what", "repred", "JS scuttlebutt"), *rows]:
+        table += [f"   * - {row[0]}", *(f"     - {cell}" for cell in row[1:])]
+    page.write_text(before + START + "\n\n" + "\n".join(table) + "\n\n" + END + after)
 
 
 if __name__ == "__main__":

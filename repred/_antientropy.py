@@ -71,7 +71,7 @@ import orjson
 from ._errors import RemoteProtocolError
 from ._hashtree import FANOUT, ITEMS, MAX_LEVEL, fingerprint, span
 from ._replica import log_of
-from ._summary import Summary, bucket_bytes, wire_record
+from ._summary import bucket_bytes, summary_of, wire_record
 from ._wire import (
     MAX_AE_ITEMS,
     MAX_AE_RANGES,
@@ -210,7 +210,7 @@ class AntiEntropy:
         common: dict[str, float] | None = None,
     ) -> None:
         self.replica = replica
-        self._summary = Summary(replica)
+        self._summary = summary_of(replica)
         self._common = common or {}
         self._origin = origin
         self._max_line = max_line

@@ -926,18 +926,12 @@ async def open_peer(
     (:class:`Transport`: TCP by default), ``rng`` the randomness and
     ``wall`` the clock in ms of the heartbeats (simulations pass their own).
 
-    With ``documents``, the peer also places documents: each on ``copies``
-    of the members only (see :ref:`placement`), reached from any node with
-    :meth:`Peer.document`. ``documents(name)`` makes the empty replica of
-    the document ``name`` (every node must make the same type for a name),
-    for instance ``lambda name: model(store=SqliteStore(f"{dir}/{name}.db"))``;
-    ``held`` names the documents this node held when it last ran (each is
-    made again with ``documents``, so its store is reopened), and
-    ``discard(name)`` is called once this node dropped a document it no
-    longer owns, after its owners held all of it (to delete its store, for
-    instance). Each copy must write under an id of its own (the factory
-    should leave ``id=`` to the replica). ``replicas`` are held by every
-    node beside them, as without documents.
+    With ``documents``, the peer places documents too, each on ``copies``
+    members only (see :ref:`placed-peers` and :meth:`Peer.document`):
+    ``documents(name)`` makes a document's empty replica (the same type on
+    every node, writing under an id of its own), ``held`` names those this
+    node held when it last ran (made again, so their stores reopen), and
+    ``discard(name)`` is told when this node dropped one its owners hold.
 
     Every other option is described in :class:`PeerOptions`,
     :class:`PlacementOptions`, :class:`LinkOptions` or :class:`Trust`.

@@ -363,7 +363,7 @@ class Trust:
 @attrs.frozen(kw_only=True)
 class PlacementOptions:
     """How a gossip peer places documents on the members (see
-    :ref:`placement`): given to :func:`repred.open_peer` as keywords of
+    :ref:`placed-peers`): given to :func:`repred.open_peer` as keywords of
     their own (checked at the call), with ``documents=``.
 
     Attributes:

@@ -279,6 +279,7 @@ class Replica:
     ) = None
 
     __slots__ = (
+        "__weakref__",  # a replica's summary is kept beside it (repred._summary)
         "_banned",
         "_checks_first",
         "_clock",

@@ -4,15 +4,18 @@ A :class:`Summary` reads a replica through its public-within-the-package
 methods (its clock, each source's log and that log's hash tree) and gives the
 fingerprints a round exchanges: the root, the buckets of sources, a source's
 record, a node's children, the entries of a small node, and, for a type that
-folds its history into snapshots, its whole state. The root is cached by the
-replica's revision, so a round between agreeing replicas costs a lookup, not
-a pass over every source. Pure: no I/O.
+folds its history into snapshots, its whole state. A replica has one
+summary, whichever of its links asks (:func:`summary_of`), and the root is
+cached by the replica's revision, so a round between agreeing replicas, on
+any link, new or old, costs a lookup, not a pass over every source. Pure:
+no I/O.
 """
 
 from __future__ import annotations
 
+import weakref
 from bisect import bisect_left, bisect_right
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
@@ -25,23 +28,46 @@ if TYPE_CHECKING:
     from ._hashtree import Node
     from ._replica import Replica
 
-__all__ = ["Record", "Summary", "bucket_bytes", "wire_record"]
+__all__ = ["Record", "Summary", "bucket_bytes", "summary_of", "wire_record"]
 
 #: A source's record: ``(source, clock, node, count, fingerprint)``.
 Record = tuple[str, float, "Node | None", int, bytes]
 
 _OPT = orjson.OPT_SORT_KEYS
 
+#: Roots kept per revision: links ask with their own limits (the clock both
+#: sides held before their sync) or none; a few cover the links of a round.
+_ROOTS_KEPT = 4
+
+#: Each live replica's summary, by the replica's id (a replica need not be
+#: hashable); an entry goes with its replica.
+_SUMMARIES: dict[int, Summary] = {}
+
+
+def summary_of(replica: Replica) -> Summary:
+    """The one :class:`Summary` of ``replica``, shared by all its links, so
+    a root is computed once per revision, not once per link."""
+    key = id(replica)
+    summary = _SUMMARIES.get(key)
+    if summary is None:
+        # A proxy, so that the summary does not keep its replica alive.
+        summary = _SUMMARIES[key] = Summary(cast("Replica", weakref.proxy(replica)))
+        weakref.finalize(replica, _SUMMARIES.pop, key, None)
+    return summary
+
 
 class Summary:
     """The fingerprints of what ``replica`` holds."""
 
-    __slots__ = ("_root_cache", "_state_cache", "replica")
+    __slots__ = ("_roots", "_state_cache", "replica")
 
     def __init__(self, replica: Replica) -> None:
         self.replica = replica
-        #: ``(revision, horizon, limits) -> (root, buckets)`` of the last root.
-        self._root_cache: tuple[Any, bytes, dict[int, list[Record]]] | None = None
+        #: ``(horizon, limits) -> (root, buckets)`` at ``revision``.
+        self._roots: tuple[int, dict[Any, tuple[bytes, dict[int, list[Record]]]]] = (
+            -1,
+            {},
+        )
         self._state_cache: tuple[int, bytes, bytes] | None = None
 
     def root(
@@ -49,10 +75,15 @@ class Summary:
     ) -> tuple[bytes, dict[int, list[Record]]]:
         """The root fingerprint and the records by bucket: every source up
         to its clock, or up to ``limits`` (only the sources it names)."""
-        key = (self.replica.revision, horizon, id(limits))
-        hit = self._root_cache
-        if hit is not None and hit[0] == key:
-            return hit[1], hit[2]
+        revision, roots = self._roots
+        if revision != self.replica.revision:
+            roots = {}
+            self._roots = (self.replica.revision, roots)
+        # Limits by value: each link has its own mapping, often equal.
+        key = (horizon, None if limits is None else tuple(sorted(limits.items())))
+        hit = roots.get(key)
+        if hit is not None:
+            return hit
         buckets = self.buckets(horizon, limits)
         root = fingerprint(
             b"".join(
@@ -60,7 +91,9 @@ class Summary:
                 for b, records in sorted(buckets.items())
             )
         )
-        self._root_cache = (key, root, buckets)
+        if len(roots) >= _ROOTS_KEPT:
+            del roots[next(iter(roots))]
+        roots[key] = root, buckets
         return root, buckets
 
     def buckets(

@@ -15,7 +15,7 @@ import contextlib
 import functools
 import ssl
 import urllib.parse
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import trio
 import trio_websocket
@@ -315,13 +315,23 @@ async def open_websocket(
                         server_hostname=host,
                         timeout=timeout,
                     )
+                # trio-websocket waits for a response even once the server
+                # has closed: the handshake ends when the stream does.
+                watched = _Watched(stream, handshake.cancel)
                 ws = await trio_websocket.wrap_client_stream(
                     nursery,
-                    stream,
+                    cast("Any", watched),  # any trio stream does
                     parts.netloc,
                     resource,
                     extra_headers=extra_headers,
                     max_message_size=max_message_size,
+                )
+                watched.on_end = None
+            if watched.ended:
+                raise PeerClosed(
+                    f"{url} closed the connection during the WebSocket handshake"
+                    " (is it a WebSocket endpoint? a repred TCP port takes"
+                    " connect_tcp, a gossip port open_peer)"
                 )
             if handshake.cancelled_caught:
                 raise SyncTimeout(f"no WebSocket handshake within {timeout} s")
@@ -331,6 +341,41 @@ async def open_websocket(
                 await MessageStream(ws).aclose()
     finally:
         await trio.aclose_forcefully(stream)
+
+
+class _Watched(trio.abc.Stream):
+    """A client's stream, which calls ``on_end`` once if the server ends it
+    or it fails (``ended``): what a handshake waits on must not outlive it."""
+
+    def __init__(self, stream: Any, on_end: Callable[[], object]) -> None:
+        self.stream = stream
+        self.on_end: Callable[[], object] | None = on_end
+        self.ended = False
+
+    def _end(self) -> None:
+        if self.on_end is not None:
+            self.ended = True
+            self.on_end()
+            self.on_end = None
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        try:
+            data: bytes = await self.stream.receive_some(max_bytes)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._end()
+            raise
+        if not data:
+            self._end()
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
 
 
 @contextlib.asynccontextmanager

@@ -143,7 +143,8 @@ def _web_host(text: str) -> str:
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="python -m repred.peer",
-        description="A repred gossip peer replicating a key-value map.",
+        description="A repred gossip peer replicating a key-value map: a model()"
+        ' named "data" (a program that joins with open_peer names its own alike).',
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -182,6 +183,13 @@ def _parser() -> argparse.ArgumentParser:
         " cloned machine)",
     )
     _trust_options(p)
+    _web_options(p)
+    _redis_options(p)
+    p.add_argument("-v", "--verbose", action="store_true", help="log link errors")
+    return p
+
+
+def _web_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--web",
         type=_listen_port,
@@ -206,6 +214,9 @@ def _parser() -> argparse.ArgumentParser:
         help="another name the web port may be reached by (a proxy's; '*': any)"
         " besides --host, --advertise and localhost (repeatable)",
     )
+
+
+def _redis_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--redis",
         type=_redis_url,
@@ -220,8 +231,6 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="--redis names a node of a Redis Cluster",
     )
-    p.add_argument("-v", "--verbose", action="store_true", help="log link errors")
-    return p
 
 
 def _check_redis_extra() -> None:

@@ -310,6 +310,47 @@ def test_agreeing_replicas_exchange_one_root_each_way():
     assert pair.a.statistics().antientropy_differed == 0
 
 
+def test_links_opened_one_after_another_compute_the_root_once(monkeypatch):
+    # A gossip peer opens a new link every few seconds: each must not pass
+    # over every source again while the replica has not changed.
+    from repred import _summary
+
+    a, b = model(id="A"), model(id="B")
+    _written(a, 200)
+    sync(a, b)
+    passes = []
+    buckets = _summary.Summary.buckets
+
+    def counted(self, horizon, limits):
+        passes.append(self.replica.id)
+        return buckets(self, horizon, limits)
+
+    monkeypatch.setattr(_summary.Summary, "buckets", counted)
+    for _ in range(3):
+        SessionPair(a, b).pump()
+    assert sorted(passes) == ["A", "B"]  # once each, for three links
+    a.set("k0", "new")
+    SessionPair(a, b).pump()
+    assert passes.count("A") == 2  # a write is a new revision: a new root
+
+
+def test_a_replica_is_not_kept_alive_by_its_summary():
+    import gc
+    import weakref
+
+    from repred import _summary
+
+    a, b = model(id="A"), model(id="B")
+    _written(a, 10)
+    SessionPair(a, b).pump()
+    gone, key = weakref.ref(a), id(a)
+    assert key in _summary._SUMMARIES
+    del a
+    gc.collect()
+    assert gone() is None
+    assert key not in _summary._SUMMARIES
+
+
 def test_replicas_that_compacted_at_different_times_are_not_told_they_differ():
     a, b = gset(id="A"), gset(id="B")
     for i in range(50):

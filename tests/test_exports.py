@@ -1,4 +1,4 @@
-"""The public names the README and users rely on, and nothing more."""
+"""The public names the documentation and users rely on, and nothing more."""
 
 import repred
 import repred.protocol

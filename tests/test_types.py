@@ -350,7 +350,7 @@ def test_types_refuse_peers_of_another_type():
 
 
 @pytest.mark.hypothesis  # check_reducer runs Hypothesis
-def test_readme_example_type_passes_the_check():
+def test_a_maximum_passes_the_check():
     def highest(state, update):
         if update > state[0]:
             state[0] = update

@@ -165,6 +165,18 @@ async def test_a_refused_handshake_is_a_clear_error(autojump_clock):
         nursery.cancel_scope.cancel()
 
 
+async def test_a_server_that_closes_during_the_handshake_is_said_at_once():
+    # A repred TCP port reads the upgrade request as a line, refuses it and
+    # closes: the client says so, instead of waiting out its handshake
+    # timeout (30 s) and then blaming the time.
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(repred.serve_tcp, model(id="tcp"), 0)
+        port = listeners[0].socket.getsockname()[1]
+        with pytest.raises(repred.PeerClosed, match="closed the connection"):
+            await repred.connect_websocket(model(id="c"), f"ws://127.0.0.1:{port}/")
+        nursery.cancel_scope.cancel()
+
+
 @pytest.mark.parametrize("server", ["serve_websocket", "web port"])
 async def test_connections_that_never_finish_a_handshake_are_bounded(server):
     replica = _filled(5)

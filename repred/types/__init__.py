@@ -1,6 +1,6 @@
 """Built-in replicated types, each a short reducer on the one primitive.
 
-See the README's table of types for each one's change shape and merge rule.
+The API reference tables each one's change shape and merge rule.
 """
 
 from __future__ import annotations
