@@ -43,7 +43,9 @@ from ._links import serve_tcp as serve_tcp
 from ._members import Membership as Membership
 from ._options import LinkOptions as LinkOptions
 from ._options import PeerOptions as PeerOptions
+from ._options import PlacementOptions as PlacementOptions
 from ._options import Trust as Trust
+from ._placed import DocumentStatistics as DocumentStatistics
 from ._placement import owners as owners
 from ._replica import ReducerOptions as ReducerOptions
 from ._replica import Replica as Replica
@@ -115,7 +117,7 @@ def __getattr__(name: str) -> Any:
 
 # Also importable from here, for annotations, though not names one needs to
 # learn: the records the functions above return (Change, ConnectionStatistics,
-# Membership, PeerStatistics, ReplicaStatistics, Subscription, and RedisLink and
-# RedisStatistics, with the redis extra), and the values and the protocol
-# their options are described by (LinkOptions, PeerOptions, Trust,
-# Transport).
+# DocumentStatistics, Membership, PeerStatistics, ReplicaStatistics,
+# Subscription, and RedisLink and RedisStatistics, with the redis extra), and
+# the values and the protocol their options are described by (LinkOptions,
+# PeerOptions, PlacementOptions, Trust, Transport).

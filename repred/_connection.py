@@ -489,8 +489,10 @@ class Connection:
                     and all(s.settled for s in channel.sessions)
                 ):
                     break
-                if channel.handshake_done and not channel.sessions:
-                    break  # nothing in common: nothing will ever flow
+                if channel.handshake_done and not channel.sessions and not live:
+                    # Nothing in common: nothing will ever flow. (A live
+                    # link stays: a document link opens sessions as needed.)
+                    break
                 await self._wait(live, options)
             # live=False: everything is exchanged. Say so, and give the peer
             # a moment to finish its side before the connection is dropped.

@@ -72,15 +72,18 @@ from ._options import (
     DEFAULT_ANTIENTROPY_INTERVAL,
     DEFAULT_FANOUT,
     DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_DOCUMENTS,
     DEFAULT_MAX_LINKS,
     DEFAULT_MAX_MEMBERS,
     DEFAULT_REAP_AFTER,
     DEFAULT_SEND_TIMEOUT,
     LinkOptions,
     PeerOptions,
+    PlacementOptions,
     Trust,
     pick,
 )
+from ._placed import DocumentStatistics, Placed
 from ._replica import wall_ms
 from ._serving import LinkTable, link_errors_logged
 from ._session import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_ENTRIES
@@ -93,6 +96,7 @@ if TYPE_CHECKING:
         AsyncIterator,
         Callable,
         Collection,
+        Iterable,
         Mapping,
         Sequence,
     )
@@ -100,6 +104,7 @@ if TYPE_CHECKING:
     from ._divergence import Divergence
     from ._http import RequestPolicy
     from ._members import Membership
+    from ._replica import Replica
     from ._transport import Transport
     from ._trust import SigningKey, Writers
 
@@ -126,6 +131,7 @@ class PeerStatistics:
         accepted: inbound connections accepted.
         refused: entries of the named replicas not applied because the peer
             is ``read_only``, over every link so far.
+        documents: the placed documents (with ``documents=``; else ``None``).
         suspected: nodes the membership map says are suspected (up for
             ``down_after`` after this node heard so, down after that).
         probes: syncs this node made to check on a node whose link ended
@@ -141,6 +147,7 @@ class PeerStatistics:
     dial_failures: int
     accepted: int
     refused: int = 0
+    documents: DocumentStatistics | None = None
     suspected: tuple[str, ...] = ()
     probes: int = 0
 
@@ -166,7 +173,16 @@ class Peer:
     :class:`repred.Divergence`): ``{"event": kind, "replica": name,
     "source": ..., "message": ...}`` where kind is ``"repaired"`` (with
     ``"entries"``), ``"equivocation"`` (with ``"ts"``), ``"twin-id"`` or
-    ``"banned"``.
+    ``"banned"``. A peer that places documents says what moves (see
+    :meth:`document`): ``{"event": "handoff", "document", "to", "entries"}``
+    when a node that newly owns a document was brought a copy,
+    ``{"event": "handoff-failed", "kind", "document", "to", "attempts",
+    "reason", "retry_in"}`` when that (``"kind": "handoff"``) or an owner's
+    catch-up (``"sync"``) failed and waits to be retried, ``{"event":
+    "received", "document", "from"}`` when a peer brought this node a
+    document it now owns, and ``{"event": "copy-dropped", "document",
+    "owners"}`` when this node dropped a copy once its owners held all of
+    it.
     """
 
     def __init__(
@@ -180,6 +196,7 @@ class Peer:
         on_event: Callable[[dict[str, Any]], None] | None,
         rng: random.Random,
         wall: Callable[[], float],
+        placed: Callable[..., Placed] | None = None,
     ) -> None:
         _check_replicas(replicas)
         self.options = options
@@ -218,6 +235,19 @@ class Peer:
         self._accepted = 0
         #: Entries refused (read_only) on links that have ended.
         self._refused = 0
+        #: The placed documents, if any (open_peer's documents=).
+        self._placed = None if placed is None else self._place(placed, rng)
+
+    def _place(self, placed: Callable[..., Placed], rng: random.Random) -> Placed:
+        """The placed documents, given what this peer offers them."""
+        return placed(
+            peer_options=self.options,
+            link_options=self._link_options,
+            connect=self._connect_to,
+            emit=self._emit,
+            rng=rng,
+            reserved=self.replicas.keys(),
+        )
 
     def __repr__(self) -> str:
         return f"<repred.Peer {self.address} links={len(self._links)}>"
@@ -279,9 +309,69 @@ class Peer:
             dial_failures=self._dial_failures,
             accepted=self._accepted,
             refused=self._refused + sum(c.statistics().refused for c in self._links),
+            documents=None if self._placed is None else self._placed.statistics(),
             suspected=tuple(self._view.suspected()),
             probes=self._probes,
         )
+
+    # -- placed documents ------------------------------------------------
+
+    def _documents(self) -> Placed:
+        if self._placed is None:
+            raise RepredError(
+                "this peer places no documents: give open_peer documents="
+            )
+        return self._placed
+
+    async def document(self, name: str) -> Replica:
+        """The replica of the placed document ``name`` on this node.
+
+        On one of its owners, the durable copy (made with the ``documents``
+        factory); on any other node, a live copy, linked to the first of
+        its owners that answers: its writes reach that owner at once (and
+        from there the others), and what the owners hold reaches it. It
+        returns once the copy has synced with one owner, or after
+        ``connect_timeout`` if none answers (it links when one does). The
+        copy is kept here while the peer runs, owned or not.
+
+        Raises:
+            RepredError: the peer places no documents, or holds
+                ``max_documents`` already.
+            TypeError, ValueError: a bad name (see :func:`check_document_name
+                <repred._doclink.check_document_name>`), or the name of one
+                of the peer's ``replicas=``.
+        """
+        return await self._documents().document(name)
+
+    def owners(self, name: str) -> list[str]:
+        """The addresses of the nodes that own the document ``name``, most
+        preferred first: :func:`repred.owners` over the members this node
+        settled on (every node that sees the same members says the same)."""
+        return self._documents().owners(name)
+
+    def holding(self) -> list[str]:
+        """The names of the documents this node holds as one of their owners."""
+        return self._documents().holding()
+
+    async def wait_replicated(self, name: str, copies: int = 2) -> None:
+        """Wait until ``copies`` owners of ``name`` hold everything this node
+        holds of it (Dynamo's W): applied, and committed if their replica
+        has a store. This node counts if it owns the document.
+
+        Owners say how far they hold a document on the link that brought
+        it (see :mod:`repred._doclink`); the copies they lack are sent
+        (as a hand-off's are: retried until they arrive, and reported).
+        It waits for as long as that takes: bound it with a cancel scope
+        (``with trio.fail_after(10): ...``).
+
+        Raises:
+            RepredError: the peer places no documents, or dropped its copy
+                while waiting.
+            ValueError: this node holds no copy of ``name`` (call
+                :meth:`document` first), or ``copies`` is not from 1 to the
+                peer's ``copies``.
+        """
+        await self._documents().wait_replicated(name, copies)
 
     # -- running -------------------------------------------------------
 
@@ -317,16 +407,20 @@ class Peer:
         """Listen, beat, gossip and re-dial (and serve the web port) while
         the block runs."""
         stop_watching = self._watch_divergence()
-        async with single_errors(), trio.open_nursery() as nursery:
-            await self._start(nursery)
-            if self._web is not None:
-                await self._serve_web(nursery, *self._web)
-            try:
-                yield self
-            finally:
-                stop_watching()
-                self._nursery = None  # no more probes
-                nursery.cancel_scope.cancel()
+        try:
+            async with single_errors(), trio.open_nursery() as nursery:
+                await self._start(nursery)
+                if self._web is not None:
+                    await self._serve_web(nursery, *self._web)
+                try:
+                    yield self
+                finally:
+                    stop_watching()
+                    self._nursery = None  # no more probes
+                    nursery.cancel_scope.cancel()
+        finally:
+            if self._placed is not None:
+                self._placed.close()  # every link has ended
 
     async def _start(self, nursery: trio.Nursery) -> None:
         bound = await self._transport.listen(
@@ -343,6 +437,8 @@ class Peer:
         for _ in range(self.options.fanout):
             nursery.start_soon(self._gossip)
         nursery.start_soon(self._redial)
+        if self._placed is not None:
+            await nursery.start(self._placed.run, self)
 
     async def _serve_web(
         self, nursery: trio.Nursery, port: int, policy: RequestPolicy
@@ -360,6 +456,7 @@ class Peer:
                 policy=policy,
                 options=attrs.evolve(self._link_options, receive=not options.read_only),
                 max_links=options.max_links,
+                documents=None if self._placed is None else self._placed.web_handler,
             )
         )
         self.web_address = f"{self.host}:{web[0].socket.getsockname()[1]}"
@@ -373,6 +470,9 @@ class Peer:
         last heard; ``None`` if it is not in the membership map."""
         entry = self._members.entry(address)
         return None if entry is None else entry[2]
+
+    async def _connect_to(self, node: str) -> trio.abc.Stream:
+        return await self._transport.connect(node, source=self.address)
 
     def _emit(self, event: dict[str, Any]) -> None:
         if self._on_event is not None:
@@ -468,6 +568,12 @@ class Peer:
 
     async def _handle_inbound(self, stream: trio.abc.Stream) -> None:
         self._accepted += 1
+        if self._placed is not None:
+            # A document link is the placed documents' own.
+            gossip = await self._placed.take(stream)
+            if gossip is None:
+                return
+            stream = gossip
         start = trio.current_time()
         channels: list[Mux] = []
         broken = refused = False
@@ -740,12 +846,22 @@ def _peer_links(options: PeerOptions, arguments: Mapping[str, Any]) -> LinkOptio
 def _new_peer(arguments: Mapping[str, Any]) -> Peer:
     """The peer :func:`open_peer`'s keywords describe, each checked."""
     options = pick(PeerOptions, arguments)
+    placement = pick(PlacementOptions, arguments)
     transport = arguments["transport"] or TcpTransport(
         options.ssl_context,
         options.client_ssl_context,
         handshake_timeout=options.connect_timeout,
         max_handshakes=options.max_links,
     )
+    placed = None
+    if arguments["documents"] is not None:
+        placed = functools.partial(
+            Placed,
+            factory=arguments["documents"],
+            options=placement,
+            held=arguments["held"],
+            discard=arguments["discard"],
+        )
     return Peer(
         replicas=arguments["replicas"] or {},
         options=options,
@@ -755,6 +871,7 @@ def _new_peer(arguments: Mapping[str, Any]) -> Peer:
         on_event=arguments["on_event"],
         rng=arguments["rng"] or random.Random(),
         wall=arguments["wall"] or wall_ms,
+        placed=placed,
     )
 
 
@@ -795,6 +912,13 @@ async def open_peer(
     web_origins: Collection[str] = (),
     web_hosts: Collection[str] = (),
     antientropy_interval: float | None = DEFAULT_ANTIENTROPY_INTERVAL,
+    documents: Callable[[str], Replica] | None = None,
+    copies: int = 3,
+    held: Iterable[str] = (),
+    discard: Callable[[str], None] | None = None,
+    max_documents: int = DEFAULT_MAX_DOCUMENTS,
+    handoffs: int = 8,
+    handoff_timeout: float = 30.0,
 ) -> AsyncIterator[Peer]:
     """Run a gossip peer inside the caller's trio program.
 
@@ -806,8 +930,16 @@ async def open_peer(
     :class:`Peer`). ``transport`` is how peers reach each other
     (:class:`Transport`: TCP by default), ``rng`` the randomness and
     ``wall`` the clock in ms of the heartbeats (simulations pass their own).
+
+    With ``documents``, the peer places documents too, each on ``copies``
+    members only (see :ref:`placed-peers` and :meth:`Peer.document`):
+    ``documents(name)`` makes a document's empty replica (the same type on
+    every node, writing under an id of its own), ``held`` names those this
+    node held when it last ran (made again, so their stores reopen), and
+    ``discard(name)`` is told when this node dropped one its owners hold.
+
     Every other option is described in :class:`PeerOptions`,
-    :class:`LinkOptions` or :class:`Trust`.
+    :class:`PlacementOptions`, :class:`LinkOptions` or :class:`Trust`.
 
     Raises:
         TypeError, ValueError: a bad option, at the call.

@@ -33,12 +33,14 @@ __all__ = [
     "DEFAULT_FANOUT",
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_KEEPALIVE_INTERVAL",
+    "DEFAULT_MAX_DOCUMENTS",
     "DEFAULT_MAX_LINKS",
     "DEFAULT_MAX_MEMBERS",
     "DEFAULT_REAP_AFTER",
     "DEFAULT_SEND_TIMEOUT",
     "LinkOptions",
     "PeerOptions",
+    "PlacementOptions",
     "Trust",
     "pick",
 ]
@@ -64,6 +66,8 @@ DEFAULT_MAX_MEMBERS = 16_384
 DEFAULT_REAP_AFTER = 3600.0
 #: Outgoing live links a peer keeps at once (each to a random live node).
 DEFAULT_FANOUT = 3
+#: The most placed documents one node holds at once.
+DEFAULT_MAX_DOCUMENTS = 16_384
 
 T = TypeVar("T", bound=attrs.AttrsInstance)
 
@@ -354,3 +358,30 @@ class Trust:
     signing_key: SigningKey | None = None
     verify: bool = attrs.field(default=False, validator=_flag)
     writers: Writers | None = None
+
+
+@attrs.frozen(kw_only=True)
+class PlacementOptions:
+    """How a gossip peer places documents on the members (see
+    :ref:`placed-peers`): given to :func:`repred.open_peer` as keywords of
+    their own (checked at the call), with ``documents=``.
+
+    Attributes:
+        copies: how many members own each document (Dynamo's N). Every
+            node of a cluster must be given the same: a link between nodes
+            that differ is refused.
+        max_documents: the most documents this node holds at once (owned,
+            live copies and copies it is handing off). Past it, peers'
+            links to more are refused (``full``), and
+            :meth:`repred.Peer.document` raises.
+        handoffs: how many copies this node sends or checks at once (the
+            rest wait their turn, earliest due first).
+        handoff_timeout: seconds a copy being sent may make no progress
+            before the try counts as failed (it is retried, and resumes
+            where it stopped).
+    """
+
+    copies: int = attrs.field(default=3, validator=_count)
+    max_documents: int = attrs.field(default=DEFAULT_MAX_DOCUMENTS, validator=_count)
+    handoffs: int = attrs.field(default=8, validator=_count)
+    handoff_timeout: float = attrs.field(default=30.0, validator=_seconds)

@@ -8,7 +8,9 @@ One port serves:
   page may load too;
 * a WebSocket at ``/replicas/NAME`` for each named replica, speaking the
   plain single-replica protocol (an unmodified JS scuttlebutt Model piped
-  through ``websocket-stream`` replicates with ``/replicas/data``).
+  through ``websocket-stream`` replicates with ``/replicas/data``), and, on
+  a peer that places documents, for any other document name (a live copy
+  on this node linked to an owner, or the owner's own).
 
 Requests are read with h11 (no HTTP parsing written here); a WebSocket
 upgrade is handed, with the bytes already read, to trio-websocket. Who may
@@ -48,6 +50,9 @@ if TYPE_CHECKING:
     from ._http import Request
     from ._replica import Replica
 
+    #: What serves one stream.
+    Handler = Callable[[trio.abc.Stream], Awaitable[None]]
+
 __all__ = ["PAGES", "serve_web"]
 
 #: The files served, by path: (file in ``repred/web``, content type).
@@ -72,6 +77,7 @@ async def serve_web(
     options: LinkOptions | None = None,
     max_links: int = DEFAULT_MAX_LINKS,
     on_connection: Callable[[Connection], None] | None = None,
+    documents: Callable[[str], Handler | None] | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the pages and a WebSocket link per replica on ``host:port``.
@@ -82,6 +88,8 @@ async def serve_web(
             and the pages of this server's own origin:
             ``RequestPolicy.serving(host)``).
         options: the links' options (:class:`LinkOptions`).
+        documents: what serves ``/replicas/NAME`` for a name that is not
+            one of ``replicas`` (``None`` from it: 404).
     """
     policy = policy or RequestPolicy.serving(host)
     options = options or LinkOptions()
@@ -91,8 +99,14 @@ async def serve_web(
     }
     prefix = "/replicas/"
 
-    def route(path: str) -> Callable[[trio.abc.Stream], Awaitable[None]] | None:
-        return handlers.get(path[len(prefix) :]) if path.startswith(prefix) else None
+    def route(path: str) -> Handler | None:
+        if not path.startswith(prefix):
+            return None
+        name = path[len(prefix) :]
+        handler = handlers.get(name)
+        if handler is None and documents is not None:
+            return documents(name)
+        return handler
 
     # Requests being read (each within the handshake timeout): at most
     # max_links, 16 from one address, the oldest pushed out past that.

@@ -3,12 +3,19 @@
 It listens on SERVER_PORT, links first to CLIENT_PORT if given (and to every
 ``--seed``), says it is alive in the replicated membership map (and again
 whenever another node suspects it), and replicates a last-write-wins map
-named ``data``. Type on standard input::
+named ``data``. With ``--copies N`` it places documents instead: each
+last-write-wins map (the one named ``todo`` is the todo page's lists) lives
+on N of the nodes, and any node reaches it through them. Type on standard
+input::
 
     set KEY VALUE     (VALUE is JSON if it parses, a string otherwise)
     get KEY
     del KEY
     peers
+    use NAME          (with --copies: the document the commands act on)
+    owners [NAME]     (with --copies: the nodes that hold it)
+    holding           (with --copies: what this node holds as an owner)
+    confirm [COPIES]  (with --copies: wait until that many owners hold it)
 
 KEY is one word, or a JSON string: ``set "my key" 1``.
 
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import errno
 import functools
 import json
@@ -36,13 +44,14 @@ import socket
 import ssl
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
 import orjson
 import trio
 
 from ._address import parse_address
+from ._doclink import check_document_name
 from ._errors import RepredError
 from ._gossip import open_peer
 from ._groups import single_errors
@@ -70,6 +79,12 @@ class _Parser(argparse.ArgumentParser):
 def _port(text: str) -> int:
     if not text.isdigit() or not 0 < int(text) < 65536:
         raise argparse.ArgumentTypeError(f"a port is 1-65535, not {text!r}")
+    return int(text)
+
+
+def _copies(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"copies are 1 to 64, not {text!r}")
     return int(text)
 
 
@@ -151,6 +166,14 @@ def _parser() -> argparse.ArgumentParser:
         "--data",
         metavar="DIR",
         help="keep the replicated map in DIR (SQLite), across restarts",
+    )
+    p.add_argument(
+        "--copies",
+        type=_copies,
+        metavar="N",
+        help="place documents: each on N nodes only (every node of the network"
+        " must say the same N); with --data, each in its own store under"
+        " DIR/documents",
     )
     p.add_argument(
         "--new-id",
@@ -352,6 +375,12 @@ commands on standard input (one per line):
   get KEY         print KEY's value             e.g.  get colour
   del KEY         delete KEY (if it is set)     e.g.  del colour
   peers           print the nodes seen alive
+  with --copies, documents (each on N nodes; the commands start on "data"):
+  use NAME        act on the document NAME from now on   e.g.  use recipes
+  owners [NAME]   print the nodes that hold NAME (or the current one)
+  holding         print the documents this node holds as an owner
+  confirm [N]     say when N owners (default 2) hold what this node holds of
+                  the current document (an error after 60 s)
   KEY is one word, or a JSON string (a key with spaces or quotes):
                   e.g.  set "my key" 1    get "my key"    del "say \\"hi\\""
   a command without its words prints its usage (usage: set KEY VALUE)
@@ -382,6 +411,18 @@ events printed with --json (one JSON object per line):
               node refuses set and del until restarted with --new-id)
   banned     {"event":"banned",...} (with --verify: a source proven to sign
               two entries for one stamp; its later entries are refused)
+  with --copies, update, delete and value name their "document", and:
+  using      {"event":"using","document":"recipes","owners":[...]}
+  owners     {"event":"owners","document":"recipes","owners":[...]}
+  holding    {"event":"holding","documents":["data","recipes"]}
+  confirmed  {"event":"confirmed","document":"recipes","copies":2}
+  handoff    {"event":"handoff","document":"recipes","to":"...","entries":3}
+             (a node that newly owns it was sent this node's copy)
+  handoff-failed  {"event":"handoff-failed","kind":"handoff","document":...,
+             "to":...,"attempts":1,"reason":"...","retry_in":1.2} (retried)
+  received   {"event":"received","document":"recipes","from":"..."}
+  copy-dropped  {"event":"copy-dropped","document":"recipes","owners":[...]}
+             (no longer owned here, and its owners hold all of it)
   redis      {"event":"redis","state":"waiting","url":"redis://host:6379"}
               (with --redis: "waiting" once while Redis cannot be reached,
               "linked" once every replica has read what Redis holds and
@@ -468,8 +509,26 @@ def check_options(args: argparse.Namespace) -> None:
         )
     if args.web and args.web == args.server_port:
         raise ValueError(f"--web {args.web} is SERVER_PORT too: give it its own port")
+    if args.copies:
+        _check_placed(args)
     if args.data:
         _data_directory(args.data)
+
+
+def _check_placed(args: argparse.Namespace) -> None:
+    """What --copies does not go with."""
+    for flag, given in [
+        ("--key", args.key is not None),
+        ("--read-only", args.read_only),
+        ("--redis", args.redis is not None),
+    ]:
+        if given:
+            raise ValueError(
+                f"--copies with {flag}: not supported (a placed document's"
+                " copies write under ids of their own, which a node's key"
+                " cannot give; an owner must take what is written; Redis"
+                " carries named replicas only)"
+            )
 
 
 def _data_directory(path: str) -> None:
@@ -552,6 +611,39 @@ def _plain(text: Any) -> str:
     return orjson.dumps(word).decode()
 
 
+def _nodes(nodes: list[str]) -> str:
+    return " ".join(_plain(n) for n in nodes) or "(none)"
+
+
+def _failed_text(e: dict[str, Any]) -> str:
+    return (
+        f"cannot bring {_plain(e['to'])}'s copy of {_plain(e['document'])} up"
+        f" to date: {_plain(e['reason'])} (try {e['attempts']}; again in"
+        f" {e['retry_in']:g} s)"
+    )
+
+
+#: How the events of placed documents read as text.
+_PLACED_TEXT: dict[str, Callable[[dict[str, Any]], str]] = {
+    "using": lambda e: f"using {_plain(e['document'])} (owners: {_nodes(e['owners'])})",
+    "owners": lambda e: f"{_plain(e['document'])} is held by {_nodes(e['owners'])}",
+    "holding": lambda e: f"holding: {_nodes(e['documents'])}",
+    "confirmed": lambda e: (
+        f"{_plain(e['document'])}: {e['copies']} owners hold what this node holds"
+    ),
+    "handoff": lambda e: (
+        f"sent {_plain(e['document'])} to {_plain(e['to'])} ({e['entries']} entries)"
+    ),
+    "handoff-failed": _failed_text,
+    "received": lambda e: (
+        f"now holding {_plain(e['document'])} (from {_plain(e['from'])})"
+    ),
+    "copy-dropped": lambda e: (
+        f"dropped {_plain(e['document'])}: its owners hold it ({_nodes(e['owners'])})"
+    ),
+}
+
+
 def _value_text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
@@ -561,6 +653,11 @@ def format_event(event: dict[str, Any], as_json: bool) -> str:
     if as_json:
         return orjson.dumps(event).decode()
     kind = event["event"]
+    if kind in _PLACED_TEXT:
+        return _PLACED_TEXT[kind](event)
+    if "document" in event:  # a document's update, delete or value
+        rest = {k: v for k, v in event.items() if k != "document"}
+        return f"{_plain(event['document'])}: {format_event(rest, as_json)}"
     if kind == "update":
         return (
             f"{_plain(event['key'])} = {_value_text(event['value'])}"
@@ -762,39 +859,66 @@ class CommandLines:
         return None if self._skipping else self._decoder.eof()
 
 
-async def _commands(
-    stdin: trio.lowlevel.FdStream, data: Any, peer: Any, out: _Output
-) -> None:
+class _Shell:
+    """What the typed commands act on: the peer, and the replica they read
+    and write (``data``, or with ``--copies`` the document ``use`` named)."""
+
+    def __init__(self, peer: Any, out: _Output, data: Any, name: str | None) -> None:
+        self.peer = peer
+        self.out = out
+        self.data = data
+        #: The document the commands act on (with --copies).
+        self.name = name
+        self.nursery: trio.Nursery | None = None
+        self._shown: set[str] = set()
+
+    def show(self, data: Any, name: str | None) -> None:
+        """Print every change to ``data``, once it is shown at all."""
+        if name is not None:
+            if name in self._shown:
+                return
+            self._shown.add(name)
+        _show_updates(data, self.out, name)
+
+
+async def _commands(stdin: trio.lowlevel.FdStream, shell: _Shell) -> None:
     """Run the commands typed on standard input until it ends."""
     reader = CommandLines()
-    while chunk := await stdin.receive_some(65536):
-        for line in reader.feed(chunk):
-            _command(line, data, peer, out)
-        for _ in range(reader.take_dropped()):
-            out({"event": "error", "message": "input line too long; dropped"})
-    rest = reader.eof()
-    if rest is not None:
-        _command(rest, data, peer, out)
+    async with trio.open_nursery() as nursery:
+        shell.nursery = nursery  # (where confirm waits)
+        while chunk := await stdin.receive_some(65536):
+            for line in reader.feed(chunk):
+                await _command(line, shell)
+            for _ in range(reader.take_dropped()):
+                shell.out({"event": "error", "message": "input line too long; dropped"})
+        rest = reader.eof()
+        if rest is not None:
+            await _command(rest, shell)
+        nursery.cancel_scope.cancel()
 
 
-def _command(raw: bytes, data: Any, peer: Any, out: _Output) -> None:
+async def _command(raw: bytes, shell: _Shell) -> None:
     text = raw.decode("utf-8", "replace").strip()
     if not text:
         return
     name, _, rest = text.partition(" ")
     cmd = name.lower()
-    if cmd not in _COMMANDS:
-        out({"event": "error", "message": f"unknown command: {text[:200]}"})
+    placed = shell.name is not None
+    if cmd not in _COMMANDS or (cmd in _PLACED and not placed):
+        why = " (needs --copies)" if cmd in _PLACED else ""
+        shell.out({"event": "error", "message": f"unknown command{why}: {text[:200]}"})
         return
     run, words = _COMMANDS[cmd]
     args = _arguments(rest.strip(), words)
     if args is None:
-        out({"event": "error", "message": f"usage: {_USAGE[cmd]}"})
+        shell.out({"event": "error", "message": f"usage: {_USAGE[cmd]}"})
         return
     try:
-        run(args, data, peer, out)
+        done = run(args, shell)
+        if done is not None:
+            await done
     except (TypeError, ValueError, RepredError) as exc:
-        out({"event": "error", "message": f"{cmd}: {exc}"})
+        shell.out({"event": "error", "message": f"{cmd}: {exc}"})
 
 
 def _writable(data: Any) -> None:
@@ -807,9 +931,16 @@ def _writable(data: Any) -> None:
         )
 
 
-def _arguments(text: str, words: int) -> list[str] | None:
+def _arguments(text: str, words: int | tuple[int, ...]) -> list[str] | None:
     """KEY (a word, or a JSON string for a key with spaces), then the rest
-    of the line if ``words`` is 2: ``None`` unless exactly that many."""
+    of the line if ``words`` is 2: ``None`` unless exactly that many (or
+    one of the counts ``words`` gives)."""
+    if isinstance(words, tuple):
+        for count in words:
+            args = _arguments(text, count)
+            if args is not None:
+                return args
+        return None
     if words == 0:
         return None if text else []
     if not text:
@@ -833,55 +964,129 @@ def _arguments(text: str, words: int) -> list[str] | None:
 _JSON_STRING = json.JSONDecoder()
 
 
-def _set(args: list[str], data: Any, peer: Any, out: _Output) -> None:
-    _writable(data)
-    data.set(args[0], _value(args[1]))
+def _set(args: list[str], shell: _Shell) -> None:
+    _writable(shell.data)
+    shell.data.set(args[0], _value(args[1]))
 
 
-def _get(args: list[str], data: Any, peer: Any, out: _Output) -> None:
-    key = args[0]
+def _get(args: list[str], shell: _Shell) -> None:
+    key, data = args[0], shell.data
     event = {"event": "value", "key": key, "value": data.get(key)}
     if key in data.state and data.state[key] is None:
         event["deleted"] = True  # a delete, not a key never written
-    out(event)
+    shell.out(_in_document(event, shell.name))
 
 
-def _del(args: list[str], data: Any, peer: Any, out: _Output) -> None:
-    _writable(data)
-    if data.get(args[0]) is None:
+def _del(args: list[str], shell: _Shell) -> None:
+    _writable(shell.data)
+    if shell.data.get(args[0]) is None:
         # Nothing to delete: a delete would still be recorded and sent to
         # every peer, for a key no one ever wrote.
         raise ValueError(f"{_plain(args[0])} is not set")
-    data.delete(args[0])
+    shell.data.delete(args[0])
 
 
-def _peers(args: list[str], data: Any, peer: Any, out: _Output) -> None:
-    out({"event": "peers", "peers": peer.members()})
+def _peers(args: list[str], shell: _Shell) -> None:
+    shell.out({"event": "peers", "peers": shell.peer.members()})
 
 
-_Command = Callable[[list[str], Any, Any, _Output], None]
+async def _use(args: list[str], shell: _Shell) -> None:
+    name = check_document_name(args[0])
+    data = await shell.peer.document(name)
+    if data.type_name != "model":
+        raise ValueError(f"{name} is the todo page's lists, not a map")
+    shell.data, shell.name = data, name
+    shell.show(data, name)
+    owners = shell.peer.owners(name)
+    shell.out({"event": "using", "document": name, "owners": owners})
+
+
+def _owners(args: list[str], shell: _Shell) -> None:
+    name = check_document_name(args[0] if args else shell.name)
+    shell.out({"event": "owners", "document": name, "owners": shell.peer.owners(name)})
+
+
+def _holding(args: list[str], shell: _Shell) -> None:
+    shell.out({"event": "holding", "documents": shell.peer.holding()})
+
+
+#: How long ``confirm`` waits for the owners' acknowledgements.
+CONFIRM_SECONDS = 60.0
+
+
+def _confirm(args: list[str], shell: _Shell) -> None:
+    if args and not args[0].isdigit():
+        raise ValueError(f"COPIES is a number of owners, not {args[0][:20]!r}")
+    copies = int(args[0]) if args else 2
+    assert shell.nursery is not None
+    assert shell.name is not None
+    shell.nursery.start_soon(_confirmed, shell, shell.name, copies)
+
+
+async def _confirmed(shell: _Shell, name: str, copies: int) -> None:
+    """Say when ``copies`` owners hold what this node holds of ``name``
+    (what it holds when the command is typed)."""
+    try:
+        with trio.fail_after(CONFIRM_SECONDS):
+            await shell.peer.wait_replicated(name, copies)
+    except trio.TooSlowError:
+        message = f"confirm: {copies} copies of {name} not confirmed within"
+        shell.out({"event": "error", "message": f"{message} {CONFIRM_SECONDS:g} s"})
+    except (ValueError, RepredError) as exc:
+        shell.out({"event": "error", "message": f"confirm: {exc}"})
+    else:
+        shell.out({"event": "confirmed", "document": name, "copies": copies})
+
+
+_Command = Callable[[list[str], _Shell], Awaitable[None] | None]
 
 #: The commands typed on standard input: name -> (what runs, the words it
-#: takes after its name: KEY, or KEY VALUE).
-_COMMANDS: dict[str, tuple[_Command, int]] = {
+#: takes after its name: KEY, or KEY VALUE, or one of several counts).
+_COMMANDS: dict[str, tuple[_Command, int | tuple[int, ...]]] = {
     "set": (_set, 2),
     "get": (_get, 1),
     "del": (_del, 1),
     "peers": (_peers, 0),
+    "use": (_use, 1),
+    "owners": (_owners, (0, 1)),
+    "holding": (_holding, 0),
+    "confirm": (_confirm, (0, 1)),
 }
-_USAGE = {"set": "set KEY VALUE", "get": "get KEY", "del": "del KEY", "peers": "peers"}
+#: The commands only a peer that places documents (--copies) takes.
+_PLACED = frozenset(("use", "owners", "holding", "confirm"))
+_USAGE = {
+    "set": "set KEY VALUE",
+    "get": "get KEY",
+    "del": "del KEY",
+    "peers": "peers",
+    "use": "use NAME",
+    "owners": "owners [NAME]",
+    "holding": "holding",
+    "confirm": "confirm [COPIES]",
+}
 
 
-def _show_updates(data: Any, out: _Output) -> None:
+def _in_document(event: dict[str, Any], name: str | None) -> dict[str, Any]:
+    """``event``, naming the document it is about (with --copies)."""
+    return event if name is None else {**event, "document": name}
+
+
+def _show_updates(data: Any, out: _Output, name: str | None = None) -> None:
     """Print every change to the map, local or remote, as it is applied."""
 
     def show(effect: Any, ts: float, source: str, origin: object) -> None:
         if effect:
             key, value = effect
             if value is None:
-                out({"event": "delete", "key": key, "source": source})
+                event = {"event": "delete", "key": key, "source": source}
             else:
-                out({"event": "update", "key": key, "value": value, "source": source})
+                event = {
+                    "event": "update",
+                    "key": key,
+                    "value": value,
+                    "source": source,
+                }
+            out(_in_document(event, name))
 
     data.add_listener(show)
 
@@ -901,6 +1106,9 @@ async def run(args: argparse.Namespace) -> None:
     seeds = list(args.seed)
     if args.client_port is not None:
         seeds.insert(0, f"{args.host}:{args.client_port}")
+    if args.copies:
+        await _run_placed(args, seeds, out)
+        return
     store = None
     if args.data:
         os.makedirs(args.data, exist_ok=True)
@@ -923,15 +1131,65 @@ async def run(args: argparse.Namespace) -> None:
         if args.new_id:
             replicas["todo"].take_new_id(data.id)
     try:
-        async with single_errors(), trio.open_nursery() as nursery:
-            with trio.CancelScope() as scope:
-                nursery.start_soon(_until_signalled, scope)
-                await _serve(args, replicas, seeds, out)
-            nursery.cancel_scope.cancel()
+        await _until_signalled_or(_serve(args, replicas, seeds, out))
     finally:
         out.close()
         for replica in replicas.values():
             replica.close()
+
+
+async def _until_signalled_or(serving: Awaitable[None]) -> None:
+    """Run ``serving`` until it returns, or SIGINT or SIGTERM."""
+    async with single_errors(), trio.open_nursery() as nursery:
+        with trio.CancelScope() as scope:
+            nursery.start_soon(_until_signalled, scope)
+            await serving
+        nursery.cancel_scope.cancel()
+
+
+async def _run_placed(args: argparse.Namespace, seeds: list[str], out: _Output) -> None:
+    """The peer with --copies: no replica of its own, documents placed."""
+    folder = os.path.join(args.data, "documents") if args.data else None
+    held = _stored_documents(folder)
+    fresh = set(held) if args.new_id else set()
+
+    def factory(name: str) -> Any:
+        store = None
+        if folder is not None:
+            os.makedirs(folder, exist_ok=True)
+            store = SqliteStore(os.path.join(folder, f"{name}.db"))
+        replica = (doc if name == "todo" else model)(store=store)
+        if name in fresh:
+            fresh.discard(name)
+            replica.take_new_id()  # (--new-id: once, for what was stored)
+        return replica
+
+    def discard(name: str) -> None:
+        if folder is not None:
+            for suffix in (".db", ".db-wal", ".db-shm", ".db.lock"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(folder, name + suffix))
+
+    placed = {"documents": factory, "held": held, "discard": discard}
+    try:
+        await _until_signalled_or(_serve(args, {}, seeds, out, placed))
+    finally:
+        out.close()
+
+
+def _stored_documents(folder: str | None) -> list[str]:
+    """The documents whose stores are in ``folder`` (what a node held)."""
+    if folder is None or not os.path.isdir(folder):
+        return []
+    names = []
+    for entry in sorted(os.listdir(folder)):
+        name, dot, suffix = entry.rpartition(".")
+        try:
+            if dot and suffix == "db":
+                names.append(check_document_name(name))
+        except ValueError:
+            pass  # (not one of ours)
+    return names
 
 
 async def _serve(
@@ -939,8 +1197,10 @@ async def _serve(
     replicas: dict[str, Any],
     seeds: list[str],
     out: _Output,
+    placed: dict[str, Any] | None = None,
 ) -> None:
-    data = replicas["data"]
+    data = replicas.get("data")
+    placed = placed or {}
     async with (
         open_peer(
             port=args.server_port,
@@ -960,28 +1220,46 @@ async def _serve(
             signing_key=args.signing_key,
             verify=args.verify,
             writers=args.writer_ids,
-            node_id=data.id,
+            node_id=None if data is None else data.id,
             web_port=args.web,
             web_origins=args.web_origin,
             web_hosts=args.web_host,
+            copies=args.copies or 3,
+            **placed,
         ) as peer,
         trio.open_nursery() as nursery,
     ):
-        _show_updates(data, out)
+        shell = await _shell(peer, out, data)
         if args.redis:
             await _link_redis(nursery, peer, args, out)
-        # Said once the peer is ready for commands.
-        listening = {"event": "listening", "address": peer.address, "id": data.id}
-        if peer.web_address is not None:
-            listening["web"] = f"http://{peer.web_address}/"
-        out(listening)
+        out(_listening(peer, data))  # (once the peer is ready for commands)
         if out.as_json or out.is_terminal:
             nursery.start_soon(_watch_syncs, peer, out)
         if args.no_stdin:
             await trio.sleep_forever()
         async with _open_stdin() as stdin:
-            await _commands(stdin, data, peer, out)
+            await _commands(stdin, shell)
         nursery.cancel_scope.cancel()
+
+
+async def _shell(peer: Any, out: _Output, data: Any) -> _Shell:
+    """What the typed commands act on: ``data``, or with --copies the
+    document named "data"; every change to it printed."""
+    shell = _Shell(peer, out, data, None)
+    if data is None:
+        shell.data, shell.name = await peer.document("data"), "data"
+    shell.show(shell.data, shell.name)
+    return shell
+
+
+def _listening(peer: Any, data: Any) -> dict[str, Any]:
+    """The event that says the peer is ready, with the node's own id (its
+    map's, or with --copies the one it is known by in the membership)."""
+    node = data.id if data is not None else peer.node_id(peer.address)
+    listening = {"event": "listening", "address": peer.address, "id": node}
+    if peer.web_address is not None:
+        listening["web"] = f"http://{peer.web_address}/"
+    return listening
 
 
 async def _link_redis(

@@ -4,7 +4,11 @@ Four peer processes, each in its own network namespace, joined by a bridge
 in a fifth. The bridge is split in two ({S, A} and {B, C}) by moving ports
 to a second bridge, both sides write, the seed S is killed during the
 split, and the bridge is healed: everyone converges and ``down`` and ``up``
-events fire. Needs root and ``ip netns``; skipped with the reason otherwise.
+events fire. The same split with placed documents (``--copies 2``), each
+owned on both sides: each side keeps two copies of each document while
+split, and once healed every owner holds both sides' writes and the copies
+made meanwhile are dropped. Needs root and ``ip netns``; skipped with the
+reason otherwise.
 """
 
 import os
@@ -16,6 +20,8 @@ from functools import partial
 
 import pytest
 import trio
+
+import repred
 
 from .helpers import PeerProcess
 
@@ -103,7 +109,7 @@ def _heal(side):
         _ip("-n", SWITCH, "link", "set", f"p{name}", "master", "br0")
 
 
-async def _start(nursery, i, name):
+async def _start(nursery, i, name, *extra):
     command = [
         "ip",
         "netns",
@@ -126,6 +132,7 @@ async def _start(nursery, i, name):
         "0.5",
         "--max-backoff",
         "1.0",
+        *extra,
     ]
     if name != "s":
         command += ["--seed", f"{_address(0)}:8001"]
@@ -183,3 +190,104 @@ async def test_a_partition_across_network_stacks_heals(network):
                 await nodes[name].process.stdin.aclose()
             for name in "abc":
                 assert await nodes[name].process.wait() == 0
+
+
+def _member(name):
+    return f"{_address(NAMES.index(name))}:8001"
+
+
+async def _see(nodes, event, pairs):
+    """Until each node of ``pairs`` says ``event`` of the other."""
+    for name, other in pairs:
+        peer = _member(other)
+        await nodes[name].until(
+            lambda e, p=peer: e["event"] == event and e["peer"] == p
+        )
+
+
+ACROSS = [(x, y) for x in "sa" for y in "bc"] + [(y, x) for x in "sa" for y in "bc"]
+
+
+def _split_documents(members, count):
+    """Names whose two owners are one on each side of the split."""
+    left = {_member("s"), _member("a")}
+    found = []
+    for i in range(1000):
+        owners = set(repred.owners(f"doc{i}", members, 2))
+        if len(owners & left) == 1:
+            found.append(f"doc{i}")
+        if len(found) == count:
+            return found
+    raise AssertionError("no such names")
+
+
+async def _confirmed_write(node, doc, key, value):
+    """Write ``key`` in ``doc`` through ``node`` and wait until two owners
+    hold it (what was read before is set aside: an earlier confirmation
+    must not pass for this one)."""
+    node.events.clear()
+    await node.send(f"use {doc}")
+    await node.send(f"set {key} {value}")
+    await node.send("confirm 2")
+    await node.until(lambda e: e["event"] == "confirmed" and e["document"] == doc)
+
+
+def _holds(name, key, value):
+    return lambda e: (
+        e.get("document") == name
+        and e["event"] in ("update", "value")
+        and e.get("key") == key
+        and e.get("value") == value
+    )
+
+
+async def test_a_partition_that_splits_owners_heals_with_every_document_converged(
+    network,
+):
+    members = [_member(n) for n in NAMES]
+    docs = _split_documents(members, 3)
+    with trio.fail_after(150):
+        async with trio.open_nursery() as nursery:
+            nodes = {}
+            for i, name in enumerate(NAMES):
+                nodes[name] = await _start(nursery, i, name, "--copies", "2")
+            await _see(nodes, "up", [(x, y) for x in NAMES for y in NAMES if x != y])
+            for doc in docs:
+                await _confirmed_write(nodes["a"], doc, "base", 0)
+            _split(["b", "c"])
+            await _see(nodes, "down", ACROSS)
+            # Each side writes, and confirms two copies on its own side.
+            for doc in docs:
+                for name, key in [("a", "left"), ("b", "right")]:
+                    await _confirmed_write(nodes[name], doc, key, 1)
+            _heal(["b", "c"])
+            await _see(nodes, "up", ACROSS)
+            # Both sides' writes reach every owner; the copies made on S and
+            # C during the split go once the owners hold them.
+            for doc in docs:
+                owners = repred.owners(doc, members, 2)
+                for name in ("s", "c"):
+                    if _member(name) not in owners:
+                        await nodes[name].until(
+                            lambda e, d=doc: (
+                                e["event"] == "copy-dropped" and e["document"] == d
+                            )
+                        )
+                for name in ("a", "b"):
+                    await nodes[name].send(f"use {doc}")
+                    for key in ("base", "left", "right"):
+                        await nodes[name].send(f"get {key}")
+                        await nodes[name].until(
+                            _holds(doc, key, 0 if key == "base" else 1)
+                        )
+            for name, node in nodes.items():
+                await node.send("holding")
+                held = await node.until(lambda e: e["event"] == "holding")
+                mine = [
+                    d for d in docs if _member(name) in repred.owners(d, members, 2)
+                ]
+                assert set(docs) & set(held["documents"]) == set(mine)
+            for node in nodes.values():
+                await node.process.stdin.aclose()
+            for node in nodes.values():
+                assert await node.process.wait() == 0

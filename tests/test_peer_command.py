@@ -556,3 +556,40 @@ async def test_deleting_a_key_never_set_records_and_sends_nothing():
     errors = [e["message"] for e in events if e["event"] == "error"]
     assert errors == ["del: nonexist is not set"]
     assert events[-1] == {"event": "value", "key": "nonexist", "value": None}
+
+
+def test_copies_places_documents_each_in_its_own_store(tmp_path):
+    # One node with --copies 1 owns every document: the typed commands act
+    # on the document "use" named, each kept in its own store.
+    stdin = b"set k 0\nuse notes\nset k 1\nget k\nowners\nholding\nuse ../x\n"
+    done = _run("0", "--json", "--copies", "1", "--data", str(tmp_path), stdin=stdin)
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    address = events[0]["address"]
+    assert any(
+        (e["event"], e.get("document"), e.get("value")) == ("update", "data", 0)
+        for e in events
+    )
+    assert {"event": "value", "key": "k", "value": 1, "document": "notes"} in events
+    assert {"event": "owners", "document": "notes", "owners": [address]} in events
+    assert {"event": "holding", "documents": ["data", "notes"]} in events
+    errors = [e["message"] for e in events if e["event"] == "error"]
+    assert len(errors) == 1
+    assert errors[0].startswith("use: ")
+    stored = sorted(p.name for p in (tmp_path / "documents").glob("*.db"))
+    assert stored == ["data.db", "notes.db"]
+
+
+def test_document_commands_need_copies():
+    done = _run("0", "--json", stdin=b"use notes\nowners\n")
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    errors = [e["message"] for e in events if e["event"] == "error"]
+    assert errors == [
+        "unknown command (needs --copies): use notes",
+        "unknown command (needs --copies): owners",
+    ]
+
+
+def test_copies_refuses_what_it_does_not_go_with(tmp_path):
+    done = _run("0", "--copies", "3", "--read-only")
+    _one_line_exit_2(done, "--copies with --read-only")
+    _one_line_exit_2(_run("0", "--copies", "0"), "copies are 1 to 64")
