@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 import math
 import weakref
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, Protocol, final
 
 import attrs
 import trio
@@ -58,10 +58,19 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 
     from ._connection import Connection
-    from ._gossip import Peer
     from ._ledger import Job
     from ._options import LinkOptions, PeerOptions, PlacementOptions
     from ._replica import Replica
+
+
+class PeerView(Protocol):
+    """What placed documents read of the gossip peer they run in
+    (:class:`repred.Peer`): its address and the members it sees up."""
+
+    address: str
+
+    def members(self, within: float | None = None) -> list[str]: ...
+
 
 __all__ = ["DOCS_PREFIX", "DocumentStatistics", "Placed"]
 
@@ -200,7 +209,7 @@ class Placed:
             weakref.WeakKeyDictionary()
         )
         self._nursery: trio.Nursery | None = None
-        self._peer: Peer | None = None
+        self._peer: PeerView | None = None
 
     def __repr__(self) -> str:
         return f"<Placed {len(self.replicas)} documents>"
@@ -209,7 +218,7 @@ class Placed:
 
     async def run(
         self,
-        peer: Peer,
+        peer: PeerView,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
