@@ -264,6 +264,9 @@ class Peer:
         self._nursery: trio.Nursery | None = None
         self._wanted: trio.Event | None = None
         self._probes = 0
+        #: When each node was last checked: at most once a heartbeat, since
+        #: what asks for a check (a hello's node) is the dialler's word.
+        self._probed: dict[str, float] = {}
         return view
 
     # -- what a user reads --------------------------------------------
@@ -489,6 +492,9 @@ class Peer:
             if self._failures.pop(node, 0):
                 self._failures_changed += 1
             self._retry_at.pop(node, None)
+        if self._probed:  # (checks are kept for a heartbeat)
+            since = trio.current_time() - self.options.heartbeat_interval
+            self._probed = {n: t for n, t in self._probed.items() if t > since}
         up = self._view.up(self.options.down_after)
         seen = (up, self._failures_changed)
         if seen[0] is self._seen[0] and seen[1] == self._seen[1]:
@@ -689,13 +695,16 @@ class Peer:
         """Check on ``node`` with one sync (a suspicion if it fails): a link
         with it ended before its time."""
         nursery = self._nursery
+        now = trio.current_time()
         if (
             nursery is None
             or node in self._dialling
+            or now < self._probed.get(node, -math.inf) + self.options.heartbeat_interval
             or not self._view.is_alive(node)
             or self.is_self(node)
         ):
             return
+        self._probed[node] = now
         self._probes += 1
         nursery.start_soon(functools.partial(self._dial, node, live=False, duration=0))
 

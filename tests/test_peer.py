@@ -442,6 +442,33 @@ async def test_an_inbound_link_that_ends_before_its_stay_has_its_dialler_checked
         nursery.cancel_scope.cancel()
 
 
+async def test_links_that_end_early_make_a_node_check_another_once_a_heartbeat(
+    autojump_clock,
+):
+    # A hello's node is whatever its dialler says: many short links each
+    # naming one live node made this one dial that node once per link.
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        linked, claimed = [await stack_peer(nursery, network) for _ in range(2)]
+        async with repred.open_peer(
+            transport=network,
+            wall=_virtual_wall(),
+            seeds=[linked.address],
+            **SLOW_GOSSIP,
+        ) as peer:
+            await wait_until(peer.membership, lambda: linked.address in peer.members())
+            _known(peer, claimed.address, claimed.membership.id)
+            before = peer.statistics().probes
+            for _ in range(50):  # five seconds: five heartbeats
+                stream = await network.connect(peer.address, source="6.6.6.6:1")
+                await stream.send_all(_hello(claimed.address, 86400) + _SYNCED)
+                await trio.sleep(0.1)
+                await stream.aclose()
+            await trio.sleep(0.5)
+            assert 1 <= peer.statistics().probes - before <= 6
+        nursery.cancel_scope.cancel()
+
+
 #: A membership digest and "SYNC", as a peer with an empty map sends them.
 _SYNCED = b'1\t_members\t{"id":"fake","clock":{}}\n2\t_members\t"SYNC"\n'
 
