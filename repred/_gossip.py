@@ -492,6 +492,7 @@ class Peer:
             if self._failures.pop(node, 0):
                 self._failures_changed += 1
             self._retry_at.pop(node, None)
+        self._view.renew(self.options.reap_after / 2)
         if self._probed:  # (checks are kept for a heartbeat)
             since = trio.current_time() - self.options.heartbeat_interval
             self._probed = {n: t for n, t in self._probed.items() if t > since}

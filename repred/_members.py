@@ -8,15 +8,16 @@ as under :func:`repred.types.heartbeats`) from a member's address to what
 was last said of it, the type ``"membership"``, one change per entry:
 
 ``[address, "alive", node_id]``
-    the node itself, when it starts and whenever it must refute a
-    suspicion; ``node_id`` is the entry's own source (anything else is
-    refused), the id its writes go out under;
+    the node itself, when it starts, whenever it must refute a suspicion,
+    and every ``reap_after / 2`` (:meth:`View.renew`); ``node_id`` is the
+    entry's own source (anything else is refused), the id its writes go
+    out under;
 ``[address, "suspect", node_id]``
     any node that failed to reach it: a dial that did not complete its
     handshake, or a link it dialled that went silent (see
     :mod:`repred._gossip`); ``node_id`` is the id the writer knew it by.
 
-Nothing is written while nothing changes. There are no heartbeats, so what
+Nothing else is written while nothing changes. There are no heartbeats, so what
 a node sends and receives for membership does not grow with the number of
 nodes: SWIM's design, as in memberlist and Serf. Liveness comes from the
 links a node holds anyway (each is a probe, kept alive every heartbeat),
@@ -297,6 +298,24 @@ class View:
         entry = self.members.entry(self.address)
         if entry is not None and entry[0] == ALIVE and entry[2] == self.members.id:
             return False  # what it heard was overtaken by its own word
+        self.members.note(self.address, ALIVE)
+        return True
+
+    def renew(self, older_than: float) -> bool:
+        """Say again that this node is alive if it last said so more than
+        ``older_than`` seconds ago; whether it did.
+
+        Nothing else rewrites a node's entry while nothing changes, and a
+        version of it that a hostile peer forged (a suspicion at its stamp
+        with a smaller hash, sent to every node but this one) would win
+        that stamp everywhere else for good: this node never hears of it,
+        so it never refutes. A new entry overtakes it.
+        """
+        if not self.address:
+            return False
+        entry = self.members.entry(self.address)
+        if entry is not None and entry[1] > self.members.wall() - older_than * 1000:
+            return False
         self.members.note(self.address, ALIVE)
         return True
 

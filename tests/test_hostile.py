@@ -5,6 +5,7 @@ to make, with valid-looking messages only; most run in virtual time on a
 ``MemoryNetwork``.
 """
 
+import itertools
 import random
 from contextlib import AsyncExitStack
 
@@ -436,6 +437,45 @@ async def test_junk_members_leave_nothing_behind_once_reaped(autojump_clock):
         await trio.sleep(40)  # reap_after since the suspicions
         assert len(peers[0].membership.state) == 3
         assert not set(peers[0].statistics().suspects) & set(ghosts)
+
+
+async def test_a_live_node_its_peers_were_turned_against_is_known_again(
+    autojump_clock,
+):
+    # A version of a node's one "alive" entry, forged with a smaller hash and
+    # sent to every node but it, wins its stamp everywhere else: they see it
+    # suspected, and forget it once reaped, while it never hears of it (its
+    # own version is what it holds). Nothing is written while nothing
+    # changes, so it says again that it is alive every reap_after / 2.
+    from repred._hashtree import entry_hash
+
+    network = MemoryNetwork()
+    data = [model(id=f"h{i}", wall=trio_wall()) for i in range(3)]
+    opts = {
+        "heartbeat_interval": 1.0,
+        "seed_interval": 5.0,
+        "down_after": 3.0,
+        "reap_after": 30.0,
+    }
+    async with AsyncExitStack() as stack:
+        peers = await chain(stack, data, network, **opts)
+        victim = peers[0].address
+        with trio.fail_after(60):
+            for p in peers[1:]:
+                await wait_until(p.membership, lambda p=p: victim in p.members())
+        _, ts, node_id, source = peers[1].membership.entry(victim)
+        held = entry_hash(ts, [victim, "alive", node_id])
+        fake = next(
+            f"x{k}"
+            for k in itertools.count()
+            if entry_hash(ts, [victim, "suspect", f"x{k}"]) < held
+        )
+        for p in peers[1:]:
+            p.membership.apply([([victim, "suspect", fake], ts, source)])
+        await trio.sleep(4)  # down_after
+        assert all(victim not in p.members() for p in peers[1:])
+        await trio.sleep(60)  # reaped by now, and reap_after / 2 over
+        assert all(victim in p.members() for p in peers[1:])
 
 
 async def _all_suspected(peer, addresses):
