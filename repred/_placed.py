@@ -404,8 +404,12 @@ class Placed:
         holds ``clock``. Returns the entries sent for it."""
         if replica is None:
             raise _Failed("not held")
-        with trio.fail_after(self._peer_options.connect_timeout):
-            channel = await self._link(job.to)
+        try:
+            with trio.fail_after(self._peer_options.connect_timeout):
+                channel = await self._link(job.to)
+        except trio.TooSlowError:
+            # (A node cut off, or gone: retried with backoff, and said so.)
+            raise _Failed("no link within connect_timeout") from None
         doc = channel.docs.get(job.name)
         if not job.pull and (doc is None or doc.state != "open"):
             if covers(await self._probe(channel, job.name), clock):
