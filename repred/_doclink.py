@@ -30,7 +30,10 @@ its ``clock`` lines: :func:`covers` says whether that is everything this
 side held at some moment. A side takes at most :data:`MAX_LINK_DOCUMENTS`
 sessions the other opened (``busy`` past that), has at most one probe of
 a name outstanding, and a clock that names more sources than a replica
-takes by default (16,384) ends the link.
+takes by default (16,384) ends the link. The other side's probes are
+answered once per name, when the answer goes out, and more names probed
+and not answered yet than sessions it may open end the link: what it asks
+costs this side a name each, not a clock.
 
 The name of a document is checked by :func:`check_document_name`, the one
 owner of that rule (for :meth:`repred.Peer.document`, the web port and the
@@ -246,6 +249,10 @@ class DocChannel:
         self.docs: dict[str, LinkDoc] = {}
         #: Probes sent and not answered; answers not taken yet.
         self._asked: set[str] = set()
+        #: The peer's probes not answered yet, each answered once, when the
+        #: answer goes out (with the clock as it is then): a peer that asks
+        #: again and again, and reads nothing, costs a name, not a clock.
+        self._probed: dict[str, None] = {}
         self.answers: dict[str, dict[str, float] | None] = {}
         #: Bytes the link carried each way, and opens this side refused.
         self.bytes_in = self.bytes_out = self.refused = 0
@@ -476,8 +483,11 @@ class DocChannel:
         elif kind == "clock":
             self._on_clock(name, msg["at"], body)
         elif kind == "probe":
-            held = self._host.clock(name)
-            self._queue({"held": name, "at": None if held is None else dict(held)})
+            if name not in self._probed:
+                if len(self._probed) >= self._max_documents:
+                    raise _bad("too many probes unanswered", body, "too-many-probes")
+                self._probed[name] = None
+                self._wake()
         elif kind == "held":
             self._on_held(name, msg["at"], body)
         elif kind == "close":
@@ -585,6 +595,11 @@ class DocChannel:
 
     def data_to_send(self) -> bytes:
         lines, self._lines = self._lines, []
+        for name in self._probed:
+            held = self._host.clock(name)
+            at = None if held is None else dict(held)
+            lines.append(b"\t" + orjson.dumps({"held": name, "at": at}))
+        self._probed.clear()
         for doc in list(self.docs.values()):
             session = doc.session
             if session is None:

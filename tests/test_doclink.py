@@ -275,6 +275,31 @@ def test_a_probe_is_answered_with_the_clock_or_nothing():
     assert not b.docs  # nothing opened
 
 
+def test_probes_a_peer_does_not_read_the_answers_to_cost_one_answer():
+    # An answer holds the document's whole clock: queued once per probe, a
+    # few bytes each, while the peer read nothing, it cost the node 44,000
+    # times what the peer sent.
+    host = Host()
+    held = host.replicas["data"] = model()
+    for i in range(100):
+        held.apply([(["k", i], i + 1, f"source-{i}")])
+    b = fed(b"1\t\t" + b'{"probe":"data"}\n', host)
+    b.feed(b"".join(b'%d\t\t{"probe":"data"}\n' % (i + 2) for i in range(2000)))
+    out = b.data_to_send()
+    assert out.count(b'"held"') == 1
+    assert len(out) < 10_000
+
+
+def test_a_peer_probing_more_names_than_a_link_takes_is_cut():
+    b = fed(b"")
+    lines = b"".join(
+        b'%d\t\t{"probe":"doc%d"}\n' % (i + 1, i)
+        for i in range(MAX_LINK_DOCUMENTS + 1)
+    )
+    with pytest.raises(repred.RemoteProtocolError, match="probes"):
+        b.feed(lines)
+
+
 # -- what a peer cannot do ----------------------------------------------------------
 
 
