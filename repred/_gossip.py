@@ -865,6 +865,10 @@ def _new_peer(arguments: Mapping[str, Any]) -> Peer:
     )
     placed = None
     if arguments["documents"] is not None:
+        if options.read_only:
+            # An owner must take its documents' writes: a read-only node
+            # would confirm copies it never holds.
+            raise ValueError("a read_only peer cannot hold documents=")
         placed = functools.partial(
             Placed,
             factory=arguments["documents"],
@@ -947,6 +951,7 @@ async def open_peer(
     every node, writing under an id of its own), ``held`` names those this
     node held when it last ran (made again, so their stores reopen), and
     ``discard(name)`` is told when this node dropped one its owners hold.
+    A ``read_only`` peer cannot hold documents (an owner takes writes).
 
     Every other option is described in :class:`PeerOptions`,
     :class:`PlacementOptions`, :class:`LinkOptions` or :class:`Trust`.

@@ -423,6 +423,7 @@ async def test_names_and_options_are_checked(autojump_clock):
         {"handoffs": 0},
         {"max_documents": 0},
         {"handoff_timeout": 0},
+        {"read_only": True},  # it would confirm copies it never takes
     ]:
         with pytest.raises(ValueError):
             async with repred.open_peer(
