@@ -293,8 +293,7 @@ def test_probes_a_peer_does_not_read_the_answers_to_cost_one_answer():
 def test_a_peer_probing_more_names_than_a_link_takes_is_cut():
     b = fed(b"")
     lines = b"".join(
-        b'%d\t\t{"probe":"doc%d"}\n' % (i + 1, i)
-        for i in range(MAX_LINK_DOCUMENTS + 1)
+        b'%d\t\t{"probe":"doc%d"}\n' % (i + 1, i) for i in range(MAX_LINK_DOCUMENTS + 1)
     )
     with pytest.raises(repred.RemoteProtocolError, match="probes"):
         b.feed(lines)
