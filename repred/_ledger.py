@@ -276,6 +276,19 @@ class Ledger:
             covers(held.covered.get(node), clock) for node in owners
         )
 
+    def restarted(self, node: str, now: float) -> int:
+        """``node`` came back as a new node (another id at its address):
+        nothing it was seen to hold counts any more, and every document it
+        owns that this node holds owes it a check. Returns how many."""
+        owed = 0
+        for name, held in self.held.items():
+            if held.covered.pop(node, None) is None or node not in self.owners(name):
+                continue
+            if held.owner or not held.kept:
+                self.request(name, node, SYNC, now)
+                owed += 1
+        return owed
+
     def recheck(self, name: str, clock: Mapping[str, float], now: float) -> bool:
         """A copy leaving, with nothing owed for it, that some owner is not
         known to hold all of (its clock moved after that owner's check):

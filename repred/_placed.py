@@ -71,6 +71,8 @@ class PeerView(Protocol):
 
     def members(self, within: float | None = None) -> list[str]: ...
 
+    def node_id(self, address: str) -> str | None: ...
+
 
 __all__ = ["DOCS_PREFIX", "DocumentStatistics", "Placed"]
 
@@ -210,6 +212,8 @@ class Placed:
         )
         self._nursery: trio.Nursery | None = None
         self._peer: PeerView | None = None
+        #: The id each settled member was last seen under (see _restarts).
+        self._ids: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"<Placed {len(self.replicas)} documents>"
@@ -310,6 +314,7 @@ class Placed:
         unsettled = 0
         while True:
             await trio.sleep(self._peer_options.heartbeat_interval)
+            self._restarts()
             members = frozenset(self._peer.members())
             if members == self.ledger.members:
                 pending, unsettled = None, 0
@@ -320,6 +325,23 @@ class Placed:
                 self._settle(members)
             else:
                 pending = members
+
+    def _restarts(self) -> None:
+        """A member that came back under a new id within ``down_after``
+        (it never left the members) holds nothing of what it held before,
+        as far as anyone knows: what it was seen to hold no longer counts."""
+        assert self._peer is not None
+        ids, now = self._ids, trio.current_time()
+        for node in self.ledger.members:
+            new = self._peer.node_id(node)
+            old = ids.get(node)
+            if new is not None and old is not None and new != old:
+                if self.ledger.restarted(node, now):
+                    self._wake.set()
+            if new is not None:
+                ids[node] = new
+        for node in [n for n in ids if n not in self.ledger.members]:
+            del ids[node]
 
     def _settle(self, members: frozenset[str]) -> None:
         now = trio.current_time()

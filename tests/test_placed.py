@@ -288,6 +288,34 @@ async def test_a_confirmed_write_survives_the_loss_of_any_one_node(autojump_cloc
         nursery.cancel_scope.cancel()
 
 
+async def test_an_owner_back_empty_at_its_address_is_given_its_copies_again(
+    autojump_clock,
+):
+    # It comes back within down_after (a replaced disk, a memory-only
+    # factory), so it never left the members: the other owners took it to
+    # hold what it acknowledged before, and never sent it again.
+    async with trio.open_nursery() as nursery:
+        cluster = Cluster(nursery, copies=2)
+        for _ in range(4):
+            await cluster.start()
+        await until(cluster.settled)
+        a = next(iter(cluster.peers.values()))
+        name = next(f"d{i}" for i in range(500) if a.address in a.owners(f"d{i}"))
+        other = next(o for o in a.owners(name) if o != a.address)
+        doc = await a.document(name)
+        doc.set("k", "confirmed")
+        with trio.fail_after(60):
+            await a.wait_replicated(name, copies=2)
+        cluster.stop(other)
+        await trio.sleep(2)  # down_after is longer
+        back = await cluster.start(port=int(other.rsplit(":", 1)[1]))
+        assert back.address == other
+        copy = await back.document(name)
+        with trio.fail_after(60):
+            await until(lambda: copy.get("k") == "confirmed")
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_live_copy_reads_and_writes_through_an_owner(autojump_clock):
     async with trio.open_nursery() as nursery:
         cluster = await started(nursery, 5)
@@ -799,6 +827,9 @@ async def test_members_that_never_settle_are_settled_on_anyway(autojump_clock):
             return ["127.0.0.1:1", "127.0.0.1:2"] + (
                 ["127.0.0.1:3"] if self.seen % 2 else []
             )
+
+        def node_id(self, address):
+            return address
 
     async def nowhere(node):
         raise OSError("no network here")
