@@ -54,6 +54,11 @@ if TYPE_CHECKING:
 
 __all__ = ["HANDOFF", "SYNC", "Held", "Job", "Ledger"]
 
+#: Jobs that run at once to a node whose last try failed: a node that never
+#: answers holds no more of the slots (each until its try times out), so
+#: jobs to the nodes that do answer go on.
+JOBS_TO_A_FAILING_NODE = 1
+
 #: A job kind: a copy a node must now hold (the members changed).
 HANDOFF = "handoff"
 #: A job kind: a copy's catch-up (a write, or a wait for acknowledgements).
@@ -151,6 +156,11 @@ class Ledger:
         self._heap: list[tuple[float, int, Job]] = []
         self._seq = itertools.count()
         self.running = 0
+        #: Jobs running to each node; nodes whose last try failed, and the
+        #: jobs due to them that wait for a slot (JOBS_TO_A_FAILING_NODE).
+        self._running_to: collections.Counter[str] = collections.Counter()
+        self._failing: set[str] = set()
+        self._waiting: dict[str, list[tuple[float, int, Job]]] = {}
         #: What happened so far: handoffs, syncs, failures, dropped, ...
         self.counts: collections.Counter[str] = collections.Counter()
         #: Documents whose jobs :meth:`start` found owed no more, since
@@ -230,6 +240,7 @@ class Ledger:
             if job.running:
                 self.running -= 1
                 job.running = False
+                self._freed(node)
 
     def changed(self, name: str, now: float, *, source: str | None) -> None:
         """``name`` gained entries, from ``source`` (the node whose link
@@ -354,8 +365,15 @@ class Ledger:
                 self.counts["cancelled"] += 1
                 self._cancelled.add(job.name)
                 continue
+            if (
+                job.to in self._failing
+                and self._running_to[job.to] >= JOBS_TO_A_FAILING_NODE
+            ):
+                self._waiting.setdefault(job.to, []).append((due, _, job))
+                continue
             job.running = True
             self.running += 1
+            self._running_to[job.to] += 1
             started.append(job)
         return started
 
@@ -384,6 +402,7 @@ class Ledger:
     ) -> None:
         """``job`` ended well: ``job.to`` holds all of ``clock`` (``sent``:
         it lacked some, which this node sent)."""
+        self._failing.discard(job.to)
         self._stopped(job)
         held = self.held.get(job.name)
         if held is not None and job.to in self.owners(job.name):
@@ -399,6 +418,7 @@ class Ledger:
     def failed(self, job: Job, now: float, reason: str) -> float:
         """``job`` failed for ``reason``: it is due again after a backoff,
         which is returned (in seconds)."""
+        self._failing.add(job.to)
         self._stopped(job)
         self.counts["failures"] += 1
         job.attempts += 1
@@ -417,6 +437,15 @@ class Ledger:
         if job.running:
             job.running = False
             self.running -= 1
+            self._freed(job.to)
+
+    def _freed(self, node: str) -> None:
+        """A job to ``node`` ended: those waiting for a slot to it are due."""
+        self._running_to[node] -= 1
+        if self._running_to[node] <= 0:
+            del self._running_to[node]
+        for entry in self._waiting.pop(node, ()):
+            heapq.heappush(self._heap, entry)
 
     def _remove(self, job: Job) -> None:
         if self.jobs.get((job.name, job.to)) is job:

@@ -375,7 +375,8 @@ class PlacementOptions:
             links to more are refused (``full``), and
             :meth:`repred.Peer.document` raises.
         handoffs: how many copies this node sends or checks at once (the
-            rest wait their turn, earliest due first).
+            rest wait their turn, earliest due first); one at a time to a
+            node whose last try failed.
         handoff_timeout: seconds a copy being sent may make no progress
             before the try counts as failed (it is retried, and resumes
             where it stopped).

@@ -249,6 +249,30 @@ def test_a_job_asked_for_again_comes_sooner_or_once_more():
     assert book.counts["checks"] == 1
 
 
+def test_a_node_that_never_answers_holds_one_slot_once_it_failed():
+    # Jobs to a node that never answers each hold a slot until they time
+    # out, and their retries come due first: they held every slot, and the
+    # owners that did answer waited behind them.
+    members = NODES[:6]
+    book = ledger(NODES[0], members, concurrency=8)
+    silent, honest = NODES[1], NODES[2]
+    for i in range(20):
+        book.hold(f"s{i}")
+        book.request(f"s{i}", silent, SYNC, 1.0)
+    first = book.start(10.0)
+    assert len(first) == 8  # a node that answers may take every slot
+    for job in first:
+        book.failed(job, 10.0, "timeout")
+    book.hold("h")
+    book.request("h", honest, SYNC, 30.0)
+    started = book.start(100.0)  # every retry is due, before the other
+    assert [j.to for j in started].count(silent) == 1
+    assert ("h", honest) in [(j.name, j.to) for j in started]
+    assert book.next_due() is None  # the rest wait for the one to end
+    book.done(started[0], 100.0, {}, sent=False)  # it answered at last
+    assert [j.to for j in book.start(100.0)].count(silent) == 7
+
+
 def test_at_most_concurrency_jobs_run_the_earliest_first():
     members = NODES[:6]
     book = ledger(NODES[0], members, concurrency=2)
