@@ -616,8 +616,9 @@ class Peer:
         self._dials += 1
         self._dialling.add(node)
         opened: list[Connection] = []
+        channels: list[Mux] = []
         try:
-            on_time = await self._open_link(node, live, duration, opened)
+            on_time = await self._open_link(node, live, duration, opened, channels)
         except (OSError, ValueError, trio.TooSlowError, RepredError) as exc:
             self._dialling.discard(node)  # (before a probe of it is asked)
             self._dial_failed(node, exc)
@@ -635,6 +636,15 @@ class Peer:
             self._dial_failed(node, TimeoutError("no handshake"))
             self._suspect(node)
             return False
+        named = channels[0].peer_id
+        if named is not None and named != node:
+            # Another node answered here: this is another spelling of its
+            # address, not a member of its own (a machine counted twice).
+            limited(
+                logging.INFO, "alias", "%s answers as %s", node, named, logger=peer_log
+            )
+            self._suspect(node)
+            return False
         if self._failures.pop(node, 0):
             self._failures_changed += 1
             limited(logging.INFO, "dial", "reached %s again", node, logger=peer_log)
@@ -644,7 +654,12 @@ class Peer:
         return True
 
     async def _open_link(
-        self, node: str, live: bool, duration: float, opened: list[Connection]
+        self,
+        node: str,
+        live: bool,
+        duration: float,
+        opened: list[Connection],
+        channels: list[Mux],
     ) -> bool:
         """Connect to ``node`` and run a link (see :meth:`_dial`); whether
         it lasted as long as this node meant it to."""
@@ -659,6 +674,7 @@ class Peer:
                 label=node,
                 started=opened.append,
                 stay=duration if live else None,
+                channels=channels,
             )
         return planned.cancelled_caught
 

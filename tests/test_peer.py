@@ -508,3 +508,24 @@ async def test_a_node_refutes_a_suspicion_of_itself_at_once(autojump_clock):
                 a.membership, lambda: a.membership.entry(b.address)[0] == "alive"
             )
         assert a.membership.entry(b.address)[3] == b.membership.id
+
+
+async def test_another_spelling_of_a_members_address_is_not_a_member():
+    # "127.1:P" reaches the node at "127.0.0.1:P": counted as a member of
+    # its own, it stayed up for good (every dial to it succeeded), so one
+    # machine counted twice, and placement put two copies on it.
+    fast = {"heartbeat_interval": 0.05, "down_after": 0.5, "gossip_interval": 0.1}
+    async with AsyncExitStack() as stack:
+        b = await stack.enter_async_context(repred.open_peer(**fast))
+        a = await stack.enter_async_context(
+            repred.open_peer(seeds=[b.address], **fast)
+        )
+        with trio.fail_after(10):
+            await wait_until(a.membership, lambda: b.address in a.members())
+        alias = "127.1:" + b.address.rsplit(":", 1)[1]
+        _known(a, alias, "an-alias")
+        assert alias in a.members()
+        with trio.fail_after(10):
+            while alias in a.members():  # noqa: ASYNC110  (real dials)
+                await trio.sleep(0.05)
+        assert b.address in a.members()
