@@ -303,6 +303,33 @@ class SqliteStore:
             raise
         return db, loaded
 
+    @staticmethod
+    def delete(path: str | os.PathLike[str]) -> None:
+        """Remove the files of the store at ``path``: the database, its
+        write-ahead log and shared memory, and its lock (a placed peer's
+        ``discard``, say). Files already gone are passed over.
+
+        Raises:
+            StoreError: a store has it open (in this process or another).
+        """
+        path = os.fspath(path)
+        fd = None
+        if fcntl is not None and os.path.exists(path + ".lock"):
+            # Held while the files go, so that no store opens them meanwhile.
+            fd = os.open(path + ".lock", os.O_RDWR | os.O_CLOEXEC)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise StoreError(f"{path} is in use by a store") from None
+        try:
+            for suffix in ("", "-wal", "-shm", ".lock"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path + suffix)
+        finally:
+            if fd is not None:
+                os.close(fd)
+
     def _acquire(self) -> None:
         if fcntl is None:  # pragma: no cover
             return

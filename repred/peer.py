@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import errno
 import functools
 import json
@@ -1166,9 +1165,7 @@ async def _run_placed(args: argparse.Namespace, seeds: list[str], out: _Output) 
 
     def discard(name: str) -> None:
         if folder is not None:
-            for suffix in (".db", ".db-wal", ".db-shm", ".db.lock"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(os.path.join(folder, name + suffix))
+            SqliteStore.delete(os.path.join(folder, f"{name}.db"))
 
     placed = {"documents": factory, "held": held, "discard": discard}
     try:

@@ -517,9 +517,7 @@ async def test_another_spelling_of_a_members_address_is_not_a_member():
     fast = {"heartbeat_interval": 0.05, "down_after": 0.5, "gossip_interval": 0.1}
     async with AsyncExitStack() as stack:
         b = await stack.enter_async_context(repred.open_peer(**fast))
-        a = await stack.enter_async_context(
-            repred.open_peer(seeds=[b.address], **fast)
-        )
+        a = await stack.enter_async_context(repred.open_peer(seeds=[b.address], **fast))
         with trio.fail_after(10):
             await wait_until(a.membership, lambda: b.address in a.members())
         alias = "127.1:" + b.address.rsplit(":", 1)[1]

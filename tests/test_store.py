@@ -34,6 +34,19 @@ def test_reopen_restores_state_clock_and_id(tmp_path):
     b.close()
 
 
+def test_a_closed_store_is_deleted_whole_and_an_open_one_is_not(tmp_path):
+    path = str(tmp_path / "doc.db")
+    m = model(store=repred.SqliteStore(path))
+    m.set("k", 1)
+    with pytest.raises(repred.StoreError, match="in use"):
+        repred.SqliteStore.delete(path)
+    assert os.path.exists(path)
+    m.store.close()
+    repred.SqliteStore.delete(path)
+    assert os.listdir(tmp_path) == []
+    repred.SqliteStore.delete(path)  # gone already: nothing to do
+
+
 def test_a_reconnecting_peer_receives_only_what_it_lacks(tmp_path):
     path = tmp_path / "m.db"
     server = model(id="server")
