@@ -33,7 +33,9 @@ a name outstanding, and a clock that names more sources than a replica
 takes by default (16,384) ends the link. The other side's probes are
 answered once per name, when the answer goes out, and more names probed
 and not answered yet than sessions it may open end the link: what it asks
-costs this side a name each, not a clock.
+costs this side a name each, not a clock. As many opens refused in a row
+as it may open sessions end the link too (each refusal costs a placement
+over every member).
 
 The name of a document is checked by :func:`check_document_name`, the one
 owner of that rule (for :meth:`repred.Peer.document`, the web port and the
@@ -256,6 +258,7 @@ class DocChannel:
         self.answers: dict[str, dict[str, float] | None] = {}
         #: Bytes the link carried each way, and opens this side refused.
         self.bytes_in = self.bytes_out = self.refused = 0
+        self._refused_in_a_row = 0
         #: The link is over (see :meth:`end`).
         self.closed = False
 
@@ -500,6 +503,10 @@ class DocChannel:
             raise _bad("a document's type is a short str", body, "bad-control")
         if name in self.docs:
             raise _bad(f"{name!r} opened twice", body, "duplicate-open")
+        if self._refused_in_a_row >= self._max_documents:
+            # Each costs a placement over every member: a peer that names
+            # what this node does not hold, again and again, is cut.
+            raise _bad("too many opens refused in a row", body, "too-many-refused")
         theirs = sum(1 for d in self.docs.values() if not d.ours)
         took = (
             "busy"
@@ -508,8 +515,11 @@ class DocChannel:
         )
         if isinstance(took, str):
             self.refused += 1
+            if took != "busy":  # (the host was asked)
+                self._refused_in_a_row += 1
             self._queue({"refuse": name, "reason": took[:_MAX_REASON]})
             return
+        self._refused_in_a_row = 0
         doc = self.docs[name] = LinkDoc(name, took, ours=False)
         self._queue({"accept": name})
         self._start(doc)

@@ -302,6 +302,23 @@ def test_a_peer_probing_more_names_than_a_link_takes_is_cut():
 # -- what a peer cannot do ----------------------------------------------------------
 
 
+def test_a_peer_whose_opens_are_all_refused_is_cut():
+    # Each refusal costs the node a placement over every member: a peer
+    # that names documents this node does not hold, again and again, is
+    # cut once it has had as many refusals in a row as a link takes
+    # sessions.
+    host = Host(refusal="not-owner")
+    b = channel("127.0.0.1:2", host)
+    b.feed(hello())
+    lines = b"".join(
+        b'%d\t\t{"open":"doc%d","type":"model"}\n' % (i + 1, i)
+        for i in range(MAX_LINK_DOCUMENTS + 1)
+    )
+    with pytest.raises(repred.RemoteProtocolError, match="refused"):
+        b.feed(lines)
+    assert len(host.asked) == MAX_LINK_DOCUMENTS
+
+
 def test_a_peer_naming_thousands_of_documents_gets_at_most_the_bound():
     host = Host()
     b = channel("127.0.0.1:2", host)
