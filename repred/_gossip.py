@@ -485,7 +485,9 @@ class Peer:
                 peer_log.exception("peer event handler raised")
 
     def _tick(self) -> None:
-        """Forget old suspicions, and say who came and who went."""
+        """Forget old suspicions, and what a full map passed over, and say
+        who came and who went."""
+        self._members.trim()
         for node in self._view.reap(self.options.reap_after):
             # Nothing is kept of a node the map forgot: junk members come
             # and go, and each would leave its failures behind.

@@ -54,7 +54,10 @@ entry; with ``verify`` and ``writers``, only the writers can):
   suspected again by the next node that fails to reach it;
 * fill the map, up to ``max_members``, with addresses that never answer:
   each stays up until some node dials it (gossip picks random members) and
-  writes a suspicion, then is down ``down_after`` later.
+  writes a suspicion, then is down ``down_after`` later. A full map passes
+  over new addresses (and forgets them at the next :meth:`Membership.trim`)
+  rather than refuse the link that brings them, so maps filled with
+  different junk do not cut honest nodes apart.
 
 Pure: no trio.
 """
@@ -133,12 +136,17 @@ def _noted(
     *,
     cap: int,
     own: str,
+    passed: set[str],
 ) -> list[Any]:
     """Record what ``change`` says of its address (the newest entry per
     address reaches the reducer: see the module docstring).
 
-    Only a node itself says it is alive, and a full map takes no new
-    address from peers (this node's own entries always go in).
+    Only a node itself says it is alive. A full map passes over a new
+    address from peers (noted in ``passed``, and forgotten at the next
+    :meth:`Membership.trim`) rather than refuse the link that brought it:
+    a flood of junk that filled each node's map with other addresses
+    would otherwise cut honest nodes apart. This node's own entries always
+    go in.
     """
     address, status, node_id = _member_key(change), change[1], change[2]
     if status == ALIVE and node_id != stamp[1]:
@@ -146,7 +154,8 @@ def _noted(
             f"{address} said alive by {stamp[1]!r}, not by its node {node_id!r}"
         )
     if address not in state and len(state) >= cap and stamp[1] != own:
-        raise ValueError(f"the membership map is full ({cap} nodes)")
+        passed.add(address)
+        return change
     state[address] = (status, stamp[0], node_id, stamp[1])
     return change
 
@@ -165,12 +174,24 @@ class Membership(Replica):
     makes of it.
     """
 
-    __slots__ = ("_fingerprint",)
+    __slots__ = ("_fingerprint", "_passed")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         #: ``(revision, root, clock)`` of the last :meth:`fingerprint`.
         self._fingerprint: tuple[int, bytes, Mapping[str, float]] | None = None
+        #: Addresses a full map passed over (see :func:`_noted`).
+        self._passed: set[str] = set()
         super().__init__(*args, **kwargs)
+
+    def trim(self) -> int:
+        """Forget the entries of the addresses a full map passed over (their
+        history is all that held them); how many. A peer calls it every
+        heartbeat, so what a flood leaves behind lasts that long at most."""
+        gone = [a for a in self._passed if a not in self.state]
+        self._passed.clear()
+        if gone:
+            self._forget_keys(gone)
+        return len(gone)
 
     def note(self, address: str, status: str, node_id: str | None = None) -> Any:
         """Write what this node says of ``address`` (its own id by default)."""
@@ -220,9 +241,10 @@ def members_replica(
     ``trust`` says."""
     key = trust.signing_key
     own = node_id or (new_id() if key is None else key.id)
+    passed: set[str] = set()
     members = build(
         Membership,
-        functools.partial(_noted, cap=max_members, own=own),
+        functools.partial(_noted, cap=max_members, own=own, passed=passed),
         {},
         "membership",
         id=own,
@@ -236,6 +258,7 @@ def members_replica(
     # A link compares fingerprints of the whole map when it opens (see
     # Membership.fingerprint): trees of it would cost more than they find.
     members.antientropy = False
+    members._passed = passed
     return members
 
 
@@ -268,7 +291,8 @@ class View:
         members.add_listener(self._heard)
 
     def _heard(self, effect: Any, ts: float, source: str, origin: object) -> None:
-        self._heard_of(effect[0], effect[1], effect[2])
+        if effect[0] in self.members.state:  # (not passed over by a full map)
+            self._heard_of(effect[0], effect[1], effect[2])
 
     def _heard_of(self, address: str, status: str, node_id: str) -> None:
         self.version += 1

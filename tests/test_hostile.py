@@ -356,9 +356,10 @@ def test_the_membership_map_is_bounded_and_reaped():
         ([f"10.0.{i // 250}.{i % 250}:1", "alive", f"s{i}"], wall.now + i, f"s{i}")
         for i in range(150)
     ]
-    with pytest.raises(ValueError, match="full"):
-        members.apply(entries)
+    members.apply(entries)
     assert len(members.state) == 100
+    assert len(view.up(5.0)) == 100  # nothing passed over is seen
+    members.trim()
     view.join("127.0.0.1:5")
     for address in list(members.state):
         view.suspect(address)
@@ -476,6 +477,35 @@ async def test_a_live_node_its_peers_were_turned_against_is_known_again(
         assert all(victim not in p.members() for p in peers[1:])
         await trio.sleep(60)  # reaped by now, and reap_after / 2 over
         assert all(victim in p.members() for p in peers[1:])
+
+
+async def test_maps_filled_with_different_junk_do_not_cut_nodes_apart(
+    autojump_clock,
+):
+    # Each node's map filled to max_members with addresses of its own: a
+    # full map refused the others' junk by ending the link that brought it,
+    # data and all, so every link between honest nodes broke.
+    network = MemoryNetwork()
+    data = [model(id=f"h{i}", wall=trio_wall()) for i in range(4)]
+    opts = {"heartbeat_interval": 1.0, "seed_interval": 5.0, "max_members": 24}
+    async with AsyncExitStack() as stack:
+        peers = await chain(stack, data, network, **opts)
+        with trio.fail_after(60):
+            for p in peers:
+                await wait_until(p.membership, lambda p=p: len(p.members()) == 4)
+        now = EPOCH + trio.current_time() * 1000
+        for j, p in enumerate(peers):
+            junk = f"junk{j}"
+            p.membership.apply(
+                [([f"10.{j}.0.{i}:7", "alive", junk], now + i, junk) for i in range(20)]
+            )
+        await trio.sleep(30)  # the junk travels, and fills every map
+        assert all(p.connections() for p in peers)  # (none, when refused)
+        data[0].set("after", "junk")
+        with trio.fail_after(60):
+            for d in data:
+                await wait_until(d, lambda d=d: d.get("after") == "junk")
+        assert all(len(p.membership.state) <= 24 for p in peers)
 
 
 async def _all_suspected(peer, addresses):
