@@ -297,14 +297,10 @@ async def open_websocket(
         PeerClosed: the handshake failed (the message says why).
         SyncTimeout: it took longer than ``timeout``.
     """
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise ValueError(f"not a ws:// or wss:// URL: {url!r}")
+    parts, host, port, resource = _target(url)
     secure = parts.scheme == "wss"
-    port = parts.port or (443 if secure else 80)
-    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    host = parts.hostname
     stream: Any = await trio.open_tcp_stream(host, port)
+    watched: _Watched | None = None
     try:
         async with _handshake_errors(url), trio.open_nursery() as nursery:
             with trio.move_on_after(timeout) as handshake:
@@ -327,7 +323,7 @@ async def open_websocket(
                     max_message_size=max_message_size,
                 )
                 watched.on_end = None
-            if watched.ended:
+            if watched is not None and watched.ended:
                 raise PeerClosed(
                     f"{url} closed the connection during the WebSocket handshake"
                     " (is it a WebSocket endpoint? a repred TCP port takes"
@@ -341,6 +337,16 @@ async def open_websocket(
                 await MessageStream(ws).aclose()
     finally:
         await trio.aclose_forcefully(stream)
+
+
+def _target(url: str) -> tuple[urllib.parse.SplitResult, str, int, str]:
+    """A ``ws://`` or ``wss://`` URL's parts, host, port and resource."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"not a ws:// or wss:// URL: {url!r}")
+    port = parts.port or (443 if parts.scheme == "wss" else 80)
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return parts, parts.hostname, port, resource
 
 
 class _Watched(trio.abc.Stream):

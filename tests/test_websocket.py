@@ -282,3 +282,19 @@ async def _slow_inside(url):
     async with open_websocket(url):
         with trio.fail_after(0.01):
             await trio.sleep_forever()
+
+
+async def test_a_tls_handshake_that_never_ends_is_a_handshake_timeout(
+    autojump_clock,
+):
+    async def silent(stream):
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(trio.serve_tcp, silent, 0)
+        port = listeners[0].socket.getsockname()[1]
+        with pytest.raises(repred.RepredError):
+            await repred.connect_websocket(
+                model(id="c"), f"wss://127.0.0.1:{port}/", handshake_timeout=5
+            )
+        nursery.cancel_scope.cancel()
