@@ -94,6 +94,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from ._redis import RedisLink as RedisLink
+    from ._redis import RedisOptions as RedisOptions
     from ._redis import RedisStatistics as RedisStatistics
     from ._redis import connect_redis as connect_redis
     from ._websocket import connect_websocket as connect_websocket
@@ -107,7 +108,7 @@ def __getattr__(name: str) -> Any:
         from . import _websocket
 
         return getattr(_websocket, name)
-    if name in ("connect_redis", "RedisLink", "RedisStatistics"):
+    if name in ("connect_redis", "RedisLink", "RedisOptions", "RedisStatistics"):
         # coredis is an extra: pip install 'repred[redis]'.
         from . import _redis
 
@@ -120,4 +121,5 @@ def __getattr__(name: str) -> Any:
 # DocumentStatistics, Membership, PeerStatistics, ReplicaStatistics,
 # Subscription, and RedisLink and RedisStatistics, with the redis extra), and
 # the values and the protocol their options are described by (LinkOptions,
-# PeerOptions, PlacementOptions, Trust, Transport).
+# PeerOptions, PlacementOptions, Trust, Transport, and RedisOptions with the
+# redis extra).

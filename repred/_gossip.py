@@ -166,7 +166,10 @@ def _check_replicas(replicas: Mapping[str, Any]) -> None:
 class Peer:
     """A running gossip peer; made by :func:`open_peer`.
 
-    What happens is said to ``on_event`` (if given), one dict per event:
+    Its ``transport`` is how peers reach each other (:class:`Transport`:
+    TCP by default), ``rng`` its randomness and ``wall`` its clock in ms
+    (simulations pass their own). What happens is said to ``on_event`` (if
+    given), one dict per event:
     ``{"event": "up", "peer": "host:port", "id": node_id}`` and
     ``{"event": "down", "peer": "host:port"}`` as nodes come and go, and
     what anti-entropy finds in a named replica (see
@@ -955,29 +958,15 @@ async def open_peer(
     """Run a gossip peer inside the caller's trio program.
 
     ``async with repred.open_peer(port=8001, replicas={"data": m}) as peer``
-    listens on ``port``, beats into the membership map, links to random live
-    nodes and re-dials ``seeds`` and quiet nodes, sharing ``replicas`` (by
-    name; a name the other side lacks is skipped); everything stops when
-    the block ends. What happens is said to ``on_event`` (see
-    :class:`Peer`). ``transport`` is how peers reach each other
-    (:class:`Transport`: TCP by default), ``rng`` the randomness and
-    ``wall`` the clock in ms of the heartbeats (simulations pass their own).
-
-    With ``documents``, the peer places documents too, each on ``copies``
-    members only (see :ref:`placed-peers` and :meth:`Peer.document`):
-    ``documents(name)`` makes a document's empty replica (the same type on
-    every node, writing under an id of its own), ``held`` names those this
-    node held when it last ran (made again, so their stores reopen), and
-    ``discard(name)`` is told when this node dropped one its owners hold.
-    A ``read_only`` peer cannot hold documents (an owner takes writes).
-
-    Every other option is described in :class:`PeerOptions`,
-    :class:`PlacementOptions`, :class:`LinkOptions` or :class:`Trust`.
-
-    Raises:
-        TypeError, ValueError: a bad option, at the call.
-        OSError: the port cannot be bound.
-        Exception: whatever the ``async with`` block raised, as itself.
+    listens on ``port``, joins the membership map, links to random live
+    nodes and re-dials ``seeds`` and quiet nodes, sharing ``replicas`` by
+    name; everything stops when the block ends. With ``documents`` it places
+    documents too (see :class:`PlacementOptions`). :class:`Peer` says what
+    ``on_event``, ``transport``, ``rng`` and ``wall`` are; every other option
+    is described in :class:`PeerOptions`, :class:`PlacementOptions`,
+    :class:`LinkOptions` or :class:`Trust`. A bad option raises
+    ``TypeError`` or ``ValueError`` at the call, a port that cannot be bound
+    ``OSError``; whatever the block raised comes out as itself.
     """
     async with _new_peer(locals())._running() as peer:
         yield peer

@@ -366,6 +366,14 @@ class PlacementOptions:
     :ref:`placed-peers`): given to :func:`repred.open_peer` as keywords of
     their own (checked at the call), with ``documents=``.
 
+    Beside them, ``open_peer`` takes ``documents(name)``, which makes a
+    document's empty replica (the same type on every node, writing under
+    an id of its own; each document lives on ``copies`` members only, see
+    :meth:`repred.Peer.document`), ``held``, the names this node held when
+    it last ran (made again, so their stores reopen), and
+    ``discard(name)``, told when this node dropped one its owners hold. A
+    ``read_only`` peer cannot hold documents (an owner takes writes).
+
     Attributes:
         copies: how many members own each document (Dynamo's N). Every
             node of a cluster must be given the same: a link between nodes

@@ -113,6 +113,7 @@ __all__ = [
     "DEFAULT_MAX_IMAGE_BYTES",
     "DEFAULT_READ_COUNT",
     "RedisLink",
+    "RedisOptions",
     "RedisStatistics",
     "connect_redis",
 ]
@@ -379,7 +380,43 @@ class RedisStatistics:
 
 
 @attrs.define(kw_only=True)
-class _Options:
+class RedisOptions:
+    """The options of a Redis link (:func:`repred.connect_redis` takes each
+    as a keyword of its own, checked at the call; ``timeout`` is its
+    ``command_timeout``).
+
+    Attributes:
+        prefix: the start of every key.
+        read_count: stream records per read, and image elements per read.
+        poll_seconds: a read waits this long for records, then the link
+            checks that Redis still holds its data.
+        timeout: seconds any other Redis call may take.
+        retry_seconds: the longest wait between attempts to reach Redis.
+        max_line_bytes: the longest line accepted from Redis (and written).
+        batch_entries: entries of one source per batch line.
+        batch_bytes: bytes of entries per stream record.
+        max_image_bytes: the largest image this link writes.
+        compact_bytes: the tail the stream holds, at least, before an image
+            replaces it (an image is written once the tail holds more
+            bytes than the last image, and at least this many).
+        tail_seconds: records this much older than a new image stay in the
+            stream, so that a reader a little behind reads on rather than
+            loads the image.
+        cluster: the URL is a node of a Redis Cluster (the client follows
+            the cluster's slots; every key of a name lives in one).
+        flush_seconds: once cancelled (or closed), the link may take this
+            long to write what Redis still lacks (writes made just before
+            a shutdown), if it is linked; it returns as soon as it has.
+        send: write what the replica holds to Redis (``False``: nothing is
+            written).
+        receive: apply what is read from Redis. With ``False`` its entries
+            are checked and counted in ``refused``, never applied: a
+            read-only mirror, as ``receive=False`` on
+            :func:`repred.connect_tcp`. A link that does not send or does
+            not receive writes no image (another link must, for the stream
+            to be trimmed). Not both ``False``.
+    """
+
     prefix: str
     read_count: int
     poll_seconds: float
@@ -463,7 +500,7 @@ class RedisLink:
     """
 
     def __init__(
-        self, replica: Replica, url: str, name: str, options: _Options
+        self, replica: Replica, url: str, name: str, options: RedisOptions
     ) -> None:
         self.replica = replica
         self.name = name
@@ -1315,76 +1352,26 @@ async def connect_redis(
 
     Used as ``link = await nursery.start(repred.connect_redis, m, url,
     name="data")``, it reports a :class:`RedisLink` at once, whether or not
-    Redis can be reached yet. Every replica linked to the same Redis under
-    the same name converges with the others: what each holds is appended,
-    exactly as its authors wrote it (signatures included), to a Redis
-    Stream, and each applies what the others appended, from the last record
-    it read. A replica with an empty or old state starts from a compacted
-    image kept in Redis (for last-write-wins types, the newest entry per
-    key), then the stream's tail; any linked replica refreshes the image,
-    and the stream is trimmed only behind it.
-
-    Everything read from Redis is checked as from any peer, by the same
-    code as a TCP link: a line that fails is logged, counted in
-    ``refused``, and the link goes on past it. An entry read from Redis is
-    never written back.
-
-    When Redis cannot be reached (or restarts, or is emptied), the replica
-    keeps working locally and over its other links; the link says so once
-    per spell of failures (a WARNING on the ``"repred"`` logger), tries
-    again with backoff, and once Redis is back writes everything the
-    replica holds that Redis lacks (all of it, to a Redis that lost its
-    data).
-
-    Args:
-        replica: the replica to link.
-        url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://``
-            for TLS, or ``unix://``; the password is never logged.
-        name: the name the replica is shared under (its keys carry it as a
-            Redis Cluster hash tag, so it holds no braces).
-        prefix: the start of every key.
-        read_count: stream records per read, and image elements per read.
-        poll_seconds: a read waits this long for records, then the link
-            checks that Redis still holds its data.
-        command_timeout: seconds any other Redis call may take.
-        retry_seconds: the longest wait between attempts to reach Redis.
-        max_line_bytes: the longest line accepted from Redis (and written).
-        batch_entries: entries of one source per batch line.
-        batch_bytes: bytes of entries per stream record.
-        max_image_bytes: the largest image this link writes.
-        compact_bytes: the tail the stream holds, at least, before an image
-            replaces it (an image is written once the tail holds more
-            bytes than the last image, and at least this many).
-        tail_seconds: records this much older than a new image stay in the
-            stream, so that a reader a little behind reads on rather than
-            loads the image.
-        cluster: ``url`` is a node of a Redis Cluster (the client follows
-            the cluster's slots; every key of a name lives in one).
-        flush_seconds: once cancelled (or closed), the link may take this
-            long to write what Redis still lacks (writes made just before
-            a shutdown), if it is linked; it returns as soon as it has.
-        send: write what the replica holds to Redis (``False``: nothing is
-            written).
-        receive: apply what is read from Redis. With ``False`` its entries
-            are checked and counted in ``refused``, never applied: a
-            read-only mirror, as ``receive=False`` on :func:`connect_tcp`.
-            A link that does not send or does not receive writes no image
-            (another link must, for the stream to be trimmed). Not both
-            ``False``.
-
-    Returns:
-        The link's final statistics.
-
-    Raises:
-        IncompatiblePeerError: Redis holds a replica of another type under
-            this name.
-        TypeError, ValueError: a bad option (at the call).
+    Redis can be reached yet, and returns its final statistics. Replicas
+    linked under one name converge: each appends what it holds, as its
+    authors wrote it, to a Redis Stream and applies what the others
+    appended; a new or old one starts from a compacted image, then the
+    tail. What is read is checked as from any peer (a line that fails is
+    logged, counted in ``refused`` and passed over) and never written back.
+    Without Redis the replica works on; the link says so once per spell of
+    failures, retries with backoff, and then writes all that Redis lacks.
+    ``url`` is ``redis://[[user]:password@]host[:port][/db]``,
+    ``rediss://`` for TLS, or ``unix://`` (the password is never logged);
+    ``name`` holds no braces. Every other option is described in
+    :class:`RedisOptions`. A bad option raises ``TypeError`` or
+    ``ValueError`` at the call; Redis holding a replica of another type
+    under ``name``, :class:`IncompatiblePeerError`.
     """
     _check_name(name)
     if not isinstance(url, str):
         raise TypeError(f"url must be a str, not {url!r}")
     given = {**locals(), "timeout": command_timeout, "cluster": bool(cluster)}
-    options = pick(_Options, given)
+    options = pick(RedisOptions, given)
     link = RedisLink(replica, url, name, options)
     task_status.started(link)
     await link._run()
