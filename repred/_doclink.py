@@ -54,6 +54,7 @@ import orjson
 
 from ._address import parse_member
 from ._errors import RemoteProtocolError
+from ._mux import Framing
 from ._replica import DEFAULT_MAX_SOURCES
 from ._wire import (
     KEEPALIVE,
@@ -245,7 +246,8 @@ class DocChannel:
         self._hello = orjson.dumps(hello, option=_OPT)
         #: Lines to send, ``name TAB body`` (an empty name: control).
         self._lines: list[bytes] = []
-        self._seq_in = self._seq_out = 0
+        self._framing = Framing("document", "bad-line")
+        self._seq_out = 0
         self._wakeup: Callable[[], None] | None = None
         self.hello: dict[str, Any] | None = None
         self.docs: dict[str, LinkDoc] = {}
@@ -390,18 +392,11 @@ class DocChannel:
         current: LinkDoc | None = None
         bodies: list[bytes] = []
         for line in lines[start:]:
-            seq, tab, rest = line.partition(b"\t")
-            name, tab2, body = rest.partition(b"\t")
-            if not (tab and tab2):
-                raise _bad("a document line is SEQ TAB NAME TAB LINE", line, "bad-line")
-            self._seq_in += 1
-            if seq != b"%d" % self._seq_in:
-                self._deliver(current, bodies, events)
-                raise _bad(
-                    f"line {seq[:20]!r} where line {self._seq_in} was due",
-                    line,
-                    "out-of-order",
-                )
+            try:
+                name, body = self._framing.split(line)
+            except RemoteProtocolError:
+                self._deliver(current, bodies, events)  # (the lines before it)
+                raise
             doc = self._doc_for(name, line) if name else None
             if doc is not current:
                 self._deliver(current, bodies, events)

@@ -78,6 +78,39 @@ def _bad(message: str, line: bytes, reason: str = "not-a-peer") -> RemoteProtoco
     return RemoteProtocolError(message, reason=reason, line=snippet(line))
 
 
+class Framing:
+    """The checks of ``seq TAB name TAB line``, the framing of a link that
+    carries several sessions (a gossip link's replicas, a document link's
+    documents): each line in two parts and numbered in turn, so that a
+    line lost, repeated or out of place on the way ends the link (nothing
+    after it could be trusted to keep each source's entries in order).
+    ``bad_reason`` is the reason a line not so framed is refused with."""
+
+    __slots__ = ("_bad_reason", "_what", "seq_in")
+
+    def __init__(self, what: str, bad_reason: str) -> None:
+        self._what = what
+        self._bad_reason = bad_reason
+        self.seq_in = 0
+
+    def split(self, line: bytes) -> tuple[bytes, bytes]:
+        """The name and the body of the next line."""
+        seq, tab, rest = line.partition(b"\t")
+        name, tab2, body = rest.partition(b"\t")
+        if not (tab and tab2):
+            raise _bad(
+                f"a {self._what} line is SEQ TAB NAME TAB LINE", line, self._bad_reason
+            )
+        self.seq_in += 1
+        if seq != b"%d" % self.seq_in:
+            raise _bad(
+                f"line {seq[:20]!r} where line {self.seq_in} was due",
+                line,
+                "out-of-order",
+            )
+        return name, body
+
+
 class Mux:
     """The framing of a peer link (see the module docstring): a hello,
     then ``seq TAB name TAB line`` per line of each replica's session.
@@ -123,7 +156,7 @@ class Mux:
         self.hello: dict[str, Any] | None = None
         #: Lines numbered in each direction: a line lost, repeated or
         #: reordered on the way ends the link before it is applied.
-        self._seq_in = 0
+        self._framing = Framing("peer", "not-a-peer")
         self._seq_out = 0
         self.sessions: list[Session] = []
         self._by_name: dict[bytes, Session] = {}
@@ -193,22 +226,12 @@ class Mux:
         bodies: list[bytes] = []
         by_name = self._by_name
         for line in lines[start:]:
-            seq, tab, rest = line.partition(b"\t")
-            name, tab2, body = rest.partition(b"\t")
-            if not (tab and tab2):
-                raise _bad("a peer line is SEQ TAB NAME TAB LINE", line)
-            self._seq_in += 1
-            if seq != b"%d" % self._seq_in:
-                # A line lost, repeated or out of place on the way (a bad
-                # middlebox, or a peer's bug): nothing after it can be
-                # trusted to keep each source's entries in order.
-                if current is not None and bodies:
+            try:
+                name, body = self._framing.split(line)
+            except RemoteProtocolError:
+                if current is not None and bodies:  # (the lines before it)
                     events += current.receive_data(b"\n".join(bodies) + b"\n")
-                raise _bad(
-                    f"line {seq[:20]!r} where line {self._seq_in} was due",
-                    line,
-                    "out-of-order",
-                )
+                raise
             session = by_name.get(name)
             if session is None:
                 raise _bad(
